@@ -1,0 +1,105 @@
+"""Command-line plumbing shared by the scripts: flags generated from `Config`, and error exits.
+
+Every `Config` field becomes a flag (`batch_size` -> `--batch-size`) whose default is "not
+given", so a flag overrides exactly one field of the chosen preset and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Callable, Sequence
+
+from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
+from lenet_jax.errors import ConfigError, LenetError
+
+EXIT_USER_ERROR = 2
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _number(kind: type) -> Callable[[str], object]:
+    """An argparse type whose error names the expected kind, for one-line messages."""
+
+    def parse(text: str) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--preset plus one flag per Config field."""
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"named config to start from: {', '.join(PRESETS)} (default: {DEFAULT_PRESET})",
+    )
+    group = parser.add_argument_group("config fields (each overrides the preset's value)")
+    types = field_types()
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        kind = types[field.name]
+        help_text = f"{field.metadata['help']} (recipe: {getattr(defaults, field.name)})"
+        if kind is bool:
+            group.add_argument(
+                flag_name(field.name), action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )
+        else:
+            # Choices are checked by config.validate, so the message is the same from Python.
+            group.add_argument(
+                flag_name(field.name),
+                type=_number(kind) if kind in (int, float) else kind,
+                default=None,
+                metavar=field.name.upper(),
+                help=help_text,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The preset named by --preset, with every given flag applied (validated)."""
+    config = get_preset(args.preset)
+    overrides = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(Config)
+        if getattr(args, field.name) is not None
+    }
+    return config.replace(**overrides)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and the same exit code as every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Runs a script's main; a LenetError becomes one line on stderr and exit code 2.
+
+    With --debug in argv the traceback is shown instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main(argv)
+    except LenetError as e:
+        if "--debug" in argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_library_logs() -> None:
+    """Silences absl INFO/WARNING chatter from tfds and orbax on the console."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)

@@ -1,0 +1,105 @@
+"""Evaluation of parameters on a split: used by training after every epoch and by
+`scripts/evaluate.py`, so that both compute the same numbers the same way.
+
+The split is visited in order in fixed-size batches, the last one padded and masked, so every
+image counts exactly once and the accuracy is exact. The reported total loss is the recipe's:
+the sum over batches of each batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.config import Config
+from lenet_jax.data import Split, gather_batch, load_dataset, sequential_order
+from lenet_jax.errors import CheckpointError
+from lenet_jax.model import init_params, model_from_config
+from lenet_jax.steps import make_eval_step
+
+
+class Evaluator:
+    """Evaluates params of one model on splits, with one jitted step compiled once per shape."""
+
+    def __init__(self, model: Any, batch_size: int):
+        self.batch_size = batch_size
+        eval_step = make_eval_step(model)
+
+        # Jitted: gather (on device) + forward + metrics. The split's arrays are arguments, not
+        # constants, so evaluating another split of the same size reuses the compilation.
+        @jax.jit
+        def step_on_indices(params, images, labels, indices):
+            return eval_step(params, gather_batch(images, labels, indices))
+
+        self._step = step_on_indices
+        self._device_splits: dict[Split, tuple[jax.Array, jax.Array]] = {}
+
+    def _on_device(self, split: Split) -> tuple[jax.Array, jax.Array]:
+        # Copied to the device once per split object and kept: evaluation runs every epoch.
+        if split not in self._device_splits:
+            self._device_splits[split] = (jax.device_put(split.images), jax.device_put(split.labels))
+        return self._device_splits[split]
+
+    def evaluate(self, params: Any, split: Split) -> dict[str, float]:
+        """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count."""
+        start = time.perf_counter()
+        images, labels = self._on_device(split)
+        # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
+        results = [
+            self._step(params, images, labels, indices)
+            for indices in sequential_order(len(split), self.batch_size)
+        ]
+        results = jax.device_get(results)
+        losses = np.asarray([r["loss"] for r in results], np.float64)
+        correct = int(sum(int(r["correct"]) for r in results))
+        count = int(sum(int(r["count"]) for r in results))
+        return {
+            "accuracy": correct / count,
+            "total_loss": float(losses.sum()),
+            "mean_loss": float(losses.mean()),
+            "correct": correct,
+            "count": count,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+def evaluate_checkpoint(
+    workdir: str | os.PathLike, epoch: int | None = None, data_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Restores the params of one epoch's checkpoint (newest by default) and evaluates the test set.
+
+    The model and eval batch size come from the config stored in the checkpoint, so the numbers
+    equal those training logged for that epoch.
+    """
+    checkpoints = Checkpoints(workdir, read_only=True)
+    try:
+        if epoch is None:
+            epoch = checkpoints.latest_epoch()
+            if epoch is None:
+                raise CheckpointError(
+                    f"{checkpoints.directory} has no checkpoints: train first, or pass another "
+                    "--workdir"
+                )
+        meta = checkpoints.restore_meta(epoch)
+        config = Config.from_dict(meta["config"])
+        model = model_from_config(config)
+        # Restore target from eval_shape: the params' shapes and dtypes without running init.
+        abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+        params = checkpoints.restore_params(epoch, abstract)
+    finally:
+        checkpoints.close()
+    test = Evaluator(model, config.eval_batch_size).evaluate(params, load_dataset(data_dir).test)
+    return {
+        "epoch": epoch,
+        "step": meta["step"],
+        "test_accuracy": test["accuracy"],
+        "test_total_loss": test["total_loss"],
+        "test_mean_loss": test["mean_loss"],
+        "correct": test["correct"],
+        "count": test["count"],
+    }

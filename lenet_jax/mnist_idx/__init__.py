@@ -1,0 +1,103 @@
+"""A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow.
+
+tfds's stock `mnist` builder needs TensorFlow to prepare the data. This one reads the IDX files
+with numpy, stores `Tensor(uint8)` features in `array_record` files, and is served with
+`tfds.data_source`, so that the data are cached and versioned the tfds way without TensorFlow.
+
+Configs:
+- `mnist`: downloads the official MNIST files as tfds does for online users; `checksums.tsv`
+  beside this file (tfds's own, for the same URLs) makes tfds verify their size and sha256.
+- `idx_<sha256 prefix>`: a local folder of the four IDX files (`--data-dir`), named by the
+  files' content so that a different dataset in the same layout gets its own cache entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lenet_jax import idx
+from lenet_jax.errors import DataError
+
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+
+
+@dataclasses.dataclass
+class IdxConfig(tfds.core.BuilderConfig):
+    """source_dir: the local IDX folder, or None to download the official MNIST files."""
+
+    source_dir: str | None = None
+
+
+ONLINE_MNIST = IdxConfig(name="mnist", description="The official MNIST files, downloaded.")
+
+
+def local_config(data_dir: Path) -> IdxConfig:
+    """The config serving the IDX files in data_dir (validated while preparing)."""
+    digest = idx.fingerprint(data_dir)
+    return IdxConfig(
+        name=f"idx_{digest[:16]}",
+        description=f"IDX files from {data_dir} (sha256 {digest})",
+        source_dir=str(data_dir),
+    )
+
+
+class MnistIdx(tfds.core.GeneratorBasedBuilder):
+    """MNIST, or any 28x28 10-class dataset in MNIST's IDX layout."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "uint8 image tensors stored as bytes, original order kept."}
+    BUILDER_CONFIGS = [ONLINE_MNIST]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    # Bytes encoding: ~3x faster to decode than the default int64 list.
+                    "image": tfds.features.Tensor(
+                        shape=(idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1),
+                        dtype=np.uint8,
+                        encoding=tfds.features.Encoding.BYTES,
+                    ),
+                    "label": tfds.features.ClassLabel(num_classes=idx.NUM_CLASSES),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            # Keep the files' order: "the last N training images" must mean those of the files.
+            disable_shuffling=True,
+            homepage="http://yann.lecun.com/exdb/mnist/",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        if self.builder_config.source_dir is None:
+            urls = {
+                stem: MNIST_URL + stem + ".gz"
+                for files in idx.SPLIT_FILES.values()
+                for stem in files
+            }
+            try:
+                # Verified against checksums.tsv (size and sha256) by tfds.
+                paths = dl_manager.download(urls)
+            except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                raise DataError(
+                    f"could not download MNIST ({reason}): offline? pass --data-dir DIR "
+                    "(or set LENET_DATA_DIR) with the four IDX files"
+                ) from e
+            return {
+                split: self._generate_examples(Path(paths[images]), Path(paths[labels]))
+                for split, (images, labels) in idx.SPLIT_FILES.items()
+            }
+        folder = Path(self.builder_config.source_dir)
+        return {
+            split: self._generate_examples(*idx.split_paths(folder, split))
+            for split in idx.SPLIT_FILES
+        }
+
+    def _generate_examples(self, images_path: Path, labels_path: Path):
+        images, labels = idx.read_pair(images_path, labels_path)
+        for i in range(len(labels)):
+            yield i, {"image": images[i], "label": int(labels[i])}

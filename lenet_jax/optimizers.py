@@ -1,0 +1,84 @@
+"""Optimizers are values: a registry of named optax factories, and schedules.
+
+`train_and_evaluate` takes any `optax.GradientTransformation`; `build_optimizer(config, ...)`
+makes one from the config's name and hyperparameters. Every registered optimizer is wrapped in
+`optax.inject_hyperparams`, so its learning rate lives in the optimizer state, where
+`current_learning_rate` reads it for logging (and where a checkpoint keeps it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optax
+
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError
+
+Factory = Callable[[optax.ScalarOrSchedule, Config], optax.GradientTransformation]
+
+
+def _coupled_decay(inner: optax.GradientTransformation, config: Config):
+    """L2 weight decay added to the gradient before the optimizer, as PyTorch's weight_decay."""
+    if not config.weight_decay:
+        return inner
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), inner)
+
+
+def _inject(fn: Callable[..., optax.GradientTransformation], lr, **kwargs):
+    return optax.inject_hyperparams(fn)(learning_rate=lr, **kwargs)
+
+
+OPTIMIZERS: dict[str, Factory] = {
+    "sgd": lambda lr, c: _coupled_decay(_inject(optax.sgd, lr), c),
+    "momentum": lambda lr, c: _coupled_decay(_inject(optax.sgd, lr, momentum=c.momentum), c),
+    "nesterov": lambda lr, c: _coupled_decay(
+        _inject(optax.sgd, lr, momentum=c.momentum, nesterov=True), c
+    ),
+    "adam": lambda lr, c: _coupled_decay(_inject(optax.adam, lr), c),
+    "adamw": lambda lr, c: _inject(optax.adamw, lr, weight_decay=c.weight_decay),
+    "rmsprop": lambda lr, c: _coupled_decay(_inject(optax.rmsprop, lr, momentum=c.momentum), c),
+    "adagrad": lambda lr, c: _coupled_decay(_inject(optax.adagrad, lr), c),
+    "lion": lambda lr, c: _inject(optax.lion, lr, weight_decay=c.weight_decay),
+}
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    """The config's schedule, peaking at config.lr, over config.epochs * steps_per_epoch steps."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.lr)
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.lr, decay_steps=total)
+    if config.schedule == "warmup-cosine":
+        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
+        )
+    raise ConfigError(f"--schedule must be one of constant, cosine, warmup-cosine, not {config.schedule!r}")
+
+
+def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer the config names, with its schedule and optional gradient clipping."""
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(
+            f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+        )
+    optimizer = OPTIMIZERS[config.optimizer](learning_rate_schedule(config, steps_per_epoch), config)
+    if config.grad_clip is not None:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optimizer)
+    return optimizer
+
+
+def current_learning_rate(opt_state: Any) -> Any:
+    """The learning rate that `inject_hyperparams` stored in opt_state, or None if there is none.
+
+    Optimizers passed in from Python need not inject it; then nothing is logged.
+    """
+    try:
+        # hyperparams_states holds a schedule's own state under the same key: skip non-arrays.
+        return optax.tree_utils.tree_get(
+            opt_state, "learning_rate", filtering=lambda _, value: hasattr(value, "dtype")
+        )
+    except KeyError:  # several (e.g. two chained optimizers): ambiguous, log none
+        return None

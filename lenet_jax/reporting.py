@@ -1,0 +1,76 @@
+"""Where metrics go: the console, TensorBoard (tensorboardX) and `metrics.jsonl`.
+
+Tag names are defined here once; the recipe's three are kept verbatim so that its TensorBoard
+dashboards still work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+# TensorBoard tags. The first three are the PyTorch tutorial's.
+TAG_TRAIN_LOSS = "Train Loss"
+TAG_TEST_TOTAL_LOSS = "Test Total Loss"
+TAG_ACCURACY = "Accuracy Rate"
+TAG_LEARNING_RATE = "Learning Rate"
+TAG_VALIDATION_TOTAL_LOSS = "Validation Total Loss"
+TAG_VALIDATION_ACCURACY = "Validation Accuracy Rate"
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+TENSORBOARD_SUBDIR = "tensorboard"
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch rows of a workdir's metrics.jsonl (empty if there is none)."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunLog:
+    """Writes one run's metrics to TensorBoard and metrics.jsonl (console output is separate).
+
+    metrics.jsonl gets one JSON object per finished epoch. On resume it is rewritten to hold
+    only the epochs up to the checkpoint resumed from, and TensorBoard is told to discard events
+    after the resumed step (`purge_step`), so no epoch is duplicated or missing.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int = 0, resume_epoch: int = 0):
+        # Imported here: tensorboardX pulls in protobuf, which only the training run needs.
+        from tensorboardX import SummaryWriter
+
+        self.metrics_path = workdir / METRICS_FILE
+        kept = [row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch]
+        self._write_rows(kept)
+        self.tensorboard = SummaryWriter(
+            str(workdir / TENSORBOARD_SUBDIR), purge_step=resume_step or None
+        )
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, self.metrics_path)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.tensorboard.add_scalar(tag, value, step)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """Appends one epoch's row to metrics.jsonl (flushed and fsynced: a crash keeps it)."""
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def is_finite(value: float) -> bool:
+    return math.isfinite(value)

@@ -1,0 +1,265 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Per epoch: shuffle (from the seed and the epoch number), one jitted step per batch, evaluate on
+the test set (and the validation split if any), log, checkpoint. A workdir that already holds
+checkpoints is resumed from the newest one.
+
+JAX decisions, in one place:
+- The training images stay on the device as uint8 for the whole run; each step receives only
+  the batch's int32 indices and gathers the batch inside the jitted function.
+- The step is one jit: gather + forward + backward + optimizer update. The state argument is
+  donated, so XLA updates params and optimizer state in place instead of allocating new ones.
+- The Python loop over steps is deliberate: on XLA:CPU a loop inside jit (scan/fori_loop) makes
+  the gradient convolutions several times slower (jax-ml/jax#12868).
+- Losses stay on the device; the host reads one every `log_every` steps and the rest once per
+  epoch, so the loop never waits on the device in between.
+- Shapes never change (the last partial batch is padded and masked), so the step compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from lenet_jax import reporting
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.config import Config
+from lenet_jax.data import Dataset, epoch_order, gather_batch, load_dataset, num_batches
+from lenet_jax.errors import ConfigError, LenetError
+from lenet_jax.evaluation import Evaluator
+from lenet_jax.model import count_params, model_from_config
+from lenet_jax.optimizers import build_optimizer, current_learning_rate
+from lenet_jax.steps import TrainState, create_train_state, make_train_step
+
+# Fields that may differ between a checkpoint and the run resuming it: they change neither the
+# model nor the data order nor the updates already made.
+SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size"})
+CUSTOM_OPTIMIZER = "custom (passed from Python)"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run ends with: the final state and the per-epoch metric rows of the whole run."""
+
+    state: TrainState
+    metrics: list[dict[str, Any]]
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    """The absolute workdir, created; LenetError if it cannot be written."""
+    path = Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LenetError(
+            f"workdir {path} is not writable ({e.strerror}): pass a --workdir you can write to"
+        ) from e
+    return path
+
+
+def _config_differences(saved: dict[str, Any], config: Config) -> list[str]:
+    current = config.to_dict()
+    unsafe = set(current) - SAFE_TO_CHANGE_ON_RESUME
+    if config.schedule != "constant":
+        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
+    return [
+        f"{name}: checkpoint {saved.get(name)!r}, now {current[name]!r}"
+        for name in sorted(unsafe)
+        if saved.get(name) != current[name]
+    ]
+
+
+def _check_resumable(meta: dict[str, Any], config: Config, dataset: Dataset, optimizer_name: str):
+    differences = _config_differences(meta["config"], config)
+    if meta.get("dataset") != dataset.source:
+        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset.source}")
+    if meta.get("optimizer_source") != optimizer_name:
+        differences.append(
+            f"optimizer: checkpoint {meta.get('optimizer_source')}, now {optimizer_name}"
+        )
+    if differences:
+        raise ConfigError(
+            "cannot resume: this run differs from its checkpoint in "
+            + "; ".join(differences)
+            + ". Use the checkpoint's settings or another --workdir"
+        )
+
+
+class _Progress:
+    """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int, epoch: int):
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str | os.PathLike,
+    optimizer: optax.GradientTransformation | None = None,
+    data_dir: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Trains LeNet as `config` says, evaluating and checkpointing every epoch in workdir.
+
+    optimizer: any optax GradientTransformation; None builds the one the config names.
+    data_dir: folder of MNIST-format IDX files; None uses $LENET_DATA_DIR, else tfds download.
+    Resumes from the newest checkpoint in workdir if there is one.
+    """
+    workdir = prepare_workdir(workdir)
+    dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+    sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
+    print(f"Data {dataset.source}: {sizes}", flush=True)
+
+    model = model_from_config(config)
+    steps_per_epoch = num_batches(len(dataset.train), config.batch_size)
+    optimizer_source = "config" if optimizer is None else CUSTOM_OPTIMIZER
+    if optimizer is None:
+        optimizer = build_optimizer(config, steps_per_epoch)
+
+    # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key ->
+    # every epoch's order (folded with the epoch number).
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    checkpoints = Checkpoints(workdir, keep=config.keep)
+    start_epoch = 0
+    latest = checkpoints.latest_epoch()
+    if latest is None:
+        state = create_train_state(model, optimizer, init_key)
+    else:
+        meta = checkpoints.restore_meta(latest)
+        _check_resumable(meta, config, dataset, optimizer_source)
+        # The restore target is built by eval_shape: shapes and dtypes only, no real init.
+        abstract = jax.eval_shape(lambda: create_train_state(model, optimizer, init_key))
+        state = checkpoints.restore_state(latest, abstract)
+        start_epoch = latest
+        print(f"Resuming from the checkpoint of epoch {latest} (step {int(state.step)})")
+    print(f"LeNet: {count_params(state.params):,} parameters; backend {jax.default_backend()}")
+
+    (workdir / reporting.CONFIG_FILE).write_text(config.to_json() + "\n")
+    log = reporting.RunLog(workdir, resume_step=int(state.step), resume_epoch=start_epoch)
+
+    train_step = make_train_step(model, optimizer)
+
+    # One jit for gather + step; state is donated (updated in place).
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_on_indices(state, images, labels, indices):
+        return train_step(state, gather_batch(images, labels, indices))
+
+    train_images = jax.device_put(dataset.train.images)
+    train_labels = jax.device_put(dataset.train.labels)
+    evaluator = Evaluator(model, config.eval_batch_size)
+
+    step = int(state.step)  # the host's copy of the step: reading state.step would sync
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            order = epoch_order(shuffle_key, epoch, len(dataset.train), config.batch_size)
+            progress = _Progress(len(order), epoch)
+            losses = []
+            start = time.perf_counter()
+            for indices in order:
+                state, metrics = train_on_indices(state, train_images, train_labels, indices)
+                losses.append(metrics["loss"])
+                progress.update()
+                step += 1
+                if step % config.log_every == 0:
+                    loss = float(metrics["loss"])
+                    log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
+                    progress.write(f"step {step}: train loss {loss:.4f}")
+            jax.block_until_ready(state)
+            train_seconds = time.perf_counter() - start
+            progress.close()
+
+            row = _epoch_row(epoch, state, losses, train_seconds, len(dataset.train))
+            test = evaluator.evaluate(state.params, dataset.test)
+            row.update(test_accuracy=test["accuracy"], test_total_loss=test["total_loss"],
+                       test_mean_loss=test["mean_loss"], eval_seconds=test["seconds"])
+            log.scalar(reporting.TAG_TEST_TOTAL_LOSS, test["total_loss"], epoch)
+            log.scalar(reporting.TAG_ACCURACY, test["accuracy"], epoch)
+            if dataset.validation is not None:
+                val = evaluator.evaluate(state.params, dataset.validation)
+                row.update(validation_accuracy=val["accuracy"],
+                           validation_total_loss=val["total_loss"])
+                log.scalar(reporting.TAG_VALIDATION_TOTAL_LOSS, val["total_loss"], epoch)
+                log.scalar(reporting.TAG_VALIDATION_ACCURACY, val["accuracy"], epoch)
+            if row["learning_rate"] is not None:
+                log.scalar(reporting.TAG_LEARNING_RATE, row["learning_rate"], row["step"])
+            print(_epoch_line(row), flush=True)
+
+            # The metrics row goes first, then the checkpoint: a crash in between leaves a row
+            # for an epoch without checkpoint, which a resume drops and recomputes.
+            log.epoch(row)
+            checkpoints.save(epoch, state, {
+                "epoch": epoch,
+                "step": row["step"],
+                "config": config.to_dict(),
+                "dataset": dataset.source,
+                "optimizer_source": optimizer_source,
+                "metrics": row,
+            })
+    finally:
+        log.close()
+        checkpoints.close()
+    return TrainResult(state=state, metrics=reporting.read_metrics(workdir))
+
+
+def _epoch_row(epoch: int, state: TrainState, losses: list[Any], seconds: float, images: int):
+    lr = current_learning_rate(state.opt_state)
+    return {
+        "epoch": epoch,
+        "step": int(state.step),
+        # Mean of the epoch's per-batch mean losses, read from the device once.
+        "train_loss": float(np.mean(jax.device_get(losses))),
+        "learning_rate": None if lr is None else float(lr),
+        "train_seconds": seconds,
+        "images_per_second": images / seconds,
+    }
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    line = (
+        f"epoch {row['epoch']}: test total loss {row['test_total_loss']:.4f}, "
+        f"accuracy {row['test_accuracy']:.4f}"
+    )
+    if "validation_accuracy" in row:
+        line += f", validation accuracy {row['validation_accuracy']:.4f}"
+    return line + (
+        f" | train loss {row['train_loss']:.4f}, {row['train_seconds']:.2f} s, "
+        f"{row['images_per_second']:,.0f} images/s"
+    )
+
+
+def load_run_config(workdir: str | os.PathLike) -> Config:
+    """The config a workdir was trained with (its config.json)."""
+    path = Path(workdir) / reporting.CONFIG_FILE
+    if not path.is_file():
+        raise LenetError(f"{path} not found: pass the --workdir of a training run")
+    return Config.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on the test set: `python scripts/evaluate.py --workdir DIR [--epoch N]`.
+
+Restores the parameters only, evaluates all 10,000 test images, and prints one JSON line with
+`epoch`, `test_accuracy` and `test_total_loss` (equal to what training logged for that epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lenet_jax import cli
+from lenet_jax.evaluation import evaluate_checkpoint
+
+
+def main(argv: list[str]) -> int:
+    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the training run's workdir")
+    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    parser.add_argument(
+        "--data-dir", help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
+        "else download through tensorflow-datasets)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    args = parser.parse_args(argv)
+    cli.quiet_library_logs()
+    result = evaluate_checkpoint(args.workdir, epoch=args.epoch, data_dir=args.data_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

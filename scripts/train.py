@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Train LeNet on MNIST: `python scripts/train.py [--preset NAME] [--FIELD VALUE ...]`.
+
+A thin entry point: flags -> Config -> lenet_jax.train.train_and_evaluate. See --help.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lenet_jax import cli
+from lenet_jax.train import train_and_evaluate
+
+DEFAULT_WORKDIR_ROOT = Path("checkpoints")
+
+
+def main(argv: list[str]) -> int:
+    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--workdir",
+        help="where checkpoints, logs, metrics.jsonl and config.json go; rerunning with the same "
+        "workdir resumes (default: checkpoints/<run-name>)",
+    )
+    parser.add_argument(
+        "--run-name", help="names the default workdir (default: the preset's name)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder with the four MNIST-format IDX files, gzipped or not (default: "
+        "$LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    cli.add_config_flags(parser)
+    args = parser.parse_args(argv)
+    config = cli.config_from_args(args)
+    workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
+    cli.quiet_library_logs()
+    print(f"Workdir: {workdir}")
+    train_and_evaluate(config, workdir, data_dir=args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
