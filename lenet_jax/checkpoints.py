@@ -35,9 +35,7 @@ class Checkpoints:
     def __init__(self, workdir: str | os.PathLike, keep: int | None = None, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
-            raise CheckpointError(
-                f"{self.directory} does not exist: pass the --workdir of a training run"
-            )
+            raise CheckpointError(f"{self.directory} does not exist: pass the --workdir of a training run")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=not read_only,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
 from lenet_jax.errors import ConfigError, LenetError
@@ -48,7 +48,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{field.metadata['help']} (recipe: {getattr(defaults, field.name)})"
         if kind is bool:
             group.add_argument(
-                flag_name(field.name), action=argparse.BooleanOptionalAction, default=None,
+                flag_name(field.name),
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         else:

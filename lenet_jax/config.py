@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lenet_jax.errors import ConfigError
 
@@ -19,8 +20,7 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu")
 POOLS = ("avg", "max")
 INITS = ("torch", "flax")
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
-# The optimizer names live in `lenet_jax.optimizers.OPTIMIZERS`; config only checks the field is
-# a non-empty string so that this module does not import optax.
+# The optimizer names live in `lenet_jax.optimizers.OPTIMIZERS`.
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -51,9 +51,7 @@ class Config:
     )
 
     # Data.
-    validation_size: int = _field(
-        0, "hold out the last N training images as a validation split (0: none)"
-    )
+    validation_size: int = _field(0, "hold out the last N training images as a validation split (0: none)")
     train_size: int | None = _field(
         None, "train on only the first N training images (smoke tests; default: all)"
     )
@@ -143,7 +141,12 @@ def validate(config: Config) -> Config:
     )
     need(config.log_every >= 1, f"--log-every must be at least 1, not {config.log_every}")
     need(config.keep is None or config.keep >= 1, f"--keep must be at least 1, not {config.keep}")
-    need(bool(config.optimizer), "--optimizer must name an optimizer")
+    from lenet_jax.optimizers import OPTIMIZERS  # here: optimizers imports this module
+
+    need(
+        config.optimizer in OPTIMIZERS,
+        f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}",
+    )
     return config
 
 

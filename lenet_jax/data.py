@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import jax
@@ -111,8 +110,10 @@ def load_dataset(
     folder = resolve_data_dir(data_dir)
     builder = _builder(folder)
     if not builder.is_prepared():
-        print(f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir} "
-              "(once)...", file=sys.stderr)
+        print(
+            f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir} (once)...",
+            flush=True,
+        )
         builder.download_and_prepare()
     train = _split_arrays(builder, "train")
     test = _split_arrays(builder, "test")

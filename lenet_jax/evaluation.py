@@ -82,8 +82,7 @@ def evaluate_checkpoint(
             epoch = checkpoints.latest_epoch()
             if epoch is None:
                 raise CheckpointError(
-                    f"{checkpoints.directory} has no checkpoints: train first, or pass another "
-                    "--workdir"
+                    f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
                 )
         meta = checkpoints.restore_meta(epoch)
         config = Config.from_dict(meta["config"])

@@ -120,7 +120,11 @@ def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
 
 
 def fingerprint(data_dir: Path) -> str:
-    """sha256 over the four files' bytes as stored: identifies a dataset in the tfds cache."""
+    """sha256 of the four files' decompressed bytes: identifies a dataset in the tfds cache.
+
+    Decompressed, so that the same data gzipped again (gzip headers hold a timestamp) or stored
+    uncompressed is still the same dataset.
+    """
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
         raise DataError(
@@ -130,7 +134,6 @@ def fingerprint(data_dir: Path) -> str:
     digest = hashlib.sha256()
     for split in SPLIT_FILES:
         for stem in SPLIT_FILES[split]:
-            path = find_idx_file(data_dir, stem)
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+            digest.update(stem.encode())
+            digest.update(_read_bytes(find_idx_file(data_dir, stem)))
     return digest.hexdigest()

@@ -8,7 +8,8 @@ makes one from the config's name and hyperparameters. Every registered optimizer
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -32,9 +33,7 @@ def _inject(fn: Callable[..., optax.GradientTransformation], lr, **kwargs):
 OPTIMIZERS: dict[str, Factory] = {
     "sgd": lambda lr, c: _coupled_decay(_inject(optax.sgd, lr), c),
     "momentum": lambda lr, c: _coupled_decay(_inject(optax.sgd, lr, momentum=c.momentum), c),
-    "nesterov": lambda lr, c: _coupled_decay(
-        _inject(optax.sgd, lr, momentum=c.momentum, nesterov=True), c
-    ),
+    "nesterov": lambda lr, c: _coupled_decay(_inject(optax.sgd, lr, momentum=c.momentum, nesterov=True), c),
     "adam": lambda lr, c: _coupled_decay(_inject(optax.adam, lr), c),
     "adamw": lambda lr, c: _inject(optax.adamw, lr, weight_decay=c.weight_decay),
     "rmsprop": lambda lr, c: _coupled_decay(_inject(optax.rmsprop, lr, momentum=c.momentum), c),
@@ -61,9 +60,7 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer the config names, with its schedule and optional gradient clipping."""
     if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
-        )
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     optimizer = OPTIMIZERS[config.optimizer](learning_rate_schedule(config, steps_per_epoch), config)
     if config.grad_clip is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optimizer)

@@ -7,10 +7,12 @@ dashboards still work.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
+
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
 
 # TensorBoard tags. The first three are the PyTorch tutorial's.
 TAG_TRAIN_LOSS = "Train Loss"
@@ -42,15 +44,10 @@ class RunLog:
     """
 
     def __init__(self, workdir: Path, resume_step: int = 0, resume_epoch: int = 0):
-        # Imported here: tensorboardX pulls in protobuf, which only the training run needs.
-        from tensorboardX import SummaryWriter
-
         self.metrics_path = workdir / METRICS_FILE
         kept = [row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch]
         self._write_rows(kept)
-        self.tensorboard = SummaryWriter(
-            str(workdir / TENSORBOARD_SUBDIR), purge_step=resume_step or None
-        )
+        self.tensorboard = SummaryWriter(str(workdir / TENSORBOARD_SUBDIR), purge_step=resume_step or None)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
@@ -58,7 +55,10 @@ class RunLog:
         os.replace(tmp, self.metrics_path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self.tensorboard.add_scalar(tag, value, step)
+        # Written as a raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to
+        # "Train_Loss", and the recipe's dashboards expect its tags verbatim.
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+        self.tensorboard._get_file_writer().add_summary(summary, step)
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Appends one epoch's row to metrics.jsonl (flushed and fsynced: a crash keeps it)."""
@@ -70,7 +70,3 @@ class RunLog:
 
     def close(self) -> None:
         self.tensorboard.close()
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

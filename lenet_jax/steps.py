@@ -12,7 +12,8 @@ mean loss as the smaller batch it stands for.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.struct

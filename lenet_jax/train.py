@@ -87,9 +87,7 @@ def _check_resumable(meta: dict[str, Any], config: Config, dataset: Dataset, opt
     if meta.get("dataset") != dataset.source:
         differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset.source}")
     if meta.get("optimizer_source") != optimizer_name:
-        differences.append(
-            f"optimizer: checkpoint {meta.get('optimizer_source')}, now {optimizer_name}"
-        )
+        differences.append(f"optimizer: checkpoint {meta.get('optimizer_source')}, now {optimizer_name}")
     if differences:
         raise ConfigError(
             "cannot resume: this run differs from its checkpoint in "
@@ -200,14 +198,17 @@ def train_and_evaluate(
 
             row = _epoch_row(epoch, state, losses, train_seconds, len(dataset.train))
             test = evaluator.evaluate(state.params, dataset.test)
-            row.update(test_accuracy=test["accuracy"], test_total_loss=test["total_loss"],
-                       test_mean_loss=test["mean_loss"], eval_seconds=test["seconds"])
+            row.update(
+                test_accuracy=test["accuracy"],
+                test_total_loss=test["total_loss"],
+                test_mean_loss=test["mean_loss"],
+                eval_seconds=test["seconds"],
+            )
             log.scalar(reporting.TAG_TEST_TOTAL_LOSS, test["total_loss"], epoch)
             log.scalar(reporting.TAG_ACCURACY, test["accuracy"], epoch)
             if dataset.validation is not None:
                 val = evaluator.evaluate(state.params, dataset.validation)
-                row.update(validation_accuracy=val["accuracy"],
-                           validation_total_loss=val["total_loss"])
+                row.update(validation_accuracy=val["accuracy"], validation_total_loss=val["total_loss"])
                 log.scalar(reporting.TAG_VALIDATION_TOTAL_LOSS, val["total_loss"], epoch)
                 log.scalar(reporting.TAG_VALIDATION_ACCURACY, val["accuracy"], epoch)
             if row["learning_rate"] is not None:
@@ -217,14 +218,18 @@ def train_and_evaluate(
             # The metrics row goes first, then the checkpoint: a crash in between leaves a row
             # for an epoch without checkpoint, which a resume drops and recomputes.
             log.epoch(row)
-            checkpoints.save(epoch, state, {
-                "epoch": epoch,
-                "step": row["step"],
-                "config": config.to_dict(),
-                "dataset": dataset.source,
-                "optimizer_source": optimizer_source,
-                "metrics": row,
-            })
+            checkpoints.save(
+                epoch,
+                state,
+                {
+                    "epoch": epoch,
+                    "step": row["step"],
+                    "config": config.to_dict(),
+                    "dataset": dataset.source,
+                    "optimizer_source": optimizer_source,
+                    "metrics": row,
+                },
+            )
     finally:
         log.close()
         checkpoints.close()

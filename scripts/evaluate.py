@@ -19,7 +19,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
     parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
     parser.add_argument(
-        "--data-dir", help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
+        "--data-dir",
+        help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
         "else download through tensorflow-datasets)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -22,9 +22,7 @@ def main(argv: list[str]) -> int:
         help="where checkpoints, logs, metrics.jsonl and config.json go; rerunning with the same "
         "workdir resumes (default: checkpoints/<run-name>)",
     )
-    parser.add_argument(
-        "--run-name", help="names the default workdir (default: the preset's name)"
-    )
+    parser.add_argument("--run-name", help="names the default workdir (default: the preset's name)")
     parser.add_argument(
         "--data-dir",
         help="folder with the four MNIST-format IDX files, gzipped or not (default: "

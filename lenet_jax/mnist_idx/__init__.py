@@ -14,6 +14,8 @@ Configs:
 from __future__ import annotations
 
 import dataclasses
+import socket
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,13 @@ def local_config(data_dir: Path) -> IdxConfig:
     )
 
 
+def _check_reachable(url: str, timeout: float = 10.0) -> None:
+    """Fails within seconds when the host cannot be reached (tfds itself retries for minutes)."""
+    host = urllib.parse.urlparse(url).hostname
+    with socket.create_connection((host, 443), timeout=timeout):
+        pass
+
+
 class MnistIdx(tfds.core.GeneratorBasedBuilder):
     """MNIST, or any 28x28 10-class dataset in MNIST's IDX layout."""
 
@@ -73,12 +82,9 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         if self.builder_config.source_dir is None:
-            urls = {
-                stem: MNIST_URL + stem + ".gz"
-                for files in idx.SPLIT_FILES.values()
-                for stem in files
-            }
+            urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
             try:
+                _check_reachable(MNIST_URL)
                 # Verified against checksums.tsv (size and sha256) by tfds.
                 paths = dl_manager.download(urls)
             except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
@@ -92,10 +98,7 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
                 for split, (images, labels) in idx.SPLIT_FILES.items()
             }
         folder = Path(self.builder_config.source_dir)
-        return {
-            split: self._generate_examples(*idx.split_paths(folder, split))
-            for split in idx.SPLIT_FILES
-        }
+        return {split: self._generate_examples(*idx.split_paths(folder, split)) for split in idx.SPLIT_FILES}
 
     def _generate_examples(self, images_path: Path, labels_path: Path):
         images, labels = idx.read_pair(images_path, labels_path)

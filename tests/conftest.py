@@ -1,0 +1,66 @@
+"""Shared fixtures: synthetic IDX folders, the real MNIST folder, an isolated tfds cache."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Tests and CI read the real MNIST from ../shared/data/mnist (see README); LENET_DATA_DIR wins.
+MNIST_DIR = Path(os.environ.get("LENET_DATA_DIR") or REPO_ROOT.parent / "shared/data/mnist").resolve()
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
+    """Writes array (uint8) as an IDX file with the given magic number."""
+    header = np.asarray([magic, *array.shape], ">u4").tobytes()
+    data = header + np.ascontiguousarray(array, np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data, compresslevel=1))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_idx_dir(
+    folder: Path, n_train: int = 96, n_test: int = 40, seed: int = 0, compress: bool = True
+) -> Path:
+    """A folder of the four IDX files with a learnable synthetic task.
+
+    Each class c is a bright 6x6 square at a position that depends on c, plus noise, so that
+    a few optimizer steps visibly lower the loss.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, col = 2 + 2 * (c // 5) * 5, 2 + (c % 5) * 5
+            images[i, r : r + 6, col : col + 6] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, 0x803, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, 0x801, compress)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_tfds_cache(tmp_path_factory):
+    """Every test prepares tfds datasets into one temporary cache, never the user's."""
+    os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+    yield
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    return make_idx_dir(tmp_path / "idx")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found at {MNIST_DIR} (set LENET_DATA_DIR)")
+    return MNIST_DIR

@@ -1,0 +1,66 @@
+"""Configs: presets, validation, flags generated from the fields."""
+
+import dataclasses
+
+import pytest
+
+from lenet_jax import cli
+from lenet_jax.config import PRESETS, Config, get_preset
+from lenet_jax.errors import ConfigError
+
+
+def parse(*argv):
+    parser = cli.Parser()
+    cli.add_config_flags(parser)
+    return cli.config_from_args(parser.parse_args(list(argv)))
+
+
+def test_recipe_defaults():
+    c = get_preset("recipe")
+    assert (c.activation, c.pool, c.dense_activation, c.init) == ("sigmoid", "avg", False, "torch")
+    assert (c.optimizer, c.lr, c.batch_size, c.epochs) == ("sgd", 0.05, 64, 20)
+
+
+def test_every_field_has_a_flag_and_flags_override_one_field():
+    config = parse("--batch-size", "128", "--activation", "relu", "--dense-activation", "--grad-clip", "1.5")
+    assert config == Config(batch_size=128, activation="relu", dense_activation=True, grad_clip=1.5)
+    assert parse() == Config()
+    assert parse("--preset", "smoke", "--epochs", "3") == get_preset("smoke").replace(epochs=3)
+
+
+def test_config_roundtrips_through_json_dict():
+    c = Config(lr=0.1, keep=3)
+    assert Config.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match="unknown config fields"):
+        Config.from_dict({**c.to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "-1"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "0"], "--lr must be greater than 0"),
+        (["--lr", "-0.1"], "--lr must be greater than 0"),
+        (["--activation", "swish"], "--activation must be one of sigmoid, tanh, relu"),
+        (["--pool", "min"], "--pool must be one of avg, max"),
+        (["--schedule", "step"], "--schedule must be one of"),
+        (["--epochs", "ten"], "expected int, got 'ten'"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--momentum", "1.5"], "--momentum must be in"),
+    ],
+)
+def test_invalid_flags_are_refused_with_the_fix(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(*argv)
+
+
+def test_presets_are_valid_and_documented():
+    for name, make in PRESETS.items():
+        assert isinstance(get_preset(name), Config)
+        assert "Run:" in make.__doc__ and "Expected:" in make.__doc__
+
+
+def test_config_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().lr = 1.0  # type: ignore[misc]

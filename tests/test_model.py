@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lenet_jax.config import Config
+from lenet_jax.model import LeNet, count_params, init_params, model_from_config
+
+
+def test_recipe_model_has_61706_parameters_and_10_logits():
+    model = model_from_config(Config())
+    params = init_params(model, jax.random.PRNGKey(0))
+    assert count_params(params) == 61_706
+    shapes = jax.tree_util.tree_map(jnp.shape, params)
+    assert shapes["conv1"]["kernel"] == (5, 5, 1, 6)
+    assert shapes["conv2"]["kernel"] == (5, 5, 6, 16)
+    assert shapes["dense1"]["kernel"] == (400, 120)
+    assert shapes["dense2"]["kernel"] == (120, 84)
+    assert shapes["dense3"]["kernel"] == (84, 10)
+    logits = model.apply({"params": params}, jnp.zeros((3, 28, 28, 1)))
+    assert logits.shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "layer,fan_in", [("conv1", 25), ("conv2", 150), ("dense1", 400), ("dense2", 120), ("dense3", 84)]
+)
+def test_torch_init_is_uniform_within_one_over_sqrt_fan_in(layer, fan_in):
+    # Many draws pooled so the statistics are tight: bound, mean 0, variance bound^2 / 3.
+    bound = 1 / np.sqrt(fan_in)
+    kernels, biases = [], []
+    for seed in range(20):
+        p = init_params(LeNet(init_scheme="torch"), jax.random.PRNGKey(seed))[layer]
+        kernels.append(np.ravel(p["kernel"]))
+        biases.append(np.ravel(p["bias"]))
+    for values in (np.concatenate(kernels), np.concatenate(biases)):
+        assert np.abs(values).max() <= bound
+        assert np.abs(values).max() > 0.9 * bound  # fills the interval, not a narrower one
+        assert abs(values.mean()) < 0.1 * bound
+        np.testing.assert_allclose(values.var(), bound**2 / 3, rtol=0.15)
+
+
+def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
+    params = init_params(LeNet(init_scheme="flax"), jax.random.PRNGKey(0))
+    assert all(float(jnp.abs(p["bias"]).max()) == 0 for p in params.values())
+    kernel = np.ravel(params["dense1"]["kernel"])
+    np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(400), rtol=0.1)
+
+
+def test_options_change_the_function_not_the_parameters():
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    params = init_params(LeNet(), jax.random.PRNGKey(0))
+    outputs = {}
+    for kwargs in (
+        {},
+        {"activation": "relu"},
+        {"activation": "tanh"},
+        {"pool": "max"},
+        {"dense_activation": True},
+    ):
+        model = LeNet(**kwargs)
+        assert count_params(init_params(model, jax.random.PRNGKey(0))) == 61_706
+        outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
+    values = list(outputs.values())
+    for i in range(len(values)):
+        for j in range(i + 1, len(values)):
+            assert not np.allclose(values[i], values[j])
+
+
+def test_max_pool_and_relu_match_a_hand_computation():
+    # One image, one step of the graph checked by hand: conv1 with an identity-like kernel.
+    model = LeNet(activation="relu", pool="max")
+    params = init_params(model, jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
+    conv1 = (
+        jax.lax.conv_general_dilated(
+            x, params["conv1"]["kernel"], (1, 1), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + params["conv1"]["bias"]
+    )
+    expected = jnp.maximum(conv1, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
+    got = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])[1][
+        "intermediates"
+    ]["conv1"]["__call__"][0]
+    np.testing.assert_allclose(
+        jnp.maximum(got, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4)), expected, atol=1e-5
+    )

@@ -1,0 +1,59 @@
+"""The pure steps: masking makes a padded batch equal to the smaller batch it stands for."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lenet_jax.model import LeNet
+from lenet_jax.steps import create_train_state, make_eval_step, make_train_step
+
+
+def batch_of(n, pad_to=None, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    mask = np.ones(n, np.float32)
+    if pad_to:
+        images = np.concatenate([images, np.zeros((pad_to - n, 28, 28, 1), np.float32)])
+        labels = np.concatenate([labels, np.zeros(pad_to - n, np.int32)])
+        mask = np.concatenate([mask, np.zeros(pad_to - n, np.float32)])
+    return {"image": jnp.asarray(images), "label": jnp.asarray(labels), "mask": jnp.asarray(mask)}
+
+
+def test_padded_batch_gives_the_same_update_as_the_small_batch():
+    model, optimizer = LeNet(), optax.sgd(0.05)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(model, optimizer))
+    small_state, small = step(state, batch_of(5))
+    padded_state, padded = step(state, batch_of(5, pad_to=16))
+    np.testing.assert_allclose(small["loss"], padded["loss"], rtol=1e-6)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(small_state.params),
+        jax.tree_util.tree_leaves(padded_state.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(small_state.step) == 1
+
+
+def test_train_step_is_pure_and_deterministic():
+    model, optimizer = LeNet(), optax.sgd(0.05)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(model, optimizer))
+    a, _ = step(state, batch_of(8))
+    b, _ = step(state, batch_of(8))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_eval_step_counts_only_real_images():
+    model = LeNet()
+    state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0))
+    batch = batch_of(5, pad_to=8)
+    metrics = jax.jit(make_eval_step(model))(state.params, batch)
+    logits = model.apply({"params": state.params}, batch["image"][:5])
+    expected_correct = int((jnp.argmax(logits, -1) == batch["label"][:5]).sum())
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:5])
+    assert int(metrics["count"]) == 5 and int(metrics["correct"]) == expected_correct
+    np.testing.assert_allclose(metrics["loss"], expected_loss.mean(), rtol=1e-6)

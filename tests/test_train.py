@@ -1,0 +1,182 @@
+"""End to end: the Python API on synthetic data, and the real scripts on real MNIST."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import REPO_ROOT
+
+from lenet_jax import reporting
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError
+from lenet_jax.train import train_and_evaluate
+
+TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init="flax")
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from the TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_python_api_takes_any_optax_optimizer(idx_dir, tmp_path):
+    result = train_and_evaluate(TINY, tmp_path / "run", optimizer=optax.adam(1e-3), data_dir=idx_dir)
+    assert [row["epoch"] for row in result.metrics] == [1, 2]
+    assert result.metrics[-1]["step"] == 2 * 6  # 96 images / 16 per batch
+    assert result.metrics[-1]["learning_rate"] is None  # plain optax.adam injects none
+    assert Checkpoints(tmp_path / "run").epochs() == [1, 2]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert Config.from_dict(saved) == TINY
+    assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
+
+
+def test_resume_continues_bit_identically(idx_dir, tmp_path):
+    straight = train_and_evaluate(TINY.replace(epochs=3), tmp_path / "a", data_dir=idx_dir)
+    train_and_evaluate(TINY.replace(epochs=1), tmp_path / "b", data_dir=idx_dir)
+    resumed = train_and_evaluate(TINY.replace(epochs=3), tmp_path / "b", data_dir=idx_dir)
+    for a, b in zip(leaves(straight.state), leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    strip = [
+        {k: v for k, v in row.items() if "seconds" not in k and "per_second" not in k}
+        for row in straight.metrics
+    ]
+    assert strip == [
+        {k: v for k, v in row.items() if "seconds" not in k and "per_second" not in k}
+        for row in resumed.metrics
+    ]
+    # A finished run resumed again trains nothing and keeps its metrics.
+    again = train_and_evaluate(TINY.replace(epochs=3), tmp_path / "b", data_dir=idx_dir)
+    assert [row["epoch"] for row in again.metrics] == [1, 2, 3]
+
+
+def test_resume_with_a_different_model_is_refused(idx_dir, tmp_path):
+    train_and_evaluate(TINY.replace(epochs=1), tmp_path / "run", data_dir=idx_dir)
+    with pytest.raises(ConfigError, match="activation: checkpoint 'sigmoid', now 'relu'"):
+        train_and_evaluate(TINY.replace(activation="relu"), tmp_path / "run", data_dir=idx_dir)
+
+
+def test_same_seed_same_params_other_seed_differs(idx_dir, tmp_path):
+    one = TINY.replace(epochs=1)
+    a = train_and_evaluate(one, tmp_path / "a", data_dir=idx_dir).state
+    b = train_and_evaluate(one, tmp_path / "b", data_dir=idx_dir).state
+    c = train_and_evaluate(one.replace(seed=1), tmp_path / "c", data_dir=idx_dir).state
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a.params), leaves(b.params), strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(a.params), leaves(c.params), strict=True))
+
+
+def run_script(name, *args, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.e2e
+def test_train_and_evaluate_scripts_on_real_mnist(mnist_dir, tmp_path):
+    # A relative workdir, resolved against the working directory.
+    done = run_script(
+        "train.py",
+        "--preset",
+        "smoke",
+        "--workdir",
+        "run",
+        "--data-dir",
+        mnist_dir,
+        "--log-every",
+        "10",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "train 2,048 images, test 10,000 images" in done.stdout
+    assert "step 10: train loss" in done.stdout
+    workdir = tmp_path / "run"
+    rows = reporting.read_metrics(workdir)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for key in (
+        "test_accuracy",
+        "test_total_loss",
+        "train_loss",
+        "train_seconds",
+        "images_per_second",
+        "learning_rate",
+    ):
+        assert key in rows[0]
+    scalars = read_scalars(workdir / "tensorboard")
+    assert [s for s, _ in scalars[reporting.TAG_TRAIN_LOSS]] == [10, 20, 30, 40, 50, 60]
+    assert [s for s, _ in scalars[reporting.TAG_ACCURACY]] == [1, 2]
+    assert len(scalars[reporting.TAG_TEST_TOTAL_LOSS]) == 2
+    for row in rows:
+        out = run_script(
+            "evaluate.py", "--workdir", workdir, "--epoch", row["epoch"], "--data-dir", mnist_dir
+        )
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["epoch"] == row["epoch"] and result["count"] == 10_000
+        assert result["test_accuracy"] == row["test_accuracy"]
+        assert result["test_total_loss"] == row["test_total_loss"]
+
+
+@pytest.mark.e2e
+def test_evaluate_lists_the_epochs_that_exist(mnist_dir, tmp_path):
+    done = run_script(
+        "train.py",
+        "--preset",
+        "smoke",
+        "--epochs",
+        "1",
+        "--train-size",
+        "256",
+        "--workdir",
+        tmp_path / "run",
+        "--data-dir",
+        mnist_dir,
+    )
+    assert done.returncode == 0, done.stderr
+    out = run_script("evaluate.py", "--workdir", tmp_path / "run", "--epoch", "7", "--data-dir", mnist_dir)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: no checkpoint for epoch 7 in {tmp_path / 'run' / 'checkpoints'}; available epochs: 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"),
+        (["--data-dir", "/nonexistent/mnist"], "data directory /nonexistent/mnist does not exist"),
+    ],
+)
+def test_train_script_refuses_bad_input_in_one_line(args, message, tmp_path):
+    done = run_script("train.py", "--workdir", tmp_path / "run", *args)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
