@@ -43,6 +43,8 @@ class Checkpoints:
             # Synchronous: a save of this small model takes milliseconds, and a save that has
             # returned is on disk, which keeps crash and signal handling simple.
             enable_async_checkpointing=False,
+            # A save cut short by a crash leaves a temporary directory; remove it on start.
+            cleanup_tmp_directories=not read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("params", "train_state", "meta")
@@ -89,8 +91,9 @@ class Checkpoints:
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged file
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise CheckpointError(
-                f"checkpoint for epoch {epoch} in {self.directory} is unreadable ({reason}): "
-                "it is damaged or from an incompatible run; pick another epoch"
+                f"checkpoint for epoch {epoch} in {self.directory} is unreadable ({reason}): it is "
+                f"damaged; delete {self.directory / str(epoch)} to fall back to the epoch before, "
+                "or pick another --epoch"
             ) from e
 
     def restore_meta(self, epoch: int) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
 from lenet_jax.errors import ConfigError, LenetError
 
-EXIT_USER_ERROR = 2
-
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
@@ -83,7 +81,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Runs a script's main; a LenetError becomes one line on stderr and exit code 2.
+    """Runs a script's main; a LenetError becomes one line on stderr and its exit code.
 
     With --debug in argv the traceback is shown instead.
     """
@@ -94,14 +92,16 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         if "--debug" in argv:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # outside training (which handles SIGINT itself)
+        print("error: interrupted", file=sys.stderr)
         return 130
 
 
 def quiet_library_logs() -> None:
-    """Silences absl INFO/WARNING chatter from tfds and orbax on the console."""
+    """Silences absl INFO/WARNING chatter and tfds progress bars on the console."""
+    import tensorflow_datasets as tfds
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.disable_progress_bar()

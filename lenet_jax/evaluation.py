@@ -8,6 +8,7 @@ the sum over batches of each batch's mean loss.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -68,14 +69,18 @@ class Evaluator:
         }
 
 
-def evaluate_checkpoint(
-    workdir: str | os.PathLike, epoch: int | None = None, data_dir: str | os.PathLike | None = None
-) -> dict[str, Any]:
-    """Restores the params of one epoch's checkpoint (newest by default) and evaluates the test set.
+@dataclasses.dataclass
+class RestoredParams:
+    """One epoch's parameters with the config (and metadata) of the run that made them."""
 
-    The model and eval batch size come from the config stored in the checkpoint, so the numbers
-    equal those training logged for that epoch.
-    """
+    epoch: int
+    config: Config
+    params: Any
+    meta: dict[str, Any]
+
+
+def restore_params(workdir: str | os.PathLike, epoch: int | None = None) -> RestoredParams:
+    """The params of one epoch's checkpoint (newest by default), nothing else restored."""
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
         if epoch is None:
@@ -92,10 +97,24 @@ def evaluate_checkpoint(
         params = checkpoints.restore_params(epoch, abstract)
     finally:
         checkpoints.close()
-    test = Evaluator(model, config.eval_batch_size).evaluate(params, load_dataset(data_dir).test)
+    return RestoredParams(epoch=epoch, config=config, params=params, meta=meta)
+
+
+def evaluate_checkpoint(
+    workdir: str | os.PathLike, epoch: int | None = None, data_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Evaluates one epoch's checkpoint (newest by default) on the whole test set.
+
+    The model and eval batch size come from the config stored in the checkpoint, so the numbers
+    equal those training logged for that epoch.
+    """
+    restored = restore_params(workdir, epoch)
+    model = model_from_config(restored.config)
+    evaluator = Evaluator(model, restored.config.eval_batch_size)
+    test = evaluator.evaluate(restored.params, load_dataset(data_dir).test)
     return {
-        "epoch": epoch,
-        "step": meta["step"],
+        "epoch": restored.epoch,
+        "step": restored.meta["step"],
         "test_accuracy": test["accuracy"],
         "test_total_loss": test["total_loss"],
         "test_mean_loss": test["mean_loss"],

@@ -67,7 +67,11 @@ def _header(data: bytes, path: Path, magic: int, ndim: int) -> list[int]:
 
 def read_images(path: Path) -> np.ndarray:
     """IDX3 images as uint8 (N, 28, 28, 1)."""
-    data = _read_bytes(path)
+    return parse_images(_read_bytes(path), path)
+
+
+def parse_images(data: bytes, path: Path) -> np.ndarray:
+    """IDX3 images from the file's (decompressed) bytes; path only names it in errors."""
     count, rows, cols = _header(data, path, IMAGES_MAGIC, 3)
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
@@ -85,7 +89,11 @@ def read_images(path: Path) -> np.ndarray:
 
 def read_labels(path: Path) -> np.ndarray:
     """IDX1 labels as int32 (N,), checked to lie in 0..9."""
-    data = _read_bytes(path)
+    return parse_labels(_read_bytes(path), path)
+
+
+def parse_labels(data: bytes, path: Path) -> np.ndarray:
+    """IDX1 labels from the file's (decompressed) bytes; path only names it in errors."""
     (count,) = _header(data, path, LABELS_MAGIC, 1)
     if len(data) - 8 < count:
         raise DataError(
@@ -104,7 +112,10 @@ def read_labels(path: Path) -> np.ndarray:
 
 def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28, 1), labels int32 (N,)) from two IDX files, counts checked."""
-    images, labels = read_images(images_path), read_labels(labels_path)
+    return _check_pair(read_images(images_path), read_labels(labels_path), images_path, labels_path)
+
+
+def _check_pair(images, labels, images_path: Path, labels_path: Path):
     if len(images) != len(labels):
         raise DataError(
             f"{images_path.name} has {len(images)} images but {labels_path.name} has "
@@ -119,11 +130,12 @@ def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
     return find_idx_file(data_dir, images_stem), find_idx_file(data_dir, labels_stem)
 
 
-def fingerprint(data_dir: Path) -> str:
-    """sha256 of the four files' decompressed bytes: identifies a dataset in the tfds cache.
+def check_and_fingerprint(data_dir: Path) -> str:
+    """Validates the four files of data_dir and returns the sha256 of their decompressed bytes.
 
-    Decompressed, so that the same data gzipped again (gzip headers hold a timestamp) or stored
-    uncompressed is still the same dataset.
+    Runs on every start, before tfds is involved, so bad files are refused in one line at once.
+    The digest identifies the dataset in the tfds cache: decompressed, so that the same data
+    gzipped again (gzip headers hold a timestamp) or stored uncompressed stays the same dataset.
     """
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
@@ -133,7 +145,15 @@ def fingerprint(data_dir: Path) -> str:
         )
     digest = hashlib.sha256()
     for split in SPLIT_FILES:
-        for stem in SPLIT_FILES[split]:
+        images_path, labels_path = split_paths(data_dir, split)
+        images_bytes, labels_bytes = _read_bytes(images_path), _read_bytes(labels_path)
+        _check_pair(
+            parse_images(images_bytes, images_path),
+            parse_labels(labels_bytes, labels_path),
+            images_path,
+            labels_path,
+        )
+        for stem, data in zip(SPLIT_FILES[split], (images_bytes, labels_bytes), strict=True):
             digest.update(stem.encode())
-            digest.update(_read_bytes(find_idx_file(data_dir, stem)))
+            digest.update(data)
     return digest.hexdigest()

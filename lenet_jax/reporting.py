@@ -40,19 +40,25 @@ class RunLog:
 
     metrics.jsonl gets one JSON object per finished epoch. On resume it is rewritten to hold
     only the epochs up to the checkpoint resumed from, and TensorBoard is told to discard events
-    after the resumed step (`purge_step`), so no epoch is duplicated or missing.
+    after the resumed step (`purge_step`), so no epoch is duplicated; the training loop re-logs
+    from the checkpoints' metadata any epoch whose row a crash lost, so none is missing.
     """
 
     def __init__(self, workdir: Path, resume_step: int = 0, resume_epoch: int = 0):
         self.metrics_path = workdir / METRICS_FILE
         kept = [row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch]
         self._write_rows(kept)
+        self._epochs = {row["epoch"] for row in kept}
         self.tensorboard = SummaryWriter(str(workdir / TENSORBOARD_SUBDIR), purge_step=resume_step or None)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         os.replace(tmp, self.metrics_path)
+
+    def missing(self, epoch: int) -> bool:
+        """Whether metrics.jsonl lacks this epoch's row."""
+        return epoch not in self._epochs
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         # Written as a raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to
@@ -66,6 +72,7 @@ class RunLog:
             f.write(json.dumps(row, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._epochs.add(row["epoch"])
         self.tensorboard.flush()
 
     def close(self) -> None:

@@ -22,7 +22,10 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,10 @@ import numpy as np
 import optax
 
 from lenet_jax import reporting
-from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, epoch_order, gather_batch, load_dataset, num_batches
-from lenet_jax.errors import ConfigError, LenetError
+from lenet_jax.errors import ConfigError, DivergedError, LenetError, TrainingInterrupted
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import count_params, model_from_config
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
@@ -68,6 +71,15 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
             f"workdir {path} is not writable ({e.strerror}): pass a --workdir you can write to"
         ) from e
     return path
+
+
+def clear_run(workdir: str | os.PathLike) -> None:
+    """Deletes a run's checkpoints, metrics, TensorBoard events and config (for --restart)."""
+    path = Path(workdir).expanduser().resolve()
+    for name in (CHECKPOINT_SUBDIR, reporting.TENSORBOARD_SUBDIR):
+        shutil.rmtree(path / name, ignore_errors=True)
+    for name in (reporting.METRICS_FILE, reporting.CONFIG_FILE):
+        (path / name).unlink(missing_ok=True)
 
 
 def _config_differences(saved: dict[str, Any], config: Config) -> list[str]:
@@ -121,19 +133,92 @@ class _Progress:
             self._bar.close()
 
 
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a Python bool read per
+    step costs nothing), so a stop never interrupts a step or a checkpoint write half-way.
+    A second signal stops at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal() works only there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class _LossMonitor:
+    """Holds the step losses on the device and checks them on the host every `every` steps.
+
+    Reading one batch of losses every `every` steps keeps the loop from waiting on the device,
+    and still names the exact step where the loss first became NaN or infinite.
+    """
+
+    def __init__(self, config: Config, first_step: int):
+        self.config = config
+        self.pending: list[jax.Array] = []
+        self.first_pending_step = first_step + 1
+        self.epoch_losses: list[float] = []
+
+    def add(self, loss: jax.Array) -> None:
+        self.pending.append(loss)
+
+    def flush(self, epoch: int, last_good_epoch: int) -> np.ndarray:
+        """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
+        values = np.asarray(jax.device_get(self.pending), np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            step = self.first_pending_step + int(bad[0])
+            hint = f"lower --lr (now {self.config.lr:g})"
+            if self.config.grad_clip is None:
+                hint += " or add --grad-clip 1.0"
+            kept = f"epoch {last_good_epoch}" if last_good_epoch else "none yet"
+            raise DivergedError(
+                f"the training loss became {values[bad[0]]} at step {step} (epoch {epoch}): "
+                f"training diverged; {hint}. Last good checkpoint: {kept}"
+            )
+        self.first_pending_step += len(values)
+        self.pending = []
+        self.epoch_losses.extend(values.tolist())
+        return values
+
+
 def train_and_evaluate(
     config: Config,
     workdir: str | os.PathLike,
     optimizer: optax.GradientTransformation | None = None,
     data_dir: str | os.PathLike | None = None,
+    resume: bool = True,
 ) -> TrainResult:
     """Trains LeNet as `config` says, evaluating and checkpointing every epoch in workdir.
 
     optimizer: any optax GradientTransformation; None builds the one the config names.
     data_dir: folder of MNIST-format IDX files; None uses $LENET_DATA_DIR, else tfds download.
-    Resumes from the newest checkpoint in workdir if there is one.
+    resume: continue from the newest checkpoint in workdir. With resume=False a workdir that
+    holds checkpoints is refused (nothing is ever deleted here; see `clear_run`).
+    Raises DivergedError on a NaN/inf loss and TrainingInterrupted on SIGINT/SIGTERM; the last
+    complete checkpoint stays usable either way.
     """
     workdir = prepare_workdir(workdir)
+    checkpoints = Checkpoints(workdir, keep=config.keep)
+    latest = checkpoints.latest_epoch()
+    if latest is not None and not resume:
+        checkpoints.close()
+        raise LenetError(
+            f"{workdir} already holds checkpoints (epochs {', '.join(map(str, checkpoints.epochs()))}): "
+            "add --force to --restart to delete them, or pass another --workdir"
+        )
     dataset = load_dataset(data_dir, config.validation_size, config.train_size)
     sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
     print(f"Data {dataset.source}: {sizes}", flush=True)
@@ -147,14 +232,12 @@ def train_and_evaluate(
     # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key ->
     # every epoch's order (folded with the epoch number).
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    checkpoints = Checkpoints(workdir, keep=config.keep)
-    start_epoch = 0
-    latest = checkpoints.latest_epoch()
+    start_epoch, metas = 0, {}
     if latest is None:
         state = create_train_state(model, optimizer, init_key)
     else:
-        meta = checkpoints.restore_meta(latest)
-        _check_resumable(meta, config, dataset, optimizer_source)
+        metas = {epoch: checkpoints.restore_meta(epoch) for epoch in checkpoints.epochs()}
+        _check_resumable(metas[latest], config, dataset, optimizer_source)
         # The restore target is built by eval_shape: shapes and dtypes only, no real init.
         abstract = jax.eval_shape(lambda: create_train_state(model, optimizer, init_key))
         state = checkpoints.restore_state(latest, abstract)
@@ -164,6 +247,9 @@ def train_and_evaluate(
 
     (workdir / reporting.CONFIG_FILE).write_text(config.to_json() + "\n")
     log = reporting.RunLog(workdir, resume_step=int(state.step), resume_epoch=start_epoch)
+    for meta in metas.values():  # rows a crash lost between a checkpoint and its log lines
+        if log.missing(meta["epoch"]):
+            _log_epoch(log, meta["metrics"])
 
     train_step = make_train_step(model, optimizer)
 
@@ -177,72 +263,97 @@ def train_and_evaluate(
     evaluator = Evaluator(model, config.eval_batch_size)
 
     step = int(state.step)  # the host's copy of the step: reading state.step would sync
+    last_good_epoch = start_epoch
     try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            order = epoch_order(shuffle_key, epoch, len(dataset.train), config.batch_size)
-            progress = _Progress(len(order), epoch)
-            losses = []
-            start = time.perf_counter()
-            for indices in order:
-                state, metrics = train_on_indices(state, train_images, train_labels, indices)
-                losses.append(metrics["loss"])
-                progress.update()
-                step += 1
-                if step % config.log_every == 0:
-                    loss = float(metrics["loss"])
-                    log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
-                    progress.write(f"step {step}: train loss {loss:.4f}")
-            jax.block_until_ready(state)
-            train_seconds = time.perf_counter() - start
-            progress.close()
+        with _StopSignals() as stop:
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                order = epoch_order(shuffle_key, epoch, len(dataset.train), config.batch_size)
+                progress = _Progress(len(order), epoch)
+                losses = _LossMonitor(config, step)
+                start = time.perf_counter()
+                for indices in order:
+                    if stop.received is not None:
+                        raise _interrupted(stop.received, step, epoch, last_good_epoch)
+                    state, metrics = train_on_indices(state, train_images, train_labels, indices)
+                    losses.add(metrics["loss"])
+                    progress.update()
+                    step += 1
+                    if step % config.log_every == 0:
+                        loss = float(losses.flush(epoch, last_good_epoch)[-1])
+                        log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
+                        progress.write(f"step {step}: train loss {loss:.4f}")
+                losses.flush(epoch, last_good_epoch)
+                jax.block_until_ready(state)
+                train_seconds = time.perf_counter() - start
+                progress.close()
 
-            row = _epoch_row(epoch, state, losses, train_seconds, len(dataset.train))
-            test = evaluator.evaluate(state.params, dataset.test)
-            row.update(
-                test_accuracy=test["accuracy"],
-                test_total_loss=test["total_loss"],
-                test_mean_loss=test["mean_loss"],
-                eval_seconds=test["seconds"],
-            )
-            log.scalar(reporting.TAG_TEST_TOTAL_LOSS, test["total_loss"], epoch)
-            log.scalar(reporting.TAG_ACCURACY, test["accuracy"], epoch)
-            if dataset.validation is not None:
-                val = evaluator.evaluate(state.params, dataset.validation)
-                row.update(validation_accuracy=val["accuracy"], validation_total_loss=val["total_loss"])
-                log.scalar(reporting.TAG_VALIDATION_TOTAL_LOSS, val["total_loss"], epoch)
-                log.scalar(reporting.TAG_VALIDATION_ACCURACY, val["accuracy"], epoch)
-            if row["learning_rate"] is not None:
-                log.scalar(reporting.TAG_LEARNING_RATE, row["learning_rate"], row["step"])
-            print(_epoch_line(row), flush=True)
+                row = _epoch_row(epoch, state, losses.epoch_losses, train_seconds, len(dataset.train))
+                test = evaluator.evaluate(state.params, dataset.test)
+                row.update(
+                    test_accuracy=test["accuracy"],
+                    test_total_loss=test["total_loss"],
+                    test_mean_loss=test["mean_loss"],
+                    eval_seconds=test["seconds"],
+                )
+                if dataset.validation is not None:
+                    val = evaluator.evaluate(state.params, dataset.validation)
+                    row.update(validation_accuracy=val["accuracy"], validation_total_loss=val["total_loss"])
+                print(_epoch_line(row), flush=True)
 
-            # The metrics row goes first, then the checkpoint: a crash in between leaves a row
-            # for an epoch without checkpoint, which a resume drops and recomputes.
-            log.epoch(row)
-            checkpoints.save(
-                epoch,
-                state,
-                {
-                    "epoch": epoch,
-                    "step": row["step"],
-                    "config": config.to_dict(),
-                    "dataset": dataset.source,
-                    "optimizer_source": optimizer_source,
-                    "metrics": row,
-                },
-            )
+                # The checkpoint first (it holds the row in its meta), then the logs: a crash in
+                # between is repaired on resume from the checkpoint's meta.
+                checkpoints.save(
+                    epoch,
+                    state,
+                    {
+                        "epoch": epoch,
+                        "step": row["step"],
+                        "config": config.to_dict(),
+                        "dataset": dataset.source,
+                        "optimizer_source": optimizer_source,
+                        "metrics": row,
+                    },
+                )
+                last_good_epoch = epoch
+                _log_epoch(log, row)
     finally:
         log.close()
         checkpoints.close()
     return TrainResult(state=state, metrics=reporting.read_metrics(workdir))
 
 
-def _epoch_row(epoch: int, state: TrainState, losses: list[Any], seconds: float, images: int):
+def _interrupted(signum: int, step: int, epoch: int, last_good_epoch: int) -> TrainingInterrupted:
+    name = signal.Signals(signum).name
+    where = (
+        f"from the checkpoint of epoch {last_good_epoch}"
+        if last_good_epoch
+        else "from the start (no checkpoint yet)"
+    )
+    return TrainingInterrupted(
+        f"{name} received: stopped before step {step + 1} (epoch {epoch}); rerun the same "
+        f"command to resume {where}",
+        exit_code=128 + signum,
+    )
+
+
+def _log_epoch(log: reporting.RunLog, row: dict[str, Any]) -> None:
+    """An epoch's row to TensorBoard (the recipe's tags, at the epoch number) and metrics.jsonl."""
+    log.scalar(reporting.TAG_TEST_TOTAL_LOSS, row["test_total_loss"], row["epoch"])
+    log.scalar(reporting.TAG_ACCURACY, row["test_accuracy"], row["epoch"])
+    if "validation_accuracy" in row:
+        log.scalar(reporting.TAG_VALIDATION_TOTAL_LOSS, row["validation_total_loss"], row["epoch"])
+        log.scalar(reporting.TAG_VALIDATION_ACCURACY, row["validation_accuracy"], row["epoch"])
+    if row["learning_rate"] is not None:
+        log.scalar(reporting.TAG_LEARNING_RATE, row["learning_rate"], row["step"])
+    log.epoch(row)
+
+
+def _epoch_row(epoch: int, state: TrainState, losses: list[float], seconds: float, images: int):
     lr = current_learning_rate(state.opt_state)
     return {
         "epoch": epoch,
         "step": int(state.step),
-        # Mean of the epoch's per-batch mean losses, read from the device once.
-        "train_loss": float(np.mean(jax.device_get(losses))),
+        "train_loss": float(np.mean(losses)),  # mean of the epoch's per-batch mean losses
         "learning_rate": None if lr is None else float(lr),
         "train_seconds": seconds,
         "images_per_second": images / seconds,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lenet_jax import cli
-from lenet_jax.train import train_and_evaluate
+from lenet_jax.train import clear_run, train_and_evaluate
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
@@ -28,6 +28,13 @@ def main(argv: list[str]) -> int:
         help="folder with the four MNIST-format IDX files, gzipped or not (default: "
         "$LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
     )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over instead of resuming; refused if the workdir has checkpoints, unless "
+        "--force is given too (which deletes them)",
+    )
+    parser.add_argument("--force", action="store_true", help="with --restart: delete the old run")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     cli.add_config_flags(parser)
     args = parser.parse_args(argv)
@@ -35,7 +42,11 @@ def main(argv: list[str]) -> int:
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
     print(f"Workdir: {workdir}")
-    train_and_evaluate(config, workdir, data_dir=args.data_dir)
+    if args.force and not args.restart:
+        raise cli.ConfigError("--force only goes with --restart")
+    if args.restart and args.force:
+        clear_run(workdir)
+    train_and_evaluate(config, workdir, data_dir=args.data_dir, resume=not args.restart)
     return 0
 
 

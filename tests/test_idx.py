@@ -21,7 +21,7 @@ def test_reads_gzipped_and_plain_files(tmp_path, compress):
 
 def test_missing_directory(tmp_path):
     with pytest.raises(DataError, match="does not exist.*--data-dir"):
-        idx.fingerprint(tmp_path / "nowhere")
+        idx.check_and_fingerprint(tmp_path / "nowhere")
 
 
 def test_missing_file(tmp_path):
@@ -80,10 +80,10 @@ def test_counts_disagree(tmp_path):
 def test_fingerprint_depends_on_content(tmp_path):
     a = make_idx_dir(tmp_path / "a", seed=0)
     b = make_idx_dir(tmp_path / "b", seed=1)
-    assert idx.fingerprint(a) != idx.fingerprint(b)
-    assert idx.fingerprint(a) == idx.fingerprint(make_idx_dir(tmp_path / "c", seed=0))
+    assert idx.check_and_fingerprint(a) != idx.check_and_fingerprint(b)
+    assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(make_idx_dir(tmp_path / "c", seed=0))
     plain = make_idx_dir(tmp_path / "d", seed=0, compress=False)
-    assert idx.fingerprint(a) == idx.fingerprint(plain)
+    assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(plain)
 
 
 def test_gzip_roundtrip_helper_is_valid_gzip(tmp_path):

@@ -39,7 +39,7 @@ ONLINE_MNIST = IdxConfig(name="mnist", description="The official MNIST files, do
 
 def local_config(data_dir: Path) -> IdxConfig:
     """The config serving the IDX files in data_dir (validated while preparing)."""
-    digest = idx.fingerprint(data_dir)
+    digest = idx.check_and_fingerprint(data_dir)
     return IdxConfig(
         name=f"idx_{digest[:16]}",
         description=f"IDX files from {data_dir} (sha256 {digest})",

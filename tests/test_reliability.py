@@ -1,0 +1,322 @@
+"""Crash safety, exact resume, signals, the NaN guard and one-line errors for bad input."""
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, make_idx_dir, write_idx
+
+from lenet_jax import cli
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.config import Config
+from lenet_jax.errors import DivergedError
+from lenet_jax.evaluation import restore_params
+from lenet_jax.reporting import read_metrics
+from lenet_jax.train import train_and_evaluate
+
+# Real MNIST subset: 640 images = 10 steps per epoch, a loss line every 5 steps.
+SHORT_RUN = ["--preset", "smoke", "--epochs", "3", "--train-size", "640", "--log-every", "5"]
+TIMING_KEYS = ("train_seconds", "images_per_second", "eval_seconds")
+
+
+def script_main(name):
+    return runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
+
+
+def run_cli(capsys, script, *argv):
+    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stderr)."""
+    code = cli.run(script_main(script), [str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def params_of(workdir, epoch=3):
+    return restore_params(workdir, epoch).params
+
+
+def assert_same_run(a: Path, b: Path):
+    import jax
+
+    for x, y in zip(
+        jax.tree_util.tree_leaves(params_of(a)), jax.tree_util.tree_leaves(params_of(b)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    assert [row["epoch"] for row in read_metrics(b)] == [1, 2, 3]
+
+
+def start_training(workdir, mnist_dir, *wrapper_args, wrapper=None):
+    """scripts/train.py (or a wrapper taking wrapper_args first) on the short real-MNIST run."""
+    program = [str(REPO_ROOT / "scripts" / "train.py")] if wrapper is None else [str(wrapper)]
+    argv = [
+        sys.executable,
+        *program,
+        *map(str, wrapper_args),
+        *SHORT_RUN,
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        str(mnist_dir),
+    ]
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_line(process, prefix, timeout=300):
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return
+        assert time.time() < deadline, f"no line {prefix!r} in time"
+    raise AssertionError(f"process ended before printing {prefix!r}: {process.stderr.read()}")
+
+
+@pytest.fixture(scope="module")
+def reference_run(mnist_dir, tmp_path_factory):
+    """An uninterrupted 3-epoch run that every interrupted run must reproduce bit for bit."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    done = start_training(workdir, mnist_dir)
+    assert done.wait(600) == 0, done.stderr.read()
+    return workdir
+
+
+@pytest.mark.e2e
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference_run, mnist_dir, tmp_path):
+    process = start_training(tmp_path / "run", mnist_dir)
+    wait_for_line(process, "step 15:")  # epoch 2 covers steps 11-20
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(60) == -signal.SIGKILL
+    assert Checkpoints(tmp_path / "run").epochs() == [1]
+    resumed = start_training(tmp_path / "run", mnist_dir)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "Resuming from the checkpoint of epoch 1 (step 10)" in out
+    assert_same_run(reference_run, tmp_path / "run")
+
+
+@pytest.mark.e2e
+def test_sigkill_during_a_checkpoint_write_leaves_a_resumable_workdir(reference_run, mnist_dir, tmp_path):
+    wrapper = Path(__file__).parent / "helpers" / "kill_during_save.py"
+    killed = start_training(tmp_path / "run", mnist_dir, 2, wrapper=wrapper)
+    killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
+    assert any(name.startswith("2.") for name in leftovers), leftovers  # the half-written one
+    assert Checkpoints(tmp_path / "run").epochs() == [1]  # ...is not taken as complete
+    resumed = start_training(tmp_path / "run", mnist_dir)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert_same_run(reference_run, tmp_path / "run")
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_cleanly_and_says_how_to_resume(reference_run, mnist_dir, tmp_path):
+    process = start_training(tmp_path / "run", mnist_dir)
+    wait_for_line(process, "step 15:")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1].startswith("error: SIGTERM received: stopped before step")
+    assert "rerun the same command to resume from the checkpoint of epoch 1" in err
+    resumed = start_training(tmp_path / "run", mnist_dir)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert_same_run(reference_run, tmp_path / "run")
+
+
+def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
+    config = Config(epochs=3, batch_size=16, activation="relu", init="flax", lr=1e4, log_every=1000)
+    with pytest.raises(
+        DivergedError,
+        match=r"became (nan|inf) at step \d+ \(epoch \d\).*"
+        r"lower --lr \(now 10000\) or add --grad-clip",
+    ):
+        train_and_evaluate(config, tmp_path / "run", data_dir=idx_dir)
+    for epoch in Checkpoints(tmp_path / "run").epochs():
+        assert np.isfinite(read_metrics(tmp_path / "run")[epoch - 1]["train_loss"])
+
+
+# ---- one-line errors: (exit code 2, one line naming the problem and the fix) ----
+
+
+def corrupt(folder: Path, what: str) -> None:
+    if what == "missing file":
+        (folder / "train-labels-idx1-ubyte.gz").unlink()
+    elif what == "wrong magic":
+        write_idx(folder / "train-images-idx3-ubyte", np.zeros((96, 28, 28), np.uint8), 0x801)
+    elif what == "truncated":
+        path = folder / "t10k-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif what == "counts disagree":
+        write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(39, np.uint8), 0x801)
+    elif what == "not 28x28":
+        write_idx(folder / "train-images-idx3-ubyte", np.zeros((96, 32, 32), np.uint8), 0x803)
+    elif what == "label out of range":
+        write_idx(folder / "train-labels-idx1-ubyte", np.full(96, 10, np.uint8), 0x801)
+
+
+@pytest.mark.parametrize(
+    "what,message",
+    [
+        ("missing file", "has no train-labels-idx1-ubyte[.gz]: put the four MNIST-format IDX files"),
+        ("wrong magic", "has magic number 0x00000801, expected 0x00000803"),
+        ("truncated", "the file is damaged, download it again"),
+        ("counts disagree", "has 40 images but t10k-labels-idx1-ubyte.gz has 39 labels"),
+        ("not 28x28", "holds 32x32 images, expected 28x28"),
+        ("label out of range", "has label 10 at index 0, outside 0-9"),
+    ],
+)
+def test_bad_data_is_refused_in_one_line(capsys, tmp_path, what, message):
+    folder = make_idx_dir(tmp_path / "data", n_train=96, n_test=40)
+    corrupt(folder, what)
+    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "run", "--data-dir", folder)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--data-dir", "/nonexistent"], "data directory /nonexistent does not exist"),
+        (["--epochs", "-3"], "--epochs must be at least 1, not -3"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+        (["--optimizer", "adamax2"], "unknown optimizer 'adamax2': choose one of sgd"),
+        (["--activation", "gelu"], "--activation must be one of sigmoid, tanh, relu, not 'gelu'"),
+        (["--lr", "0"], "--lr must be greater than 0, not 0.0"),
+        (["--force"], "--force only goes with --restart"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(capsys, tmp_path, argv, message):
+    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "run", *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_unwritable_workdir(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "file" / "run")
+    assert code == 2 and "is not writable" in err and "pass a --workdir you can write to" in err
+
+
+@pytest.fixture
+def trained(idx_dir, tmp_path):
+    """A 2-epoch run on synthetic data: (workdir, data dir)."""
+    config = Config(epochs=2, batch_size=32, init="flax")
+    train_and_evaluate(config, tmp_path / "run", data_dir=idx_dir)
+    return tmp_path / "run", idx_dir
+
+
+def test_evaluate_epoch_that_does_not_exist(capsys, trained):
+    workdir, data = trained
+    code, err = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--epoch", "5", "--data-dir", data)
+    assert code == 2 and "no checkpoint for epoch 5" in err and "available epochs: 1, 2" in err
+
+
+def test_evaluate_workdir_without_checkpoints(capsys, tmp_path):
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    code, err = run_cli(capsys, "evaluate.py", "--workdir", tmp_path / "empty")
+    assert code == 2 and "has no checkpoints: train first" in err
+    code, err = run_cli(capsys, "evaluate.py", "--workdir", tmp_path / "nowhere")
+    assert code == 2 and "does not exist: pass the --workdir of a training run" in err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage meta"])
+def test_corrupt_checkpoint_is_refused_in_one_line(capsys, trained, damage):
+    workdir, data = trained
+    epoch_dir = workdir / "checkpoints" / "2"
+    if damage == "truncate":
+        for path in (epoch_dir / "params").rglob("*"):
+            if path.is_file():
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        for path in (epoch_dir / "meta").rglob("*"):
+            if path.is_file():
+                path.write_text("{not json")
+    code, err = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--data-dir", data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "checkpoint for epoch 2" in err and "is unreadable" in err
+    assert "delete" in err and "to fall back to the epoch before" in err
+    # Training refuses to resume from it the same way, and epoch 1 still evaluates.
+    code, err = run_cli(
+        capsys,
+        "train.py",
+        "--workdir",
+        workdir,
+        "--data-dir",
+        data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--init",
+        "flax",
+    )
+    assert code == 2 and "is unreadable" in err
+    code, _ = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--epoch", "1", "--data-dir", data)
+    assert code == 0
+
+
+def test_resume_with_other_settings_lists_the_differences(capsys, trained):
+    workdir, data = trained
+    code, err = run_cli(
+        capsys,
+        "train.py",
+        "--workdir",
+        workdir,
+        "--data-dir",
+        data,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "adam",
+        "--init",
+        "flax",
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "batch_size: checkpoint 32, now 16" in err and "optimizer: checkpoint 'sgd'" in err
+
+
+def test_resume_with_more_epochs_is_allowed(capsys, trained):
+    workdir, data = trained
+    code, _ = run_cli(
+        capsys,
+        "train.py",
+        "--workdir",
+        workdir,
+        "--data-dir",
+        data,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--init",
+        "flax",
+    )
+    assert code == 0 and [r["epoch"] for r in read_metrics(workdir)] == [1, 2, 3]
+
+
+def test_restart_refuses_to_delete_without_force(capsys, trained):
+    workdir, data = trained
+    args = ["--workdir", workdir, "--data-dir", data, "--epochs", "1", "--restart"]
+    code, err = run_cli(capsys, "train.py", *args)
+    assert code == 2 and "already holds checkpoints (epochs 1, 2)" in err and "--force" in err
+    assert Checkpoints(workdir).epochs() == [1, 2]
+    code, _ = run_cli(capsys, "train.py", *args, "--force")
+    assert code == 0 and Checkpoints(workdir).epochs() == [1]
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 1
