@@ -37,7 +37,7 @@ import optax
 from lenet_jax import reporting
 from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
-from lenet_jax.data import Dataset, epoch_order, gather_batch, load_dataset, num_batches
+from lenet_jax.data import Dataset, Split, epoch_order, gather_batch, load_dataset, num_batches
 from lenet_jax.errors import ConfigError, DivergedError, LenetError, TrainingInterrupted
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import count_params, model_from_config
@@ -174,7 +174,7 @@ class _LossMonitor:
     def add(self, loss: jax.Array) -> None:
         self.pending.append(loss)
 
-    def flush(self, epoch: int, last_good_epoch: int) -> np.ndarray:
+    def flush(self, epoch: int) -> np.ndarray:
         """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
         values = np.asarray(jax.device_get(self.pending), np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
@@ -183,15 +183,78 @@ class _LossMonitor:
             hint = f"lower --lr (now {self.config.lr:g})"
             if self.config.grad_clip is None:
                 hint += " or add --grad-clip 1.0"
-            kept = f"epoch {last_good_epoch}" if last_good_epoch else "none yet"
             raise DivergedError(
                 f"the training loss became {values[bad[0]]} at step {step} (epoch {epoch}): "
-                f"training diverged; {hint}. Last good checkpoint: {kept}"
+                f"training diverged; {hint}"
             )
         self.first_pending_step += len(values)
         self.pending = []
         self.epoch_losses.extend(values.tolist())
         return values
+
+
+class _Stopped(Exception):
+    """Raised inside the epoch loop when a stop signal arrived (before step `step` + 1)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step
+
+
+class EpochRunner:
+    """Runs training epochs: one jitted step per batch of the epoch's order (see the module
+    docstring for what is jitted, donated and kept on the device)."""
+
+    def __init__(
+        self,
+        model,
+        optimizer: optax.GradientTransformation,
+        config: Config,
+        train: Split,
+        shuffle_key: jax.Array,
+    ):
+        self.config, self.num_examples, self.shuffle_key = config, len(train), shuffle_key
+        train_step = make_train_step(model, optimizer)
+
+        @functools.partial(jax.jit, donate_argnums=0)
+        def train_on_indices(state, images, labels, indices):
+            return train_step(state, gather_batch(images, labels, indices))
+
+        self._step = train_on_indices
+        self._images = jax.device_put(train.images)
+        self._labels = jax.device_put(train.labels)
+
+    def steps_per_epoch(self) -> int:
+        return num_batches(self.num_examples, self.config.batch_size)
+
+    def run(self, state: TrainState, epoch: int, step: int, log=None, stop=None):
+        """Trains one epoch from `state` (at host step `step`); returns (state, losses, seconds).
+
+        log(step, loss) is called every config.log_every steps; stop (a _StopSignals) is
+        checked before each step. Raises DivergedError on a non-finite loss.
+        """
+        order = epoch_order(self.shuffle_key, epoch, self.num_examples, self.config.batch_size)
+        progress = _Progress(len(order), epoch)
+        losses = _LossMonitor(self.config, step)
+        start = time.perf_counter()
+        try:
+            for indices in order:
+                if stop is not None and stop.received is not None:
+                    raise _Stopped(stop.received, step)
+                state, metrics = self._step(state, self._images, self._labels, indices)
+                losses.add(metrics["loss"])
+                progress.update()
+                step += 1
+                if step % self.config.log_every == 0:
+                    loss = float(losses.flush(epoch)[-1])
+                    progress.write(f"step {step}: train loss {loss:.4f}")
+                    if log is not None:
+                        log(step, loss)
+            losses.flush(epoch)
+            jax.block_until_ready(state)
+        finally:
+            progress.close()
+        return state, losses.epoch_losses, time.perf_counter() - start
 
 
 def train_and_evaluate(
@@ -251,43 +314,27 @@ def train_and_evaluate(
         if log.missing(meta["epoch"]):
             _log_epoch(log, meta["metrics"])
 
-    train_step = make_train_step(model, optimizer)
-
-    # One jit for gather + step; state is donated (updated in place).
-    @functools.partial(jax.jit, donate_argnums=0)
-    def train_on_indices(state, images, labels, indices):
-        return train_step(state, gather_batch(images, labels, indices))
-
-    train_images = jax.device_put(dataset.train.images)
-    train_labels = jax.device_put(dataset.train.labels)
+    runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
     evaluator = Evaluator(model, config.eval_batch_size)
+
+    def log_train_loss(step: int, loss: float) -> None:
+        log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
 
     step = int(state.step)  # the host's copy of the step: reading state.step would sync
     last_good_epoch = start_epoch
     try:
         with _StopSignals() as stop:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                order = epoch_order(shuffle_key, epoch, len(dataset.train), config.batch_size)
-                progress = _Progress(len(order), epoch)
-                losses = _LossMonitor(config, step)
-                start = time.perf_counter()
-                for indices in order:
-                    if stop.received is not None:
-                        raise _interrupted(stop.received, step, epoch, last_good_epoch)
-                    state, metrics = train_on_indices(state, train_images, train_labels, indices)
-                    losses.add(metrics["loss"])
-                    progress.update()
-                    step += 1
-                    if step % config.log_every == 0:
-                        loss = float(losses.flush(epoch, last_good_epoch)[-1])
-                        log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
-                        progress.write(f"step {step}: train loss {loss:.4f}")
-                losses.flush(epoch, last_good_epoch)
-                jax.block_until_ready(state)
-                train_seconds = time.perf_counter() - start
-                progress.close()
+                try:
+                    state, losses, train_seconds = runner.run(state, epoch, step, log_train_loss, stop)
+                except _Stopped as stopped:
+                    raise _interrupted(stopped.signum, stopped.step, epoch, last_good_epoch) from None
+                except DivergedError as e:
+                    kept = f"epoch {last_good_epoch}" if last_good_epoch else "none yet"
+                    raise DivergedError(f"{e}. Last good checkpoint: {kept}") from None
+                step += runner.steps_per_epoch()
 
-                row = _epoch_row(epoch, state, losses.epoch_losses, train_seconds, len(dataset.train))
+                row = _epoch_row(epoch, state, losses, train_seconds, len(dataset.train))
                 test = evaluator.evaluate(state.params, dataset.test)
                 row.update(
                     test_accuracy=test["accuracy"],
