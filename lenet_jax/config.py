@@ -20,6 +20,7 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu")
 POOLS = ("avg", "max")
 INITS = ("torch", "flax")
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
+CONV_IMPLS = ("auto", "xla", "toeplitz")
 # The optimizer names live in `lenet_jax.optimizers.OPTIMIZERS`.
 
 
@@ -48,6 +49,13 @@ class Config:
         "parameter initialisation: 'torch' = PyTorch's default (uniform +-1/sqrt(fan_in)), "
         "'flax' = Flax's defaults (lecun_normal weights, zero biases)",
         INITS,
+    )
+    conv_impl: str = _field(
+        "auto",
+        "how convolutions are computed (same parameters and math): 'xla' = lax.conv, "
+        "'toeplitz' = one matrix product per conv (faster on CPU), 'auto' = toeplitz on CPU, "
+        "xla elsewhere",
+        CONV_IMPLS,
     )
 
     # Data.

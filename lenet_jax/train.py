@@ -111,9 +111,10 @@ def _check_resumable(meta: dict[str, Any], config: Config, dataset: Dataset, opt
 class _Progress:
     """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI)."""
 
-    def __init__(self, total: int, epoch: int):
+    def __init__(self, total: int, epoch: int, enabled: bool = True):
         self._bar = None
-        if sys.stderr.isatty():
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
@@ -123,6 +124,8 @@ class _Progress:
             self._bar.update()
 
     def write(self, line: str) -> None:
+        if not self.enabled:
+            return
         if self._bar is not None:
             self._bar.write(line)
         else:
@@ -221,6 +224,7 @@ class EpochRunner:
             return train_step(state, gather_batch(images, labels, indices))
 
         self._step = train_on_indices
+        self.first_step_done: float | None = None  # time.time() when the first step finished
         self._images = jax.device_put(train.images)
         self._labels = jax.device_put(train.labels)
 
@@ -230,11 +234,12 @@ class EpochRunner:
     def run(self, state: TrainState, epoch: int, step: int, log=None, stop=None):
         """Trains one epoch from `state` (at host step `step`); returns (state, losses, seconds).
 
-        log(step, loss) is called every config.log_every steps; stop (a _StopSignals) is
-        checked before each step. Raises DivergedError on a non-finite loss.
+        log(step, loss) is called every config.log_every steps (and the loss printed, with a
+        progress bar on a terminal); without it the epoch runs silently. stop (a _StopSignals)
+        is checked before each step. Raises DivergedError on a non-finite loss.
         """
         order = epoch_order(self.shuffle_key, epoch, self.num_examples, self.config.batch_size)
-        progress = _Progress(len(order), epoch)
+        progress = _Progress(len(order), epoch, enabled=log is not None)
         losses = _LossMonitor(self.config, step)
         start = time.perf_counter()
         try:
@@ -242,6 +247,9 @@ class EpochRunner:
                 if stop is not None and stop.received is not None:
                     raise _Stopped(stop.received, step)
                 state, metrics = self._step(state, self._images, self._labels, indices)
+                if self.first_step_done is None:  # once per run: includes compilation
+                    jax.block_until_ready(metrics)
+                    self.first_step_done = time.time()
                 losses.add(metrics["loss"])
                 progress.update()
                 step += 1
@@ -335,6 +343,8 @@ def train_and_evaluate(
                 step += runner.steps_per_epoch()
 
                 row = _epoch_row(epoch, state, losses, train_seconds, len(dataset.train))
+                if epoch == start_epoch + 1:  # launch -> first step done: imports, data, compile
+                    row["seconds_to_first_step"] = runner.first_step_done - _process_start_time()
                 test = evaluator.evaluate(state.params, dataset.test)
                 row.update(
                     test_accuracy=test["accuracy"],
@@ -367,6 +377,12 @@ def train_and_evaluate(
         log.close()
         checkpoints.close()
     return TrainResult(state=state, metrics=reporting.read_metrics(workdir))
+
+
+def _process_start_time() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _interrupted(signum: int, step: int, epoch: int, last_good_epoch: int) -> TrainingInterrupted:

@@ -1,10 +1,21 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lenet_jax.config import Config
-from lenet_jax.model import LeNet, count_params, init_params, model_from_config
+from lenet_jax.model import (
+    LeNet,
+    count_params,
+    init_params,
+    model_from_config,
+    pool_2x2,
+    resolve_conv_impl,
+    toeplitz_conv,
+    xla_conv,
+)
 
 
 def test_recipe_model_has_61706_parameters_and_10_logits():
@@ -84,3 +95,56 @@ def test_max_pool_and_relu_match_a_hand_computation():
     np.testing.assert_allclose(
         jnp.maximum(got, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4)), expected, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,padding",
+    [((3, 28, 28, 1), (5, 5, 1, 6), 2), ((3, 14, 14, 6), (5, 5, 6, 16), 0), ((2, 9, 7, 3), (3, 3, 3, 4), 1)],
+)
+def test_toeplitz_conv_equals_lax_conv_with_gradients(shape, kernel, padding):
+    kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.uniform(kx, shape)
+    k = jax.random.normal(kk, kernel) * 0.2
+    ref, ref_vjp = jax.vjp(lambda x, k: xla_conv(x, k, padding), x, k)
+    out, out_vjp = jax.vjp(lambda x, k: toeplitz_conv(x, k, padding), x, k)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, ref.shape)
+    for a, b in zip(out_vjp(g), ref_vjp(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,reference", [("avg", nn.avg_pool), ("max", nn.max_pool)])
+def test_pool_2x2_equals_flax_pooling(kind, reference):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 3))
+    np.testing.assert_allclose(pool_2x2(x, kind), reference(x, (2, 2), strides=(2, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation,pool", [("sigmoid", "avg"), ("relu", "max")])
+def test_conv_implementations_give_the_same_model(activation, pool):
+    """The fast path changes no parameter and, up to float rounding, no result."""
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    labels = jnp.arange(8) % 10
+    fast, ref = (LeNet(activation=activation, pool=pool, conv_impl=impl) for impl in ("toeplitz", "xla"))
+    params = init_params(ref, jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(init_params(fast, jax.random.PRNGKey(0))) == (
+        jax.tree_util.tree_structure(params)
+    )
+
+    def loss(model, p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), labels).mean()
+
+    np.testing.assert_allclose(fast.apply({"params": params}, x), ref.apply({"params": params}, x), atol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(jax.grad(lambda p: loss(fast, p))(params)),
+        jax.tree_util.tree_leaves(jax.grad(lambda p: loss(ref, p))(params)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_conv_impl_is_toeplitz_on_cpu_and_xla_elsewhere(monkeypatch):
+    assert resolve_conv_impl("xla") == "xla" and resolve_conv_impl("toeplitz") == "toeplitz"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert resolve_conv_impl("auto") == "toeplitz"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_conv_impl("auto") == "xla"

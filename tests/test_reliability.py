@@ -23,7 +23,7 @@ from lenet_jax.train import train_and_evaluate
 
 # Real MNIST subset: 640 images = 10 steps per epoch, a loss line every 5 steps.
 SHORT_RUN = ["--preset", "smoke", "--epochs", "3", "--train-size", "640", "--log-every", "5"]
-TIMING_KEYS = ("train_seconds", "images_per_second", "eval_seconds")
+TIMING_KEYS = ("train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step")
 
 
 def script_main(name):

@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Benchmark: the JAX trainer against a plain PyTorch reference, side by side, in one run.
+
+    pip install -e ".[bench]"
+    python scripts/benchmark.py --data-dir ../shared/data/mnist            # recipe, speed
+    python scripts/benchmark.py --data-dir ../shared/data/mnist --time-to-99 --seeds 0 1 2
+
+Speed: the recipe model and hyperparameters (batch 64, SGD 0.05) on all 60,000 training images.
+After one untimed warm-up epoch each (compilation, caches), epochs alternate JAX, PyTorch, JAX,
+PyTorch, ... so that both see the same machine conditions. Every measurement is one JSON line;
+the summary line has the median seconds per epoch of each, their ratio, evaluation throughput,
+the threads, backend and device. `--jax-conv` adds the JAX trainer with another convolution
+implementation (e.g. `xla`) to the rotation. Two subprocess runs measure what a user sees: peak
+RSS and time from launch to the first training step of `scripts/train.py` (1 epoch), and peak
+RSS of the PyTorch reference.
+
+Time to 99%: `--time-to-99` trains `--preset fast` per seed through the real training path and
+reports the training seconds (evaluation excluded) until test accuracy first reaches 99.0%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+from lenet_jax.config import get_preset
+from lenet_jax.data import load_dataset
+from lenet_jax.evaluation import Evaluator
+from lenet_jax.model import model_from_config, resolve_conv_impl
+from lenet_jax.optimizers import build_optimizer
+from lenet_jax.reporting import read_metrics
+from lenet_jax.steps import create_train_state
+from lenet_jax.train import EpochRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks/ (the PyTorch reference) is not part of the package
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class JaxContender:
+    """The JAX trainer exactly as train_and_evaluate runs it (EpochRunner + Evaluator)."""
+
+    def __init__(self, config, dataset, name: str):
+        self.name, self.config, self.dataset = name, config, dataset
+        model = model_from_config(config)
+        optimizer = build_optimizer(config, -(-len(dataset.train) // config.batch_size))
+        init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+        self.state = create_train_state(model, optimizer, init_key)
+        self.runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
+        self.evaluator = Evaluator(model, config.eval_batch_size)
+        self.epoch = 0
+
+    def train_epoch(self) -> float:
+        self.epoch += 1
+        self.state, _, seconds = self.runner.run(self.state, self.epoch, step=0)
+        return seconds
+
+    def evaluate(self) -> dict:
+        return self.evaluator.evaluate(self.state.params, self.dataset.test)
+
+
+class TorchContender:
+    def __init__(self, dataset, threads: int):
+        import torch
+
+        from benchmarks.torch_lenet import TorchTrainer
+
+        torch.set_num_threads(threads)
+        self.name = "pytorch"
+        self.trainer = TorchTrainer(
+            dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels
+        )
+
+    def train_epoch(self) -> float:
+        return self.trainer.train_epoch()
+
+    def evaluate(self) -> dict:
+        return self.trainer.evaluate()
+
+
+# Runs a script and prints its own peak RSS (VmHWM) at exit. Measured inside the process:
+# a child's ru_maxrss inherits its parent's RSS across fork, so it would report ours.
+RSS_WRAPPER = """
+import atexit, runpy, sys
+def report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("PEAK_RSS_KB", line.split()[1], file=sys.stderr, flush=True)
+atexit.register(report)
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "-m":
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def peak_rss_mb(command: list[str]) -> float:
+    """Peak RSS in MB of `python <command>` run to completion (Linux)."""
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_WRAPPER, *command], capture_output=True, text=True, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    kb = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return int(kb[-1]) / 1024
+
+
+def speed(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.data_dir)
+    config = get_preset("recipe")
+    contenders = [JaxContender(config, dataset, f"jax-{resolve_conv_impl(config.conv_impl)}")]
+    for impl in args.jax_conv:
+        contenders.append(JaxContender(config.replace(conv_impl=impl), dataset, f"jax-{impl}"))
+    contenders.append(TorchContender(dataset, args.torch_threads))
+    for contender in contenders:  # warm-up: compilation, allocator and cache warm-up
+        emit({"warmup": contender.name, "seconds": round(contender.train_epoch(), 3)})
+    times = {c.name: [] for c in contenders}
+    for rep in range(args.epochs):
+        for contender in contenders:
+            seconds = contender.train_epoch()
+            times[contender.name].append(seconds)
+            emit(
+                {
+                    "impl": contender.name,
+                    "rep": rep,
+                    "seconds_per_epoch": round(seconds, 3),
+                    "images_per_second": round(len(dataset.train) / seconds),
+                }
+            )
+    evals = {}
+    for contender in contenders:
+        result = contender.evaluate()  # once to warm up, then measured
+        result = contender.evaluate()
+        evals[contender.name] = len(dataset.test) / result["seconds"]
+        emit(
+            {
+                "impl": contender.name,
+                "eval_images_per_second": round(evals[contender.name]),
+                "test_accuracy": result["accuracy"],
+            }
+        )
+
+    jax_name, torch_name = contenders[0].name, "pytorch"
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    summary = {
+        "summary": "recipe speed",
+        "median_seconds_per_epoch": {k: round(v, 3) for k, v in medians.items()},
+        "ratio_jax_to_pytorch": round(medians[jax_name] / medians[torch_name], 3),
+        "eval_images_per_second": {k: round(v) for k, v in evals.items()},
+        "epochs_each": args.epochs,
+        "torch_threads": args.torch_threads,
+        "cpus": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "cpu": cpu_name(),
+        "jax": jax.__version__,
+    }
+    for name in medians:
+        if name.startswith("jax-") and name != jax_name:
+            summary[f"ratio_{name}_to_pytorch"] = round(medians[name] / medians[torch_name], 3)
+    if not args.skip_rss:
+        data = ["--data-dir", args.data_dir] if args.data_dir else []
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp) / "run"
+            train = [str(ROOT / "scripts" / "train.py"), "--epochs", "1", "--workdir", str(workdir)]
+            rss = peak_rss_mb(train + data)
+            first_step = read_metrics(workdir)[0]["seconds_to_first_step"]
+        torch_rss = peak_rss_mb(["-m", "benchmarks.torch_lenet", "--threads", str(args.torch_threads), *data])
+        summary.update(
+            train_py_peak_rss_mb=round(rss),
+            pytorch_peak_rss_mb=round(torch_rss),
+            train_py_seconds_to_first_step=round(first_step, 2),
+        )
+    emit(summary)
+
+
+def time_to_99(args: argparse.Namespace) -> None:
+    from lenet_jax.train import train_and_evaluate
+
+    results = []
+    for seed in args.seeds:
+        config = get_preset(args.preset).replace(seed=seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = train_and_evaluate(config, Path(tmp) / "run", data_dir=args.data_dir).metrics
+        elapsed, reached = 0.0, None
+        for row in rows:
+            elapsed += row["train_seconds"]
+            if row["test_accuracy"] >= 0.99:
+                reached = {
+                    "epoch": row["epoch"],
+                    "train_seconds": round(elapsed, 2),
+                    "test_accuracy": row["test_accuracy"],
+                }
+                break
+        emit(
+            {
+                "preset": args.preset,
+                "seed": seed,
+                "reached_99": reached,
+                "final_test_accuracy": rows[-1]["test_accuracy"],
+            }
+        )
+        results.append(reached)
+    done = [r["train_seconds"] for r in results if r]
+    emit(
+        {
+            "summary": "time to 99%",
+            "preset": args.preset,
+            "seeds": args.seeds,
+            "reached": len(done),
+            "mean_train_seconds": round(statistics.mean(done), 2) if done else None,
+            "backend": jax.default_backend(),
+            "cpu": cpu_name(),
+        }
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("LENET_DATA_DIR"))
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per implementation")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--jax-conv", nargs="*", default=[], help="extra JAX conv impls to time")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the subprocess RSS runs")
+    parser.add_argument("--time-to-99", action="store_true")
+    parser.add_argument("--preset", default="fast", help="preset of --time-to-99")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    from lenet_jax.cli import quiet_library_logs
+
+    quiet_library_logs()
+    time_to_99(args) if args.time_to_99 else speed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
