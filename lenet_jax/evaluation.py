@@ -18,10 +18,15 @@ import numpy as np
 
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
-from lenet_jax.data import Split, gather_batch, load_dataset, sequential_order
+from lenet_jax.data import PADDING_INDEX, Split, gather_batch, load_dataset, sequential_order
 from lenet_jax.errors import CheckpointError
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import make_eval_step
+
+# Images per device call (whole logical batches): the per-batch metrics are those of one call
+# per batch (up to float rounding in the products), with 16x fewer dispatches; measured ~1.07x
+# the images/s on a 2-core CPU (2048 was slower: the activations outgrow the cache).
+GROUP_IMAGES = 1024
 
 
 class Evaluator:
@@ -29,10 +34,11 @@ class Evaluator:
 
     def __init__(self, model: Any, batch_size: int):
         self.batch_size = batch_size
+        self.groups = max(1, GROUP_IMAGES // batch_size)
         eval_step = make_eval_step(model)
 
-        # Jitted: gather (on device) + forward + metrics. The split's arrays are arguments, not
-        # constants, so evaluating another split of the same size reuses the compilation.
+        # Jitted: gather (on device) + forward + metrics of `groups` batches. The split's arrays
+        # are arguments, not constants, so evaluating another split reuses the compilation.
         @jax.jit
         def step_on_indices(params, images, labels, indices):
             return eval_step(params, gather_batch(images, labels, indices))
@@ -50,15 +56,20 @@ class Evaluator:
         """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count."""
         start = time.perf_counter()
         images, labels = self._on_device(split)
+        order = sequential_order(len(split), self.batch_size)  # (batches, batch_size)
+        padding = -len(order) % self.groups  # whole groups: pad with all-padding batches
+        order = np.concatenate([order, np.full((padding, self.batch_size), PADDING_INDEX, np.int32)])
         # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
         results = [
-            self._step(params, images, labels, indices)
-            for indices in sequential_order(len(split), self.batch_size)
+            self._step(params, images, labels, group)
+            for group in order.reshape(-1, self.groups, self.batch_size)
         ]
         results = jax.device_get(results)
-        losses = np.asarray([r["loss"] for r in results], np.float64)
-        correct = int(sum(int(r["correct"]) for r in results))
-        count = int(sum(int(r["count"]) for r in results))
+        counts = np.concatenate([r["count"] for r in results])
+        real = counts > 0  # all-padding batches are not batches
+        losses = np.concatenate([r["loss"] for r in results]).astype(np.float64)[real]
+        correct = int(sum(int(r["correct"].sum()) for r in results))
+        count = int(counts.sum())
         return {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),

@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     cli.quiet_library_logs()
+    cli.enable_compilation_cache()
     result = evaluate_checkpoint(args.workdir, epoch=args.epoch, data_dir=args.data_dir)
     print(json.dumps(result))
     return 0

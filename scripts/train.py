@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
     config = cli.config_from_args(args)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
+    cli.enable_compilation_cache()
     print(f"Workdir: {workdir}")
     if args.force and not args.restart:
         raise cli.ConfigError("--force only goes with --restart")
