@@ -126,7 +126,3 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.close()
 
-
-def abstract_of(tree: Any) -> Any:
-    """ShapeDtypeStructs of a pytree of arrays (for use as a restore target)."""
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

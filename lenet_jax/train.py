@@ -310,7 +310,7 @@ def train_and_evaluate(
         metas = {epoch: checkpoints.restore_meta(epoch) for epoch in checkpoints.epochs()}
         _check_resumable(metas[latest], config, dataset, optimizer_source)
         # The restore target is built by eval_shape: shapes and dtypes only, no real init.
-        abstract = jax.eval_shape(lambda: create_train_state(model, optimizer, init_key))
+        abstract = create_train_state.eval_shape(model, optimizer, init_key)
         state = checkpoints.restore_state(latest, abstract)
         start_epoch = latest
         print(f"Resuming from the checkpoint of epoch {latest} (step {int(state.step)})")
