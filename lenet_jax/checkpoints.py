@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from lenet_jax.errors import CheckpointError
@@ -125,4 +124,3 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
-

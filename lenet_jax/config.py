@@ -177,7 +177,30 @@ def smoke() -> Config:
     return Config(epochs=2, train_size=2048, init="flax")
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"recipe": recipe, "smoke": smoke}
+def fast() -> Config:
+    """LeNet-5's size and layout, trained for wall-clock speed to 99% test accuracy.
+
+    ReLU and max-pooling (also between the Dense layers), Flax's initialisers, Adam 3e-3 with a
+    warm-up (0.2 epoch) + cosine schedule, batch 128 (the most images/s on a 2-core CPU:
+    ~9k/s, against ~7k/s at 64 and ~8k/s at 256).
+    Run: `python scripts/train.py --preset fast` (or `scripts/benchmark.py --time-to-99`)
+    Expected: ~98.3% after epoch 1, 99.0% after epoch 3, ~25 s of training on a 2-core CPU.
+    """
+    return Config(
+        activation="relu",
+        pool="max",
+        dense_activation=True,
+        init="flax",
+        epochs=3,
+        batch_size=128,
+        optimizer="adam",
+        lr=3e-3,
+        schedule="warmup-cosine",
+        warmup_epochs=0.2,
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"recipe": recipe, "smoke": smoke, "fast": fast}
 DEFAULT_PRESET = "recipe"
 
 
