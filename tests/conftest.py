@@ -49,8 +49,10 @@ def make_idx_dir(
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tfds_cache(tmp_path_factory):
-    """Every test prepares tfds datasets into one temporary cache, never the user's."""
+    """Every test prepares tfds datasets (and caches compiled programs) in temporary folders,
+    never the user's."""
     os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+    os.environ["LENET_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
     yield
 
 
