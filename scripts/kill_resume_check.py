@@ -78,10 +78,10 @@ def main() -> int:
         flush=True,
     )
 
-    failures = 0
+    failures = kills = 0
     for trial in range(args.trials):
         workdir = root / f"trial{trial}"
-        kill_after = rng.uniform(first_step, duration)
+        kill_after = rng.uniform(first_step, 0.95 * duration)
         process = subprocess.Popen(
             train_command(workdir, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -92,6 +92,7 @@ def main() -> int:
             process.send_signal(signal.SIGKILL)
             process.wait()
             killed = True
+            kills += 1
         epochs_at_kill = [row["epoch"] for row in read_metrics(workdir)] if workdir.exists() else []
         resumed = subprocess.run(train_command(workdir, args), capture_output=True, text=True)
         ok = resumed.returncode == 0 and same_run(reference, workdir)
@@ -109,7 +110,7 @@ def main() -> int:
             ),
             flush=True,
         )
-    print(json.dumps({"trials": args.trials, "failures": failures}), flush=True)
+    print(json.dumps({"trials": args.trials, "killed": kills, "failures": failures}), flush=True)
     return 1 if failures else 0
 
 

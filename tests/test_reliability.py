@@ -220,6 +220,24 @@ def trained(idx_dir, tmp_path):
     return tmp_path / "run", idx_dir
 
 
+def retrain(capsys, trained, *flags):
+    """train.py again on the `trained` workdir, with its settings unless flags override them."""
+    workdir, data = trained
+    return run_cli(
+        capsys,
+        "train.py",
+        "--workdir",
+        workdir,
+        "--data-dir",
+        data,
+        "--batch-size",
+        "32",
+        "--init",
+        "flax",
+        *flags,
+    )
+
+
 def test_evaluate_epoch_that_does_not_exist(capsys, trained):
     workdir, data = trained
     code, err = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--epoch", "5", "--data-dir", data)
@@ -251,64 +269,21 @@ def test_corrupt_checkpoint_is_refused_in_one_line(capsys, trained, damage):
     assert "checkpoint for epoch 2" in err and "is unreadable" in err
     assert "delete" in err and "to fall back to the epoch before" in err
     # Training refuses to resume from it the same way, and epoch 1 still evaluates.
-    code, err = run_cli(
-        capsys,
-        "train.py",
-        "--workdir",
-        workdir,
-        "--data-dir",
-        data,
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--init",
-        "flax",
-    )
+    code, err = retrain(capsys, trained, "--epochs", "2")
     assert code == 2 and "is unreadable" in err
     code, _ = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--epoch", "1", "--data-dir", data)
     assert code == 0
 
 
 def test_resume_with_other_settings_lists_the_differences(capsys, trained):
-    workdir, data = trained
-    code, err = run_cli(
-        capsys,
-        "train.py",
-        "--workdir",
-        workdir,
-        "--data-dir",
-        data,
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--optimizer",
-        "adam",
-        "--init",
-        "flax",
-    )
+    code, err = retrain(capsys, trained, "--epochs", "3", "--batch-size", "16", "--optimizer", "adam")
     assert code == 2 and err.count("\n") == 1
     assert "batch_size: checkpoint 32, now 16" in err and "optimizer: checkpoint 'sgd'" in err
 
 
 def test_resume_with_more_epochs_is_allowed(capsys, trained):
-    workdir, data = trained
-    code, _ = run_cli(
-        capsys,
-        "train.py",
-        "--workdir",
-        workdir,
-        "--data-dir",
-        data,
-        "--epochs",
-        "3",
-        "--batch-size",
-        "32",
-        "--init",
-        "flax",
-    )
-    assert code == 0 and [r["epoch"] for r in read_metrics(workdir)] == [1, 2, 3]
+    code, _ = retrain(capsys, trained, "--epochs", "3")
+    assert code == 0 and [r["epoch"] for r in read_metrics(trained[0])] == [1, 2, 3]
 
 
 def test_restart_refuses_to_delete_without_force(capsys, trained):

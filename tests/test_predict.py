@@ -1,0 +1,110 @@
+"""Prediction on ordinary images: MNIST-style preprocessing, the predictor, scripts/predict.py."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lenet_jax.config import get_preset
+from lenet_jax.data import load_dataset
+from lenet_jax.predict import NoInkError, load_predictor, preprocess
+from lenet_jax.train import train_and_evaluate
+
+
+def digit_like(height=120, width=80, ink=0, paper=255):
+    """A thick '7'-ish stroke drawn on paper (dark ink on light by default)."""
+    image = np.full((height, width), paper, np.uint8)
+    image[20:32, 10:70] = ink  # top bar
+    for row in range(32, 110):  # diagonal
+        col = 62 - (row - 32) * 40 // 78
+        image[row, col : col + 12] = ink
+    return image
+
+
+def test_preprocess_makes_an_mnist_style_digit():
+    out = preprocess(digit_like())
+    assert out.shape == (28, 28, 1) and out.dtype == np.uint8
+    rows, cols = np.nonzero(out[..., 0] > 0)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert max(height, width) in (20, 21) and min(height, width) < 20  # aspect ratio kept
+    mass = out[..., 0].astype(float)
+    ys, xs = np.indices(mass.shape)
+    assert abs((ys * mass).sum() / mass.sum() - 13.5) <= 1
+    assert abs((xs * mass).sum() / mass.sum() - 13.5) <= 1
+
+
+def test_preprocess_ignores_polarity_colour_position_and_size():
+    reference = preprocess(digit_like()).astype(int)
+    light_on_dark = preprocess(digit_like(ink=255, paper=0)).astype(int)
+    colour = np.stack([digit_like(ink=30, paper=250)] * 3, -1)  # RGB, grey-ish ink
+    colour[..., 2] = np.maximum(colour[..., 2], 60)
+    shifted = np.full((300, 300), 255, np.uint8)
+    shifted[150:270, 10:90] = digit_like()
+    big = np.asarray(Image.fromarray(digit_like()).resize((240, 360), Image.Resampling.BILINEAR))
+    for variant in (light_on_dark, preprocess(colour), preprocess(shifted), preprocess(big)):
+        assert np.abs(variant - reference).mean() < 12  # same digit, up to resampling
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.full((50, 50), 255, np.uint8), np.zeros((30, 40), np.uint8), np.full((20, 20, 3), 128, np.uint8)],
+)
+def test_blank_images_get_no_guess(image):
+    with pytest.raises(NoInkError, match="no ink"):
+        preprocess(image)
+
+
+@pytest.fixture(scope="module")
+def trained_run(mnist_dir, tmp_path_factory):
+    """A quick real model: the fast preset, 1 epoch on 12,000 images (~98% test accuracy)."""
+    workdir = tmp_path_factory.mktemp("predict") / "run"
+    config = get_preset("fast").replace(epochs=1, train_size=12_000)
+    train_and_evaluate(config, workdir, data_dir=mnist_dir)
+    return workdir
+
+
+@pytest.mark.e2e
+def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, mnist_dir, tmp_path):
+    predictor = load_predictor(trained_run)
+    test = load_dataset(mnist_dir).test
+    images, labels = test.images[:40], test.labels[:40]
+    direct = predictor.predict_mnist(images)
+    confident = [i for i in range(40) if direct[i].argmax() == labels[i] and direct[i].max() > 0.9]
+    assert len(confident) >= 30
+    for i in confident:
+        digit = images[i, ..., 0]
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(digit).save(path)
+        enlarged = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BICUBIC))
+        shifted = np.zeros((90, 70), np.uint8)
+        shifted[5:33, 40:68] = digit
+        variants = [path, enlarged, 255 - digit, shifted]
+        predictions = predictor(variants).argmax(-1)
+        assert predictions.tolist() == [labels[i]] * 4, (i, predictions)
+
+
+@pytest.mark.e2e
+def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, capfd):
+    from test_reliability import script_main
+
+    from lenet_jax import cli
+
+    test = load_dataset(mnist_dir).test
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(255 - test.images[i, ..., 0]).resize((100, 100)).save(folder / f"{i}.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(folder / "blank.png")
+    code = cli.run(script_main("predict.py"), [str(folder), "--workdir", str(trained_run), "--json"])
+    out, err = capfd.readouterr()
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert code == 2 and "blank.png: the image has no ink" in err
+    by_name = {row["path"].rsplit("/", 1)[-1]: row for row in rows}
+    assert "error" in by_name["blank.png"]
+    for i in range(5):
+        row = by_name[f"{i}.png"]
+        assert len(row["probabilities"]) == 10 and abs(sum(row["probabilities"]) - 1) < 1e-3
+        assert row["prediction"] == int(np.argmax(row["probabilities"]))
+    correct = sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5))
+    assert correct >= 4
