@@ -23,12 +23,30 @@ def main(argv: list[str]) -> int:
         help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
         "else download through tensorflow-datasets)",
     )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write report PNGs (curves, confusion matrix, mistakes, per-class scores, "
+        "filters) and per_class.json into DIR",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="WORKDIR",
+        help="with --report: more workdirs whose training curves are overlaid",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     result = evaluate_checkpoint(args.workdir, epoch=args.epoch, data_dir=args.data_dir)
     print(json.dumps(result))
+    if args.report:
+        from lenet_jax.report import write_report  # matplotlib only when asked for
+
+        report = write_report([args.workdir, *args.compare], args.report, args.epoch, args.data_dir)
+        print(f"Report for epoch {report['epoch']} written to {args.report}: {', '.join(report['files'])}")
     return 0
 
 

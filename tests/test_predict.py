@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_reliability import run_cli, script_main
 
+from lenet_jax import cli
 from lenet_jax.config import get_preset
 from lenet_jax.data import load_dataset
 from lenet_jax.predict import NoInkError, load_predictor, preprocess
@@ -86,9 +88,6 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
 
 @pytest.mark.e2e
 def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, capfd):
-    from test_reliability import script_main
-
-    from lenet_jax import cli
 
     test = load_dataset(mnist_dir).test
     folder = tmp_path / "digits"
@@ -108,3 +107,39 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
         assert row["prediction"] == int(np.argmax(row["probabilities"]))
     correct = sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5))
     assert correct >= 4
+
+
+def test_confusion_matrix_and_per_class_scores():
+    from lenet_jax.report import confusion_matrix, per_class_scores
+
+    labels = np.asarray([0, 0, 1, 1, 1, 2])
+    predictions = np.asarray([0, 1, 1, 1, 2, 2])
+    matrix = confusion_matrix(labels, predictions)
+    assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[1, 1] == 2 and matrix.sum() == 6
+    scores = {s["digit"]: s for s in per_class_scores(matrix)}
+    assert scores[1]["precision"] == pytest.approx(2 / 3) and scores[1]["recall"] == pytest.approx(2 / 3)
+    assert scores[2]["precision"] == 0.5 and scores[2]["recall"] == 1.0 and scores[2]["support"] == 1
+    assert scores[5] == {"digit": 5, "precision": 0.0, "recall": 0.0, "support": 0}
+
+
+@pytest.mark.e2e
+def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, capsys):
+    code, _ = run_cli(
+        capsys,
+        "evaluate.py",
+        "--workdir",
+        trained_run,
+        "--data-dir",
+        mnist_dir,
+        "--report",
+        tmp_path / "report",
+    )
+    assert code == 0
+    for name in ("curves.png", "confusion.png", "mistakes.png", "per_class.png", "filters.png"):
+        with Image.open(tmp_path / "report" / name) as image:
+            assert image.size[0] > 300 and image.size[1] > 150
+    summary = json.loads((tmp_path / "report" / "per_class.json").read_text())
+    assert np.asarray(summary["confusion_matrix"]).sum() == 10_000
+    assert sum(s["support"] for s in summary["per_class"]) == 10_000
+    logged = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["test_accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-4)

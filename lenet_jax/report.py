@@ -1,0 +1,167 @@
+"""Reports on a trained model, as PNG files (matplotlib) and JSON.
+
+`write_report(workdirs, out_dir, ...)` writes:
+- `curves.png`: train loss, test total loss and test accuracy per epoch, one line per workdir;
+- `confusion.png`: the 10x10 confusion matrix of the test set, with counts;
+- `mistakes.png`: the most confidently misclassified test digits, true and predicted labels;
+- `per_class.png` and `per_class.json`: precision and recall of each digit;
+- `filters.png`: the first convolution's 6 filters.
+The model-based figures use the first workdir's checkpoint (newest, or `epoch`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lenet_jax.data import load_dataset  # noqa: E402
+from lenet_jax.errors import LenetError  # noqa: E402
+from lenet_jax.predict import load_predictor  # noqa: E402
+from lenet_jax.reporting import read_metrics  # noqa: E402
+
+NUM_CLASSES = 10
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """int (10, 10): row = true digit, column = predicted digit."""
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
+    """Precision, recall and support of each digit from a confusion matrix."""
+    rows = []
+    for digit in range(NUM_CLASSES):
+        predicted, actual = matrix[:, digit].sum(), matrix[digit].sum()
+        rows.append(
+            {
+                "digit": digit,
+                "precision": float(matrix[digit, digit] / predicted) if predicted else 0.0,
+                "recall": float(matrix[digit, digit] / actual) if actual else 0.0,
+                "support": int(actual),
+            }
+        )
+    return rows
+
+
+def plot_curves(workdirs: list[Path], path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for workdir in workdirs:
+        rows = read_metrics(workdir)
+        if not rows:
+            raise LenetError(f"{workdir} has no metrics.jsonl rows: pass the --workdir of a training run")
+        epochs = [row["epoch"] for row in rows]
+        for ax, key in zip(axes, ("train_loss", "test_total_loss", "test_accuracy"), strict=True):
+            ax.plot(epochs, [row[key] for row in rows], marker="o", label=workdir.name)
+    for ax, title in zip(axes, ("train loss (epoch mean)", "test total loss", "test accuracy"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    threshold = np.log1p(matrix).max() / 2
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if np.log1p(count) > threshold else "black"
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(NUM_CLASSES))
+    ax.set_yticks(range(NUM_CLASSES))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({matrix.trace()} / {matrix.sum()} correct)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) -> None:
+    predictions = probabilities.argmax(-1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:count]
+    columns = 8
+    fig, axes = plt.subplots(max(1, -(-len(wrong) // columns)), columns, figsize=(12, 5))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, i in zip(np.ravel(axes), wrong, strict=False):
+        ax.imshow(images[i, ..., 0], cmap="gray")
+        ax.set_title(
+            f"true {labels[i]}, pred {predictions[i]}\n{probabilities[i, predictions[i]]:.0%}", fontsize=8
+        )
+    fig.suptitle("most confidently misclassified test digits")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_class(scores: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axis("off")
+    cells = [[s["digit"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", s["support"]] for s in scores]
+    table = ax.table(cellText=cells, colLabels=["digit", "precision", "recall", "support"], loc="center")
+    table.scale(1, 1.3)
+    ax.set_title("per-class precision and recall (test set)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_filters(kernel: np.ndarray, path: Path) -> None:
+    """kernel (5, 5, 1, 6): the first convolution's filters."""
+    filters = np.asarray(kernel)[:, :, 0, :]
+    fig, axes = plt.subplots(1, filters.shape[-1], figsize=(2 * filters.shape[-1], 2.3))
+    limit = np.abs(filters).max()
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.imshow(filters[..., i], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"filter {i}")
+        ax.axis("off")
+    fig.suptitle("conv1 filters (red +, blue -)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    workdirs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    epoch: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Writes the report files into out_dir; returns the per-class scores and file names."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(w) for w in workdirs]
+    plot_curves(paths, out / "curves.png")
+    predictor = load_predictor(paths[0], epoch)
+    test = load_dataset(data_dir).test
+    probabilities = predictor.predict_mnist(test.images)
+    matrix = confusion_matrix(test.labels, probabilities.argmax(-1))
+    scores = per_class_scores(matrix)
+    plot_confusion(matrix, out / "confusion.png")
+    plot_mistakes(test.images, test.labels, probabilities, out / "mistakes.png")
+    plot_per_class(scores, out / "per_class.png")
+    plot_filters(predictor.params["conv1"]["kernel"], out / "filters.png")
+    summary = {
+        "workdir": str(paths[0]),
+        "epoch": predictor.epoch,
+        "test_accuracy": float(matrix.trace() / matrix.sum()),
+        "per_class": scores,
+        "confusion_matrix": matrix.tolist(),
+    }
+    (out / "per_class.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary["files"] = sorted(p.name for p in out.iterdir())
+    return summary
