@@ -66,3 +66,15 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST not found at {MNIST_DIR} (set LENET_DATA_DIR)")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_dir, tmp_path_factory):
+    """A quick real model: the fast preset, 1 epoch on 12,000 images (~98% test accuracy)."""
+    from lenet_jax.config import get_preset
+    from lenet_jax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    config = get_preset("fast").replace(epochs=1, train_size=12_000)
+    train_and_evaluate(config, workdir, data_dir=mnist_dir)
+    return workdir

@@ -8,10 +8,8 @@ from PIL import Image
 from test_reliability import run_cli, script_main
 
 from lenet_jax import cli
-from lenet_jax.config import get_preset
 from lenet_jax.data import load_dataset
 from lenet_jax.predict import NoInkError, load_predictor, preprocess
-from lenet_jax.train import train_and_evaluate
 
 
 def digit_like(height=120, width=80, ink=0, paper=255):
@@ -55,15 +53,6 @@ def test_preprocess_ignores_polarity_colour_position_and_size():
 def test_blank_images_get_no_guess(image):
     with pytest.raises(NoInkError, match="no ink"):
         preprocess(image)
-
-
-@pytest.fixture(scope="module")
-def trained_run(mnist_dir, tmp_path_factory):
-    """A quick real model: the fast preset, 1 epoch on 12,000 images (~98% test accuracy)."""
-    workdir = tmp_path_factory.mktemp("predict") / "run"
-    config = get_preset("fast").replace(epochs=1, train_size=12_000)
-    train_and_evaluate(config, workdir, data_dir=mnist_dir)
-    return workdir
 
 
 @pytest.mark.e2e

@@ -1,0 +1,145 @@
+"""The draw-a-digit page: the JSON endpoint, its errors, concurrency, and a real browser."""
+
+import io
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lenet_jax.data import load_dataset
+from lenet_jax.predict import load_predictor
+from lenet_jax.serve import MAX_BODY_BYTES, start_in_thread
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    server = start_in_thread(load_predictor(trained_run))
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def post(url, body, content_type="image/png"):
+    request = urllib.request.Request(
+        url + "/predict", data=body, method="POST", headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_page_is_served(server):
+    with urllib.request.urlopen(server + "/", timeout=30) as response:
+        page = response.read().decode()
+    assert response.status == 200 and '<canvas id="pad"' in page and "Clear" in page
+
+
+def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
+    test = load_dataset(mnist_dir).test
+    # Black ink on white, bigger: what the canvas sends.
+    drawing = np.asarray(Image.fromarray(255 - test.images[0, ..., 0]).resize((280, 280)))
+    status, answer = post(server, png(drawing))
+    assert status == 200, answer
+    assert answer["prediction"] == test.labels[0] == 7
+    assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
+    assert np.asarray(answer["input"]).shape == (28, 28)
+
+
+@pytest.mark.parametrize(
+    "body,content_type,status,message",
+    [
+        (b"not an image at all", "image/png", 400, "not a readable image"),
+        (png(np.zeros((4, 4), np.uint8)), "text/plain", 415, "Content-Type must be one of"),
+        (png(np.full((50, 50), 255, np.uint8)), "image/png", 422, "no ink"),
+        (b"x" * (MAX_BODY_BYTES + 1), "image/png", 413, "over the"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(server, body, content_type, status, message):
+    got, answer = post(server, body, content_type)
+    assert got == status and message in answer["error"]
+
+
+def test_wrong_paths(server):
+    assert post(server.replace("/predict", "") + "/nowhere", b"")[0] in (404,)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server + "/missing", timeout=30)
+    assert e.value.code == 404
+
+
+def test_concurrent_requests(server, mnist_dir):
+    test = load_dataset(mnist_dir).test
+    bodies = [png(255 - test.images[i, ..., 0]) for i in range(12)]
+    results = [None] * len(bodies)
+
+    def worker(i):
+        results[i] = post(server, bodies[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r is not None and r[0] == 200 for r in results)
+    correct = sum(r[1]["prediction"] == test.labels[i] for i, r in enumerate(results))
+    assert correct >= 10
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.get(server + "/")
+        pad = driver.find_element(By.ID, "pad")
+        # A "1": one vertical stroke through the middle of the 280x280 canvas (offsets from centre).
+        actions = ActionChains(driver)
+        actions.move_to_element_with_offset(pad, 0, -100).click_and_hold()
+        for y in range(-90, 101, 10):
+            actions.move_to_element_with_offset(pad, 2, y)
+        actions.release().perform()
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "prediction").text.strip().isdigit())
+        prediction = driver.find_element(By.ID, "prediction").text.strip()
+        probabilities = [float(driver.find_element(By.ID, f"p{d}").text) for d in range(10)]
+        assert abs(sum(probabilities) - 1) < 0.01
+        assert int(prediction) == int(np.argmax(probabilities))
+        assert prediction == "1"
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
