@@ -83,11 +83,12 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     canvas = np.zeros((CANVAS, CANVAS), np.float32)
     top, left = (CANVAS - digit.shape[0]) // 2, (CANVAS - digit.shape[1]) // 2
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    # Shift so that the centre of mass sits at the centre (as MNIST did), staying inside.
+    # Shift the centre of mass to the centre, staying inside. MNIST's digits have it at pixel
+    # (14, 14) on average (measured over its test set), not at the geometric 13.5: match that.
     total = canvas.sum()
     ys, xs = np.indices(canvas.shape)
-    dy = int(round((CANVAS - 1) / 2 - (ys * canvas).sum() / total))
-    dx = int(round((CANVAS - 1) / 2 - (xs * canvas).sum() / total))
+    dy = int(round(CANVAS / 2 - (ys * canvas).sum() / total))
+    dx = int(round(CANVAS / 2 - (xs * canvas).sum() / total))
     dy = int(np.clip(dy, -top, CANVAS - top - digit.shape[0]))
     dx = int(np.clip(dx, -left, CANVAS - left - digit.shape[1]))
     canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
