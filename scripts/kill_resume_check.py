@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from lenet_jax.cli import quiet_library_logs
 from lenet_jax.evaluation import restore_params
 from lenet_jax.reporting import read_metrics
 
@@ -58,6 +59,7 @@ def main() -> int:
     parser.add_argument("--data-dir", help="MNIST IDX folder (default: $LENET_DATA_DIR or tfds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     args = parser.parse_args()
+    quiet_library_logs()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="kill-resume-"))
 
