@@ -9,6 +9,7 @@ the sum over batches of each batch's mean loss.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lenet_jax import parallel
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import PADDING_INDEX, Split, gather_batch, load_dataset, sequential_order
@@ -35,11 +37,19 @@ class Evaluator:
     def __init__(self, model: Any, batch_size: int):
         self.batch_size = batch_size
         self.groups = max(1, GROUP_IMAGES // batch_size)
+        self.mesh = parallel.data_mesh()
+        parallel.check_batch_size(batch_size, self.mesh, "--eval-batch-size")
         eval_step = make_eval_step(model)
+        replicated = parallel.replicated(self.mesh)
 
         # Jitted: gather (on device) + forward + metrics of `groups` batches. The split's arrays
         # are arguments, not constants, so evaluating another split reuses the compilation.
-        @jax.jit
+        # Sharded like training: each device evaluates its slice of every batch.
+        @functools.partial(
+            jax.jit,
+            in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(self.mesh, 2)),
+            out_shardings=replicated,
+        )
         def step_on_indices(params, images, labels, indices):
             return eval_step(params, gather_batch(images, labels, indices))
 
@@ -49,7 +59,10 @@ class Evaluator:
     def _on_device(self, split: Split) -> tuple[jax.Array, jax.Array]:
         # Copied to the device once per split object and kept: evaluation runs every epoch.
         if split not in self._device_splits:
-            self._device_splits[split] = (jax.device_put(split.images), jax.device_put(split.labels))
+            self._device_splits[split] = (
+                parallel.put_replicated(split.images, self.mesh),
+                parallel.put_replicated(split.labels, self.mesh),
+            )
         return self._device_splits[split]
 
     def evaluate(self, params: Any, split: Split) -> dict[str, float]:
@@ -61,10 +74,10 @@ class Evaluator:
         order = np.concatenate([order, np.full((padding, self.batch_size), PADDING_INDEX, np.int32)])
         # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
         results = [
-            self._step(params, images, labels, group)
+            self._step(params, images, labels, parallel.global_batch(group, self.mesh))
             for group in order.reshape(-1, self.groups, self.batch_size)
         ]
-        results = jax.device_get(results)
+        results = parallel.host_value(results)
         counts = np.concatenate([r["count"] for r in results])
         real = counts > 0  # all-padding batches are not batches
         losses = np.concatenate([r["loss"] for r in results]).astype(np.float64)[real]
@@ -103,8 +116,10 @@ def restore_params(workdir: str | os.PathLike, epoch: int | None = None) -> Rest
         meta = checkpoints.restore_meta(epoch)
         config = Config.from_dict(meta["config"])
         model = model_from_config(config)
-        # Restore target from eval_shape: the params' shapes and dtypes without running init.
+        # Restore target from eval_shape: the params' shapes and dtypes without running init,
+        # placed on this process's devices (whatever mesh the training run had).
         abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+        abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
         params = checkpoints.restore_params(epoch, abstract)
     finally:
         checkpoints.close()

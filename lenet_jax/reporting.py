@@ -65,7 +65,12 @@ class RunLog:
     from the checkpoints' metadata any epoch whose row a crash lost, so none is missing.
     """
 
-    def __init__(self, workdir: Path, resume_step: int = 0, resume_epoch: int = 0):
+    def __init__(self, workdir: Path, resume_step: int = 0, resume_epoch: int = 0, enabled: bool = True):
+        # Disabled (processes other than 0 of a multi-process run): every method does nothing.
+        self.enabled = enabled
+        self._epochs: set[int] = set()
+        if not enabled:
+            return
         self.metrics_path = workdir / METRICS_FILE
         kept = [row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch]
         self._write_rows(kept)
@@ -79,16 +84,20 @@ class RunLog:
 
     def missing(self, epoch: int) -> bool:
         """Whether metrics.jsonl lacks this epoch's row."""
-        return epoch not in self._epochs
+        return self.enabled and epoch not in self._epochs
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         # Written as a raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to
         # "Train_Loss", and the recipe's dashboards expect its tags verbatim.
+        if not self.enabled:
+            return
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
         self.tensorboard._get_file_writer().add_summary(summary, step)
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Appends one epoch's row to metrics.jsonl (flushed and fsynced: a crash keeps it)."""
+        if not self.enabled:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
             f.flush()
@@ -97,4 +106,5 @@ class RunLog:
         self.tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.enabled:
+            self.tensorboard.close()

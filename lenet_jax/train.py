@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import optax
 
-from lenet_jax import reporting
+from lenet_jax import parallel, reporting
 from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, epoch_order, gather_batch, load_dataset, num_batches
@@ -63,7 +63,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
     path = Path(workdir).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # per process: several may start at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -179,7 +179,7 @@ class _LossMonitor:
 
     def flush(self, epoch: int) -> np.ndarray:
         """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
-        values = np.asarray(jax.device_get(self.pending), np.float64)
+        values = np.asarray(parallel.host_value(self.pending), np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             step = self.first_pending_step + int(bad[0])
@@ -217,16 +217,26 @@ class EpochRunner:
         shuffle_key: jax.Array,
     ):
         self.config, self.num_examples, self.shuffle_key = config, len(train), shuffle_key
+        self.mesh = parallel.data_mesh()
+        parallel.check_batch_size(config.batch_size, self.mesh)
         train_step = make_train_step(model, optimizer)
+        replicated = parallel.replicated(self.mesh)
 
-        @functools.partial(jax.jit, donate_argnums=0)
+        # State, data and metrics replicated, the batch's indices sharded over the devices: XLA
+        # all-reduces the gradients. With one device the shardings change nothing.
+        @functools.partial(
+            jax.jit,
+            donate_argnums=0,
+            in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(self.mesh)),
+            out_shardings=(replicated, replicated),
+        )
         def train_on_indices(state, images, labels, indices):
             return train_step(state, gather_batch(images, labels, indices))
 
         self._step = train_on_indices
         self.first_step_done: float | None = None  # time.time() when the first step finished
-        self._images = jax.device_put(train.images)
-        self._labels = jax.device_put(train.labels)
+        self._images = parallel.put_replicated(train.images, self.mesh)
+        self._labels = parallel.put_replicated(train.labels, self.mesh)
 
     def steps_per_epoch(self) -> int:
         return num_batches(self.num_examples, self.config.batch_size)
@@ -246,7 +256,8 @@ class EpochRunner:
             for indices in order:
                 if stop is not None and stop.received is not None:
                     raise _Stopped(stop.received, step)
-                state, metrics = self._step(state, self._images, self._labels, indices)
+                batch = parallel.global_batch(indices, self.mesh)
+                state, metrics = self._step(state, self._images, self._labels, batch)
                 if self.first_step_done is None:  # once per run: includes compilation
                     jax.block_until_ready(metrics)
                     self.first_step_done = time.time()
@@ -291,8 +302,10 @@ def train_and_evaluate(
             "add --force to --restart to delete them, or pass another --workdir"
         )
     dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+    main = parallel.is_main_process()  # only process 0 prints and writes logs
+    say = print if main else (lambda *args, **kwargs: None)
     sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
-    print(f"Data {dataset.source}: {sizes}", flush=True)
+    say(f"Data {dataset.source}: {sizes}", flush=True)
 
     model = model_from_config(config)
     steps_per_epoch = num_batches(len(dataset.train), config.batch_size)
@@ -303,38 +316,44 @@ def train_and_evaluate(
     # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key ->
     # every epoch's order (folded with the epoch number).
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
+    evaluator = Evaluator(model, config.eval_batch_size)
     start_epoch, metas = 0, {}
     if latest is None:
-        state = create_train_state(model, optimizer, init_key)
+        state = parallel.put_replicated(create_train_state(model, optimizer, init_key), runner.mesh)
     else:
         metas = {epoch: checkpoints.restore_meta(epoch) for epoch in checkpoints.epochs()}
         _check_resumable(metas[latest], config, dataset, optimizer_source)
-        # The restore target is built by eval_shape: shapes and dtypes only, no real init.
+        # The restore target is built by eval_shape: shapes and dtypes only, no real init;
+        # each array is restored replicated over the run's devices.
         abstract = create_train_state.eval_shape(model, optimizer, init_key)
+        abstract = parallel.with_sharding(abstract, parallel.replicated(runner.mesh))
         state = checkpoints.restore_state(latest, abstract)
         start_epoch = latest
-        print(f"Resuming from the checkpoint of epoch {latest} (step {int(state.step)})")
-    print(f"LeNet: {count_params(state.params):,} parameters; backend {jax.default_backend()}")
+    step = int(parallel.host_value(state.step))  # the host's copy: reading state.step would sync
+    if latest is not None:
+        say(f"Resuming from the checkpoint of epoch {latest} (step {step})")
+    devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
+    say(f"LeNet: {count_params(state.params):,} parameters; {devices}")
 
-    (workdir / reporting.CONFIG_FILE).write_text(config.to_json() + "\n")
-    log = reporting.RunLog(workdir, resume_step=int(state.step), resume_epoch=start_epoch)
+    if main:
+        (workdir / reporting.CONFIG_FILE).write_text(config.to_json() + "\n")
+    log = reporting.RunLog(workdir, resume_step=step, resume_epoch=start_epoch, enabled=main)
     for meta in metas.values():  # rows a crash lost between a checkpoint and its log lines
         if log.missing(meta["epoch"]):
             _log_epoch(log, meta["metrics"])
 
-    runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
-    evaluator = Evaluator(model, config.eval_batch_size)
-
     def log_train_loss(step: int, loss: float) -> None:
         log.scalar(reporting.TAG_TRAIN_LOSS, loss, step)
 
-    step = int(state.step)  # the host's copy of the step: reading state.step would sync
     last_good_epoch = start_epoch
     try:
         with _StopSignals() as stop:
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 try:
-                    state, losses, train_seconds = runner.run(state, epoch, step, log_train_loss, stop)
+                    state, losses, train_seconds = runner.run(
+                        state, epoch, step, log_train_loss if main else None, stop
+                    )
                 except _Stopped as stopped:
                     raise _interrupted(stopped.signum, stopped.step, epoch, last_good_epoch) from None
                 except DivergedError as e:
@@ -355,7 +374,7 @@ def train_and_evaluate(
                 if dataset.validation is not None:
                     val = evaluator.evaluate(state.params, dataset.validation)
                     row.update(validation_accuracy=val["accuracy"], validation_total_loss=val["total_loss"])
-                print(_epoch_line(row), flush=True)
+                say(_epoch_line(row), flush=True)
 
                 # The checkpoint first (it holds the row in its meta), then the logs: a crash in
                 # between is repaired on resume from the checkpoint's meta.
@@ -412,10 +431,10 @@ def _log_epoch(log: reporting.RunLog, row: dict[str, Any]) -> None:
 
 
 def _epoch_row(epoch: int, state: TrainState, losses: list[float], seconds: float, images: int):
-    lr = current_learning_rate(state.opt_state)
+    lr = parallel.host_value(current_learning_rate(state.opt_state))
     return {
         "epoch": epoch,
-        "step": int(state.step),
+        "step": int(parallel.host_value(state.step)),
         "train_loss": float(np.mean(losses)),  # mean of the epoch's per-batch mean losses
         "learning_rate": None if lr is None else float(lr),
         "train_seconds": seconds,

@@ -1,0 +1,102 @@
+"""Data parallelism over every device the run sees, on one process or several (jax.distributed).
+
+A 1-D `Mesh` with a `data` axis spans `jax.devices()` (all processes' devices). Params, optimizer
+state and the dataset are replicated; each global batch is sharded along its batch axis, so
+every device computes the loss of its slice and XLA inserts the gradient all-reduce. With one
+device all of this is a no-op. The global batch size is the config's `batch_size`; it must be a
+multiple of the number of devices (64 over 1, 2, 4, 8 or 16 devices).
+
+Every process holds the whole dataset and derives the same epoch order from the seed; each one
+materialises only the index rows of its own devices (`global_batch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lenet_jax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Joins a multi-process run (jax.distributed), with gloo collectives on CPU.
+
+    All three None: jax.distributed.initialize() auto-detects the cluster (SLURM, Open MPI,
+    Cloud TPU, ...). Must run before anything touches a JAX device.
+    """
+    # The CPU backend needs a collectives implementation for cross-process reductions (this
+    # setting only concerns the CPU client, so it is harmless on GPU machines).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+
+
+def is_main_process() -> bool:
+    """Process 0 prints, writes TensorBoard, metrics.jsonl and config.json."""
+    return jax.process_index() == 0
+
+
+def data_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Sharded along the last axis (the batch axis of (B,) and (G, B) index arrays)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * (ndim - 1)), DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, flag: str = "--batch-size") -> None:
+    devices = mesh.devices.size
+    if batch_size % devices:
+        raise ConfigError(
+            f"{flag} {batch_size} does not divide over {devices} devices: use a multiple of {devices}"
+        )
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """A host-identical pytree (same on every process) as replicated global arrays."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def global_batch(indices: np.ndarray, mesh: Mesh) -> Any:
+    """The global index array of a step, as jit takes it.
+
+    One process: the numpy array itself (jit places it by its in_shardings, no extra work per
+    step). Several: each process builds only its devices' shards from the same global indices.
+    """
+    if jax.process_count() == 1:
+        return indices
+    sharding = batch_sharded(mesh, indices.ndim)
+    return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
+
+
+def with_sharding(abstract: Any, sharding: Any) -> Any:
+    """ShapeDtypeStructs carrying `sharding` (orbax restores each array onto it)."""
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract
+    )
+
+
+def host_value(x: Any) -> Any:
+    """A replicated (or single-process) array's value on this host."""
+    if jax.process_count() == 1:
+        return jax.device_get(x)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), x)
