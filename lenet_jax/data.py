@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lenet_jax import parallel
 from lenet_jax.errors import DataError
 
 DATA_DIR_ENV = "LENET_DATA_DIR"
@@ -108,13 +109,19 @@ def load_dataset(
     train_size: then keep only the first N of the remaining training images.
     """
     folder = resolve_data_dir(data_dir)
-    builder = _builder(folder)
-    if not builder.is_prepared():
-        print(
-            f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir} (once)...",
-            flush=True,
-        )
-        builder.download_and_prepare()
+    # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
+    # processes preparing into one cache directory collide.
+    if parallel.is_main_process():
+        builder = _builder(folder)
+        if not builder.is_prepared():
+            print(
+                f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir} (once)...",
+                flush=True,
+            )
+            builder.download_and_prepare()
+    parallel.barrier("dataset prepared")
+    if not parallel.is_main_process():
+        builder = _builder(folder)
     train = _split_arrays(builder, "train")
     test = _split_arrays(builder, "test")
     validation = None

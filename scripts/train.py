@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lenet_jax import cli
+from lenet_jax import cli, parallel
 from lenet_jax.train import clear_run, train_and_evaluate
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
@@ -35,18 +35,36 @@ def main(argv: list[str]) -> int:
         "--force is given too (which deletes them)",
     )
     parser.add_argument("--force", action="store_true", help="with --restart: delete the old run")
+    group = parser.add_argument_group("multi-process (see README, Scaling out)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, help="how many processes take part")
+    group.add_argument("--process-id", type=int, help="this process's rank, 0..N-1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run whose settings jax.distributed detects (SLURM, MPI, ...)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     cli.add_config_flags(parser)
     args = parser.parse_args(argv)
     config = cli.config_from_args(args)
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if any(value is not None for value in explicit) or args.distributed:
+        if args.distributed == all(value is not None for value in explicit):
+            raise cli.ConfigError(
+                "give either all of --coordinator, --num-processes and --process-id, or --distributed"
+            )
+        parallel.initialize(*explicit)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
-    print(f"Workdir: {workdir}")
+    if parallel.is_main_process():
+        print(f"Workdir: {workdir}")
     if args.force and not args.restart:
         raise cli.ConfigError("--force only goes with --restart")
-    if args.restart and args.force:
+    if args.restart and args.force and parallel.is_main_process():
         clear_run(workdir)
+    parallel.barrier("workdir ready")
     train_and_evaluate(config, workdir, data_dir=args.data_dir, resume=not args.restart)
     return 0
 

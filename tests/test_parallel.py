@@ -1,0 +1,124 @@
+"""Data parallelism: 2 local processes (jax.distributed + gloo) against 1, and launch.py."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import psutil
+import pytest
+from conftest import REPO_ROOT
+
+from lenet_jax import parallel
+from lenet_jax.errors import ConfigError
+from lenet_jax.evaluation import evaluate_checkpoint, restore_params
+from lenet_jax.reporting import read_metrics
+
+RUN = ["--preset", "smoke", "--train-size", "6400", "--epochs", "2", "--log-every", "50"]  # 200 steps
+
+
+def test_single_device_mesh_is_a_no_op():
+    mesh = parallel.data_mesh()
+    assert mesh.devices.size == jax.device_count() == 1
+    indices = np.arange(8, dtype=np.int32)
+    assert parallel.global_batch(indices, mesh) is indices
+    parallel.check_batch_size(64, mesh)
+
+
+def test_batch_size_must_divide_over_the_devices():
+    class FakeMesh:
+        class devices:  # noqa: N801 - mimics Mesh.devices.size
+            size = 3
+
+    with pytest.raises(ConfigError, match="--batch-size 64 does not divide over 3 devices"):
+        parallel.check_batch_size(64, FakeMesh)
+
+
+def launch(workdir, mnist_dir, *extra):
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "launch.py"),
+        "--num-processes",
+        "2",
+        "--",
+        *RUN,
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        str(mnist_dir),
+        *extra,
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.mark.e2e
+def test_two_processes_match_one(mnist_dir, tmp_path):
+    two = launch(tmp_path / "two", mnist_dir)
+    out, err = two.communicate(timeout=600)
+    assert two.returncode == 0, err
+    assert "[0] LeNet: 61,706 parameters; 2 cpu device(s), 2 process(es)" in out
+    # Only process 0 prints (gloo's own C++ connection line aside).
+    assert not [line for line in out.splitlines() if line.startswith("[1]") and "[Gloo]" not in line]
+    one = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "train.py"),
+            *RUN,
+            "--workdir",
+            str(tmp_path / "one"),
+            "--data-dir",
+            str(mnist_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr
+    params_two = jax.tree_util.tree_leaves(restore_params(tmp_path / "two", 2).params)
+    params_one = jax.tree_util.tree_leaves(restore_params(tmp_path / "one", 2).params)
+    for a, b in zip(params_two, params_one, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0)
+    rows_two, rows_one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    assert [r["step"] for r in rows_two] == [100, 200]
+    for a, b in zip(rows_two, rows_one, strict=True):
+        assert round(a["test_accuracy"], 3) == round(b["test_accuracy"], 3)
+    # The 2-process checkpoint restores in a single process and evaluates to what was logged.
+    result = evaluate_checkpoint(tmp_path / "two", data_dir=mnist_dir)
+    assert result["test_accuracy"] == rows_two[-1]["test_accuracy"]
+
+
+@pytest.mark.e2e
+def test_launch_stops_everything_when_one_process_dies(mnist_dir, tmp_path):
+    workdir = tmp_path / "run"
+    launcher = launch(workdir, mnist_dir, "--epochs", "50")
+    deadline = time.time() + 300
+    for line in launcher.stdout:
+        if line.startswith("[0] step 50:"):
+            break
+        assert time.time() < deadline
+    victims = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(workdir) in " ".join(p.info["cmdline"] or [])
+        and "--process-id" in (p.info["cmdline"] or [])
+        and p.info["cmdline"][-1] == "1"
+    ]
+    assert len(victims) == 1
+    killed_at = time.time()
+    victims[0].send_signal(signal.SIGKILL)
+    _, err = launcher.communicate(timeout=60)
+    assert time.time() - killed_at < 60
+    assert launcher.returncode != 0
+    assert "error: process 1 was killed by SIGKILL; stopped the other processes" in err
+    assert not any(
+        str(workdir) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+    )
