@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from lenet_jax.predict import NoInkError, Predictor, preprocess
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything absurd
+DISCARD_LIMIT = 16 * MAX_BODY_BYTES  # read (and drop) at most this much of an oversized body
 MAX_PIXELS = 4096 * 4096
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/webp")
 
@@ -166,6 +167,14 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000)
         def _json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
 
+        def _discard(self, length: int) -> None:
+            remaining = min(length, DISCARD_LIMIT)
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 65536))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
@@ -181,6 +190,7 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000)
                 except ValueError:
                     raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required") from None
                 if length > MAX_BODY_BYTES:
+                    self._discard(length)  # so the client reads our answer, not a reset
                     raise RequestError(
                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                         f"body of {length} bytes is over the {MAX_BODY_BYTES} byte limit",
