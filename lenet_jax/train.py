@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import signal
@@ -454,10 +453,3 @@ def _epoch_line(row: dict[str, Any]) -> str:
         f"{row['images_per_second']:,.0f} images/s"
     )
 
-
-def load_run_config(workdir: str | os.PathLike) -> Config:
-    """The config a workdir was trained with (its config.json)."""
-    path = Path(workdir) / reporting.CONFIG_FILE
-    if not path.is_file():
-        raise LenetError(f"{path} not found: pass the --workdir of a training run")
-    return Config.from_dict(json.loads(path.read_text()))
