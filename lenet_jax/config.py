@@ -64,6 +64,14 @@ class Config:
         None, "train on only the first N training images (smoke tests; default: all)"
     )
 
+    # Augmentation, on the device per image (lenet_jax.augment); all 0: none (the recipe).
+    augment_translate: float = _field(0.0, "random translation, up to this many pixels")
+    augment_rotate: float = _field(0.0, "random rotation, up to this many degrees")
+    augment_scale: float = _field(0.0, "random zoom, up to this fraction (0.1: 0.9x-1.1x)")
+    augment_shear: float = _field(0.0, "random shear, up to this many degrees")
+    elastic_alpha: float = _field(0.0, "elastic distortion strength in pixels (Simard et al. 2003)")
+    elastic_sigma: float = _field(4.0, "smoothing (Gaussian sigma, pixels) of the elastic field")
+
     # Training.
     epochs: int = _field(20, "number of passes over the training set")
     batch_size: int = _field(64, "training batch size (global, over all devices)")
@@ -147,6 +155,11 @@ def validate(config: Config) -> Config:
         config.train_size is None or config.train_size >= 1,
         f"--train-size must be at least 1, not {config.train_size}",
     )
+    for name in ("augment_translate", "augment_rotate", "augment_scale", "augment_shear", "elastic_alpha"):
+        flag = "--" + name.replace("_", "-")
+        need(getattr(config, name) >= 0, f"{flag} must be >= 0, not {getattr(config, name)}")
+    need(config.augment_scale < 1, f"--augment-scale must be below 1, not {config.augment_scale}")
+    need(config.elastic_sigma > 0, f"--elastic-sigma must be greater than 0, not {config.elastic_sigma}")
     need(config.log_every >= 1, f"--log-every must be at least 1, not {config.log_every}")
     need(config.keep is None or config.keep >= 1, f"--keep must be at least 1, not {config.keep}")
     from lenet_jax.optimizers import OPTIMIZERS  # here: optimizers imports this module

@@ -65,13 +65,23 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
 
 
 def make_train_step(
-    model: nn.Module, optimizer: optax.GradientTransformation
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure training step for this model and optimizer (not jitted: the caller decides)."""
+    """The pure training step for this model and optimizer (not jitted: the caller decides).
+
+    augment(key, images), if given, transforms the batch's images first, with a key folded
+    from the state's rng and step: deterministic per seed, replayed exactly on resume.
+    """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        images = batch["image"]
+        if augment is not None:
+            images = augment(jax.random.fold_in(state.rng, state.step), images)
+
         def loss_fn(params):
-            logits = model.apply({"params": params}, batch["image"])
+            logits = model.apply({"params": params}, images)
             return masked_cross_entropy(logits, batch["label"], batch["mask"])
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

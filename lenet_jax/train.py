@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from lenet_jax import parallel, reporting
+from lenet_jax.augment import augmentation_from_config, make_augment
 from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, epoch_order, gather_batch, load_dataset, num_batches
@@ -218,7 +219,7 @@ class EpochRunner:
         self.config, self.num_examples, self.shuffle_key = config, len(train), shuffle_key
         self.mesh = parallel.data_mesh()
         parallel.check_batch_size(config.batch_size, self.mesh)
-        train_step = make_train_step(model, optimizer)
+        train_step = make_train_step(model, optimizer, make_augment(augmentation_from_config(config)))
         replicated = parallel.replicated(self.mesh)
 
         # State, data and metrics replicated, the batch's indices sharded over the devices: XLA
@@ -452,4 +453,3 @@ def _epoch_line(row: dict[str, Any]) -> str:
         f" | train loss {row['train_loss']:.4f}, {row['train_seconds']:.2f} s, "
         f"{row['images_per_second']:,.0f} images/s"
     )
-

@@ -1,0 +1,81 @@
+"""Augmentation on the device: shapes, identity at zero strength, keys, ink mass, training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lenet_jax.augment import Augmentation, augmentation_from_config, make_augment
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError
+
+STRONG = Augmentation(translate=2, rotate=15, scale=0.1, shear=10, elastic_alpha=2, elastic_sigma=4)
+
+
+def strokes(n=6):
+    images = np.zeros((n, 28, 28, 1), np.float32)
+    for i in range(n):
+        images[i, 6 + i : 22, 10 + i : 15 + i, 0] = 1.0
+        images[i, 6:9, 8:20, 0] = 0.8
+    return jnp.asarray(images)
+
+
+def test_zero_strength_is_no_augmentation():
+    assert make_augment(Augmentation()) is None
+    assert make_augment(augmentation_from_config(Config())) is None
+
+
+def test_tiny_strength_is_the_identity():
+    images = strokes()
+    out = make_augment(Augmentation(translate=1e-9))(jax.random.PRNGKey(0), images)
+    np.testing.assert_allclose(out, images, atol=1e-6)
+
+
+def test_shape_dtype_and_key_dependence():
+    images = strokes()
+    augment = jax.jit(make_augment(STRONG))
+    a = augment(jax.random.PRNGKey(0), images)
+    assert a.shape == images.shape and a.dtype == images.dtype
+    np.testing.assert_array_equal(a, augment(jax.random.PRNGKey(0), images))
+    assert not np.allclose(a, augment(jax.random.PRNGKey(1), images))
+    assert not np.allclose(a[0], a[1] * 0 + images[0])  # each image is transformed
+
+
+@pytest.mark.parametrize(
+    "aug", [Augmentation(translate=2, rotate=15, shear=10), Augmentation(elastic_alpha=2, elastic_sigma=4)]
+)
+def test_ink_mass_is_roughly_conserved(aug):
+    images = strokes()
+    out = make_augment(aug)(jax.random.PRNGKey(3), images)
+    ratio = np.asarray(out.sum(axis=(1, 2, 3)) / images.sum(axis=(1, 2, 3)))
+    assert np.all(np.abs(ratio - 1) < 0.2), ratio  # local stretching changes it a little
+
+
+def test_translation_moves_the_centre_of_mass_by_at_most_the_strength():
+    images = strokes()
+    out = make_augment(Augmentation(translate=3))(jax.random.PRNGKey(5), images)
+    ys = np.arange(28)[None, :, None]
+    com = lambda x: (np.asarray(x[..., 0]).sum(2) * ys[..., 0]).sum(1) / np.asarray(x).sum((1, 2, 3))  # noqa: E731
+    assert np.all(np.abs(com(out) - com(images)) <= 3.2)
+
+
+def test_negative_strength_is_refused():
+    with pytest.raises(ConfigError, match="--augment-rotate must be >= 0"):
+        Config().replace(augment_rotate=-1)
+    with pytest.raises(ConfigError, match="--augment-scale must be below 1"):
+        Config().replace(augment_scale=1.5)
+
+
+def test_training_with_augmentation_is_deterministic_and_resumable(idx_dir, tmp_path):
+    from lenet_jax.train import train_and_evaluate
+
+    config = Config(epochs=2, batch_size=16, init="flax", augment_rotate=10, elastic_alpha=1.5)
+    a = train_and_evaluate(config, tmp_path / "a", data_dir=idx_dir).state
+    train_and_evaluate(config.replace(epochs=1), tmp_path / "b", data_dir=idx_dir)
+    b = train_and_evaluate(config, tmp_path / "b", data_dir=idx_dir).state
+    plain = train_and_evaluate(
+        config.replace(augment_rotate=0.0, elastic_alpha=0.0), tmp_path / "c", data_dir=idx_dir
+    ).state
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.params["dense3"]["kernel"], plain.params["dense3"]["kernel"])
