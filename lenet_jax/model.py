@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lenet_jax import idx
 from lenet_jax.config import Config
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = idx.NUM_CLASSES
+IMAGE_SHAPE = (idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1)
 
 ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,

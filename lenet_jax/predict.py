@@ -21,11 +21,12 @@ from PIL import Image, UnidentifiedImageError
 
 from lenet_jax.errors import DataError
 from lenet_jax.evaluation import restore_params
+from lenet_jax.idx import IMAGE_SIZE
 from lenet_jax.model import model_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
-CANVAS = 28  # ... and centres its centre of mass in 28x28
+CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
 INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is background noise
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
 PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Tests and CI read the real MNIST from ../shared/data/mnist (see README); LENET_DATA_DIR wins.
 MNIST_DIR = Path(os.environ.get("LENET_DATA_DIR") or REPO_ROOT.parent / "shared/data/mnist").resolve()
+
+
+def start_python(program, *args) -> subprocess.Popen:
+    """`python program args...` in the background, unbuffered, with stdout/stderr as text pipes."""
+    command = [sys.executable, str(program), *map(str, args)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:

@@ -1,6 +1,5 @@
 """Data parallelism: 2 local processes (jax.distributed + gloo) against 1, and launch.py."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import jax
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, start_python
 
 from lenet_jax import parallel
 from lenet_jax.errors import ConfigError
@@ -38,25 +37,17 @@ def test_batch_size_must_divide_over_the_devices():
 
 
 def launch(workdir, mnist_dir, *extra):
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "scripts" / "launch.py"),
+    return start_python(
+        REPO_ROOT / "scripts" / "launch.py",
         "--num-processes",
         "2",
         "--",
         *RUN,
         "--workdir",
-        str(workdir),
+        workdir,
         "--data-dir",
-        str(mnist_dir),
+        mnist_dir,
         *extra,
-    ]
-    return subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 

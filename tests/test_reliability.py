@@ -1,17 +1,14 @@
 """Crash safety, exact resume, signals, the NaN guard and one-line errors for bad input."""
 
 import json
-import os
 import runpy
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, write_idx
+from conftest import REPO_ROOT, make_idx_dir, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints
@@ -57,24 +54,8 @@ def assert_same_run(a: Path, b: Path):
 
 def start_training(workdir, mnist_dir, *wrapper_args, wrapper=None):
     """scripts/train.py (or a wrapper taking wrapper_args first) on the short real-MNIST run."""
-    program = [str(REPO_ROOT / "scripts" / "train.py")] if wrapper is None else [str(wrapper)]
-    argv = [
-        sys.executable,
-        *program,
-        *map(str, wrapper_args),
-        *SHORT_RUN,
-        "--workdir",
-        str(workdir),
-        "--data-dir",
-        str(mnist_dir),
-    ]
-    return subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    program = REPO_ROOT / "scripts" / "train.py" if wrapper is None else wrapper
+    return start_python(program, *wrapper_args, *SHORT_RUN, "--workdir", workdir, "--data-dir", mnist_dir)
 
 
 def wait_for_line(process, prefix, timeout=300):
