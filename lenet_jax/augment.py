@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.ndimage import map_coordinates
+from jax import lax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,40 +43,102 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _augment_one(key: jax.Array, image: jax.Array, aug: Augmentation) -> jax.Array:
-    """One (H, W) image, resampled through a random affine map plus an elastic field."""
-    h, w = image.shape
-    k_translate, k_rotate, k_scale, k_shear, k_elastic = jax.random.split(key, 5)
-    ty, tx = jax.random.uniform(k_translate, (2,), minval=-1, maxval=1) * aug.translate
-    angle = jax.random.uniform(k_rotate, minval=-1, maxval=1) * math.radians(aug.rotate)
-    zoom = 1.0 + jax.random.uniform(k_scale, minval=-1, maxval=1) * aug.scale
-    shear = jax.random.uniform(k_shear, minval=-1, maxval=1) * math.radians(aug.shear)
-    # Inverse map: output pixel (y, x) reads the input at centre + A^-1 (p - centre - t).
+def _uniform_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform noise in (-1, 1) with 256 levels, four values per random 32-bit word.
+
+    The elastic field needs 2*H*W values per image, the bulk of the step's random numbers, and
+    threefry costs ~7 ns per word on a CPU; the field is a Gaussian average of this noise, so
+    8 bits per value lose nothing visible and cost a quarter of the random words.
+    """
+    n = math.prod(shape)
+    words = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
+    values = jnp.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], axis=-1).reshape(-1)[:n]
+    return ((values.astype(jnp.float32) + 0.5) / 128.0 - 1.0).reshape(shape)
+
+
+def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation) -> jax.Array:
+    """(B, 2, H, W) displacements: uniform noise smoothed by a Gaussian, max |d| = alpha.
+
+    The noise is drawn directly in the layout (H, B*2, W), which it may be since its values
+    are independent; then both smoothings are single plain matrix products, with no batched
+    product or transpose in between (measured ~1.5x faster than a vmapped einsum).
+    """
+    gy = jnp.asarray(_gaussian_matrix(h, aug.elastic_sigma))
+    gx = jnp.asarray(_gaussian_matrix(w, aug.elastic_sigma))
+    noise = _uniform_bytes(key, (h, batch * 2 * w))
+    field = (gy @ noise).reshape(h * batch * 2, w) @ gx.T  # smooth along y, then along x
+    field = field.reshape(h, batch, 2, w).transpose(1, 2, 0, 3)
+    peak = jnp.abs(field).max(axis=(1, 2, 3), keepdims=True)
+    return field / (peak + 1e-6) * aug.elastic_alpha
+
+
+def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
+    """images (B, H, W) sampled at float coordinates ys, xs (B, P); zero outside the image.
+
+    One gather of a 2x2 window per output pixel (XLA:CPU's cost is per gathered slice: ~2x
+    faster than jax.scipy.ndimage.map_coordinates' four single-pixel gathers). The image is
+    padded with zeros so that a window clipped to the border reads only zeros: a window starting
+    at row -2 covers padding rows only, one starting at row H covers rows H and H+1 (padding).
+    """
+    b, h, w = images.shape
+    padded = jnp.pad(images, ((0, 0), (2, 3), (2, 3)))
+    y0, x0 = jnp.floor(ys), jnp.floor(xs)
+    wy, wx = ys - y0, xs - x0
+    rows = jnp.clip(y0, -2, h).astype(jnp.int32) + 2
+    cols = jnp.clip(x0, -2, w).astype(jnp.int32) + 2
+    batch = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], rows.shape)
+    starts = jnp.stack([batch, rows, cols], axis=-1)  # (B, P, 3)
+    dims = lax.GatherDimensionNumbers(
+        offset_dims=(2, 3), collapsed_slice_dims=(0,), start_index_map=(0, 1, 2)
+    )
+    win = lax.gather(padded, starts, dims, slice_sizes=(1, 2, 2), mode="promise_in_bounds")  # (B, P, 2, 2)
+    top = win[..., 0, 0] * (1 - wx) + win[..., 0, 1] * wx
+    bottom = win[..., 1, 0] * (1 - wx) + win[..., 1, 1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def _source_coordinates(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation):
+    """Where each output pixel reads the input: (B, H*W) rows and columns, per-image affine.
+
+    Inverse map: output pixel p reads centre + A^-1 (p - centre - t), where
+    A = zoom * rotation(angle) @ shear_matrix(shear); det A = zoom^2, so A^-1 is closed-form.
+    """
+    u = jax.random.uniform(key, (batch, 5), minval=-1, maxval=1)
+    ty, tx = u[:, 0:1] * aug.translate, u[:, 1:2] * aug.translate
+    angle = u[:, 2:3] * math.radians(aug.rotate)
+    zoom = 1.0 + u[:, 3:4] * aug.scale
+    tan = jnp.tan(u[:, 4:5] * math.radians(aug.shear))
     cos, sin = jnp.cos(angle), jnp.sin(angle)
-    forward = jnp.array([[cos, -sin], [sin, cos]]) @ jnp.array([[1.0, jnp.tan(shear)], [0.0, 1.0]])
-    inverse = jnp.linalg.inv(forward * zoom)
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-    centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
-    points = jnp.stack([ys.ravel() - centre[0] - ty, xs.ravel() - centre[1] - tx])
-    source = inverse @ points + centre[:, None]
-    if aug.elastic_alpha:
-        g = jnp.asarray(_gaussian_matrix(h, aug.elastic_sigma))
-        noise = jax.random.uniform(k_elastic, (2, h, w), minval=-1, maxval=1)
-        field = jnp.einsum("ab,cbd,ed->cae", g, noise, g)  # smooth along both axes
-        field = field / (jnp.abs(field).max() + 1e-6) * aug.elastic_alpha
-        source = source + field.reshape(2, -1)
-    return map_coordinates(image, [source[0], source[1]], order=1, mode="constant").reshape(h, w)
+    a00, a01, a10, a11 = cos, cos * tan - sin, sin, sin * tan + cos  # A / zoom
+    inv_zoom = 1.0 / zoom
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    dy = ys.ravel()[None, :] - cy - ty
+    dx = xs.ravel()[None, :] - cx - tx
+    # (A / zoom)^-1 = [[a11, -a01], [-a10, a00]] (its determinant is cos^2 + sin^2 = 1).
+    rows = (a11 * dy - a01 * dx) * inv_zoom + cy
+    cols = (-a10 * dy + a00 * dx) * inv_zoom + cx
+    return rows, cols
 
 
 def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """key, images (B, H, W, 1) float -> augmented images; None when all strengths are 0."""
+    """key, images (B, H, W, 1) float -> augmented images; None when all strengths are 0.
+
+    Written over the whole batch rather than vmapped per image: one random draw, one pair of
+    smoothing products and one gather per batch (per-image keys would mean B small draws).
+    """
     if not aug.enabled:
         return None
 
     def augment(key: jax.Array, images: jax.Array) -> jax.Array:
-        keys = jax.random.split(key, images.shape[0])
-        out = jax.vmap(lambda k, im: _augment_one(k, im, aug))(keys, images[..., 0])
-        return out[..., None]
+        batch, h, w, _ = images.shape
+        k_affine, k_elastic = jax.random.split(key)
+        rows, cols = _source_coordinates(k_affine, batch, h, w, aug)
+        if aug.elastic_alpha:
+            field = _elastic_field(k_elastic, batch, h, w, aug)
+            rows = rows + field[:, 0].reshape(batch, -1)
+            cols = cols + field[:, 1].reshape(batch, -1)
+        return _bilinear(images[..., 0], rows, cols).reshape(batch, h, w, 1)
 
     return augment
 

@@ -1,7 +1,9 @@
 """Per-epoch checkpoints with orbax: `WORKDIR/checkpoints/<epoch>/{params,train_state,meta}`.
 
-Three items per epoch, so that each reader restores only what it needs:
-- `params`: the model parameters (all that evaluation and prediction read);
+Items per epoch, so that each reader restores only what it needs:
+- `params`: the model parameters (what evaluation and prediction read);
+- `ema_params`: only in runs with --ema-decay: the averaged parameters, which evaluation and
+  prediction read instead when present;
 - `train_state`: step, optimizer state and rng (what resuming needs besides params);
 - `meta`: JSON with the epoch, step, the run's config and that epoch's metrics.
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
@@ -21,6 +23,8 @@ from lenet_jax.errors import CheckpointError
 from lenet_jax.steps import TrainState
 
 CHECKPOINT_SUBDIR = "checkpoints"
+EMA_ITEM = "ema_params"
+ITEMS = ("params", "train_state", "meta", EMA_ITEM)
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -45,9 +49,7 @@ class Checkpoints:
             # A save cut short by a crash leaves a temporary directory; remove it on start.
             cleanup_tmp_directories=not read_only,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("params", "train_state", "meta")
-        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def epochs(self) -> list[int]:
         """Epochs with a complete checkpoint, ascending."""
@@ -61,14 +63,14 @@ class Checkpoints:
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
         """Writes epoch's checkpoint; returns when it is complete on disk."""
         train_state = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                train_state=ocp.args.StandardSave(train_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
+        items = {
+            "params": ocp.args.StandardSave(state.params),
+            "train_state": ocp.args.StandardSave(train_state),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if state.ema_params is not None:
+            items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
+        self._manager.save(epoch, args=ocp.args.Composite(**items))
         self._manager.wait_until_finished()
 
     def _check_epoch(self, epoch: int) -> None:
@@ -98,9 +100,10 @@ class Checkpoints:
     def restore_meta(self, epoch: int) -> dict[str, Any]:
         return self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
 
-    def restore_params(self, epoch: int, abstract_params: Any) -> Any:
-        """The params of `epoch`, shaped like abstract_params (a jax.eval_shape result)."""
-        return self._restore(epoch, params=ocp.args.StandardRestore(abstract_params))["params"]
+    def restore_params(self, epoch: int, abstract_params: Any, item: str = "params") -> Any:
+        """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params
+        (a jax.eval_shape result)."""
+        return self._restore(epoch, **{item: ocp.args.StandardRestore(abstract_params)})[item]
 
     def restore_state(self, epoch: int, abstract_state: TrainState) -> TrainState:
         """The full train state of `epoch`, for resuming."""
@@ -109,17 +112,20 @@ class Checkpoints:
             "opt_state": abstract_state.opt_state,
             "rng": abstract_state.rng,
         }
-        restored = self._restore(
-            epoch,
-            params=ocp.args.StandardRestore(abstract_state.params),
-            train_state=ocp.args.StandardRestore(abstract_train_state),
-        )
+        items = {
+            "params": ocp.args.StandardRestore(abstract_state.params),
+            "train_state": ocp.args.StandardRestore(abstract_train_state),
+        }
+        if abstract_state.ema_params is not None:
+            items[EMA_ITEM] = ocp.args.StandardRestore(abstract_state.ema_params)
+        restored = self._restore(epoch, **items)
         train_state = restored["train_state"]
         return TrainState(
             step=train_state["step"],
             params=restored["params"],
             opt_state=train_state["opt_state"],
             rng=train_state["rng"],
+            ema_params=restored.get(EMA_ITEM),
         )
 
     def close(self) -> None:

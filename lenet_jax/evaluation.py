@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from lenet_jax import parallel
-from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.checkpoints import EMA_ITEM, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import PADDING_INDEX, Split, gather_batch, load_dataset, sequential_order
 from lenet_jax.errors import CheckpointError
@@ -101,10 +101,17 @@ class RestoredParams:
     config: Config
     params: Any
     meta: dict[str, Any]
+    averaged: bool = False  # params are the run's moving average of the weights
 
 
-def restore_params(workdir: str | os.PathLike, epoch: int | None = None) -> RestoredParams:
-    """The params of one epoch's checkpoint (newest by default), nothing else restored."""
+def restore_params(
+    workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True
+) -> RestoredParams:
+    """The params of one epoch's checkpoint (newest by default), nothing else restored.
+
+    averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
+    training evaluated and logged); False returns the raw weights.
+    """
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
         if epoch is None:
@@ -120,27 +127,33 @@ def restore_params(workdir: str | os.PathLike, epoch: int | None = None) -> Rest
         # placed on this process's devices (whatever mesh the training run had).
         abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
         abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
-        params = checkpoints.restore_params(epoch, abstract)
+        averaged = averaged and config.ema_decay > 0
+        params = checkpoints.restore_params(epoch, abstract, EMA_ITEM if averaged else "params")
     finally:
         checkpoints.close()
-    return RestoredParams(epoch=epoch, config=config, params=params, meta=meta)
+    return RestoredParams(epoch=epoch, config=config, params=params, meta=meta, averaged=averaged)
 
 
 def evaluate_checkpoint(
-    workdir: str | os.PathLike, epoch: int | None = None, data_dir: str | os.PathLike | None = None
+    workdir: str | os.PathLike,
+    epoch: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    averaged: bool = True,
 ) -> dict[str, Any]:
     """Evaluates one epoch's checkpoint (newest by default) on the whole test set.
 
     The model and eval batch size come from the config stored in the checkpoint, so the numbers
-    equal those training logged for that epoch.
+    equal those training logged for that epoch (its averaged weights when it kept an average;
+    averaged=False: the raw weights, logged as raw_test_*).
     """
-    restored = restore_params(workdir, epoch)
+    restored = restore_params(workdir, epoch, averaged)
     model = model_from_config(restored.config)
     evaluator = Evaluator(model, restored.config.eval_batch_size)
     test = evaluator.evaluate(restored.params, load_dataset(data_dir).test)
     return {
         "epoch": restored.epoch,
         "step": restored.meta["step"],
+        "averaged_weights": restored.averaged,
         "test_accuracy": test["accuracy"],
         "test_total_loss": test["total_loss"],
         "test_mean_loss": test["mean_loss"],

@@ -16,6 +16,10 @@ RSS of the PyTorch reference.
 
 Time to 99%: `--time-to-99` trains `--preset fast` per seed through the real training path and
 reports the training seconds (evaluation excluded) until test accuracy first reaches 99.0%.
+
+Augmentation cost: `--augmentation-cost` times epochs of `--preset best` (or another) as it is
+and with every augmentation strength set to 0, alternating, after a warm-up epoch each, and
+reports the median seconds per epoch of both and the extra time augmentation costs.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class JaxContender:
         model = model_from_config(config)
         optimizer = build_optimizer(config, -(-len(dataset.train) // config.batch_size))
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
-        self.state = create_train_state(model, optimizer, init_key)
+        self.state = create_train_state(model, optimizer, init_key, config.ema_decay > 0)
         self.runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
         self.evaluator = Evaluator(model, config.eval_batch_size)
         self.epoch = 0
@@ -198,6 +202,35 @@ def speed(args: argparse.Namespace) -> None:
     emit(summary)
 
 
+def augmentation_cost(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.data_dir)
+    config = get_preset(args.preset)
+    plain = config.replace(
+        augment_translate=0.0, augment_rotate=0.0, augment_scale=0.0, augment_shear=0.0, elastic_alpha=0.0
+    )
+    contenders = [JaxContender(config, dataset, "augmented"), JaxContender(plain, dataset, "plain")]
+    for contender in contenders:
+        emit({"warmup": contender.name, "seconds": round(contender.train_epoch(), 3)})
+    times = {c.name: [] for c in contenders}
+    for rep in range(args.epochs):
+        for contender in contenders:
+            seconds = contender.train_epoch()
+            times[contender.name].append(seconds)
+            emit({"impl": contender.name, "rep": rep, "seconds_per_epoch": round(seconds, 3)})
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    emit(
+        {
+            "summary": "augmentation cost",
+            "preset": args.preset,
+            "median_seconds_per_epoch": {k: round(v, 3) for k, v in medians.items()},
+            "extra_time_fraction": round(medians["augmented"] / medians["plain"] - 1, 3),
+            "epochs_each": args.epochs,
+            "backend": jax.default_backend(),
+            "cpu": cpu_name(),
+        }
+    )
+
+
 def time_to_99(args: argparse.Namespace) -> None:
     from lenet_jax.train import train_and_evaluate
 
@@ -249,13 +282,23 @@ def main() -> int:
     parser.add_argument("--jax-conv", nargs="*", default=[], help="extra JAX conv impls to time")
     parser.add_argument("--skip-rss", action="store_true", help="skip the subprocess RSS runs")
     parser.add_argument("--time-to-99", action="store_true")
-    parser.add_argument("--preset", default="fast", help="preset of --time-to-99")
+    parser.add_argument("--augmentation-cost", action="store_true")
+    parser.add_argument(
+        "--preset", help="preset of --time-to-99 (default fast) or --augmentation-cost (default best)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     from lenet_jax.cli import quiet_library_logs
 
     quiet_library_logs()
-    time_to_99(args) if args.time_to_99 else speed(args)
+    if args.time_to_99:
+        args.preset = args.preset or "fast"
+        time_to_99(args)
+    elif args.augmentation_cost:
+        args.preset = args.preset or "best"
+        augmentation_cost(args)
+    else:
+        speed(args)
     return 0
 
 

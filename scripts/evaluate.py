@@ -3,6 +3,8 @@
 
 Restores the parameters only, evaluates all 10,000 test images, and prints one JSON line with
 `epoch`, `test_accuracy` and `test_total_loss` (equal to what training logged for that epoch).
+A run trained with --ema-decay is evaluated with its averaged weights, as training did;
+`--raw-weights` evaluates the raw ones (logged by training as raw_test_*).
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ def main(argv: list[str]) -> int:
         metavar="WORKDIR",
         help="with --report: more workdirs whose training curves are overlaid",
     )
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="evaluate the raw weights of a run that kept a moving average (--ema-decay)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
-    result = evaluate_checkpoint(args.workdir, epoch=args.epoch, data_dir=args.data_dir)
+    result = evaluate_checkpoint(
+        args.workdir, epoch=args.epoch, data_dir=args.data_dir, averaged=not args.raw_weights
+    )
     print(json.dumps(result))
     if args.report:
         from lenet_jax.report import write_report  # matplotlib only when asked for

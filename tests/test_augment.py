@@ -79,3 +79,30 @@ def test_training_with_augmentation_is_deterministic_and_resumable(idx_dir, tmp_
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.params["dense3"]["kernel"], plain.params["dense3"]["kernel"])
+
+
+def test_bilinear_sampling_matches_map_coordinates():
+    # The fast 2x2-window gather against SciPy-style bilinear sampling with zeros outside,
+    # at coordinates inside, on and far beyond the border.
+    from jax.scipy.ndimage import map_coordinates
+
+    from lenet_jax.augment import _bilinear
+
+    images = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28))
+    ys, xs = jax.random.uniform(jax.random.PRNGKey(1), (2, 3, 500), minval=-6, maxval=34)
+    expected = jax.vmap(lambda im, y, x: map_coordinates(im, [y, x], order=1, mode="constant"))(
+        images, ys, xs
+    )
+    np.testing.assert_allclose(_bilinear(images, ys, xs), expected, atol=1e-6)
+
+
+def test_elastic_field_strength_and_smoothness():
+    from lenet_jax.augment import _elastic_field
+
+    field = np.asarray(_elastic_field(jax.random.PRNGKey(2), 4, 28, 28, Augmentation(elastic_alpha=3)))
+    assert field.shape == (4, 2, 28, 28)
+    np.testing.assert_allclose(np.abs(field).max(axis=(1, 2, 3)), 3.0, rtol=1e-4)  # alpha = max |d|
+    # Smoothed with sigma 4: neighbours move together (white noise would give ~0 correlation).
+    corr = np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1]
+    assert corr > 0.9
+    assert abs(field.mean()) < 0.5  # zero-mean noise: no systematic drift

@@ -64,3 +64,15 @@ def test_presets_are_valid_and_documented():
 def test_config_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("ema_decay", 1.0, "--ema-decay must be in [0, 1)"),
+        ("label_smoothing", -0.1, "--label-smoothing must be in [0, 1)"),
+    ],
+)
+def test_averaging_and_smoothing_ranges(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        Config().replace(**{field: value})

@@ -57,3 +57,37 @@ def test_eval_step_counts_only_real_images():
     expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:5])
     assert int(metrics["count"]) == 5 and int(metrics["correct"]) == expected_correct
     np.testing.assert_allclose(metrics["loss"], expected_loss.mean(), rtol=1e-6)
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+    from lenet_jax.steps import masked_cross_entropy
+
+    logits = jax.random.normal(jax.random.PRNGKey(0), (6, 10))
+    labels = jnp.arange(6) % 10
+    mask = jnp.ones(6)
+    targets = jax.nn.one_hot(labels, 10) * 0.9 + 0.01  # 1 - s on the label, s / 10 everywhere
+    expected = optax.softmax_cross_entropy(logits, targets).mean()
+    np.testing.assert_allclose(masked_cross_entropy(logits, labels, mask, 0.1), expected, rtol=1e-6)
+    plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    np.testing.assert_allclose(masked_cross_entropy(logits, labels, mask), plain, rtol=1e-6)
+
+
+def test_ema_follows_the_params_with_the_ramped_decay():
+    from lenet_jax.steps import ema_decay_at
+
+    model, optimizer = LeNet(), optax.sgd(0.5)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0), ema=True)
+    assert create_train_state(model, optimizer, jax.random.PRNGKey(0)).ema_params is None
+    for x, y in zip(leaves(state.ema_params), leaves(state.params), strict=True):
+        np.testing.assert_array_equal(x, y)  # starts at the initial weights
+    step = jax.jit(make_train_step(model, optimizer, ema_decay=0.999))
+    new, _ = step(state, batch_of(8))
+    d = float(ema_decay_at(jnp.int32(0), 0.999))
+    assert d == np.float32(0.1)  # the ramp: min(0.999, 1/10) at step 0
+    for e, p0, p1 in zip(leaves(new.ema_params), leaves(state.params), leaves(new.params), strict=True):
+        np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+    assert float(ema_decay_at(jnp.int32(100_000), 0.999)) == np.float32(0.999)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -180,3 +181,51 @@ def test_train_script_refuses_bad_input_in_one_line(args, message, tmp_path):
     done = run_script("train.py", "--workdir", tmp_path / "run", *args)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_epoch_runner_with_augmentation_equals_the_one_jit_train_step():
+    # EpochRunner gathers + augments in one jit and trains in another (faster on XLA:CPU); the
+    # result must be that of the pure make_train_step(..., augment) jitted as one function.
+    from lenet_jax.augment import augmentation_from_config, make_augment
+    from lenet_jax.data import Split, epoch_order, gather_batch
+    from lenet_jax.model import model_from_config
+    from lenet_jax.steps import create_train_state, make_train_step
+    from lenet_jax.train import EpochRunner
+
+    config = TINY.replace(augment_rotate=10.0, elastic_alpha=2.0, label_smoothing=0.1, ema_decay=0.9)
+    rng = np.random.default_rng(0)
+    train = Split(rng.integers(0, 256, (40, 28, 28, 1), np.uint8), rng.integers(0, 10, 40).astype(np.int32))
+    model, optimizer = model_from_config(config), optax.sgd(0.05)
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(0))
+    state = create_train_state(model, optimizer, init_key, ema=True)
+    runner = EpochRunner(model, optimizer, config, train, shuffle_key)
+    ran, _, _ = runner.run(jax.tree_util.tree_map(jnp.copy, state), epoch=1, step=0)
+
+    step = jax.jit(
+        make_train_step(model, optimizer, make_augment(augmentation_from_config(config)), 0.1, ema_decay=0.9)
+    )
+    for indices in epoch_order(shuffle_key, 1, len(train), config.batch_size):
+        state, _ = step(state, gather_batch(jnp.asarray(train.images), jnp.asarray(train.labels), indices))
+    assert int(ran.step) == int(state.step) == 3
+    for a, b in zip(leaves(ran), leaves(state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_average_is_checkpointed_evaluated_and_resumed(idx_dir, tmp_path):
+    from lenet_jax.evaluation import evaluate_checkpoint
+
+    config = TINY.replace(ema_decay=0.9, epochs=3)
+    straight = train_and_evaluate(config, tmp_path / "a", data_dir=idx_dir)
+    row = straight.metrics[-1]
+    assert {"raw_test_accuracy", "raw_test_total_loss"} <= set(row)
+    assert row["test_total_loss"] != row["raw_test_total_loss"]  # two different sets of weights
+    averaged = evaluate_checkpoint(tmp_path / "a", data_dir=idx_dir)
+    raw = evaluate_checkpoint(tmp_path / "a", data_dir=idx_dir, averaged=False)
+    assert averaged["averaged_weights"] and not raw["averaged_weights"]
+    assert averaged["test_total_loss"] == row["test_total_loss"]
+    assert raw["test_total_loss"] == row["raw_test_total_loss"]
+    # The average is part of the resumable state: a resumed run continues it bit for bit.
+    train_and_evaluate(config.replace(epochs=1), tmp_path / "b", data_dir=idx_dir)
+    resumed = train_and_evaluate(config, tmp_path / "b", data_dir=idx_dir)
+    for a, b in zip(leaves(straight.state), leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
