@@ -227,20 +227,26 @@ def fast() -> Config:
 def best() -> Config:
     """LeNet-5's size and layout (61,706 parameters), trained for the lowest test error.
 
-    ReLU/max-pool LeNet-5 with Flax's initialisers; AdamW with a warm-up + cosine schedule,
-    batch 128, label smoothing, an exponential moving average of the weights (evaluated and
-    saved), and per-image affine + elastic distortions on the device (Simard et al. 2003).
-    Chosen on a 5,000-image validation split (--validation-size 5000), never on the test set;
-    the preset then trains on all 60,000 training images.
+    ReLU/max-pool LeNet-5 with Flax's initialisers; AdamW 3e-3 (weight decay 0.01) with a
+    1-epoch warm-up + cosine schedule, batch 128, label smoothing 0.1, a moving average of the
+    weights (decay 0.999, evaluated and saved), and per-image random affine + elastic
+    distortions on the device (Simard et al. 2003), 80 epochs.
+    Chosen on a 5,000-image validation split (--validation-size 5000, 20-epoch runs), never on
+    the test set; the preset then trains on all 60,000 training images. Validation error, mean
+    of epochs 16-20 (averaged weights): these distortions 0.55%; stronger ones (2 px, 10 deg,
+    0.1, 10 deg, elastic 2) 0.70%; weaker ones (1 px, 5 deg, 0.05, 5 deg, elastic 1) 0.63%;
+    without elastic 0.58%; without label smoothing 0.64%. The weight average: 0.81% vs 1.03%
+    for the raw weights over epochs 3-7, 0.55% vs 0.55% at the end of the schedule.
     Run: `python scripts/train.py --preset best`
-    Expected: see README, Results (test error, mean +- std over 3 seeds, and time).
+    Expected: ~0.5% test error, ~9 s per epoch (~12 minutes) on a 2-core CPU; see README,
+    Results, for the measured mean +- std over 3 seeds.
     """
     return Config(
         activation="relu",
         pool="max",
         dense_activation=True,
         init="flax",
-        epochs=40,
+        epochs=80,
         batch_size=128,
         optimizer="adamw",
         lr=3e-3,
@@ -249,11 +255,11 @@ def best() -> Config:
         warmup_epochs=1.0,
         label_smoothing=0.1,
         ema_decay=0.999,
-        augment_translate=2.0,
-        augment_rotate=10.0,
-        augment_scale=0.1,
-        augment_shear=10.0,
-        elastic_alpha=2.0,
+        augment_translate=1.5,
+        augment_rotate=8.0,
+        augment_scale=0.08,
+        augment_shear=8.0,
+        elastic_alpha=1.5,
         elastic_sigma=4.0,
     )
 

@@ -494,7 +494,10 @@ def _epoch_line(row: dict[str, Any]) -> str:
     if "validation_accuracy" in row:
         line += f", validation accuracy {row['validation_accuracy']:.4f}"
     if "raw_test_accuracy" in row:
-        line += f" (averaged weights; raw weights {row['raw_test_accuracy']:.4f})"
+        line += f" (averaged weights; raw weights: accuracy {row['raw_test_accuracy']:.4f}"
+        if "raw_validation_accuracy" in row:
+            line += f", validation accuracy {row['raw_validation_accuracy']:.4f}"
+        line += ")"
     return line + (
         f" | train loss {row['train_loss']:.4f}, {row['train_seconds']:.2f} s, "
         f"{row['images_per_second']:,.0f} images/s"

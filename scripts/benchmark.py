@@ -17,6 +17,9 @@ RSS of the PyTorch reference.
 Time to 99%: `--time-to-99` trains `--preset fast` per seed through the real training path and
 reports the training seconds (evaluation excluded) until test accuracy first reaches 99.0%.
 
+`--torch-seeds 0` adds the PyTorch peer of the issue's reference (ReLU/max-pool LeNet with the
+recipe's SGD 0.05, batch 64), timed the same way on the same machine.
+
 Augmentation cost: `--augmentation-cost` times epochs of `--preset best` (or another) as it is
 and with every augmentation strength set to 0, alternating, after a warm-up epoch each, and
 reports the median seconds per epoch of both and the extra time augmentation costs.
@@ -231,6 +234,42 @@ def augmentation_cost(args: argparse.Namespace) -> None:
     )
 
 
+def torch_time_to_99(args: argparse.Namespace, seed: int) -> dict | None:
+    """The PyTorch peer: ReLU/max-pool LeNet with the recipe's SGD (0.05, batch 64), evaluated
+    after every epoch, until 99.0% or --torch-max-epochs; training seconds summed."""
+    import torch
+
+    from benchmarks.torch_lenet import TorchTrainer
+
+    torch.set_num_threads(args.torch_threads)
+    dataset = load_dataset(args.data_dir)
+    trainer = TorchTrainer(
+        dataset.train.images,
+        dataset.train.labels,
+        dataset.test.images,
+        dataset.test.labels,
+        seed=seed,
+        activation="relu",
+        pool="max",
+    )
+    elapsed = 0.0
+    for epoch in range(1, args.torch_max_epochs + 1):
+        elapsed += trainer.train_epoch()
+        accuracy = trainer.evaluate()["accuracy"]
+        emit(
+            {
+                "impl": "pytorch",
+                "seed": seed,
+                "epoch": epoch,
+                "train_seconds": round(elapsed, 2),
+                "test_accuracy": accuracy,
+            }
+        )
+        if accuracy >= 0.99:
+            return {"epoch": epoch, "train_seconds": round(elapsed, 2), "test_accuracy": accuracy}
+    return None
+
+
 def time_to_99(args: argparse.Namespace) -> None:
     from lenet_jax.train import train_and_evaluate
 
@@ -259,17 +298,27 @@ def time_to_99(args: argparse.Namespace) -> None:
         )
         results.append(reached)
     done = [r["train_seconds"] for r in results if r]
-    emit(
-        {
-            "summary": "time to 99%",
-            "preset": args.preset,
-            "seeds": args.seeds,
-            "reached": len(done),
-            "mean_train_seconds": round(statistics.mean(done), 2) if done else None,
-            "backend": jax.default_backend(),
-            "cpu": cpu_name(),
-        }
-    )
+    summary = {
+        "summary": "time to 99%",
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "reached": len(done),
+        "mean_train_seconds": round(statistics.mean(done), 2) if done else None,
+        "backend": jax.default_backend(),
+        "cpu": cpu_name(),
+    }
+    if args.torch_seeds:
+        peer = [torch_time_to_99(args, seed) for seed in args.torch_seeds]
+        peer_done = [r["train_seconds"] for r in peer if r]
+        summary.update(
+            pytorch_seeds=args.torch_seeds,
+            pytorch_reached=len(peer_done),
+            pytorch_epochs=[r and r["epoch"] for r in peer],
+            pytorch_mean_train_seconds=round(statistics.mean(peer_done), 2) if peer_done else None,
+        )
+        if done and peer_done:
+            summary["ratio_jax_to_pytorch"] = round(statistics.mean(done) / statistics.mean(peer_done), 3)
+    emit(summary)
 
 
 def main() -> int:
@@ -282,6 +331,14 @@ def main() -> int:
     parser.add_argument("--jax-conv", nargs="*", default=[], help="extra JAX conv impls to time")
     parser.add_argument("--skip-rss", action="store_true", help="skip the subprocess RSS runs")
     parser.add_argument("--time-to-99", action="store_true")
+    parser.add_argument(
+        "--torch-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="with --time-to-99: also time the PyTorch peer (ReLU/max-pool, SGD 0.05) for these seeds",
+    )
+    parser.add_argument("--torch-max-epochs", type=int, default=20)
     parser.add_argument("--augmentation-cost", action="store_true")
     parser.add_argument(
         "--preset", help="preset of --time-to-99 (default fast) or --augmentation-cost (default best)"

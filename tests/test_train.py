@@ -229,3 +229,16 @@ def test_weight_average_is_checkpointed_evaluated_and_resumed(idx_dir, tmp_path)
     resumed = train_and_evaluate(config, tmp_path / "b", data_dir=idx_dir)
     for a, b in zip(leaves(straight.state), leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.e2e
+def test_results_script_summarises_final_epochs(trained_run, tmp_path):
+    done = run_script("results.py", trained_run, trained_run)
+    assert done.returncode == 0, done.stderr
+    *runs, summary = [json.loads(line) for line in done.stdout.splitlines()]
+    final = reporting.read_metrics(trained_run)[-1]
+    assert [r["test_error_percent"] for r in runs] == [round(100 * (1 - final["test_accuracy"]), 2)] * 2
+    assert summary["runs"] == 2 and summary["test_error_percent_std"] == 0
+    empty = run_script("results.py", tmp_path)
+    assert empty.returncode == 2 and empty.stderr.count("\n") == 1
+    assert "has no metrics.jsonl rows" in empty.stderr
