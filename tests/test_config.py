@@ -76,3 +76,22 @@ def test_config_is_immutable():
 def test_averaging_and_smoothing_ranges(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
         Config().replace(**{field: value})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_keeps_lenet5_size(name):
+    # The speed and accuracy presets may change activations, pooling, init, optimizer and
+    # augmentation, never the layout: <= 62k parameters (LeNet-5's 61,706).
+    import jax
+
+    from lenet_jax.model import count_params, init_params, model_from_config
+
+    model = model_from_config(get_preset(name))
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+    assert count_params(shapes) == 61_706
+
+
+def test_best_preset_trains_on_all_training_images_with_no_test_set_choices():
+    best = get_preset("best")
+    assert best.validation_size == 0 and best.train_size is None
+    assert best.ema_decay > 0 and best.elastic_alpha > 0 and best.label_smoothing > 0

@@ -242,3 +242,44 @@ def test_results_script_summarises_final_epochs(trained_run, tmp_path):
     empty = run_script("results.py", tmp_path)
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1
     assert "has no metrics.jsonl rows" in empty.stderr
+
+
+def test_epoch_runner_probe_sees_the_state_mid_epoch():
+    from lenet_jax.data import Split
+    from lenet_jax.model import model_from_config
+    from lenet_jax.steps import create_train_state
+    from lenet_jax.train import EpochRunner
+
+    rng = np.random.default_rng(0)
+    train = Split(rng.integers(0, 256, (80, 28, 28, 1), np.uint8), rng.integers(0, 10, 80).astype(np.int32))
+    model, optimizer = model_from_config(TINY), optax.sgd(0.05)
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(0))
+    runner = EpochRunner(model, optimizer, TINY, train, shuffle_key)
+    seen = []
+    state = create_train_state(model, optimizer, init_key)
+    state, _, _ = runner.run(state, 1, 0, probe=(2, lambda s, step: seen.append((step, int(s.step)))))
+    state, _, _ = runner.run(state, 2, 5, probe=(2, lambda s, step: seen.append((step, int(s.step)))))
+    assert seen == [(2, 2), (4, 4), (6, 6), (8, 8), (10, 10)]  # 5 steps per epoch
+
+
+@pytest.mark.e2e
+def test_benchmark_time_to_99_runs_and_reports(mnist_dir):
+    # The smoke preset never reaches 99%: the run goes to its last epoch and says so.
+    done = run_script(
+        "benchmark.py",
+        "--data-dir",
+        mnist_dir,
+        "--time-to-99",
+        "--preset",
+        "smoke",
+        "--seeds",
+        "0",
+        "--evals-per-epoch",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    evals = [line for line in lines if "test_accuracy" in line]
+    assert [e["epoch"] for e in evals] == [0.5, 1.0, 1.5, 2.0]
+    assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(evals, evals[1:], strict=False))
+    assert lines[-1]["summary"] == "time to 99%" and lines[-1]["reached"] == 0
