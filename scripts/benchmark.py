@@ -41,6 +41,7 @@ from pathlib import Path
 
 import jax
 
+from lenet_jax import parallel
 from lenet_jax.config import get_preset
 from lenet_jax.data import load_dataset
 from lenet_jax.evaluation import Evaluator
@@ -76,8 +77,12 @@ class JaxContender:
         model = model_from_config(config)
         optimizer = build_optimizer(config, -(-len(dataset.train) // config.batch_size))
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
-        self.state = create_train_state(model, optimizer, init_key, config.ema_decay > 0)
         self.runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
+        # Placed as train_and_evaluate places it: a state with another sharding than the
+        # step's outputs would make the first epoch compile the step twice.
+        self.state = parallel.put_replicated(
+            create_train_state(model, optimizer, init_key, config.ema_decay > 0), self.runner.mesh
+        )
         self.evaluator = Evaluator(model, config.eval_batch_size)
         self.epoch = 0
 
