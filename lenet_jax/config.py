@@ -22,6 +22,14 @@ INITS = ("torch", "flax")
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
 CONV_IMPLS = ("auto", "xla", "toeplitz")
 # The optimizer names live in `lenet_jax.optimizers.OPTIMIZERS`.
+# The Config fields that switch augmentation on (all 0: none).
+AUGMENTATION_STRENGTHS = (
+    "augment_translate",
+    "augment_rotate",
+    "augment_scale",
+    "augment_shear",
+    "elastic_alpha",
+)
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -166,7 +174,7 @@ def validate(config: Config) -> Config:
         config.train_size is None or config.train_size >= 1,
         f"--train-size must be at least 1, not {config.train_size}",
     )
-    for name in ("augment_translate", "augment_rotate", "augment_scale", "augment_shear", "elastic_alpha"):
+    for name in AUGMENTATION_STRENGTHS:
         flag = "--" + name.replace("_", "-")
         need(getattr(config, name) >= 0, f"{flag} must be >= 0, not {getattr(config, name)}")
     need(config.augment_scale < 1, f"--augment-scale must be below 1, not {config.augment_scale}")

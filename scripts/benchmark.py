@@ -42,7 +42,7 @@ from pathlib import Path
 import jax
 
 from lenet_jax import parallel
-from lenet_jax.config import get_preset
+from lenet_jax.config import AUGMENTATION_STRENGTHS, get_preset
 from lenet_jax.data import load_dataset
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import model_from_config, resolve_conv_impl
@@ -143,17 +143,14 @@ def peak_rss_mb(command: list[str]) -> float:
     return int(kb[-1]) / 1024
 
 
-def speed(args: argparse.Namespace) -> None:
-    dataset = load_dataset(args.data_dir)
-    config = get_preset("recipe")
-    contenders = [JaxContender(config, dataset, f"jax-{resolve_conv_impl(config.conv_impl)}")]
-    for impl in args.jax_conv:
-        contenders.append(JaxContender(config.replace(conv_impl=impl), dataset, f"jax-{impl}"))
-    contenders.append(TorchContender(dataset, args.torch_threads))
-    for contender in contenders:  # warm-up: compilation, allocator and cache warm-up
+def alternate_epochs(contenders: list, epochs: int, images: int) -> dict[str, list[float]]:
+    """One untimed warm-up epoch each (compilation, allocator and cache warm-up), then `epochs`
+    timed epochs each, alternating A B A B so that all see the same machine conditions.
+    Returns name -> seconds per epoch; prints one JSON line per measurement."""
+    for contender in contenders:
         emit({"warmup": contender.name, "seconds": round(contender.train_epoch(), 3)})
     times = {c.name: [] for c in contenders}
-    for rep in range(args.epochs):
+    for rep in range(epochs):
         for contender in contenders:
             seconds = contender.train_epoch()
             times[contender.name].append(seconds)
@@ -162,9 +159,20 @@ def speed(args: argparse.Namespace) -> None:
                     "impl": contender.name,
                     "rep": rep,
                     "seconds_per_epoch": round(seconds, 3),
-                    "images_per_second": round(len(dataset.train) / seconds),
+                    "images_per_second": round(images / seconds),
                 }
             )
+    return times
+
+
+def speed(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.data_dir)
+    config = get_preset("recipe")
+    contenders = [JaxContender(config, dataset, f"jax-{resolve_conv_impl(config.conv_impl)}")]
+    for impl in args.jax_conv:
+        contenders.append(JaxContender(config.replace(conv_impl=impl), dataset, f"jax-{impl}"))
+    contenders.append(TorchContender(dataset, args.torch_threads))
+    times = alternate_epochs(contenders, args.epochs, len(dataset.train))
     evals = {}
     for contender in contenders:
         result = contender.evaluate()  # once to warm up, then measured
@@ -215,18 +223,9 @@ def speed(args: argparse.Namespace) -> None:
 def augmentation_cost(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data_dir)
     config = get_preset(args.preset)
-    plain = config.replace(
-        augment_translate=0.0, augment_rotate=0.0, augment_scale=0.0, augment_shear=0.0, elastic_alpha=0.0
-    )
+    plain = config.replace(**dict.fromkeys(AUGMENTATION_STRENGTHS, 0.0))
     contenders = [JaxContender(config, dataset, "augmented"), JaxContender(plain, dataset, "plain")]
-    for contender in contenders:
-        emit({"warmup": contender.name, "seconds": round(contender.train_epoch(), 3)})
-    times = {c.name: [] for c in contenders}
-    for rep in range(args.epochs):
-        for contender in contenders:
-            seconds = contender.train_epoch()
-            times[contender.name].append(seconds)
-            emit({"impl": contender.name, "rep": rep, "seconds_per_epoch": round(seconds, 3)})
+    times = alternate_epochs(contenders, args.epochs, len(dataset.train))
     medians = {name: statistics.median(values) for name, values in times.items()}
     emit(
         {
