@@ -91,3 +91,12 @@ def test_ema_follows_the_params_with_the_ramped_decay():
 
 def leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_ema_without_an_averaged_state_is_a_clear_error():
+    import pytest
+
+    model, optimizer = LeNet(), optax.sgd(0.5)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="ema=True"):
+        jax.jit(make_train_step(model, optimizer, ema_decay=0.9))(state, batch_of(4))
