@@ -107,6 +107,11 @@ class Config:
     log_every: int = _field(100, "print and log the training loss every N steps")
     keep: int | None = _field(None, "keep only the newest N epoch checkpoints (default: all)")
 
+    @property
+    def averages_weights(self) -> bool:
+        """Whether the run keeps a moving average of the weights (and evaluates it)."""
+        return self.ema_decay > 0
+
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated."""
         return validate(dataclasses.replace(self, **changes))

@@ -127,7 +127,7 @@ def restore_params(
         # placed on this process's devices (whatever mesh the training run had).
         abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
         abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
-        averaged = averaged and config.ema_decay > 0
+        averaged = averaged and config.averages_weights
         params = checkpoints.restore_params(epoch, abstract, EMA_ITEM if averaged else "params")
     finally:
         checkpoints.close()

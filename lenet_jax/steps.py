@@ -93,6 +93,11 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def evaluated_params(state: TrainState) -> Any:
+    """The weights a run evaluates and predicts with: the average if it keeps one, else params."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
 def augmentation_key(state: TrainState) -> jax.Array:
     """The key that augments the batch of step state.step: a function of the seed and step."""
     return jax.random.fold_in(state.rng, state.step)

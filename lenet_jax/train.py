@@ -42,7 +42,13 @@ from lenet_jax.errors import ConfigError, DivergedError, LenetError, TrainingInt
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import count_params, model_from_config
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
-from lenet_jax.steps import TrainState, augmentation_key, create_train_state, make_train_step
+from lenet_jax.steps import (
+    TrainState,
+    augmentation_key,
+    create_train_state,
+    evaluated_params,
+    make_train_step,
+)
 
 # Fields that may differ between a checkpoint and the run resuming it: they change neither the
 # model nor the data order nor the updates already made.
@@ -358,7 +364,7 @@ def train_and_evaluate(
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
     runner = EpochRunner(model, optimizer, config, dataset.train, shuffle_key)
     evaluator = Evaluator(model, config.eval_batch_size)
-    ema = config.ema_decay > 0
+    ema = config.averages_weights
     start_epoch, metas = 0, {}
     if latest is None:
         state = parallel.put_replicated(create_train_state(model, optimizer, init_key, ema), runner.mesh)
@@ -466,7 +472,7 @@ def _evaluate(evaluator: Evaluator, state: TrainState, dataset: Dataset) -> dict
     """The epoch's evaluation metrics: of the averaged weights when the run keeps an average
     (what evaluate.py and predict.py use), with the raw weights' under "raw_*" beside them."""
     row: dict[str, Any] = {}
-    evaluated = [("", state.params if state.ema_params is None else state.ema_params)]
+    evaluated = [("", evaluated_params(state))]
     if state.ema_params is not None:
         evaluated.append(("raw_", state.params))
     for prefix, params in evaluated:

@@ -48,7 +48,7 @@ from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import model_from_config, resolve_conv_impl
 from lenet_jax.optimizers import build_optimizer
 from lenet_jax.reporting import read_metrics
-from lenet_jax.steps import create_train_state
+from lenet_jax.steps import create_train_state, evaluated_params
 from lenet_jax.train import EpochRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ class JaxContender:
         # Placed as train_and_evaluate places it: a state with another sharding than the
         # step's outputs would make the first epoch compile the step twice.
         self.state = parallel.put_replicated(
-            create_train_state(model, optimizer, init_key, config.ema_decay > 0), self.runner.mesh
+            create_train_state(model, optimizer, init_key, config.averages_weights), self.runner.mesh
         )
         self.evaluator = Evaluator(model, config.eval_batch_size)
         self.epoch = 0
@@ -294,8 +294,7 @@ def jax_time_to_99(args: argparse.Namespace, dataset, seed: int) -> dict | None:
     def evaluate(state, step: int) -> None:
         begin = time.perf_counter()
         train_seconds = begin - clock["start"] - clock["evaluating"]
-        params = state.params if state.ema_params is None else state.ema_params
-        accuracy = contender.evaluator.evaluate(params, dataset.test)["accuracy"]
+        accuracy = contender.evaluator.evaluate(evaluated_params(state), dataset.test)["accuracy"]
         clock["evaluating"] += time.perf_counter() - begin
         row = {
             "epoch": round(step / steps_per_epoch, 3),
