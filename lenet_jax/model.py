@@ -7,6 +7,7 @@ avg-pool 2/2 -> flatten (5*5*16) -> Dense 120 -> Dense 84 -> Dense 10, 61,706 pa
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +45,9 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
     return init
 
 
-def toeplitz_conv(x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2) -> jax.Array:
+def toeplitz_conv(
+    x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2, pool_layout: bool = False
+) -> jax.Array:
     """A stride-1 NHWC convolution computed as one matrix product (same math as lax.conv).
 
     The output width is cut into `blocks` equal blocks. Each (output row, width block) is the
@@ -59,6 +62,11 @@ def toeplitz_conv(x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2
     measured best: fewer waste more multiplications on zeros, more make the product too thin.
     T comes from an einsum with a constant 0/1 selection tensor, so its gradient with respect
     to the kernel is an einsum too (no scatter).
+
+    pool_layout=True (output height and block width even) orders T's columns as (w % 2, w // 2,
+    o) instead of (w, o) and returns shape (N, Ho/2, 2, blocks, 2, B/2, O), where
+    [n, i, p, b, q, k, o] is the output at row 2i+p, column b*B + 2k+q: the four members of
+    each 2x2 pooling window sit in four contiguous slabs (see pool_2x2_from_pool_layout).
     """
     kh, kw, cin, cout = kernel.shape
     if padding:
@@ -69,14 +77,41 @@ def toeplitz_conv(x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2
         blocks = 1
     width = wo // blocks  # output columns per block
     span = width + kw - 1  # input columns per block
+    if pool_layout and (ho % 2 or width % 2):
+        raise ValueError(f"pool_layout needs an even output height and block width, not {ho} and {width}")
     select = np.zeros((kw, span, width), np.float32)  # select[j, w + j, w] = 1
     for j in range(kw):
         select[j, np.arange(width) + j, np.arange(width)] = 1.0
+    if pool_layout:  # output columns even ones first, then odd ones
+        select = select[:, :, np.r_[0:width:2, 1:width:2]]
     toeplitz = jnp.einsum("jab,ijco->iacbo", select, kernel).reshape(kh * span * cin, width * cout)
     columns = jnp.stack([x[:, :, b * width : b * width + span] for b in range(blocks)], axis=2)
     patches = jnp.stack([columns[:, i : i + ho] for i in range(kh)], axis=3)  # n,ho,b,kh,span,c
     out = patches.reshape(n * ho * blocks, kh * span * cin) @ toeplitz
+    if pool_layout:
+        return out.reshape(n, ho // 2, 2, blocks, 2, width // 2, cout)
     return out.reshape(n, ho, wo, cout)
+
+
+def can_pool_layout(height: int, width: int, padding: int, kernel_size: int, blocks: int = 2) -> bool:
+    """Whether toeplitz_conv(..., padding, blocks, pool_layout=True) applies to an input of this
+    size: even output height and block width (LeNet's conv1: 28 and 14; conv2: 10 and 5, no)."""
+    ho, wo = (size + 2 * padding - kernel_size + 1 for size in (height, width))
+    width = wo // blocks if wo % blocks == 0 else wo
+    return ho % 2 == 0 and width % 2 == 0
+
+
+def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
+    """2x2 stride-2 max-pooling of toeplitz_conv(..., pool_layout=True)'s output, as NHWC.
+
+    Elementwise maxima of contiguous slabs: XLA:CPU vectorises these, where a max-reduction
+    over the 2x2 windows of an NHWC array with 6 channels innermost is slow, and so is its
+    gradient (README, Performance).
+    """
+    y = jnp.maximum(y[:, :, :, :, 0], y[:, :, :, :, 1])  # the window's two columns
+    y = jnp.maximum(y[:, :, 0], y[:, :, 1])  # and its two rows
+    n, h, blocks, width, c = y.shape
+    return y.reshape(n, h, blocks * width, c)
 
 
 def xla_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
@@ -95,25 +130,6 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return "toeplitz" if jax.default_backend() == "cpu" else "xla"
 
 
-class Conv(nn.Module):
-    """A stride-1 convolution with nn.Conv's parameters (kernel (kh, kw, in, out), bias), computed
-    by the chosen implementation: checkpoints are interchangeable between implementations."""
-
-    features: int
-    kernel_size: int
-    padding: int
-    impl: str
-    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-    bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        bias = self.param("bias", self.bias_init, (self.features,))
-        return CONV_FNS[self.impl](x, kernel, self.padding) + bias
-
-
 def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
     """2x2 stride-2 pooling as a reshape + reduction (H and W even, as in LeNet).
 
@@ -123,6 +139,41 @@ def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
     n, h, w, c = x.shape
     windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
     return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
+
+
+class ConvBlock(nn.Module):
+    """LeNet's unit: stride-1 convolution (+ bias) -> activation -> 2x2 stride-2 pooling.
+
+    The parameters are nn.Conv's (kernel (kh, kw, in, out), bias), whatever the implementation:
+    checkpoints are interchangeable. impl 'xla' computes the graph as written (the reference);
+    'toeplitz' computes the same function faster on a CPU. With max-pooling it pools first and
+    adds the bias and applies the activation after, on 4x fewer values: exact, as max commutes
+    with adding a constant and with any non-decreasing activation (sigmoid, tanh, relu), and
+    float rounding is non-decreasing too. When the output width allows, it also takes the
+    convolution in toeplitz_conv's pool layout, where pooling is elementwise.
+    """
+
+    features: int
+    kernel_size: int
+    padding: int
+    activation: str
+    pool: str
+    impl: str
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", self.bias_init, (self.features,))
+        act = ACTIVATION_FNS[self.activation]
+        if self.impl == "toeplitz" and self.pool == "max":
+            if can_pool_layout(x.shape[1], x.shape[2], self.padding, self.kernel_size):
+                y = toeplitz_conv(x, kernel, self.padding, pool_layout=True)
+                return act(max_pool_2x2_from_pool_layout(y) + bias)
+            return act(pool_2x2(toeplitz_conv(x, kernel, self.padding), "max") + bias)
+        return pool_2x2(act(CONV_FNS[self.impl](x, kernel, self.padding) + bias), self.pool)
 
 
 class LeNet(nn.Module):
@@ -142,11 +193,11 @@ class LeNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATION_FNS[self.activation]
-        impl = resolve_conv_impl(self.conv_impl)
-        x = Conv(6, 5, 2, impl, **self._initializers(x.shape[-1] * 25), name="conv1")(x)
-        x = pool_2x2(act(x), self.pool)
-        x = Conv(16, 5, 0, impl, **self._initializers(6 * 25), name="conv2")(x)
-        x = pool_2x2(act(x), self.pool)
+        block = functools.partial(
+            ConvBlock, activation=self.activation, pool=self.pool, impl=resolve_conv_impl(self.conv_impl)
+        )
+        x = block(6, 5, 2, **self._initializers(x.shape[-1] * 25), name="conv1")(x)
+        x = block(16, 5, 0, **self._initializers(6 * 25), name="conv2")(x)
         x = x.reshape((x.shape[0], -1))  # (N, 5*5*16), flattened in HWC order
         for i, width in enumerate((120, 84)):
             x = nn.Dense(width, **self._initializers(x.shape[-1]), name=f"dense{i + 1}")(x)

@@ -10,7 +10,8 @@ After one untimed warm-up epoch each (compilation, caches), epochs alternate JAX
 PyTorch, ... so that both see the same machine conditions. Every measurement is one JSON line;
 the summary line has the median seconds per epoch of each, their ratio, evaluation throughput,
 the threads, backend and device. `--jax-conv` adds the JAX trainer with another convolution
-implementation (e.g. `xla`) to the rotation. Two subprocess runs measure what a user sees: peak
+implementation (e.g. `xla`) to the rotation, `--jax-xla-defaults` the JAX trainer compiled
+without `lenet_jax.backend`'s XLA options. Two subprocess runs measure what a user sees: peak
 RSS and time from launch to the first training step of `scripts/train.py` (1 epoch), and peak
 RSS of the PyTorch reference.
 
@@ -41,8 +42,8 @@ from pathlib import Path
 
 import jax
 
-from lenet_jax import parallel
-from lenet_jax.config import AUGMENTATION_STRENGTHS, get_preset
+from lenet_jax import backend, parallel
+from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_preset
 from lenet_jax.data import load_dataset
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import model_from_config, resolve_conv_impl
@@ -171,6 +172,9 @@ def speed(args: argparse.Namespace) -> None:
     contenders = [JaxContender(config, dataset, f"jax-{resolve_conv_impl(config.conv_impl)}")]
     for impl in args.jax_conv:
         contenders.append(JaxContender(config.replace(conv_impl=impl), dataset, f"jax-{impl}"))
+    if args.jax_xla_defaults:
+        with backend.xla_defaults():
+            contenders.append(JaxContender(config, dataset, f"{contenders[0].name}-xla-defaults"))
     contenders.append(TorchContender(dataset, args.torch_threads))
     times = alternate_epochs(contenders, args.epochs, len(dataset.train))
     evals = {}
@@ -222,7 +226,7 @@ def speed(args: argparse.Namespace) -> None:
 
 def augmentation_cost(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data_dir)
-    config = get_preset(args.preset)
+    config = preset_config(args)
     plain = config.replace(**dict.fromkeys(AUGMENTATION_STRENGTHS, 0.0))
     contenders = [JaxContender(config, dataset, "augmented"), JaxContender(plain, dataset, "plain")]
     times = alternate_epochs(contenders, args.epochs, len(dataset.train))
@@ -285,7 +289,7 @@ def jax_time_to_99(args: argparse.Namespace, dataset, seed: int) -> dict | None:
     test set --evals-per-epoch times per epoch (the averaged weights when the preset keeps an
     average), until 99.0%. Training seconds count from the first step (compilation included)
     and exclude every evaluation."""
-    config = get_preset(args.preset).replace(seed=seed)
+    config = preset_config(args).replace(seed=seed)
     contender = JaxContender(config, dataset, args.preset)
     steps_per_epoch = contender.runner.steps_per_epoch()
     every = max(1, steps_per_epoch // args.evals_per_epoch)
@@ -320,8 +324,21 @@ def jax_time_to_99(args: argparse.Namespace, dataset, seed: int) -> dict | None:
     return None
 
 
+def preset_config(args: argparse.Namespace) -> Config:
+    """--preset with the --set FIELD=VALUE overrides applied (validated)."""
+    types = field_types()
+    overrides = {}
+    for item in args.set:
+        name, _, text = item.partition("=")
+        if name not in types or not text:
+            raise SystemExit(f"error: --set expects FIELD=VALUE with a Config field, not {item!r}")
+        kind = types[name]
+        overrides[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+    return get_preset(args.preset).replace(**overrides)
+
+
 def time_to_99(args: argparse.Namespace) -> None:
-    preset = get_preset(args.preset)
+    preset = preset_config(args)
     dataset = load_dataset(args.data_dir, preset.validation_size, preset.train_size)
     results = []
     for seed in args.seeds:
@@ -332,6 +349,7 @@ def time_to_99(args: argparse.Namespace) -> None:
     summary = {
         "summary": "time to 99%",
         "preset": args.preset,
+        **({"overrides": args.set} if args.set else {}),
         "seeds": args.seeds,
         "reached": len(done),
         "mean_train_seconds": round(statistics.mean(done), 2) if done else None,
@@ -361,6 +379,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per implementation")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--jax-conv", nargs="*", default=[], help="extra JAX conv impls to time")
+    parser.add_argument(
+        "--jax-xla-defaults",
+        action="store_true",
+        help="also time the JAX trainer without lenet_jax.backend's compiler options",
+    )
     parser.add_argument("--skip-rss", action="store_true", help="skip the subprocess RSS runs")
     parser.add_argument("--time-to-99", action="store_true")
     parser.add_argument(
@@ -382,6 +405,13 @@ def main() -> int:
         "--preset", help="preset of --time-to-99 (default fast) or --augmentation-cost (default best)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override fields of the preset (--time-to-99, --augmentation-cost), e.g. --set epochs=2",
+    )
     args = parser.parse_args()
     from lenet_jax.cli import quiet_library_logs
 

@@ -8,8 +8,10 @@ import pytest
 from lenet_jax.config import Config
 from lenet_jax.model import (
     LeNet,
+    can_pool_layout,
     count_params,
     init_params,
+    max_pool_2x2_from_pool_layout,
     model_from_config,
     pool_2x2,
     resolve_conv_impl,
@@ -77,9 +79,10 @@ def test_options_change_the_function_not_the_parameters():
             assert not np.allclose(values[i], values[j])
 
 
-def test_max_pool_and_relu_match_a_hand_computation():
-    # One image, one step of the graph checked by hand: conv1 with an identity-like kernel.
-    model = LeNet(activation="relu", pool="max")
+@pytest.mark.parametrize("impl", ["toeplitz", "xla"])
+def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(impl):
+    # conv1 of one image computed by hand: lax.conv + bias -> relu -> 2x2 max-pool.
+    model = LeNet(activation="relu", pool="max", conv_impl=impl)
     params = init_params(model, jax.random.PRNGKey(0))
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
     conv1 = (
@@ -92,9 +95,27 @@ def test_max_pool_and_relu_match_a_hand_computation():
     got = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])[1][
         "intermediates"
     ]["conv1"]["__call__"][0]
-    np.testing.assert_allclose(
-        jnp.maximum(got, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4)), expected, atol=1e-5
-    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_pool_layout_holds_the_same_outputs_and_pools_to_the_same_values():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+    k = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 6))
+    plain = toeplitz_conv(x, k, 2)  # (3, 28, 28, 6)
+    pooled_layout = toeplitz_conv(x, k, 2, pool_layout=True)  # (n, 14, 2, blocks, 2, 7, c)
+    assert pooled_layout.shape == (3, 14, 2, 2, 2, 7, 6)
+    for p, b, q, k_ in [(0, 0, 0, 0), (1, 0, 1, 3), (0, 1, 1, 6), (1, 1, 0, 2)]:
+        # [n, i, p, b, q, k, o] is the output at row 2i + p, column 14b + 2k + q.
+        np.testing.assert_array_equal(pooled_layout[:, :, p, b, q, k_], plain[:, p::2, 14 * b + 2 * k_ + q])
+    np.testing.assert_array_equal(max_pool_2x2_from_pool_layout(pooled_layout), pool_2x2(plain, "max"))
+
+
+def test_can_pool_layout_needs_even_output_rows_and_block_columns():
+    assert can_pool_layout(28, 28, padding=2, kernel_size=5)  # conv1: 28 x (2 blocks of 14)
+    assert not can_pool_layout(14, 14, padding=0, kernel_size=5)  # conv2: 10 x (2 blocks of 5)
+    assert not can_pool_layout(27, 28, padding=2, kernel_size=5)
+    with pytest.raises(ValueError, match="even output height and block width"):
+        toeplitz_conv(jnp.zeros((1, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), 0, pool_layout=True)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +140,9 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
     np.testing.assert_allclose(pool_2x2(x, kind), reference(x, (2, 2), strides=(2, 2)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("activation,pool", [("sigmoid", "avg"), ("relu", "max")])
+@pytest.mark.parametrize(
+    "activation,pool", [("sigmoid", "avg"), ("relu", "max"), ("sigmoid", "max"), ("tanh", "max")]
+)
 def test_conv_implementations_give_the_same_model(activation, pool):
     """The fast path changes no parameter and, up to float rounding, no result."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))

@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lenet_jax import backend
+from lenet_jax.config import get_preset
+from lenet_jax.model import model_from_config
+from lenet_jax.optimizers import build_optimizer
+from lenet_jax.steps import create_train_state, make_train_step
+
+
+@pytest.fixture
+def fresh_support_check():
+    backend._cpu_options_supported.cache_clear()
+    yield
+    backend._cpu_options_supported.cache_clear()
+
+
+def test_cpu_gets_the_measured_options_and_other_backends_none(monkeypatch, fresh_support_check):
+    assert backend.compiler_options() == backend.CPU_OPTIONS  # the installed jaxlib knows them
+    backend.compiler_options()["xla_cpu_experimental_ynn_fusion_type"] = "changed"  # a copy
+    assert backend.compiler_options() == backend.CPU_OPTIONS
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert backend.compiler_options() == {}
+
+
+def test_xla_defaults_empties_the_options_inside_only():
+    with backend.xla_defaults():
+        assert backend.compiler_options() == {}
+    assert backend.compiler_options() == backend.CPU_OPTIONS
+
+
+def test_options_a_jaxlib_rejects_are_dropped(monkeypatch, fresh_support_check):
+    monkeypatch.setattr(backend, "CPU_OPTIONS", {"xla_cpu_no_such_option_in_any_version": "1"})
+    assert backend.compiler_options() == {}
+
+
+@pytest.mark.parametrize("preset", ["recipe", "fast"])
+def test_training_with_and_without_the_options_agrees(preset):
+    """The options change how XLA:CPU runs the products, not what they compute: 20 steps on the
+    same batches give the same losses and weights up to float rounding."""
+    config = get_preset(preset)
+    model = model_from_config(config)
+    optimizer = build_optimizer(config, 20)
+    step = make_train_step(
+        model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
+    )
+    key = jax.random.PRNGKey(0)
+    batches = [
+        {
+            "image": jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)),
+            "label": jnp.arange(32) % 10,
+            "mask": jnp.ones(32),
+        }
+        for i in range(20)
+    ]
+    results = []
+    for options in (backend.compiler_options(), {}):
+        jitted = jax.jit(step, compiler_options=options)
+        state = create_train_state(model, optimizer, key, config.averages_weights)
+        losses = []
+        for batch in batches:
+            state, metrics = jitted(state, batch)
+            losses.append(float(metrics["loss"]))
+        results.append((losses, state.params))
+    (losses_a, params_a), (losses_b, params_b) = results
+    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
+    # atol 1e-4: Adam divides by the gradient's running RMS, which magnifies rounding on weights
+    # whose gradient is near 0; still 50x below one step of the fast preset (lr 5e-3).
+    for a, b in zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
