@@ -18,7 +18,6 @@ import jax
 import numpy as np
 
 from lenet_jax import parallel
-from lenet_jax.backend import compiler_options
 from lenet_jax.checkpoints import EMA_ITEM, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import PADDING_INDEX, Split, gather_batch, load_dataset, sequential_order
@@ -50,7 +49,6 @@ class Evaluator:
             jax.jit,
             in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(self.mesh, 2)),
             out_shardings=replicated,
-            compiler_options=compiler_options(),
         )
         def step_on_indices(params, images, labels, indices):
             return eval_step(params, gather_batch(images, labels, indices))

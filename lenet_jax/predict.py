@@ -9,7 +9,6 @@ parameters and returns a callable from images (arrays or file paths) to probabil
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lenet_jax.backend import compiler_options
 from lenet_jax.errors import DataError
 from lenet_jax.evaluation import restore_params
 from lenet_jax.idx import IMAGE_SIZE
@@ -128,7 +126,7 @@ class Predictor:
 
         # Jitted once for PREDICT_BATCH images: inputs are padded to it, so any number of images
         # reuses the same compilation. uint8 in, scaled on the device as in training.
-        @functools.partial(jax.jit, compiler_options=compiler_options())
+        @jax.jit
         def probabilities(params, images):
             logits = model.apply({"params": params}, images.astype(jnp.float32) / 255.0)
             return jax.nn.softmax(logits)

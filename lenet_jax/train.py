@@ -35,7 +35,7 @@ import optax
 
 from lenet_jax import parallel, reporting
 from lenet_jax.augment import augmentation_from_config, make_augment
-from lenet_jax.backend import compiler_options
+from lenet_jax.backend import training_compiler_options
 from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, epoch_order, gather_batch, load_dataset, num_batches
@@ -239,7 +239,7 @@ class EpochRunner:
             donate_argnums=0,
             in_shardings=(replicated, replicated, replicated, sharded),
             out_shardings=(replicated, replicated),
-            compiler_options=compiler_options(),
+            compiler_options=training_compiler_options(),
         )
         def train_on_indices(state, images, labels, indices):
             return train_step(state, gather_batch(images, labels, indices))
@@ -254,7 +254,7 @@ class EpochRunner:
             jax.jit,
             in_shardings=(replicated, replicated, replicated, sharded),
             out_shardings=sharded,
-            compiler_options=compiler_options(),
+            compiler_options=training_compiler_options(),
         )
         def augmented_batch(state, images, labels, indices):
             batch = gather_batch(images, labels, indices)
@@ -265,7 +265,7 @@ class EpochRunner:
             donate_argnums=0,
             in_shardings=(replicated, sharded),
             out_shardings=(replicated, replicated),
-            compiler_options=compiler_options(),
+            compiler_options=training_compiler_options(),
         )
         def train_on_batch(state, batch):
             return train_step(state, batch)

@@ -18,22 +18,22 @@ def fresh_support_check():
 
 
 def test_cpu_gets_the_measured_options_and_other_backends_none(monkeypatch, fresh_support_check):
-    assert backend.compiler_options() == backend.CPU_OPTIONS  # the installed jaxlib knows them
-    backend.compiler_options()["xla_cpu_experimental_ynn_fusion_type"] = "changed"  # a copy
-    assert backend.compiler_options() == backend.CPU_OPTIONS
+    assert backend.training_compiler_options() == backend.CPU_OPTIONS  # the installed jaxlib knows them
+    backend.training_compiler_options()["xla_cpu_experimental_ynn_fusion_type"] = "changed"  # a copy
+    assert backend.training_compiler_options() == backend.CPU_OPTIONS
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert backend.compiler_options() == {}
+    assert backend.training_compiler_options() == {}
 
 
 def test_xla_defaults_empties_the_options_inside_only():
     with backend.xla_defaults():
-        assert backend.compiler_options() == {}
-    assert backend.compiler_options() == backend.CPU_OPTIONS
+        assert backend.training_compiler_options() == {}
+    assert backend.training_compiler_options() == backend.CPU_OPTIONS
 
 
 def test_options_a_jaxlib_rejects_are_dropped(monkeypatch, fresh_support_check):
     monkeypatch.setattr(backend, "CPU_OPTIONS", {"xla_cpu_no_such_option_in_any_version": "1"})
-    assert backend.compiler_options() == {}
+    assert backend.training_compiler_options() == {}
 
 
 @pytest.mark.parametrize("preset", ["recipe", "fast"])
@@ -56,7 +56,7 @@ def test_training_with_and_without_the_options_agrees(preset):
         for i in range(20)
     ]
     results = []
-    for options in (backend.compiler_options(), {}):
+    for options in (backend.training_compiler_options(), {}):
         jitted = jax.jit(step, compiler_options=options)
         state = create_train_state(model, optimizer, key, config.averages_weights)
         losses = []
