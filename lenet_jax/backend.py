@@ -37,8 +37,8 @@ def training_compiler_options() -> dict[str, str]:
 
 @contextlib.contextmanager
 def xla_defaults() -> Iterator[None]:
-    """Within it training_compiler_options() is empty: what is set up inside (an EpochRunner, an
-    Evaluator) keeps XLA's defaults for good. The benchmark's comparison uses it."""
+    """Within it training_compiler_options() is empty: an EpochRunner set up inside keeps XLA's
+    defaults for good. The benchmark's comparison (--jax-xla-defaults) uses it."""
     global _use_defaults
     previous, _use_defaults = _use_defaults, True
     try:

@@ -66,7 +66,7 @@ def toeplitz_conv(
     pool_layout=True (output height and block width even) orders T's columns as (w % 2, w // 2,
     o) instead of (w, o) and returns shape (N, Ho/2, 2, blocks, 2, B/2, O), where
     [n, i, p, b, q, k, o] is the output at row 2i+p, column b*B + 2k+q: the four members of
-    each 2x2 pooling window sit in four contiguous slabs (see pool_2x2_from_pool_layout).
+    each 2x2 pooling window sit in four contiguous slabs (see max_pool_2x2_from_pool_layout).
     """
     kh, kw, cin, cout = kernel.shape
     if padding:
