@@ -44,9 +44,10 @@ from pathlib import Path
 
 import jax
 
-from lenet_jax import backend, parallel
+from lenet_jax import backend, cli, parallel
 from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_preset
 from lenet_jax.data import load_dataset
+from lenet_jax.errors import ConfigError
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import model_from_config, resolve_conv_impl
 from lenet_jax.optimizers import build_optimizer
@@ -327,16 +328,23 @@ def jax_time_to_99(args: argparse.Namespace, dataset, seed: int) -> dict | None:
 
 
 def preset_config(args: argparse.Namespace) -> Config:
-    """--preset with the --set FIELD=VALUE overrides applied (validated)."""
+    """--preset with the --set FIELD=VALUE overrides applied, parsed and validated by the same
+    flags as scripts/train.py's (lenet_jax.cli)."""
+    parser = cli.Parser(prog="--set")
+    cli.add_config_flags(parser)
     types = field_types()
-    overrides = {}
+    flags = ["--preset", args.preset]
     for item in args.set:
         name, _, text = item.partition("=")
-        if name not in types or not text:
-            raise SystemExit(f"error: --set expects FIELD=VALUE with a Config field, not {item!r}")
-        kind = types[name]
-        overrides[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-    return get_preset(args.preset).replace(**overrides)
+        flag = cli.flag_name(name)
+        if types.get(name) is bool:  # a switch: --name / --no-name
+            flags.append(flag if text.lower() in ("1", "true", "yes") else "--no-" + flag[2:])
+        else:
+            flags += [flag, text]
+    try:
+        return cli.config_from_args(parser.parse_args(flags))
+    except ConfigError as error:
+        raise SystemExit(f"error: --set {' '.join(args.set)}: {error}") from None
 
 
 def time_to_99(args: argparse.Namespace) -> None:
@@ -425,11 +433,9 @@ def main() -> int:
         help="override fields of the preset (--time-to-99, --augmentation-cost), e.g. --set epochs=2",
     )
     args = parser.parse_args()
-    from lenet_jax.cli import enable_compilation_cache, quiet_library_logs
-
-    quiet_library_logs()
+    cli.quiet_library_logs()
     if args.compilation_cache:
-        enable_compilation_cache()
+        cli.enable_compilation_cache()
     if args.time_to_99:
         args.preset = args.preset or "fast"
         time_to_99(args)
