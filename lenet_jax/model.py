@@ -182,6 +182,7 @@ class LeNet(nn.Module):
     activation: str = "sigmoid"
     pool: str = "avg"
     dense_activation: bool = False
+    feature_norm: bool = False
     init_scheme: str = "torch"  # not `init`: that would shadow nn.Module.init
     conv_impl: str = "auto"
 
@@ -198,6 +199,8 @@ class LeNet(nn.Module):
         )
         x = block(6, 5, 2, **self._initializers(x.shape[-1] * 25), name="conv1")(x)
         x = block(16, 5, 0, **self._initializers(6 * 25), name="conv2")(x)
+        if self.feature_norm:  # over each image's 5x5x16 features; scale and offset per channel
+            x = nn.LayerNorm(reduction_axes=(1, 2, 3), name="feature_norm")(x)
         x = x.reshape((x.shape[0], -1))  # (N, 5*5*16), flattened in HWC order
         for i, width in enumerate((120, 84)):
             x = nn.Dense(width, **self._initializers(x.shape[-1]), name=f"dense{i + 1}")(x)
@@ -212,6 +215,7 @@ def model_from_config(config: Config) -> LeNet:
         activation=config.activation,
         pool=config.pool,
         dense_activation=config.dense_activation,
+        feature_norm=config.feature_norm,
         init_scheme=config.init,
         conv_impl=config.conv_impl,
     )

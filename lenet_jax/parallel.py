@@ -58,9 +58,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Sharded along the last axis (the batch axis of (B,) and (G, B) index arrays)."""
-    return NamedSharding(mesh, PartitionSpec(*([None] * (ndim - 1)), DATA_AXIS))
+def batch_sharded(mesh: Mesh, ndim: int = 1, axis: int | None = None) -> NamedSharding:
+    """Sharded along the batch axis: `axis`, by default the last one (the batch axis of (B,)
+    and (G, B) index arrays); axis=1 for (steps, B, ...) batches."""
+    spec = [None] * ndim
+    spec[ndim - 1 if axis is None else axis] = DATA_AXIS
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, flag: str = "--batch-size") -> None:

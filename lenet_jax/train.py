@@ -1,21 +1,24 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Per epoch: shuffle (from the seed and the epoch number), one jitted step per batch, evaluate on
+Per epoch: shuffle (from the seed and the epoch number), train on every batch, evaluate on
 the test set (and the validation split if any), log, checkpoint. A workdir that already holds
 checkpoints is resumed from the newest one.
 
 JAX decisions, in one place:
-- The training images stay on the device as uint8 for the whole run; each step receives only
-  the batch's int32 indices and gathers the batch inside the jitted function.
-- The step is one jit: gather + forward + backward + optimizer update. The state argument is
+- The training images stay on the device as uint8 for the whole run; each call receives only
+  the batches' int32 indices and gathers the batches inside the jitted function.
+- One jitted call runs `steps_per_call` training steps (gather + forward + backward + optimizer
+  update each) as a lax.scan over that many batches: per-call costs (dispatch, arguments, the
+  index transfer) are paid once for all of them (`lenet_jax.backend` has the per-backend
+  numbers). With XLA's convolutions on CPU it is one step per call and no loop: inside a loop
+  XLA:CPU makes their gradients several times slower (jax-ml/jax#12868). The state argument is
   donated, so XLA updates params and optimizer state in place instead of allocating new ones.
-  It is compiled with `lenet_jax.backend.training_compiler_options()` (on CPU: XLA's YNNPACK
-  fusions off, measured faster for this step's small products).
-- The Python loop over steps is deliberate: on XLA:CPU a loop inside jit (scan/fori_loop) makes
-  the gradient convolutions several times slower (jax-ml/jax#12868).
-- Losses stay on the device; the host reads one every `log_every` steps and the rest once per
+  Compiled with `lenet_jax.backend.training_compiler_options()` (on CPU: XLA's YNNPACK fusions
+  off, measured faster for this step's small products).
+- Losses stay on the device; the host reads them every `log_every` steps and the rest once per
   epoch, so the loop never waits on the device in between.
-- Shapes never change (the last partial batch is padded and masked), so the step compiles once.
+- Shapes never change (the last partial batch is padded and masked, the epoch's last call is
+  padded with steps that a lax.cond skips), so the training program compiles once.
 """
 
 from __future__ import annotations
@@ -32,18 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lenet_jax import parallel, reporting
 from lenet_jax.augment import augmentation_from_config, make_augment
-from lenet_jax.backend import training_compiler_options
+from lenet_jax.backend import default_steps_per_call, training_compiler_options
 from lenet_jax.checkpoints import CHECKPOINT_SUBDIR, Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, epoch_order, gather_batch, load_dataset, num_batches
 from lenet_jax.errors import ConfigError, DivergedError, LenetError, TrainingInterrupted
 from lenet_jax.evaluation import Evaluator
-from lenet_jax.model import count_params, model_from_config
+from lenet_jax.model import count_params, model_from_config, resolve_conv_impl
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
 from lenet_jax.steps import (
     TrainState,
@@ -51,11 +55,12 @@ from lenet_jax.steps import (
     create_train_state,
     evaluated_params,
     make_train_step,
+    scan_steps,
 )
 
 # Fields that may differ between a checkpoint and the run resuming it: they change neither the
 # model nor the data order nor the updates already made.
-SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size"})
+SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "steps_per_call"})
 CUSTOM_OPTIMIZER = "custom (passed from Python)"
 
 
@@ -128,9 +133,9 @@ class _Progress:
 
             self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
 
-    def update(self) -> None:
+    def update(self, steps: int = 1) -> None:
         if self._bar is not None:
-            self._bar.update()
+            self._bar.update(steps)
 
     def write(self, line: str) -> None:
         if not self.enabled:
@@ -183,12 +188,16 @@ class _LossMonitor:
         self.first_pending_step = first_step + 1
         self.epoch_losses: list[float] = []
 
-    def add(self, loss: jax.Array) -> None:
-        self.pending.append(loss)
+    def add(self, losses: jax.Array, count: int) -> None:
+        """The losses of one call: the first `count` entries are real steps (the rest padding)."""
+        self.pending.append((losses, count))
 
     def flush(self, epoch: int) -> np.ndarray:
         """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
-        values = np.asarray(parallel.host_value(self.pending), np.float64)
+        arrays = parallel.host_value([losses for losses, _ in self.pending])
+        counts = [count for _, count in self.pending]
+        real = [np.asarray(a, np.float64).reshape(-1)[:n] for a, n in zip(arrays, counts, strict=True)]
+        values = np.concatenate([np.zeros(0), *real])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             step = self.first_pending_step + int(bad[0])
@@ -214,8 +223,8 @@ class _Stopped(Exception):
 
 
 class EpochRunner:
-    """Runs training epochs: one jitted step per batch of the epoch's order (see the module
-    docstring for what is jitted, donated and kept on the device)."""
+    """Runs training epochs, `steps_per_call` steps per jitted call (see the module docstring for
+    what is jitted, donated and kept on the device)."""
 
     def __init__(
         self,
@@ -232,53 +241,79 @@ class EpochRunner:
         train_step = make_train_step(
             model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
         )
-        replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+        per_call = config.steps_per_call or default_steps_per_call(resolve_conv_impl(config.conv_impl))
+        self.steps_per_call = per_call = min(per_call, self.steps_per_epoch())
 
-        # State, data and metrics replicated, the batch's indices sharded over the devices: XLA
-        # all-reduces the gradients. With one device the shardings change nothing.
+        def steps(state, batches, count):
+            """Trains on the first `count` of the call's batches (leading axis: steps)."""
+            if per_call == 1:  # no loop at all (see STEPS_PER_CALL in lenet_jax.backend)
+                state, metrics = train_step(state, jax.tree_util.tree_map(lambda x: x[0], batches))
+                return state, metrics["loss"][None]
+            return scan_steps(train_step, state, batches, count)
+
+        def gather(images, labels, indices):  # (steps, B) indices -> batches (steps, B, ...)
+            return jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
+
+        # State, data, counts and metrics replicated; the batches (and their indices) sharded
+        # over the devices along the batch axis: XLA all-reduces the gradients. With one device
+        # the shardings change nothing.
+        replicated = parallel.replicated(self.mesh)
+        sharded = {
+            name: parallel.batch_sharded(self.mesh, ndim, axis=1)
+            for name, ndim in (("image", 5), ("label", 2), ("mask", 2))
+        }
+        indices_sharded = sharded["label"]
+        jit = functools.partial(jax.jit, compiler_options=training_compiler_options())
+
+        # The gather happens inside the scan, per step: XLA reads each batch from the uint8
+        # images when it is needed instead of materialising all of the call's batches as float.
         @functools.partial(
-            jax.jit,
+            jit,
             donate_argnums=0,
-            in_shardings=(replicated, replicated, replicated, sharded),
+            in_shardings=(replicated, replicated, replicated, indices_sharded, replicated),
             out_shardings=(replicated, replicated),
-            compiler_options=training_compiler_options(),
         )
-        def train_on_indices(state, images, labels, indices):
-            return train_step(state, gather_batch(images, labels, indices))
+        def train_on_indices(state, images, labels, indices, count):
+            def step_on_indices(state, step_indices):
+                return train_step(state, gather_batch(images, labels, step_indices))
 
-        # With augmentation, the batch is gathered and augmented by a jit of its own, then
-        # trained on. Same numbers as make_train_step(..., augment) in one jit (a test checks),
-        # but measured faster on XLA:CPU: inside the training step's program the resampling
-        # costs ~2.6 ms per batch of 128, as its own program ~0.5 ms (the best preset's step
-        # with its distortions: +23% time in one jit, +11% in two). No host sync in between:
-        # the second call is queued on the first's output.
+            if per_call == 1:
+                return steps(state, gather(images, labels, indices), count)
+            return scan_steps(step_on_indices, state, indices, count)
+
+        # With augmentation, the call's batches are gathered and augmented by a jit of their
+        # own, then trained on. Same numbers as make_train_step(..., augment) in one jit (a test
+        # checks), but measured faster on XLA:CPU: inside the training step's program the
+        # resampling costs ~2.6 ms per batch of 128, as its own program ~0.5 ms (the best
+        # preset's step with its distortions: +23% time in one jit, +11% in two). No host sync in
+        # between: the second call is queued on the first's output. Each batch's key is the one
+        # its step would draw (augmentation_key at state.step + its position in the call).
         @functools.partial(
-            jax.jit,
-            in_shardings=(replicated, replicated, replicated, sharded),
+            jit,
+            in_shardings=(replicated, replicated, replicated, indices_sharded),
             out_shardings=sharded,
-            compiler_options=training_compiler_options(),
         )
-        def augmented_batch(state, images, labels, indices):
-            batch = gather_batch(images, labels, indices)
-            return {**batch, "image": augment(augmentation_key(state), batch["image"])}
+        def augmented_batches(state, images, labels, indices):
+            batches = gather(images, labels, indices)
+            keys = jax.vmap(functools.partial(augmentation_key, state))(jnp.arange(len(indices)))
+            return {**batches, "image": jax.vmap(augment)(keys, batches["image"])}
 
         @functools.partial(
-            jax.jit,
+            jit,
             donate_argnums=0,
-            in_shardings=(replicated, sharded),
+            in_shardings=(replicated, sharded, replicated),
             out_shardings=(replicated, replicated),
-            compiler_options=training_compiler_options(),
         )
-        def train_on_batch(state, batch):
-            return train_step(state, batch)
+        def train_on_batches(state, batches, count):
+            return steps(state, batches, count)
 
         if augment is None:
-            self._step = train_on_indices
+            self._train = train_on_indices
         else:
-            self._step = lambda state, images, labels, indices: train_on_batch(
-                state, augmented_batch(state, images, labels, indices)
+            self._train = lambda state, images, labels, indices, count: train_on_batches(
+                state, augmented_batches(state, images, labels, indices), count
             )
-        self.first_step_done: float | None = None  # time.time() when the first step finished
+        self.first_step_done: float | None = None  # time.time() when the first call finished
         self._images = parallel.put_replicated(train.images, self.mesh)
         self._labels = parallel.put_replicated(train.labels, self.mesh)
 
@@ -288,38 +323,49 @@ class EpochRunner:
     def run(self, state: TrainState, epoch: int, step: int, log=None, stop=None, probe=None):
         """Trains one epoch from `state` (at host step `step`); returns (state, losses, seconds).
 
-        log(step, loss) is called every config.log_every steps (and the loss printed, with a
-        progress bar on a terminal); without it the epoch runs silently. stop (a _StopSignals)
-        is checked before each step. probe = (every, fn): fn(state, step) runs after every
-        `every`-th step (e.g. a mid-epoch evaluation by the benchmark); its time is not counted
-        in the returned seconds. Raises DivergedError on a non-finite loss.
+        log(step, loss) is called for every config.log_every-th step (and the loss printed,
+        with a progress bar on a terminal), after the call that ran it; without it the epoch
+        runs silently. stop (a _StopSignals) is checked before each call. probe = (every, fn):
+        fn(state, step) runs after each call that passed a multiple of `every` steps (e.g. a
+        mid-epoch evaluation by the benchmark), with the step the state is at; its time is not
+        counted in the returned seconds. Raises DivergedError on a non-finite loss.
         """
         order = epoch_order(self.shuffle_key, epoch, self.num_examples, self.config.batch_size)
-        progress = _Progress(len(order), epoch, enabled=log is not None)
+        per_call, steps_in_epoch = self.steps_per_call, len(order)
+        calls = -(-steps_in_epoch // per_call)
+        # Padding steps (indices -1, skipped) fill the epoch's last call up to its fixed shape.
+        padded = np.full((calls * per_call, order.shape[1]), -1, np.int32)
+        padded[:steps_in_epoch] = order
+        every = self.config.log_every
+        progress = _Progress(steps_in_epoch, epoch, enabled=log is not None)
         losses = _LossMonitor(self.config, step)
         probed = 0.0  # seconds spent in probe calls
         start = time.perf_counter()
         try:
-            for indices in order:
+            for call in range(calls):
                 if stop is not None and stop.received is not None:
                     raise _Stopped(stop.received, step)
-                batch = parallel.global_batch(indices, self.mesh)
-                state, metrics = self._step(state, self._images, self._labels, batch)
+                count = min(per_call, steps_in_epoch - call * per_call)
+                indices = parallel.global_batch(padded[call * per_call : (call + 1) * per_call], self.mesh)
+                state, call_losses = self._train(state, self._images, self._labels, indices, np.int32(count))
                 if self.first_step_done is None:  # once per run: includes compilation
-                    jax.block_until_ready(metrics)
+                    jax.block_until_ready(call_losses)
                     self.first_step_done = time.time()
-                losses.add(metrics["loss"])
-                progress.update()
-                step += 1
-                if step % self.config.log_every == 0:
-                    loss = float(losses.flush(epoch)[-1])
-                    progress.write(f"step {step}: train loss {loss:.4f}")
-                    if log is not None:
-                        log(step, loss)
-                if probe is not None and step % probe[0] == 0:
+                losses.add(call_losses, count)
+                progress.update(count)
+                first, step = step + 1, step + count
+                logged = range(-(-first // every) * every, step + 1, every)
+                if logged:
+                    values = losses.flush(epoch)  # values[-1] is the loss of step `step`
+                    for logged_step in logged:
+                        loss = float(values[len(values) - 1 - (step - logged_step)])
+                        progress.write(f"step {logged_step}: train loss {loss:.4f}")
+                        if log is not None:
+                            log(logged_step, loss)
+                if probe is not None and step // probe[0] > (first - 1) // probe[0]:
                     jax.block_until_ready(state)  # the steps so far are training time
                     probe_start = time.perf_counter()
-                    probe[1](state, step)  # before the next step donates state's buffers
+                    probe[1](state, step)  # before the next call donates state's buffers
                     probed += time.perf_counter() - probe_start
             losses.flush(epoch)
             jax.block_until_ready(state)

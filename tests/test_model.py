@@ -73,6 +73,16 @@ def test_options_change_the_function_not_the_parameters():
         model = LeNet(**kwargs)
         assert count_params(init_params(model, jax.random.PRNGKey(0))) == 61_706
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
+    # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
+    normed = LeNet(feature_norm=True)
+    normed_params = init_params(normed, jax.random.PRNGKey(0))
+    assert count_params(normed_params) == 61_706 + 32
+    assert {k: v.shape for k, v in normed_params["feature_norm"].items()} == {"scale": (16,), "bias": (16,)}
+    normed_params = {**params, **normed_params}
+    outputs["feature_norm"] = np.asarray(normed.apply({"params": normed_params}, x))
+    # Per image, no batch statistics: an image's logits do not depend on the rest of the batch.
+    alone = normed.apply({"params": normed_params}, x[:1])
+    np.testing.assert_allclose(outputs["feature_norm"][:1], alone, rtol=1e-5, atol=1e-6)
     values = list(outputs.values())
     for i in range(len(values)):
         for j in range(i + 1, len(values)):
@@ -141,13 +151,23 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
 
 
 @pytest.mark.parametrize(
-    "activation,pool", [("sigmoid", "avg"), ("relu", "max"), ("sigmoid", "max"), ("tanh", "max")]
+    "activation,pool,feature_norm",
+    [
+        ("sigmoid", "avg", False),
+        ("relu", "max", False),
+        ("relu", "max", True),
+        ("sigmoid", "max", False),
+        ("tanh", "max", False),
+    ],
 )
-def test_conv_implementations_give_the_same_model(activation, pool):
+def test_conv_implementations_give_the_same_model(activation, pool, feature_norm):
     """The fast path changes no parameter and, up to float rounding, no result."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
     labels = jnp.arange(8) % 10
-    fast, ref = (LeNet(activation=activation, pool=pool, conv_impl=impl) for impl in ("toeplitz", "xla"))
+    fast, ref = (
+        LeNet(activation=activation, pool=pool, feature_norm=feature_norm, conv_impl=impl)
+        for impl in ("toeplitz", "xla")
+    )
     params = init_params(ref, jax.random.PRNGKey(0))
     assert jax.tree_util.tree_structure(init_params(fast, jax.random.PRNGKey(0))) == (
         jax.tree_util.tree_structure(params)

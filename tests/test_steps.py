@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from lenet_jax.model import LeNet
-from lenet_jax.steps import create_train_state, make_eval_step, make_train_step
+from lenet_jax.steps import create_train_state, make_eval_step, make_train_step, scan_steps
 
 
 def batch_of(n, pad_to=None, seed=0):
@@ -100,3 +100,24 @@ def test_ema_without_an_averaged_state_is_a_clear_error():
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="ema=True"):
         jax.jit(make_train_step(model, optimizer, ema_decay=0.9))(state, batch_of(4))
+
+
+def test_scan_steps_equals_separate_steps_and_skips_padding_rows():
+    # One lax.scan call over 4 batches, of which the first 3 are real: same state and losses as
+    # 3 separate jitted steps; the padding row changes nothing and reports loss 0.
+    model, optimizer = LeNet(activation="relu", pool="max"), optax.sgd(0.05, momentum=0.9)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0), ema=True)
+    train_step = make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.9)
+    batches = [batch_of(8, seed=seed) for seed in range(4)]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
+    scanned, losses = jax.jit(lambda s, b, n: scan_steps(train_step, s, b, n))(state, stacked, 3)
+    step = jax.jit(train_step)
+    expected = []
+    for batch in batches[:3]:
+        state, metrics = step(state, batch)
+        expected.append(float(metrics["loss"]))
+    assert losses.shape == (4,) and float(losses[3]) == 0.0
+    np.testing.assert_allclose(losses[:3], expected, rtol=1e-6)
+    assert int(scanned.step) == 3
+    for a, b in zip(leaves(scanned), leaves(state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -244,22 +244,69 @@ def test_results_script_summarises_final_epochs(trained_run, tmp_path):
     assert "has no metrics.jsonl rows" in empty.stderr
 
 
-def test_epoch_runner_probe_sees_the_state_mid_epoch():
+@pytest.mark.parametrize(
+    "per_call, probed",
+    [
+        (1, [(2, 2), (4, 4), (6, 6), (8, 8), (10, 10)]),
+        # Calls of 2, 2, 1 steps per epoch: a probe runs after the call that passed its step.
+        (2, [(2, 2), (4, 4), (7, 7), (9, 9), (10, 10)]),
+    ],
+)
+def test_epoch_runner_probe_sees_the_state_mid_epoch(per_call, probed):
     from lenet_jax.data import Split
     from lenet_jax.model import model_from_config
     from lenet_jax.steps import create_train_state
     from lenet_jax.train import EpochRunner
 
+    config = TINY.replace(steps_per_call=per_call)
     rng = np.random.default_rng(0)
     train = Split(rng.integers(0, 256, (80, 28, 28, 1), np.uint8), rng.integers(0, 10, 80).astype(np.int32))
-    model, optimizer = model_from_config(TINY), optax.sgd(0.05)
+    model, optimizer = model_from_config(config), optax.sgd(0.05)
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(0))
-    runner = EpochRunner(model, optimizer, TINY, train, shuffle_key)
+    runner = EpochRunner(model, optimizer, config, train, shuffle_key)
     seen = []
     state = create_train_state(model, optimizer, init_key)
     state, _, _ = runner.run(state, 1, 0, probe=(2, lambda s, step: seen.append((step, int(s.step)))))
     state, _, _ = runner.run(state, 2, 5, probe=(2, lambda s, step: seen.append((step, int(s.step)))))
-    assert seen == [(2, 2), (4, 4), (6, 6), (8, 8), (10, 10)]  # 5 steps per epoch
+    assert seen == probed  # 5 steps per epoch
+
+
+class _Rows(list):
+    def append_row(self, *row):
+        self.append(row)
+
+
+def test_steps_per_call_changes_nothing_but_the_calls():
+    # 7 steps per epoch as 7 calls of 1 step, 3 calls of 3 (the last padded by 2 skipped steps)
+    # and 1 call of 7 (the default, capped at the epoch): the same states, losses and log lines.
+    from lenet_jax.data import Split
+    from lenet_jax.model import model_from_config
+    from lenet_jax.steps import create_train_state
+    from lenet_jax.train import EpochRunner
+
+    rng = np.random.default_rng(1)
+    train = Split(rng.integers(0, 256, (100, 28, 28, 1), np.uint8), rng.integers(0, 10, 100).astype(np.int32))
+    results = {}
+    for per_call in (1, 3, None):
+        config = TINY.replace(steps_per_call=per_call, log_every=3, activation="relu", pool="max")
+        model, optimizer = model_from_config(config), optax.sgd(0.05, momentum=0.9)
+        init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(0))
+        runner = EpochRunner(model, optimizer, config, train, shuffle_key)
+        state, logged, epoch_losses = create_train_state(model, optimizer, init_key), _Rows(), []
+        for epoch in (1, 2):
+            state, losses, _ = runner.run(state, epoch, (epoch - 1) * 7, log=logged.append_row)
+            epoch_losses += losses
+        results[per_call] = (runner.steps_per_call, state, logged, epoch_losses)
+    assert [r[0] for r in results.values()] == [1, 3, 7]
+    _, reference, reference_logged, reference_losses = results[1]
+    assert [step for step, _ in reference_logged] == [3, 6, 9, 12]
+    assert len(reference_losses) == 14 and int(reference.step) == 14
+    for _, state, logged, losses in list(results.values())[1:]:
+        assert [step for step, _ in logged] == [3, 6, 9, 12]
+        np.testing.assert_allclose([v for _, v in logged], [v for _, v in reference_logged], rtol=1e-6)
+        np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
+        for a, b in zip(leaves(state), leaves(reference), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.e2e
