@@ -17,7 +17,9 @@ RSS of the PyTorch reference.
 
 Time to 99%: `--time-to-99` trains `--preset fast` per seed through the training loop's epochs
 (EpochRunner) and reports the training seconds (compilation included, evaluation excluded) until
-the test accuracy first reaches 99.0%, evaluating `--evals-per-epoch` times per epoch. Each seed
+the test accuracy first reaches 99.0%, evaluating `--evals-per-epoch` times per epoch (after the
+training call that passes each interval's step: with 16 steps per call, steps 128, 240, ... for 8
+per epoch; the rows give the step evaluated). Each seed
 compiles from scratch; `--compilation-cache` reads compiled programs from the scripts' disk
 cache instead (run it twice: the second run measures a warm cache).
 
@@ -412,7 +414,7 @@ def main() -> int:
         "--evals-per-epoch",
         type=int,
         default=1,
-        help="with --time-to-99: test evaluations per epoch (at equal step intervals)",
+        help="with --time-to-99: test evaluations per epoch (after the call passing each equal interval)",
     )
     parser.add_argument("--augmentation-cost", action="store_true")
     parser.add_argument(
