@@ -118,6 +118,28 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+# glibc gives each thread that allocates concurrently a malloc arena of its own, up to 8 per
+# core; XLA's and orbax's thread pools fill several, each keeping freed memory. Two arenas: a
+# 1-epoch recipe run's peak RSS 563-618 -> 521-548 MB (three runs each, same wall time).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def limit_malloc_arenas() -> None:
+    """Caps glibc's malloc arenas at MALLOC_ARENAS for the threads created from now on (call it
+    first thing in a script). No-op off glibc or where $MALLOC_ARENA_MAX already decides."""
+    import ctypes
+    import os
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # no mallopt in this process's C library: keep its default
+        pass
+
+
 def quiet_library_logs() -> None:
     """Silences absl INFO/WARNING chatter and tfds progress bars on the console."""
     import tensorflow_datasets as tfds

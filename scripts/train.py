@@ -16,6 +16,7 @@ DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
 
 def main(argv: list[str]) -> int:
+    cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
     parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--workdir",

@@ -330,3 +330,27 @@ def test_benchmark_time_to_99_runs_and_reports(mnist_dir):
     assert [e["epoch"] for e in evals] == [0.5, 1.0, 1.5, 2.0]
     assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(evals, evals[1:], strict=False))
     assert lines[-1]["summary"] == "time to 99%" and lines[-1]["reached"] == 0
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_decides(monkeypatch):
+    import ctypes
+    import platform
+
+    from lenet_jax import cli
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    cli.limit_malloc_arenas()
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert calls == ([(-8, cli.MALLOC_ARENAS)] if glibc else [])
+    calls.clear()
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's setting wins
+    cli.limit_malloc_arenas()
+    assert calls == []
