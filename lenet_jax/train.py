@@ -151,8 +151,8 @@ class _Progress:
 
 
 class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a Python bool read per
-    step costs nothing), so a stop never interrupts a step or a checkpoint write half-way.
+    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (a Python bool
+    read per call costs nothing), so a stop never interrupts a call or a checkpoint write half-way.
     A second signal stops at once."""
 
     def __init__(self):
