@@ -130,3 +130,11 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+    # A context manager: the orbax manager runs a background thread, which must be stopped on
+    # every exit (an error left open makes orbax print a traceback at interpreter exit).
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

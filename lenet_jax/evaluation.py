@@ -112,8 +112,7 @@ def restore_params(
     averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
     training evaluated and logged); False returns the raw weights.
     """
-    checkpoints = Checkpoints(workdir, read_only=True)
-    try:
+    with Checkpoints(workdir, read_only=True) as checkpoints:
         if epoch is None:
             epoch = checkpoints.latest_epoch()
             if epoch is None:
@@ -129,8 +128,6 @@ def restore_params(
         abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
         averaged = averaged and config.averages_weights
         params = checkpoints.restore_params(epoch, abstract, EMA_ITEM if averaged else "params")
-    finally:
-        checkpoints.close()
     return RestoredParams(epoch=epoch, config=config, params=params, meta=meta, averaged=averaged)
 
 

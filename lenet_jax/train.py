@@ -394,15 +394,19 @@ def train_and_evaluate(
     complete checkpoint stays usable either way.
     """
     workdir = prepare_workdir(workdir)
-    checkpoints = Checkpoints(workdir, keep=config.keep)
+    # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
+    dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+    with Checkpoints(workdir, keep=config.keep) as checkpoints:
+        return _train(config, workdir, checkpoints, dataset, optimizer, resume)
+
+
+def _train(config, workdir, checkpoints, dataset, optimizer, resume) -> TrainResult:
     latest = checkpoints.latest_epoch()
     if latest is not None and not resume:
-        checkpoints.close()
         raise LenetError(
             f"{workdir} already holds checkpoints (epochs {', '.join(map(str, checkpoints.epochs()))}): "
             "add --force to --restart to delete them, or pass another --workdir"
         )
-    dataset = load_dataset(data_dir, config.validation_size, config.train_size)
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
     sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
@@ -487,7 +491,6 @@ def train_and_evaluate(
                 _log_epoch(log, row)
     finally:
         log.close()
-        checkpoints.close()
     return TrainResult(state=state, metrics=reporting.read_metrics(workdir))
 
 
