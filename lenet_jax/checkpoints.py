@@ -5,26 +5,37 @@ Items per epoch, so that each reader restores only what it needs:
 - `ema_params`: only in runs with --ema-decay: the averaged parameters, which evaluation and
   prediction read instead when present;
 - `train_state`: step, optimizer state and rng (what resuming needs besides params);
-- `meta`: JSON with the epoch, step, the run's config and that epoch's metrics.
+- `meta`: JSON with the format version, epoch, step, the run's config, where its optimizer came
+  from, provenance and that epoch's metrics.
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 crash mid-save never leaves a half-written checkpoint that looks finished.
-Restores take abstract targets (`jax.eval_shape`), so no real init runs just to get shapes.
+Restores take abstract targets (`jax.eval_shape`), so no real init runs just to get shapes;
+before restoring, the target's structure is compared with the checkpoint's own metadata, so a
+checkpoint that does not fit is told apart from one that is damaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
+from lenet_jax import parallel
+from lenet_jax.config import Config
 from lenet_jax.errors import CheckpointError
+from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import TrainState
+from lenet_jax.workdir import CHECKPOINT_SUBDIR
 
-CHECKPOINT_SUBDIR = "checkpoints"
 EMA_ITEM = "ema_params"
 ITEMS = ("params", "train_state", "meta", EMA_ITEM)
+# 1: lenet-jax 0.1.0 (no version in the meta); 2: optimizer source and provenance recorded.
+FORMAT_VERSION = 2
+LEGACY_CUSTOM_OPTIMIZER = "custom (passed from Python)"  # version 1's optimizer_source
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -32,8 +43,32 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir).expanduser().resolve() / CHECKPOINT_SUBDIR
 
 
+def describe(tree: Any) -> dict[str, str]:
+    """'path' -> 'shape dtype' for every array of a pytree (arrays, ShapeDtypeStructs or orbax
+    metadata), with paths spelled alike for NamedTuples, dicts and lists."""
+
+    def name(entry) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(map(name, path)): f"{tuple(leaf.shape)} {leaf.dtype}" for path, leaf in leaves}
+
+
+def _differences(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) -> list[str]:
+    lines = [
+        f"{path}: checkpoint {saved.get(path, 'has none')}, now {wanted.get(path, 'none')}"
+        for path in sorted(set(saved) | set(wanted))
+        if saved.get(path) != wanted.get(path)
+    ]
+    return lines[:limit] + ([f"{len(lines) - limit} more"] if len(lines) > limit else [])
+
+
 class Checkpoints:
-    """The epoch checkpoints of one workdir."""
+    """The epoch checkpoints of one workdir; a context manager (orbax runs a thread, which must
+    be stopped on every exit, or orbax prints a traceback at interpreter exit)."""
 
     def __init__(self, workdir: str | os.PathLike, keep: int | None = None, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
@@ -51,6 +86,15 @@ class Checkpoints:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._manager.close()
+
     def epochs(self) -> list[int]:
         """Epochs with a complete checkpoint, ascending."""
         self._manager.reload()  # another process (or a crash) may have changed the directory
@@ -61,12 +105,12 @@ class Checkpoints:
         return epochs[-1] if epochs else None
 
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
-        """Writes epoch's checkpoint; returns when it is complete on disk."""
+        """Writes epoch's checkpoint (meta gets the format version); returns when it is on disk."""
         train_state = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
         items = {
             "params": ocp.args.StandardSave(state.params),
             "train_state": ocp.args.StandardSave(train_state),
-            "meta": ocp.args.JsonSave(meta),
+            "meta": ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta}),
         }
         if state.ema_params is not None:
             items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
@@ -85,20 +129,57 @@ class Checkpoints:
                 f"available epochs: {', '.join(map(str, epochs))}"
             )
 
+    def _damaged(self, epoch: int, error: BaseException) -> CheckpointError:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        older = [e for e in self.epochs() if e < epoch]
+        fallback = (
+            f"epoch {older[-1]} is the newest before it (evaluate.py --epoch {older[-1]} reads it; to "
+            f"resume training from it, move {self.directory / str(epoch)} out of {self.directory})"
+            if older
+            else "no earlier epoch is there to fall back to"
+        )
+        return CheckpointError(f"the checkpoint of epoch {epoch} is damaged ({reason}): {fallback}")
+
+    def _check_fits(self, epoch: int, item: str, target: Any) -> None:
+        """CheckpointError if `item` of `epoch` does not have the target's structure (another
+        model, optimizer or version); the checkpoint itself may well be intact."""
+        path = self.directory / str(epoch) / item
+        if not path.is_dir():
+            if jax.tree_util.tree_leaves(target):
+                raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
+            return
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                metadata = reader.metadata(path).item_metadata
+            if metadata is None:
+                raise FileNotFoundError(f"the metadata of its {item} is missing")
+            saved = describe(metadata.tree)
+        except Exception as e:  # noqa: BLE001 - unreadable metadata: damaged
+            raise self._damaged(epoch, e) from e
+        wanted = describe(target)
+        if saved != wanted:
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} is intact but does not fit this run's {item} "
+                f"({'; '.join(_differences(saved, wanted))}): it was made with another model, "
+                "optimizer or version; use the settings it was made with (its config.json)"
+            )
+
     def _restore(self, epoch: int, **items: ocp.args.CheckpointArgs) -> Any:
         self._check_epoch(epoch)
+        for item, args in items.items():
+            if isinstance(args, ocp.args.StandardRestore):
+                self._check_fits(epoch, item, args.item)
         try:
             return self._manager.restore(epoch, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged file
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise CheckpointError(
-                f"checkpoint for epoch {epoch} in {self.directory} is unreadable ({reason}): it is "
-                f"damaged; delete {self.directory / str(epoch)} to fall back to the epoch before, "
-                "or pick another --epoch"
-            ) from e
+            raise self._damaged(epoch, e) from e
 
     def restore_meta(self, epoch: int) -> dict[str, Any]:
-        return self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
+        """Epoch's meta, in the current format (older versions upgraded; newer ones refused)."""
+        meta = self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
+        if not isinstance(meta, dict) or not {"config", "step"} <= set(meta):
+            raise self._damaged(epoch, ValueError("its meta lacks the config or the step"))
+        return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 
     def restore_params(self, epoch: int, abstract_params: Any, item: str = "params") -> Any:
         """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params
@@ -128,13 +209,61 @@ class Checkpoints:
             ema_params=restored.get(EMA_ITEM),
         )
 
-    def close(self) -> None:
-        self._manager.close()
 
-    # A context manager: the orbax manager runs a background thread, which must be stopped on
-    # every exit (an error left open makes orbax print a traceback at interpreter exit).
-    def __enter__(self) -> Checkpoints:
-        return self
+def upgrade_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """A meta of any earlier format version in the current one; a newer version is refused."""
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} has format version {version}, newer than this lenet-jax reads "
+            f"({FORMAT_VERSION}): upgrade lenet-jax"
+        )
+    if version == 1:  # 0.1.0 recorded a Python optimizer's run with the config's optimizer fields
+        from_python = meta.get("optimizer_source") == LEGACY_CUSTOM_OPTIMIZER
+        config = Config.from_dict(meta["config"])
+        meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "config": config.to_record(from_python),
+            "optimizer_source": {"kind": "python" if from_python else "config"},
+        }
+    return meta
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+
+@dataclasses.dataclass
+class Weights:
+    """One epoch's parameters with the config (and metadata) of the run that made them."""
+
+    epoch: int
+    config: Config
+    params: Any
+    meta: dict[str, Any]
+    averaged: bool = False  # params are the run's moving average of the weights
+
+
+RestoredParams = Weights  # the name of lenet-jax 0.1.0
+
+
+def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True) -> Weights:
+    """The params of one epoch's checkpoint (newest by default), nothing else restored.
+
+    averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
+    training evaluated and logged); False returns the raw weights.
+    """
+    with Checkpoints(workdir, read_only=True) as checkpoints:
+        if epoch is None:
+            epoch = checkpoints.latest_epoch()
+            if epoch is None:
+                raise CheckpointError(
+                    f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
+                )
+        meta = checkpoints.restore_meta(epoch)
+        config = Config.from_dict(meta["config"])
+        model = model_from_config(config)
+        # Restore target from eval_shape: the params' shapes and dtypes without running init,
+        # placed on this process's devices (whatever mesh the training run had).
+        abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+        abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
+        averaged = averaged and config.averages_weights
+        params = checkpoints.restore_params(epoch, abstract, EMA_ITEM if averaged else "params")
+    return Weights(epoch=epoch, config=config, params=params, meta=meta, averaged=averaged)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
-from lenet_jax.errors import ConfigError, LenetError
+from lenet_jax.errors import ConfigError, LenetError, TrainingInterrupted
 
 
 def flag_name(field_name: str) -> str:
@@ -91,11 +91,26 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except LenetError as e:
         if "--debug" in argv:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        # A stop the user asked for (Ctrl-C, SIGTERM) is a notice, not an error.
+        print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # outside training (which handles SIGINT itself)
-        print("error: interrupted", file=sys.stderr)
+        print("stopped: interrupted (nothing was being written)", file=sys.stderr)
         return 130
+
+
+def run_summary(workdir, rows: list[dict]) -> str:
+    """The closing lines of a training run: final and best test accuracy, where the checkpoints
+    are, and the commands that use them."""
+    final = rows[-1]
+    best = max(rows, key=lambda row: row["test_accuracy"])
+    return (
+        f"Done: test accuracy {final['test_accuracy']:.4f} after epoch {final['epoch']} "
+        f"(best {best['test_accuracy']:.4f}, epoch {best['epoch']}); checkpoints in {workdir}/checkpoints\n"
+        f"  evaluate: python scripts/evaluate.py --workdir {workdir}\n"
+        f"  predict:  python scripts/predict.py --workdir {workdir} IMAGE...\n"
+        f"  serve:    python scripts/serve.py --workdir {workdir}"
+    )
 
 
 CACHE_DIR_ENV = "LENET_JAX_CACHE_DIR"

@@ -8,7 +8,6 @@ the sum over batches of each batch's mean loss.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -18,12 +17,12 @@ import jax
 import numpy as np
 
 from lenet_jax import parallel
-from lenet_jax.checkpoints import EMA_ITEM, Checkpoints
-from lenet_jax.config import Config
-from lenet_jax.data import PADDING_INDEX, Split, gather_batch, load_dataset, sequential_order
-from lenet_jax.errors import CheckpointError
-from lenet_jax.model import init_params, model_from_config
-from lenet_jax.steps import make_eval_step
+from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
+from lenet_jax.data import PADDING_INDEX, Dataset, Split, gather_batch, load_dataset, sequential_order
+from lenet_jax.model import model_from_config
+from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
+
+restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoints.load_weights)
 
 # Images per device call (whole logical batches): the per-batch metrics are those of one call
 # per batch (up to float rounding in the products), with 16x fewer dispatches; measured ~1.07x
@@ -93,42 +92,24 @@ class Evaluator:
         }
 
 
-@dataclasses.dataclass
-class RestoredParams:
-    """One epoch's parameters with the config (and metadata) of the run that made them."""
-
-    epoch: int
-    config: Config
-    params: Any
-    meta: dict[str, Any]
-    averaged: bool = False  # params are the run's moving average of the weights
-
-
-def restore_params(
-    workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True
-) -> RestoredParams:
-    """The params of one epoch's checkpoint (newest by default), nothing else restored.
-
-    averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
-    training evaluated and logged); False returns the raw weights.
-    """
-    with Checkpoints(workdir, read_only=True) as checkpoints:
-        if epoch is None:
-            epoch = checkpoints.latest_epoch()
-            if epoch is None:
-                raise CheckpointError(
-                    f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
-                )
-        meta = checkpoints.restore_meta(epoch)
-        config = Config.from_dict(meta["config"])
-        model = model_from_config(config)
-        # Restore target from eval_shape: the params' shapes and dtypes without running init,
-        # placed on this process's devices (whatever mesh the training run had).
-        abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
-        abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
-        averaged = averaged and config.averages_weights
-        params = checkpoints.restore_params(epoch, abstract, EMA_ITEM if averaged else "params")
-    return RestoredParams(epoch=epoch, config=config, params=params, meta=meta, averaged=averaged)
+def evaluate_state(evaluator: Evaluator, state: TrainState, dataset: Dataset) -> dict[str, Any]:
+    """An epoch's evaluation metrics: of the averaged weights when the run keeps an average
+    (what evaluate.py and predict.py use), with the raw weights' under "raw_*" beside them."""
+    row: dict[str, Any] = {}
+    evaluated = [("", evaluated_params(state))]
+    if state.ema_params is not None:
+        evaluated.append(("raw_", state.params))
+    for prefix, params in evaluated:
+        test = evaluator.evaluate(params, dataset.test)
+        row[prefix + "test_accuracy"] = test["accuracy"]
+        row[prefix + "test_total_loss"] = test["total_loss"]
+        if not prefix:
+            row.update(test_mean_loss=test["mean_loss"], eval_seconds=test["seconds"])
+        if dataset.validation is not None:
+            val = evaluator.evaluate(params, dataset.validation)
+            row[prefix + "validation_accuracy"] = val["accuracy"]
+            row[prefix + "validation_total_loss"] = val["total_loss"]
+    return row
 
 
 def evaluate_checkpoint(
@@ -143,7 +124,7 @@ def evaluate_checkpoint(
     equal those training logged for that epoch (its averaged weights when it kept an average;
     averaged=False: the raw weights, logged as raw_test_*).
     """
-    restored = restore_params(workdir, epoch, averaged)
+    restored = load_weights(workdir, epoch, averaged)
     model = model_from_config(restored.config)
     evaluator = Evaluator(model, restored.config.eval_batch_size)
     test = evaluator.evaluate(restored.params, load_dataset(data_dir).test)

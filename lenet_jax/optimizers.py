@@ -59,8 +59,6 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
 
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer the config names, with its schedule and optional gradient clipping."""
-    if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     optimizer = OPTIMIZERS[config.optimizer](learning_rate_schedule(config, steps_per_epoch), config)
     if config.grad_clip is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optimizer)

@@ -27,14 +27,33 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     """Joins a multi-process run (jax.distributed), with gloo collectives on CPU.
 
     All three None: jax.distributed.initialize() auto-detects the cluster (SLURM, Open MPI,
-    Cloud TPU, ...). Must run before anything touches a JAX device.
+    Cloud TPU, ...). Must run before anything touches a JAX device. Bad values, and a cluster
+    that cannot be joined, raise ConfigError naming the flags.
     """
+    explicit = (coordinator, num_processes, process_id)
+    if any(value is not None for value in explicit) and not all(value is not None for value in explicit):
+        raise ConfigError(
+            "give all of --coordinator, --num-processes and --process-id, or --distributed alone"
+        )
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"--coordinator must be HOST:PORT with a port in 1-65535, not {coordinator!r}")
+        if num_processes < 1:
+            raise ConfigError(f"--num-processes must be at least 1, not {num_processes}")
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(f"--process-id must be in 0..{num_processes - 1}, not {process_id}")
     # The CPU backend needs a collectives implementation for cross-process reductions (this
     # setting only concerns the CPU client, so it is harmless on GPU machines).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
+    except Exception as e:  # noqa: BLE001 - jax raises ValueError/RuntimeError/XlaRuntimeError
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        how = "check --coordinator" if coordinator else "outside a detected cluster, pass --coordinator"
+        raise ConfigError(f"could not join the multi-process run ({reason}): {how}") from None
 
 
 def is_main_process() -> bool:

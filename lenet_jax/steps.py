@@ -149,36 +149,6 @@ def make_train_step(
     return train_step
 
 
-def scan_steps(
-    step_fn: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
-    state: TrainState,
-    xs: Any,
-    count: jax.Array | int,
-) -> tuple[TrainState, jax.Array]:
-    """Runs step_fn(state, x) for the first `count` rows x of xs (a pytree with a leading steps
-    axis) in one lax.scan; returns the state and the per-row losses (float32).
-
-    Rows from `count` on are padding (so that an epoch's last call has the same shape as the
-    others: one compilation): a lax.cond skips them, leaving the state as it was, loss 0.
-    Same numbers as `count` separate calls of step_fn (a test checks, bit for bit on CPU).
-    """
-    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
-
-    def one(state, row):
-        i, x = row
-
-        def real(state):
-            state, metrics = step_fn(state, x)
-            return state, metrics["loss"].astype(jnp.float32)
-
-        def padding(state):
-            return state, jnp.zeros((), jnp.float32)
-
-        return jax.lax.cond(i < count, real, padding, state)
-
-    return jax.lax.scan(one, state, (jnp.arange(steps), xs))
-
-
 def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], Metrics]:
     """The pure evaluation step: mean loss over the batch's real images, and their counts.
 

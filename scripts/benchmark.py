@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import jax
+from lenet_jax.reporting import read_metrics
 
 from lenet_jax import backend, cli, parallel
 from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_preset
@@ -53,7 +54,6 @@ from lenet_jax.errors import ConfigError
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import model_from_config, resolve_conv_impl
 from lenet_jax.optimizers import build_optimizer
-from lenet_jax.reporting import read_metrics
 from lenet_jax.steps import create_train_state, evaluated_params
 from lenet_jax.train import EpochRunner
 

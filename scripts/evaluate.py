@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     )
     print(json.dumps(result))
     if args.report:
-        from lenet_jax.report import write_report  # matplotlib only when asked for
+        from lenet_jax.figures import write_report  # matplotlib only when asked for
 
         report = write_report([args.workdir, *args.compare], args.report, args.epoch, args.data_dir)
         print(f"Report for epoch {report['epoch']} written to {args.report}: {', '.join(report['files'])}")

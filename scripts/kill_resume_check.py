@@ -27,7 +27,7 @@ import numpy as np
 
 from lenet_jax.cli import quiet_library_logs
 from lenet_jax.evaluation import restore_params
-from lenet_jax.reporting import read_metrics
+from lenet_jax.workdir import read_metrics
 
 SCRIPT = Path(__file__).resolve().parent / "train.py"
 TIMING_KEYS = ("train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step")

@@ -15,20 +15,20 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
-from lenet_jax import cli, reporting
+from lenet_jax import cli
 from lenet_jax.errors import LenetError
+from lenet_jax.workdir import read_config, read_metrics
 
 
 def summarize(workdirs: list[str]) -> list[dict]:
     """The per-run rows and the summary row (last), from each workdir's metrics.jsonl."""
     rows = []
     for workdir in workdirs:
-        metrics = reporting.read_metrics(workdir)
+        metrics = read_metrics(workdir)
         if not metrics:
             raise LenetError(f"{workdir} has no metrics.jsonl rows: pass the --workdir of a finished run")
-        config = json.loads((Path(workdir) / reporting.CONFIG_FILE).read_text())
+        config = read_config(workdir)
         last = metrics[-1]
         rows.append(
             {

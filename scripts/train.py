@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lenet_jax import cli, parallel
-from lenet_jax.train import clear_run, train_and_evaluate
+from lenet_jax.train import train_and_evaluate
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
@@ -33,9 +33,14 @@ def main(argv: list[str]) -> int:
         "--restart",
         action="store_true",
         help="start over instead of resuming; refused if the workdir has checkpoints, unless "
-        "--force is given too (which deletes them)",
+        "--force is given too",
     )
-    parser.add_argument("--force", action="store_true", help="with --restart: delete the old run")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --restart: replace the old run (set aside once everything is checked, deleted "
+        "when the new run has saved its first checkpoint, put back if it fails before)",
+    )
     group = parser.add_argument_group("multi-process (see README, Scaling out)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     group.add_argument("--num-processes", type=int, help="how many processes take part")
@@ -49,24 +54,24 @@ def main(argv: list[str]) -> int:
     cli.add_config_flags(parser)
     args = parser.parse_args(argv)
     config = cli.config_from_args(args)
-    explicit = (args.coordinator, args.num_processes, args.process_id)
-    if any(value is not None for value in explicit) or args.distributed:
-        if args.distributed == all(value is not None for value in explicit):
-            raise cli.ConfigError(
-                "give either all of --coordinator, --num-processes and --process-id, or --distributed"
-            )
-        parallel.initialize(*explicit)
+    if args.force and not args.restart:
+        raise cli.ConfigError("--force only goes with --restart")
+    if args.distributed and any(
+        v is not None for v in (args.coordinator, args.num_processes, args.process_id)
+    ):
+        raise cli.ConfigError("--distributed takes no --coordinator, --num-processes or --process-id")
+    if args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     if parallel.is_main_process():
         print(f"Workdir: {workdir}")
-    if args.force and not args.restart:
-        raise cli.ConfigError("--force only goes with --restart")
-    if args.restart and args.force and parallel.is_main_process():
-        clear_run(workdir)
-    parallel.barrier("workdir ready")
-    train_and_evaluate(config, workdir, data_dir=args.data_dir, resume=not args.restart)
+    result = train_and_evaluate(
+        config, workdir, data_dir=args.data_dir, resume=not args.restart, replace=args.force
+    )
+    if parallel.is_main_process() and result.metrics:
+        print(cli.run_summary(workdir, result.metrics))
     return 0
 
 

@@ -23,6 +23,19 @@ def start_python(program, *args) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def run_script(name, *args, cwd=None) -> subprocess.CompletedProcess:
+    """scripts/NAME in a subprocess (for what only a real process shows: exit, signals)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
     """Writes array (uint8) as an IDX file with the given magic number."""
     header = np.asarray([magic, *array.shape], ">u4").tobytes()

@@ -1,6 +1,5 @@
 """Configs: presets, validation, flags generated from the fields."""
 
-import dataclasses
 
 import pytest
 
@@ -61,9 +60,26 @@ def test_presets_are_valid_and_documented():
         assert "Run:" in make.__doc__ and "Expected:" in make.__doc__
 
 
-def test_config_is_immutable():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Config().lr = 1.0  # type: ignore[misc]
+def test_a_config_built_directly_is_validated():
+    with pytest.raises(ConfigError, match="--batch-size must be at least 1, not 0"):
+        Config(batch_size=0)
+    with pytest.raises(ConfigError, match="--lr must be a finite number, not inf"):
+        Config(lr=float("inf"))
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamax'"):
+        Config(optimizer="adamax")
+
+
+def test_optimizer_choices_are_the_registry():
+    from lenet_jax.config import OPTIMIZERS as CHOICES
+    from lenet_jax.optimizers import OPTIMIZERS
+
+    assert tuple(OPTIMIZERS) == CHOICES
+
+
+def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
+    record = Config(lr=0.3).to_record(optimizer_from_python=True)
+    assert record["optimizer"] == "python" and "lr" not in record and "schedule" not in record
+    assert Config.from_dict(record) == Config()  # the optimizer fields fall back to defaults
 
 
 @pytest.mark.parametrize(

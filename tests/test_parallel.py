@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, start_python
 from lenet_jax import parallel
 from lenet_jax.errors import ConfigError
 from lenet_jax.evaluation import evaluate_checkpoint, restore_params
-from lenet_jax.reporting import read_metrics
+from lenet_jax.workdir import read_metrics
 
 RUN = ["--preset", "smoke", "--train-size", "6400", "--epochs", "2", "--log-every", "50"]  # 200 steps
 

@@ -99,7 +99,7 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
 
 
 def test_confusion_matrix_and_per_class_scores():
-    from lenet_jax.report import confusion_matrix, per_class_scores
+    from lenet_jax.figures import confusion_matrix, per_class_scores
 
     labels = np.asarray([0, 0, 1, 1, 1, 2])
     predictions = np.asarray([0, 1, 1, 1, 2, 2])

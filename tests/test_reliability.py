@@ -1,6 +1,5 @@
 """Crash safety, exact resume, signals, the NaN guard and one-line errors for bad input."""
 
-import json
 import re
 import runpy
 import signal
@@ -16,8 +15,8 @@ from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.errors import DivergedError
 from lenet_jax.evaluation import restore_params
-from lenet_jax.reporting import read_metrics
 from lenet_jax.train import train_and_evaluate
+from lenet_jax.workdir import read_config, read_metrics
 
 # Real MNIST subset: 640 images = 10 steps per epoch, a loss line every 5 steps.
 SHORT_RUN = ["--preset", "smoke", "--epochs", "3", "--train-size", "640", "--log-every", "5"]
@@ -117,7 +116,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(reference_run, mnist_dir, 
     # name the step it stopped before, its epoch, and the previous epoch's checkpoint.
     last = err.strip().splitlines()[-1]
     stopped = re.fullmatch(
-        r"error: SIGTERM received: stopped before step (\d+) \(epoch (\d+)\); rerun the same "
+        r"stopped: SIGTERM received: stopped before step (\d+) \(epoch (\d+)\); rerun the same "
         r"command to resume from the checkpoint of epoch (\d+)",
         last,
     )
@@ -257,11 +256,11 @@ def test_corrupt_checkpoint_is_refused_in_one_line(capsys, trained, damage):
                 path.write_text("{not json")
     code, err = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--data-dir", data)
     assert code == 2 and err.count("\n") == 1, err
-    assert "checkpoint for epoch 2" in err and "is unreadable" in err
-    assert "delete" in err and "to fall back to the epoch before" in err
+    assert "the checkpoint of epoch 2 is damaged" in err and "epoch 1 is the newest before it" in err
+    assert "delete" not in err and "--epoch 1" in err
     # Training refuses to resume from it the same way, and epoch 1 still evaluates.
     code, err = retrain(capsys, trained, "--epochs", "2")
-    assert code == 2 and "is unreadable" in err
+    assert code == 2 and "is damaged" in err and err.count("\n") == 1
     code, _ = run_cli(capsys, "evaluate.py", "--workdir", workdir, "--epoch", "1", "--data-dir", data)
     assert code == 0
 
@@ -285,4 +284,4 @@ def test_restart_refuses_to_delete_without_force(capsys, trained):
     assert Checkpoints(workdir).epochs() == [1, 2]
     code, _ = run_cli(capsys, "train.py", *args, "--force")
     assert code == 0 and Checkpoints(workdir).epochs() == [1]
-    assert json.loads((workdir / "config.json").read_text())["epochs"] == 1
+    assert read_config(workdir)["epochs"] == 1

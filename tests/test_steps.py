@@ -6,7 +6,8 @@ import numpy as np
 import optax
 
 from lenet_jax.model import LeNet
-from lenet_jax.steps import create_train_state, make_eval_step, make_train_step, scan_steps
+from lenet_jax.program import scan_steps
+from lenet_jax.steps import create_train_state, make_eval_step, make_train_step
 
 
 def batch_of(n, pad_to=None, seed=0):

@@ -26,7 +26,7 @@ from lenet_jax.data import load_dataset  # noqa: E402
 from lenet_jax.errors import LenetError  # noqa: E402
 from lenet_jax.idx import NUM_CLASSES  # noqa: E402
 from lenet_jax.predict import load_predictor  # noqa: E402
-from lenet_jax.reporting import read_metrics  # noqa: E402
+from lenet_jax.workdir import read_metrics  # noqa: E402
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:

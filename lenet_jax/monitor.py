@@ -1,0 +1,134 @@
+"""What the training loop watches between its jitted calls: the losses, stop signals, progress.
+
+None of it touches the device except `LossMonitor`, which reads the losses only when a step to
+log (or the epoch's end) needs them, so the loop never waits on the device in between.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+
+from lenet_jax import parallel
+from lenet_jax.errors import DivergedError, TrainingInterrupted
+
+
+class LossMonitor:
+    """The step losses of one epoch: held on the device, read every `every` steps on the host.
+
+    Reading them only then keeps the loop from waiting on the device, and still names the exact
+    step where the loss first became NaN or infinite.
+    """
+
+    def __init__(self, step: int, epoch: int, every: int, diverged_hint: str):
+        self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
+        self.pending: list[tuple[jax.Array, int]] = []
+        self.losses: list[float] = []  # the epoch's losses read so far
+
+    def add(self, losses: jax.Array, count: int) -> list[tuple[int, float]]:
+        """One call's losses (the first `count` are real steps); returns the (step, loss) pairs
+        to log now: those of the steps that are multiples of `every`."""
+        self.pending.append((losses, count))
+        first, self.step = self.step + 1, self.step + count
+        logged = range(-(-first // self.every) * self.every, self.step + 1, self.every)
+        if not logged:
+            return []
+        values = self.flush()  # values[-1] is the loss of step self.step
+        return [(s, float(values[len(values) - 1 - (self.step - s)])) for s in logged]
+
+    def flush(self) -> np.ndarray:
+        """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
+        arrays = parallel.host_value([losses for losses, _ in self.pending])
+        counts = [count for _, count in self.pending]
+        real = [np.asarray(a, np.float64).reshape(-1)[:n] for a, n in zip(arrays, counts, strict=True)]
+        values = np.concatenate([np.zeros(0), *real])
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            step = self.step - len(values) + 1 + int(bad[0])
+            raise DivergedError(
+                f"the training loss became {values[bad[0]]} at step {step} (epoch {self.epoch}): "
+                "training diverged; " + self.diverged_hint
+            )
+        self.pending = []
+        self.losses.extend(values.tolist())
+        return values
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (a Python bool
+    read per call costs nothing), so a stop never interrupts a call or a checkpoint write half-way.
+    A second signal stops at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal() works only there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Stopped(Exception):
+    """A stop signal arrived before step `step` + 1 (raised between calls)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step
+
+    def as_interruption(self, epoch: int, last_good_epoch: int) -> TrainingInterrupted:
+        """The user's message: where it stopped and how to resume."""
+        name = signal.Signals(self.signum).name
+        where = f"from the checkpoint of epoch {last_good_epoch}" if last_good_epoch else "from the start"
+        return TrainingInterrupted(
+            f"{name} received: stopped before step {self.step + 1} (epoch {epoch}); rerun the same "
+            f"command to resume {where}",
+            exit_code=128 + self.signum,
+        )
+
+
+class Progress:
+    """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI); silent if not
+    enabled (processes other than 0, the benchmark)."""
+
+    def __init__(self, total: int, epoch: int, enabled: bool = True):
+        self._bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
+
+    def update(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,76 @@
+"""What a run was made with: library versions, backend, device, CPU, git commit.
+
+Recorded in config.json and every checkpoint's meta, so a figure or a bit-identical claim can be
+traced to the software and hardware that produced it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+VECTOR_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx2", "fma", "avx", "sse4_2", "neon", "asimd")
+
+
+@functools.cache
+def provenance() -> dict[str, Any]:
+    """The versions, backend, device kind, CPU model and vector extensions, and git commit."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    cpu, flags = cpu_description()
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "git_commit": git_commit(),
+    }
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """(the CPU model, which of VECTOR_FLAGS it has), from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    return model, [flag for flag in VECTOR_FLAGS if flag in flags]
+
+
+def git_commit() -> str | None:
+    """The commit of the lenet-jax checkout this code runs from (with '+dirty' if it has
+    uncommitted changes), or None when it is not a git checkout (an installed package)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")

@@ -1,0 +1,104 @@
+"""Convolutions as matrix products ("Toeplitz" form): LeNet's conv blocks, faster on a CPU.
+
+Same parameters and the same function as `lax.conv` + pooling (the tests compare them); used by
+`model.ConvBlock` when `speed.choose` picks conv_impl 'toeplitz' (the default on CPU). A reader
+of the model needs none of this: `conv_impl='xla'` computes the tutorial's graph as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def toeplitz_conv(
+    x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2, pool_layout: bool = False
+) -> jax.Array:
+    """A stride-1 NHWC convolution computed as one matrix product (same math as lax.conv).
+
+    The output width is cut into `blocks` equal blocks. Each (output row, width block) is the
+    product of the input patch it sees (kh rows x the block's input columns, flattened) with a
+    banded ("Toeplitz") matrix built from the kernel:
+        out[n, h, b*B + w, o] = patch[n, h, b, :] @ T[:, w*O + o]
+        patch[n, h, b] = x[n, h:h+kh, b*B : b*B + B+kw-1, :].ravel()
+    so the whole convolution is one (N*Ho*blocks, kh*(B+kw-1)*C) @ (kh*(B+kw-1)*C, B*O) product.
+    T holds each weight B times, and zeros; a dense product of this size still runs at matmul
+    speed on a CPU, while XLA:CPU's convolution for LeNet's tiny channel counts (1->6, 6->16)
+    does not (docs/performance.md). Two blocks measured best.
+    T comes from an einsum with a constant 0/1 selection tensor, so its gradient with respect
+    to the kernel is an einsum too (no scatter).
+
+    pool_layout=True (output height and block width even) orders T's columns as (w % 2, w // 2,
+    o) instead of (w, o) and returns shape (N, Ho/2, 2, blocks, 2, B/2, O), where
+    [n, i, p, b, q, k, o] is the output at row 2i+p, column b*B + 2k+q: the four members of
+    each 2x2 pooling window sit in four contiguous slabs (see max_pool_2x2_from_pool_layout).
+    """
+    kh, kw, cin, cout = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    n, hp, wp, _ = x.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    if wo % blocks:
+        blocks = 1
+    width = wo // blocks  # output columns per block
+    span = width + kw - 1  # input columns per block
+    if pool_layout and (ho % 2 or width % 2):
+        raise ValueError(f"pool_layout needs an even output height and block width, not {ho} and {width}")
+    select = np.zeros((kw, span, width), np.float32)  # select[j, w + j, w] = 1
+    for j in range(kw):
+        select[j, np.arange(width) + j, np.arange(width)] = 1.0
+    if pool_layout:  # output columns even ones first, then odd ones
+        select = select[:, :, np.r_[0:width:2, 1:width:2]]
+    toeplitz = jnp.einsum("jab,ijco->iacbo", select, kernel).reshape(kh * span * cin, width * cout)
+    columns = jnp.stack([x[:, :, b * width : b * width + span] for b in range(blocks)], axis=2)
+    patches = jnp.stack([columns[:, i : i + ho] for i in range(kh)], axis=3)  # n,ho,b,kh,span,c
+    out = patches.reshape(n * ho * blocks, kh * span * cin) @ toeplitz
+    if pool_layout:
+        return out.reshape(n, ho // 2, 2, blocks, 2, width // 2, cout)
+    return out.reshape(n, ho, wo, cout)
+
+
+def can_pool_layout(height: int, width: int, padding: int, kernel_size: int, blocks: int = 2) -> bool:
+    """Whether toeplitz_conv(..., padding, blocks, pool_layout=True) applies to an input of this
+    size: even output height and block width (LeNet's conv1: 28 and 14; conv2: 10 and 5, no)."""
+    ho, wo = (size + 2 * padding - kernel_size + 1 for size in (height, width))
+    width = wo // blocks if wo % blocks == 0 else wo
+    return ho % 2 == 0 and width % 2 == 0
+
+
+def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
+    """2x2 stride-2 max-pooling of toeplitz_conv(..., pool_layout=True)'s output, as NHWC.
+
+    Elementwise maxima of contiguous slabs: XLA:CPU vectorises these, where a max-reduction
+    over the 2x2 windows of an NHWC array with 6 channels innermost is slow, and so is its
+    gradient (docs/performance.md).
+    """
+    y = jnp.maximum(y[:, :, :, :, 0], y[:, :, :, :, 1])  # the window's two columns
+    y = jnp.maximum(y[:, :, 0], y[:, :, 1])  # and its two rows
+    n, h, blocks, width, c = y.shape
+    return y.reshape(n, h, blocks * width, c)
+
+
+def conv_max_pool_act(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    padding: int,
+    activation: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """activation(conv(x) + bias), then 2x2 max-pooling, computed as pool-then-bias-then-act.
+
+    Exact, on 4x fewer values: max commutes with adding a constant and with any non-decreasing
+    activation (sigmoid, tanh, relu), and float rounding is non-decreasing too. Where the output
+    size allows, the convolution comes in the pool layout, where pooling is elementwise.
+    """
+    if can_pool_layout(x.shape[1], x.shape[2], padding, kernel.shape[0]):
+        pooled = max_pool_2x2_from_pool_layout(toeplitz_conv(x, kernel, padding, pool_layout=True))
+    else:
+        y = toeplitz_conv(x, kernel, padding)
+        n, h, w, c = y.shape
+        pooled = y.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return activation(pooled + bias)

@@ -1,0 +1,189 @@
+"""A run's workdir: what it holds, where, and the checks made before a run uses it.
+
+    WORKDIR/config.json       the run's config, where its optimizer came from, provenance
+    WORKDIR/metrics.jsonl     one JSON row per finished epoch
+    WORKDIR/tensorboard/      TensorBoard events (the tutorial's tags)
+    WORKDIR/checkpoints/<N>/  epoch N's orbax checkpoint (lenet_jax.checkpoints)
+
+The checkpoints are the truth: each one's meta holds its epoch's metrics row, so the logs can
+always be rebuilt from them. Nothing here deletes a run that is intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError, LenetError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_SUBDIR = "tensorboard"
+CHECKPOINT_SUBDIR = "checkpoints"
+RUN_FILES = (CHECKPOINT_SUBDIR, TENSORBOARD_SUBDIR, METRICS_FILE, CONFIG_FILE)
+ASIDE_PREFIX = "replaced-run-"
+
+# Fields that may differ between a checkpoint and the run resuming it: they change neither the
+# model nor the data order nor the updates already made.
+SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "steps_per_call"})
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    """The absolute workdir, created; LenetError if it cannot be written."""
+    try:
+        path = Path(workdir).expanduser().resolve(strict=False)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"  # per process: several may start at once
+        probe.write_text("")
+        probe.unlink()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        reason = getattr(e, "strerror", None) or str(e)
+        raise LenetError(
+            f"workdir {workdir} is not writable ({reason}): pass a --workdir you can write to"
+        ) from e
+    return path
+
+
+def set_aside(workdir: Path) -> Path | None:
+    """Moves a run's files into WORKDIR/replaced-run-<time>/ (for --restart --force); None if
+    there was nothing to move. `remove_set_aside` deletes it once the new run has a checkpoint."""
+    present = [name for name in RUN_FILES if os.path.lexists(workdir / name)]
+    if not present:
+        return None
+    aside = workdir / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.mkdir()
+    for name in present:
+        os.replace(workdir / name, aside / name)
+    return aside
+
+
+def remove_set_aside(aside: Path | None) -> None:
+    """Deletes what set_aside moved (returns None, the new value of a caller's `aside`)."""
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def restore_set_aside(workdir: Path, aside: Path | None) -> None:
+    """Puts a set-aside run back (the new one failed before its first checkpoint)."""
+    if aside is None or not aside.is_dir():
+        return
+    for name in RUN_FILES:
+        if os.path.lexists(aside / name):
+            new = workdir / name
+            if new.is_dir() and not new.is_symlink():
+                shutil.rmtree(new, ignore_errors=True)
+            elif os.path.lexists(new):
+                new.unlink()
+            os.replace(aside / name, new)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clear_run(workdir: str | os.PathLike) -> None:
+    """Deletes a run's checkpoints, metrics, TensorBoard events and config (at once; the
+    training script instead sets them aside until the new run has a checkpoint)."""
+    path = Path(workdir).expanduser().resolve()
+    if path.is_dir():
+        remove_set_aside(set_aside(path))
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch rows of a workdir's metrics.jsonl; lines that are not rows (a line cut by
+    a crash, foreign data) are skipped. Empty if there is no readable file."""
+    return _scan_metrics(Path(workdir) / METRICS_FILE)[0]
+
+
+def _scan_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """(the valid rows, whether anything else was there)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return [], False
+    except OSError:  # a directory, unreadable
+        return [], True
+    rows, damaged = [], False
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        elif line.strip():
+            damaged = True
+    return rows, damaged
+
+
+def salvage_logs(workdir: Path) -> list[str]:
+    """Sets aside a damaged or foreign config.json, metrics.jsonl or tensorboard/ (renamed
+    NAME.damaged-<time>), so that they never block a run; returns one line per file moved.
+
+    The training loop then rebuilds the metrics rows from the checkpoints' metas."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    checks = {
+        CONFIG_FILE: lambda p: p.is_file() and _is_json_object(p),
+        METRICS_FILE: lambda p: p.is_file() and not _scan_metrics(p)[1],
+        TENSORBOARD_SUBDIR: lambda p: p.is_dir(),
+    }
+    notes = []
+    for name, ok in checks.items():
+        path = workdir / name
+        if os.path.lexists(path) and not ok(path):
+            kept = path.with_name(f"{name}.damaged-{stamp}")
+            os.replace(path, kept)
+            notes.append(
+                f"note: {path} was damaged or not this project's; kept it as {kept.name}, rebuilding"
+            )
+    return notes
+
+
+def _is_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The config record of a workdir's config.json (lenet-jax 0.1.0 wrote the bare record;
+    later versions nest it under "config", beside "optimizer_source" and "provenance")."""
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run") from e
+    return saved.get("config", saved) if isinstance(saved, dict) else {}
+
+
+def write_config(workdir: Path, record: dict[str, Any]) -> None:
+    """config.json, written whole or not at all (a temporary file renamed over it)."""
+    tmp = workdir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, workdir / CONFIG_FILE)
+
+
+def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
+    """ConfigError naming every difference between a checkpoint's run and this one that would
+    change the model, the data order or the updates."""
+    saved = meta["config"]
+    current = config.to_record(from_python)
+    unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME
+    if config.schedule != "constant" and not from_python:
+        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
+    differences = [
+        f"{name}: checkpoint {saved.get(name)!r}, now {current.get(name)!r}"
+        for name in sorted(unsafe)
+        if saved.get(name) != current.get(name)
+    ]
+    if meta.get("dataset") != dataset_source:
+        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
+    if differences:
+        raise ConfigError(
+            "cannot resume: this run differs from its checkpoint in "
+            + "; ".join(differences)
+            + ". Use the checkpoint's settings or another --workdir"
+        )

@@ -1,0 +1,81 @@
+"""The Toeplitz (matrix-product) convolutions: same values and gradients as lax.conv."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lenet_jax.model import LeNet, init_params, pool_2x2, xla_conv
+from lenet_jax.toeplitz import can_pool_layout, max_pool_2x2_from_pool_layout, toeplitz_conv
+
+
+def test_pool_layout_holds_the_same_outputs_and_pools_to_the_same_values():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+    k = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 6))
+    plain = toeplitz_conv(x, k, 2)  # (3, 28, 28, 6)
+    pooled_layout = toeplitz_conv(x, k, 2, pool_layout=True)  # (n, 14, 2, blocks, 2, 7, c)
+    assert pooled_layout.shape == (3, 14, 2, 2, 2, 7, 6)
+    for p, b, q, k_ in [(0, 0, 0, 0), (1, 0, 1, 3), (0, 1, 1, 6), (1, 1, 0, 2)]:
+        # [n, i, p, b, q, k, o] is the output at row 2i + p, column 14b + 2k + q.
+        np.testing.assert_array_equal(pooled_layout[:, :, p, b, q, k_], plain[:, p::2, 14 * b + 2 * k_ + q])
+    np.testing.assert_array_equal(max_pool_2x2_from_pool_layout(pooled_layout), pool_2x2(plain, "max"))
+
+
+def test_can_pool_layout_needs_even_output_rows_and_block_columns():
+    assert can_pool_layout(28, 28, padding=2, kernel_size=5)  # conv1: 28 x (2 blocks of 14)
+    assert not can_pool_layout(14, 14, padding=0, kernel_size=5)  # conv2: 10 x (2 blocks of 5)
+    assert not can_pool_layout(27, 28, padding=2, kernel_size=5)
+    with pytest.raises(ValueError, match="even output height and block width"):
+        toeplitz_conv(jnp.zeros((1, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), 0, pool_layout=True)
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,padding",
+    [((3, 28, 28, 1), (5, 5, 1, 6), 2), ((3, 14, 14, 6), (5, 5, 6, 16), 0), ((2, 9, 7, 3), (3, 3, 3, 4), 1)],
+)
+def test_toeplitz_conv_equals_lax_conv_with_gradients(shape, kernel, padding):
+    kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.uniform(kx, shape)
+    k = jax.random.normal(kk, kernel) * 0.2
+    ref, ref_vjp = jax.vjp(lambda x, k: xla_conv(x, k, padding), x, k)
+    out, out_vjp = jax.vjp(lambda x, k: toeplitz_conv(x, k, padding), x, k)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, ref.shape)
+    for a, b in zip(out_vjp(g), ref_vjp(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "activation,pool,feature_norm",
+    [
+        ("sigmoid", "avg", False),
+        ("relu", "max", False),
+        ("relu", "max", True),
+        ("sigmoid", "max", False),
+        ("tanh", "max", False),
+    ],
+)
+def test_conv_implementations_give_the_same_model(activation, pool, feature_norm):
+    """The fast path changes no parameter and, up to float rounding, no result."""
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    labels = jnp.arange(8) % 10
+    fast, ref = (
+        LeNet(activation=activation, pool=pool, feature_norm=feature_norm, conv_impl=impl)
+        for impl in ("toeplitz", "xla")
+    )
+    params = init_params(ref, jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(init_params(fast, jax.random.PRNGKey(0))) == (
+        jax.tree_util.tree_structure(params)
+    )
+
+    def loss(model, p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), labels).mean()
+
+    np.testing.assert_allclose(fast.apply({"params": params}, x), ref.apply({"params": params}, x), atol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(jax.grad(lambda p: loss(fast, p))(params)),
+        jax.tree_util.tree_leaves(jax.grad(lambda p: loss(ref, p))(params)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
