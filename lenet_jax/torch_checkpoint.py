@@ -31,11 +31,14 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
 import struct
+import types
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +151,12 @@ class StandIn:
     """
 
     class_name = ""
+    # Until the pickle sets them (NEWOBJ creates the object without calling __init__); never
+    # mutated, only replaced.
+    attributes: Mapping[str, Any] = types.MappingProxyType({})
 
     def __init__(self, *args: Any, **kwargs: Any):
-        self.attributes: dict[str, Any] = {}
+        pass
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
@@ -163,8 +169,19 @@ class StandIn:
     def type_name(self) -> str:
         return self.class_name.rsplit(".", 1)[-1]
 
+    def mapping(self, name: str) -> Mapping[Any, Any]:
+        """The attribute `name` (_parameters, _modules, ...), checked to be a dict."""
+        value = self.attributes.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConversionError(
+                f"malformed pickle: {name} of a {self.class_name} is a {type(value).__name__}"
+            )
+        return value
+
     def children(self) -> list[tuple[str, StandIn]]:
-        modules = self.attributes.get("_modules") or {}
+        modules = self.mapping("_modules")
         return [(str(name), child) for name, child in modules.items() if isinstance(child, StandIn)]
 
 
@@ -189,6 +206,8 @@ def _rebuild_tensor(
         array = array.view(target)
     if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
         raise ConversionError(f"malformed tensor in the pickle: size {size}, stride {stride}")
+    if math.prod(size) * array.itemsize > _MAX_RECORD_BYTES:  # e.g. a huge broadcast view
+        raise ConversionError(f"malformed tensor in the pickle: size {size} is far beyond LeNet's")
     if 0 in size:
         return np.zeros(size, array.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
@@ -470,25 +489,36 @@ class TorchWeights:
     contents: str  # e.g. "pickled module model.MyLeNet" or "state_dict"
 
 
-def _module_state_dict(module: StandIn, prefix: str = "") -> dict[str, np.ndarray]:
+# Deeper nesting than any real network: a pickle can make a module contain itself.
+_MAX_MODULE_DEPTH = 32
+
+
+def _walk(module: StandIn, prefix: str = "", depth: int = 0) -> list[tuple[str, StandIn]]:
+    """(qualified name, module) of module and all its submodules, depth first, as named_modules."""
+    if depth > _MAX_MODULE_DEPTH:
+        raise ConversionError(f"malformed pickle: modules nested deeper than {_MAX_MODULE_DEPTH} (a cycle?)")
+    found = [(prefix.rstrip("."), module)]
+    for name, child in module.children():
+        found += _walk(child, f"{prefix}{name}.", depth + 1)
+    return found
+
+
+def _module_state_dict(module: StandIn) -> dict[str, np.ndarray]:
     """What module.state_dict() would return: parameters and persistent buffers, depth first."""
     state: dict[str, np.ndarray] = {}
-    attributes = module.attributes
-    skipped = attributes.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for name, value in (attributes.get(group) or {}).items():
-            if value is not None and not (group == "_buffers" and name in skipped):
-                state[f"{prefix}{name}"] = value
-    for name, child in module.children():
-        state.update(_module_state_dict(child, f"{prefix}{name}."))
+    for path, sub in _walk(module):
+        prefix = f"{path}." if path else ""
+        skipped = sub.attributes.get("_non_persistent_buffers_set")
+        skipped = skipped if isinstance(skipped, (set, frozenset)) else set()
+        for group in ("_parameters", "_buffers"):
+            for name, value in sub.mapping(group).items():
+                if value is not None and not (group == "_buffers" and name in skipped):
+                    state[f"{prefix}{name}"] = value
     return state
 
 
-def _leaf_layers(module: StandIn, prefix: str = "") -> list[tuple[str, StandIn]]:
-    children = module.children()
-    if not children:
-        return [(prefix.rstrip("."), module)]
-    return [leaf for name, child in children for leaf in _leaf_layers(child, f"{prefix}{name}.")]
+def _leaf_layers(module: StandIn) -> list[tuple[str, StandIn]]:
+    return [(path, sub) for path, sub in _walk(module) if not sub.children()]
 
 
 def _as_tuple(value: Any) -> Any:
@@ -503,8 +533,8 @@ def check_tutorial_module(module: StandIn, source: Path) -> None:
     for i, (name, layer) in enumerate(layers):
         want = TUTORIAL_LAYER_TYPES[i] if i < len(TUTORIAL_LAYER_TYPES) else None
         if layer.type_name != want:
-            where = f"layer {name or '(top)'} is a {layer.type_name}"
-            where += f" where it has a {want}" if want else ""
+            where = f"layer {name or '(top)'} is {layer.type_name}"
+            where += f" where the tutorial's is {want}" if want else ""
             raise ConversionError(
                 f"{source} is not the tutorial's LeNet ({expected}): {where}. Only that "
                 f"architecture converts; if yours computes the same function, {_STATE_DICT_HINT}"
@@ -541,15 +571,18 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file: pass the .pth file to convert")
-    if _is_safetensors(path):
-        tensors, _ = read_safetensors(path)
-        return TorchWeights(tensors, "safetensors", "state_dict")
-    obj = read_torch_pickle(path)
+    try:
+        if _is_safetensors(path):
+            tensors, _ = read_safetensors(path)
+            return TorchWeights(tensors, "safetensors", "state_dict")
+        obj = read_torch_pickle(path)
+    except OSError as e:
+        raise ConversionError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
     where = ""
     if isinstance(obj, dict) and not _is_state_dict(obj):
         found = [(k, v) for k, v in obj.items() if isinstance(v, StandIn) or _is_state_dict(v)]
         if len(found) != 1:
-            keys = ", ".join(map(repr, list(obj)[:8]))
+            keys = ", ".join(repr(k)[:40] for k in list(obj)[:8])
             what = "none" if not found else f"{len(found)} ({', '.join(repr(k) for k, _ in found)})"
             raise ConversionError(
                 f"{path} holds a dict (keys {keys}) with {what} of state_dicts or models where one "
@@ -690,6 +723,8 @@ def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class ImportResult:
+    """Where import_torch_checkpoint wrote the checkpoint, and the source it recorded."""
+
     workdir: Path
     epoch: int
     step: int
@@ -831,6 +866,8 @@ def architecture_differences(config: Any) -> list[str]:
 
 @dataclasses.dataclass
 class ExportResult:
+    """What export_torch_checkpoint wrote: the file, the epoch, its format, averaged weights."""
+
     out: Path
     epoch: int
     format: str

@@ -14,6 +14,7 @@ import pickle
 import struct
 import sys
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,16 @@ TORCH_LOGITS = np.load(FIXTURE / "logits_100.npy")
 # --- torch.save's format, written without torch ----------------------------------------------
 
 
+@dataclass
+class Module:
+    """A torch.nn.Module as torch.save pickles it: its class, then its __dict__."""
+
+    cls: str
+    parameters: dict = field(default_factory=dict)
+    modules: dict = field(default_factory=dict)
+    attributes: dict = field(default_factory=dict)
+
+
 class TorchPickle:
     """Builds the pickle torch.save writes (protocol 2) and its storage records, op by op."""
 
@@ -63,6 +74,12 @@ class TorchPickle:
         out = self.out
         if isinstance(v, np.ndarray):
             self.tensor(v.reshape(-1), 0, v.shape, [int(np.prod(v.shape[i + 1 :])) for i in range(v.ndim)])
+        elif isinstance(v, Module):
+            self.global_(*v.cls.rsplit(".", 1))
+            out += pickle.EMPTY_TUPLE + pickle.NEWOBJ
+            state = {"training": False, "_parameters": v.parameters, "_buffers": {}, "_modules": v.modules}
+            self.value({**state, **v.attributes})
+            out += pickle.BUILD
         elif isinstance(v, dict):
             self.global_("collections", "OrderedDict")
             out += pickle.EMPTY_TUPLE + pickle.REDUCE
@@ -131,6 +148,35 @@ def torch_save(path, obj, **options):
     return writer.save(path)
 
 
+NN = "torch.nn.modules."
+CONV = {"kernel_size": (5, 5), "stride": (1, 1), "dilation": (1, 1), "groups": 1}
+POOL = {"kernel_size": 2, "stride": 2, "padding": 0, "ceil_mode": False}
+TUTORIAL_MODULES = [  # MyLeNet.model's layers, as in the fixture's model.py
+    ("OWNER.Reshape", {}),
+    (NN + "conv.Conv2d", {**CONV, "padding": (2, 2)}),
+    (NN + "activation.Sigmoid", {}),
+    (NN + "pooling.AvgPool2d", POOL),
+    (NN + "conv.Conv2d", {**CONV, "padding": (0, 0)}),
+    (NN + "activation.Sigmoid", {}),
+    (NN + "pooling.AvgPool2d", POOL),
+    (NN + "flatten.Flatten", {"start_dim": 1, "end_dim": -1}),
+    (NN + "linear.Linear", {}),
+    (NN + "linear.Linear", {}),
+    (NN + "linear.Linear", {}),
+]
+
+
+def tutorial_module(state, owner="model", change=None):
+    """The whole MyLeNet holding `state`, its classes from module `owner`; change: {index:
+    (class, attributes)} replaces layers."""
+    layers = {}
+    for i, (cls, attributes) in enumerate(TUTORIAL_MODULES):
+        cls, attributes = (change or {}).get(i, (cls, attributes))
+        parameters = {n: state[f"model.{i}.{n}"] for n in ("weight", "bias") if f"model.{i}.{n}" in state}
+        layers[str(i)] = Module(cls.replace("OWNER", owner), parameters, attributes=attributes)
+    return Module(f"{owner}.MyLeNet", modules={"model": Module(NN + "container.Sequential", modules=layers)})
+
+
 def random_state_dict(seed=0, prefix="model."):
     rng = np.random.default_rng(seed)
     state = {}
@@ -139,6 +185,14 @@ def random_state_dict(seed=0, prefix="model."):
         state[f"{key}.weight"] = rng.normal(size=shape).astype(np.float32)
         state[f"{key}.bias"] = rng.normal(size=shape[:1]).astype(np.float32)
     return state
+
+
+def refusal(tmp_path, capsys, path):
+    """Runs from-torch on path: exit 2, one line, no workdir made; returns the line."""
+    code, err = run_cli(capsys, "convert.py", "from-torch", path, "--workdir", tmp_path / "run")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    return err
 
 
 # --- the fixture, imported once ---------------------------------------------------------------
@@ -335,7 +389,7 @@ def test_pytorch_modules_of_other_layouts(tmp_path):
     theirs = {k: v.numpy() for k, v in plain.state_dict().items()}
     np.testing.assert_array_equal(torch_state_dict_from_lenet(ours)["model.8.weight"], theirs["7.weight"])
     torch.save(lenet("relu", "max"), tmp_path / "relu.pth")
-    with pytest.raises(ConversionError, match=r"layer 1 is a ReLU where it has a Sigmoid"):
+    with pytest.raises(ConversionError, match=r"layer 1 is ReLU where the tutorial's is Sigmoid"):
         read_torch_weights(tmp_path / "relu.pth")
 
 
@@ -409,6 +463,47 @@ def test_state_dict_variants_give_the_same_params(tmp_path, variant):
             np.testing.assert_array_equal(params[layer][name], expected[layer][name])
 
 
+@pytest.mark.parametrize("owner", ["model", "__main__"])
+def test_a_crafted_tutorial_module_reads(tmp_path, owner):
+    state = random_state_dict()
+    weights = read_torch_weights(torch_save(tmp_path / "net.pth", tutorial_module(state, owner)))
+    assert weights.contents == f"pickled module {owner}.MyLeNet"
+    assert list(weights.state_dict) == list(state)
+    for key in state:
+        np.testing.assert_array_equal(weights.state_dict[key], state[key])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {6: (NN + "pooling.MaxPool2d", POOL)},
+            "layer model.6 is MaxPool2d where the tutorial's is AvgPool2d",
+        ),
+        ({1: (NN + "conv.Conv2d", {**CONV, "padding": (1, 1)})}, "layer model.1 (Conv2d) has padding=(1, 1)"),
+        ({9: (NN + "linear.Linear", {}), 10: (NN + "activation.ReLU", {})}, "layer model.10 is ReLU"),
+        ({3: ("net.Pool", {})}, "its pickle names net.Pool, which a PyTorch checkpoint"),
+    ],
+    ids=["max-pool", "padding", "relu", "unknown-class"],
+)
+def test_a_module_of_another_architecture_is_refused(tmp_path, capsys, change, message):
+    module = tutorial_module(random_state_dict(), change=change)
+    assert message in refusal(tmp_path, capsys, torch_save(tmp_path / "net.pth", module))
+
+
+def test_a_module_that_contains_itself_is_refused(tmp_path, capsys):
+    writer = TorchPickle()
+    writer.global_(NN + "container", "Sequential")
+    writer.out += (
+        pickle.EMPTY_TUPLE + pickle.NEWOBJ + pickle.BINPUT + b"\x00" + pickle.EMPTY_DICT + pickle.MARK
+    )
+    writer.value("_modules")
+    writer.out += pickle.EMPTY_DICT + pickle.MARK
+    writer.value("0")
+    writer.out += pickle.BINGET + b"\x00" + pickle.SETITEMS + pickle.SETITEMS + pickle.BUILD
+    assert "nested deeper than" in refusal(tmp_path, capsys, writer.save(tmp_path / "cycle.pth"))
+
+
 # --- refusals ---------------------------------------------------------------------------------
 
 
@@ -441,13 +536,6 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_nothing_runs(tmp_path,
     assert err.startswith("error: refusing ") and named in err and "nothing in the file was run" in err
     assert not marker.exists()
     assert not (tmp_path / "run").exists()
-
-
-def refusal(tmp_path, capsys, path):
-    code, err = run_cli(capsys, "convert.py", "from-torch", path, "--workdir", tmp_path / "run")
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert not (tmp_path / "run").exists()
-    return err
 
 
 def test_a_truncated_file_is_refused(tmp_path, capsys):
@@ -483,6 +571,7 @@ def test_legacy_and_foreign_files_are_refused(tmp_path, capsys):
     text = tmp_path / "notes.pth"
     text.write_text("hello")
     assert "is not a PyTorch checkpoint" in refusal(tmp_path, capsys, text)
+    assert "does not exist" in refusal(tmp_path, capsys, tmp_path / "nothing.pth")
 
 
 def test_export_refuses_other_architectures(imported, tmp_path, capsys):
@@ -506,3 +595,11 @@ def test_export_refuses_other_architectures(imported, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "activation 'relu', not 'sigmoid'; pool 'max', not 'avg'" in err
     assert not out.exists()
+
+
+def test_export_refuses_what_it_cannot_write(imported, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    for out, message in [("net.pt", "needs PyTorch, which is not installed"), ("net.npz", "must end in")]:
+        code, err = run_cli(capsys, "convert.py", "to-torch", "--workdir", imported, "--out", tmp_path / out)
+        assert code == 2 and err.count("\n") == 1 and message in err
+        assert not (tmp_path / out).exists()
