@@ -356,15 +356,9 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 # What a damaged or hostile pickle can raise in the unpickler or in the functions it calls.
 _PICKLE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    TypeError,
-    ValueError,
-    AttributeError,
-    KeyError,
-    IndexError,
-)
-_PICKLE_ERRORS += (OverflowError, RecursionError, struct.error, UnicodeDecodeError)
+    pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, KeyError, IndexError,
+    OverflowError, RecursionError, struct.error, UnicodeDecodeError,
+)  # fmt: skip
 
 
 def read_torch_pickle(path: str | os.PathLike) -> Any:
@@ -373,7 +367,7 @@ def read_torch_pickle(path: str | os.PathLike) -> Any:
     path = Path(path)
     with _open_zip(path) as archive:
         names = archive.namelist()
-        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pickles) != 1:
             torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
             what = "a TorchScript archive (torch.jit.save)" if torchscript else "not a torch.save archive"
@@ -489,17 +483,25 @@ class TorchWeights:
     contents: str  # e.g. "pickled module model.MyLeNet" or "state_dict"
 
 
-# Deeper nesting than any real network: a pickle can make a module contain itself.
+# Far beyond any LeNet: a pickle can make a module contain itself, or one module many times.
 _MAX_MODULE_DEPTH = 32
+_MAX_MODULES = 1000
 
 
-def _walk(module: StandIn, prefix: str = "", depth: int = 0) -> list[tuple[str, StandIn]]:
+def _walk(module: StandIn) -> list[tuple[str, StandIn]]:
     """(qualified name, module) of module and all its submodules, depth first, as named_modules."""
-    if depth > _MAX_MODULE_DEPTH:
-        raise ConversionError(f"malformed pickle: modules nested deeper than {_MAX_MODULE_DEPTH} (a cycle?)")
-    found = [(prefix.rstrip("."), module)]
-    for name, child in module.children():
-        found += _walk(child, f"{prefix}{name}.", depth + 1)
+    found: list[tuple[str, StandIn]] = []
+    stack = [("", module, 0)]
+    while stack:
+        path, sub, depth = stack.pop()
+        if depth > _MAX_MODULE_DEPTH or len(found) >= _MAX_MODULES:
+            raise ConversionError(
+                f"malformed pickle: modules nested deeper than {_MAX_MODULE_DEPTH} or more than "
+                f"{_MAX_MODULES} of them (a cycle?)"
+            )
+        found.append((path, sub))
+        children = [(f"{path}.{name}" if path else name, child, depth + 1) for name, child in sub.children()]
+        stack.extend(reversed(children))
     return found
 
 
@@ -528,7 +530,7 @@ def _as_tuple(value: Any) -> Any:
 def check_tutorial_module(module: StandIn, source: Path) -> None:
     """Raises ConversionError unless the pickled module computes the tutorial's LeNet."""
     layers = [(name, layer) for name, layer in _leaf_layers(module) if layer.type_name != "Reshape"]
-    types = [layer.type_name for _, layer in layers]
+    kinds = [layer.type_name for _, layer in layers]
     expected = " -> ".join(TUTORIAL_LAYER_TYPES)
     for i, (name, layer) in enumerate(layers):
         want = TUTORIAL_LAYER_TYPES[i] if i < len(TUTORIAL_LAYER_TYPES) else None
@@ -546,10 +548,10 @@ def check_tutorial_module(module: StandIn, source: Path) -> None:
                     f"{source} is not the tutorial's LeNet: layer {name} ({layer.type_name}) has "
                     f"{attribute}={actual!r} where the tutorial's has {value!r}"
                 )
-    if len(types) < len(TUTORIAL_LAYER_TYPES):
+    if len(kinds) < len(TUTORIAL_LAYER_TYPES):
         raise ConversionError(
             f"{source} is not the tutorial's LeNet ({expected}): its layers are "
-            f"{' -> '.join(types) or 'none'}"
+            f"{' -> '.join(kinds) or 'none'}"
         )
 
 
