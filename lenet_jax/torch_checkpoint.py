@@ -788,14 +788,14 @@ def import_torch_checkpoint(
         finally:
             held.close()
     if existing and (not given or epoch in existing):
-        held = ", ".join(map(str, existing))
+        epochs_held = ", ".join(map(str, existing))
         fix = (
             f"epoch {epoch} is taken; pass --epoch with another number"
             if given
             else "pass --epoch N with a number it does not hold to add this file next to them"
         )
         raise ConversionError(
-            f"{workdir} already holds checkpoints (epochs {held}): {fix}, or another --workdir"
+            f"{workdir} already holds checkpoints (epochs {epochs_held}): {fix}, or another --workdir"
         )
     config_file = workdir / reporting.CONFIG_FILE
     if config_file.is_file() and _read_json(config_file) != config.to_dict():

@@ -281,12 +281,21 @@ def test_predict_and_serve_use_the_imported_checkpoint(imported, first_test_imag
     )
 
 
-def test_workdir_with_checkpoints_is_refused_unless_a_new_epoch_is_given(imported, capsys):
-    before = sorted(os.listdir(imported / "checkpoints"))
+def test_workdir_with_checkpoints_is_refused_unless_a_new_epoch_is_given(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(capsys, "convert.py", "from-torch", NET, "--workdir", workdir) == (0, "")
     for extra in ([], ["--epoch", "3"]):
-        code, err = run_cli(capsys, "convert.py", "from-torch", NET, "--workdir", imported, *extra)
+        code, err = run_cli(capsys, "convert.py", "from-torch", NET, "--workdir", workdir, *extra)
         assert code == 2 and err.count("\n") == 1 and "already holds checkpoints (epochs 3)" in err
-    assert sorted(os.listdir(imported / "checkpoints")) == before
+    assert os.listdir(workdir / "checkpoints") == ["3"]
+    assert run_cli(capsys, "convert.py", "from-torch", NET, "--workdir", workdir, "--epoch", "5") == (0, "")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "5"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(Config(activation="relu").to_json())
+    code, err = run_cli(capsys, "convert.py", "from-torch", NET, "--workdir", other)
+    assert code == 2 and "holds a run of another config" in err and os.listdir(other) == ["config.json"]
 
 
 # --- round trips ------------------------------------------------------------------------------
