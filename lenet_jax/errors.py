@@ -25,6 +25,11 @@ class CheckpointError(LenetError):
     """A missing, unreadable or incompatible checkpoint."""
 
 
+class ConversionError(LenetError):
+    """A PyTorch file that cannot (or must not) be converted, or a checkpoint that cannot be
+    exported to PyTorch."""
+
+
 class DivergedError(LenetError):
     """The training loss became NaN or infinite."""
 
