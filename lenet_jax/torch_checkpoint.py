@@ -762,13 +762,14 @@ def import_torch_checkpoint(
     import jax
     import jax.numpy as jnp
 
-    from lenet_jax import reporting
     from lenet_jax.checkpoints import Checkpoints, checkpoint_dir
     from lenet_jax.config import Config
     from lenet_jax.data import num_batches
     from lenet_jax.model import init_params, model_from_config
     from lenet_jax.optimizers import build_optimizer
+    from lenet_jax.provenance import provenance
     from lenet_jax.steps import create_train_state
+    from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, write_config
 
     path = Path(path).expanduser().resolve()
     weights = read_torch_weights(path)
@@ -782,11 +783,8 @@ def import_torch_checkpoint(
     config = Config()
     existing = []
     if checkpoint_dir(workdir).is_dir():
-        held = Checkpoints(workdir, read_only=True)
-        try:
+        with Checkpoints(workdir, read_only=True) as held:
             existing = held.epochs()
-        finally:
-            held.close()
     if existing and (not given or epoch in existing):
         epochs_held = ", ".join(map(str, existing))
         fix = (
@@ -797,10 +795,13 @@ def import_torch_checkpoint(
         raise ConversionError(
             f"{workdir} already holds checkpoints (epochs {epochs_held}): {fix}, or another --workdir"
         )
-    config_file = workdir / reporting.CONFIG_FILE
-    if config_file.is_file() and _read_json(config_file) != config.to_dict():
+    config_file = workdir / CONFIG_FILE
+    saved = _read_json(config_file) if config_file.is_file() else None
+    if saved is not None and (saved.get("config", saved) if isinstance(saved, dict) else saved) != (
+        config.to_record()
+    ):
         raise ConversionError(
-            f"{workdir} holds a run of another config ({reporting.CONFIG_FILE}): imports are the "
+            f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the "
             "tutorial's recipe; pass another --workdir"
         )
     try:
@@ -828,22 +829,20 @@ def import_torch_checkpoint(
         "format": weights.format,
         "contents": weights.contents,
     }
+    record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
     meta = {
         "epoch": epoch,
         "step": step,
-        "config": config.to_dict(),
-        "dataset": "unknown: trained in PyTorch",
-        "optimizer_source": "config",
+        **record,
+        "dataset": IMPORTED_DATASET,
         "metrics": {},
         "source": source,
+        "provenance": provenance(),
     }
-    checkpoints = Checkpoints(workdir)
-    try:
+    with Checkpoints(workdir) as checkpoints:
         checkpoints.save(epoch, state, meta)
-    finally:
-        checkpoints.close()
     if not config_file.is_file():
-        config_file.write_text(config.to_json() + "\n")
+        write_config(workdir, {**record, "source": source})
     return ImportResult(workdir=workdir, epoch=epoch, step=step, source=source)
 
 
@@ -887,7 +886,7 @@ def export_torch_checkpoint(
     """
     import jax
 
-    from lenet_jax.evaluation import restore_params
+    from lenet_jax.checkpoints import load_weights
 
     out = Path(out).expanduser()
     suffix = out.suffix.lower()
@@ -903,7 +902,7 @@ def export_torch_checkpoint(
                 f"writing {out} needs PyTorch, which is not installed: install it (pip install "
                 "torch), or write a .safetensors file (loaded with safetensors.torch.load_file)"
             ) from None
-    restored = restore_params(workdir, epoch, averaged=True)
+    restored = load_weights(workdir, epoch, averaged=True)
     differences = architecture_differences(restored.config)
     if differences:
         raise ConversionError(

@@ -178,7 +178,7 @@ def train_and_evaluate(
                 write_config(workdir, {**trainer.record(), "provenance": provenance()})
             start_epoch = max(metas, default=0)
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values()]
+            rows = [meta["metrics"] for meta in metas.values() if meta["metrics"]]  # imports have none
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
                 if start_epoch >= config.epochs:
                     say(f"Already complete: {config.epochs} epochs trained (raise --epochs to train more)")

@@ -27,6 +27,8 @@ TENSORBOARD_SUBDIR = "tensorboard"
 CHECKPOINT_SUBDIR = "checkpoints"
 RUN_FILES = (CHECKPOINT_SUBDIR, TENSORBOARD_SUBDIR, METRICS_FILE, CONFIG_FILE)
 ASIDE_PREFIX = "replaced-run-"
+# The `dataset` of an imported checkpoint (scripts/convert.py): resuming it trains on this data.
+IMPORTED_DATASET = "imported: trained outside lenet-jax"
 
 # Fields that may differ between a checkpoint and the run resuming it: they change neither the
 # model nor the data order nor the updates already made.
@@ -179,7 +181,7 @@ def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, f
         for name in sorted(unsafe)
         if saved.get(name) != current.get(name)
     ]
-    if meta.get("dataset") != dataset_source:
+    if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
         differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
     if differences:
         raise ConfigError(

@@ -39,6 +39,7 @@ from lenet_jax.torch_checkpoint import (
     torch_state_dict_from_lenet,
     write_safetensors,
 )
+from lenet_jax.workdir import read_config
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "torch_tutorial"
 NET = FIXTURE / "net_3.pth"
@@ -238,11 +239,8 @@ def test_logits_match_pytorchs(imported, first_test_images):
 
 
 def test_imported_checkpoint_is_complete_and_says_where_it_came_from(imported):
-    checkpoints = Checkpoints(imported, read_only=True)
-    try:
+    with Checkpoints(imported, read_only=True) as checkpoints:
         meta = checkpoints.restore_meta(3)
-    finally:
-        checkpoints.close()
     assert meta["source"] == {
         "kind": "pytorch",
         "file": str(NET),
@@ -252,7 +250,8 @@ def test_imported_checkpoint_is_complete_and_says_where_it_came_from(imported):
     }
     assert {"epoch", "step", "config", "dataset", "optimizer_source", "metrics"} <= set(meta)
     assert Config.from_dict(meta["config"]) == Config()
-    assert json.loads((imported / "config.json").read_text()) == Config().to_dict()
+    assert read_config(imported) == Config().to_record()
+    assert meta["optimizer_source"] == {"kind": "config"} and "provenance" in meta
     assert sorted(p.name for p in (imported / "checkpoints" / "3").iterdir() if p.is_dir()) == [
         "meta",
         "params",
