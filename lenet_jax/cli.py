@@ -44,9 +44,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Config):
         kind = types[field.name]
         help_text = f"{field.metadata['help']} (recipe: {getattr(defaults, field.name)})"
+        old = field.metadata.get("old_name")
+        names = [flag_name(field.name)] + ([flag_name(old)] if old else [])
         if kind is bool:
             group.add_argument(
-                flag_name(field.name),
+                *names,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=help_text,
@@ -54,7 +56,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             # Choices are checked by config.validate, so the message is the same from Python.
             group.add_argument(
-                flag_name(field.name),
+                *names,
+                dest=field.name,
                 type=_number(kind) if kind in (int, float) else kind,
                 default=None,
                 metavar=field.name.upper(),

@@ -38,9 +38,14 @@ AUGMENTATION_STRENGTHS = (
 )
 
 
-def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field that carries its command-line help (and choices) as metadata."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def _field(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, old_name: str | None = None
+) -> Any:
+    """A dataclass field that carries its command-line help (and choices) as metadata; old_name:
+    what lenet-jax 0.1.0 called it (still accepted as a flag and in saved configs)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "old_name": old_name}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +68,12 @@ class Config:
         "layer-normalise each image's convolutional features (5x5x16, with a scale and offset "
         "per channel: 32 parameters) before the Dense layers (the recipe has none)",
     )
-    init: str = _field(
+    init_scheme: str = _field(
         "torch",
         "parameter initialisation: 'torch' = PyTorch's default (uniform +-1/sqrt(fan_in)), "
         "'flax' = Flax's defaults (lecun_normal weights, zero biases)",
         INITS,
+        old_name="init",
     )
     conv_impl: str = _field(
         "auto",
@@ -132,7 +138,10 @@ class Config:
         return self.ema_decay > 0
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed, validated."""
+        """A copy with some fields changed, validated (0.1.0's field names accepted too)."""
+        for field in dataclasses.fields(self):
+            if field.metadata.get("old_name") in changes:
+                changes[field.name] = changes.pop(field.metadata["old_name"])
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +168,10 @@ class Config:
         values = dict(values)
         if values.get("optimizer") == FROM_PYTHON:
             del values["optimizer"]
+        for field in dataclasses.fields(cls):  # a 0.1.0 config spells some fields otherwise
+            old = field.metadata.get("old_name")
+            if old in values and field.name not in values:
+                values[field.name] = values.pop(old)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -193,8 +206,10 @@ def validate(config: Config) -> Config:
             if field.name == "optimizer":
                 raise ConfigError(f"unknown optimizer {value!r}: choose one of {', '.join(choices)}")
             raise ConfigError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
-        if value is not None and not isinstance(value, types[field.name]) and not (
-            types[field.name] is float and isinstance(value, int) and not isinstance(value, bool)
+        if (
+            value is not None
+            and not isinstance(value, types[field.name])
+            and not (types[field.name] is float and isinstance(value, int) and not isinstance(value, bool))
         ):
             raise ConfigError(f"{flag} must be a {types[field.name].__name__}, not {value!r}")
         if types[field.name] is float and value is not None and not math.isfinite(value):
@@ -254,7 +269,7 @@ def smoke() -> Config:
     Expected: finishes in seconds; accuracy is not meaningful (the sigmoid plateau), use it to
     check that training, logging, checkpoints and evaluation work end to end.
     """
-    return Config(epochs=2, train_size=2048, init="flax")
+    return Config(epochs=2, train_size=2048, init_scheme="flax")
 
 
 def fast() -> Config:
@@ -274,7 +289,7 @@ def fast() -> Config:
         pool="max",
         dense_activation=True,
         feature_norm=True,
-        init="flax",
+        init_scheme="flax",
         epochs=3,
         batch_size=64,
         optimizer="nesterov",
@@ -302,7 +317,7 @@ def best() -> Config:
         activation="relu",
         pool="max",
         dense_activation=True,
-        init="flax",
+        init_scheme="flax",
         epochs=80,
         batch_size=128,
         optimizer="adamw",

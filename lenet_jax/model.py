@@ -100,7 +100,7 @@ class LeNet(nn.Module):
     pool: str = "avg"
     dense_activation: bool = False
     feature_norm: bool = False
-    init_scheme: str = "torch"  # not `init`: that would shadow nn.Module.init
+    init_scheme: str = "torch"
     conv_impl: str = "auto"
 
     def _initializers(self, fan_in: int) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def model_from_config(config: Config) -> LeNet:
         pool=config.pool,
         dense_activation=config.dense_activation,
         feature_norm=config.feature_norm,
-        init_scheme=config.init,
+        init_scheme=config.init_scheme,
         conv_impl=config.conv_impl,
     )
 

@@ -69,7 +69,7 @@ def test_negative_strength_is_refused():
 def test_training_with_augmentation_is_deterministic_and_resumable(idx_dir, tmp_path):
     from lenet_jax.train import train_and_evaluate
 
-    config = Config(epochs=2, batch_size=16, init="flax", augment_rotate=10, elastic_alpha=1.5)
+    config = Config(epochs=2, batch_size=16, init_scheme="flax", augment_rotate=10, elastic_alpha=1.5)
     a = train_and_evaluate(config, tmp_path / "a", data_dir=idx_dir).state
     train_and_evaluate(config.replace(epochs=1), tmp_path / "b", data_dir=idx_dir)
     b = train_and_evaluate(config, tmp_path / "b", data_dir=idx_dir).state

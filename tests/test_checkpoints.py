@@ -13,7 +13,7 @@ from lenet_jax.data import load_dataset
 from lenet_jax.errors import CheckpointError, ConfigError
 from lenet_jax.train import make_trainer, train_and_evaluate
 
-TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init="flax")
+TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
 
 
 def snapshot(folder):

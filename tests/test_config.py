@@ -16,7 +16,7 @@ def parse(*argv):
 
 def test_recipe_defaults():
     c = get_preset("recipe")
-    assert (c.activation, c.pool, c.dense_activation, c.init) == ("sigmoid", "avg", False, "torch")
+    assert (c.activation, c.pool, c.dense_activation, c.init_scheme) == ("sigmoid", "avg", False, "torch")
     assert (c.optimizer, c.lr, c.batch_size, c.epochs) == ("sgd", 0.05, 64, 20)
 
 
@@ -113,3 +113,11 @@ def test_best_preset_trains_on_all_training_images_with_no_test_set_choices():
     best = get_preset("best")
     assert best.validation_size == 0 and best.train_size is None
     assert best.ema_decay > 0 and best.elastic_alpha > 0 and best.label_smoothing > 0
+
+
+def test_init_scheme_keeps_its_0_1_spellings():
+    assert parse("--init", "flax").init_scheme == "flax"  # the old flag
+    assert Config().replace(init="flax").init_scheme == "flax"
+    old_record = {**Config().to_dict(), "init": "flax"}
+    del old_record["init_scheme"]
+    assert Config.from_dict(old_record) == Config(init_scheme="flax")

@@ -46,7 +46,7 @@ def test_every_optimizer_has_a_tiny_lr():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_registered_optimizer_lowers_the_loss(name):
-    config = Config(optimizer=name, lr=TINY_LR[name], init="flax", activation="relu")
+    config = Config(optimizer=name, lr=TINY_LR[name], init_scheme="flax", activation="relu")
     optimizer = build_optimizer(config, steps_per_epoch=10)
     model = LeNet(activation="relu", init_scheme="flax")
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0))

@@ -11,7 +11,7 @@ from lenet_jax.data import Split, epoch_order, gather_batch
 from lenet_jax.steps import make_train_step
 from lenet_jax.train import make_trainer, train_epoch
 
-TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init="flax")
+TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
 
 
 def leaves(tree):

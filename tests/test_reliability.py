@@ -130,7 +130,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(reference_run, mnist_dir, 
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
-    config = Config(epochs=3, batch_size=16, activation="relu", init="flax", lr=1e4, log_every=1000)
+    config = Config(epochs=3, batch_size=16, activation="relu", init_scheme="flax", lr=1e4, log_every=1000)
     with pytest.raises(
         DivergedError,
         match=r"became (nan|inf) at step \d+ \(epoch \d\).*"
@@ -205,7 +205,7 @@ def test_unwritable_workdir(capsys, tmp_path):
 @pytest.fixture
 def trained(idx_dir, tmp_path):
     """A 2-epoch run on synthetic data: (workdir, data dir)."""
-    config = Config(epochs=2, batch_size=32, init="flax")
+    config = Config(epochs=2, batch_size=32, init_scheme="flax")
     train_and_evaluate(config, tmp_path / "run", data_dir=idx_dir)
     return tmp_path / "run", idx_dir
 

@@ -17,7 +17,7 @@ from lenet_jax.errors import ConfigError
 from lenet_jax.train import train_and_evaluate
 from lenet_jax.workdir import read_config, read_metrics
 
-TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init="flax")
+TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
