@@ -33,3 +33,21 @@ def test_readme_python_api_examples_run_as_written(mnist_dir, tmp_path, monkeypa
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     assert os.path.isdir(tmp_path / "checkpoints")
+
+
+def test_every_function_docs_from_pytorch_names_exists():
+    import importlib
+
+    text = (REPO_ROOT / "docs" / "from-pytorch.md").read_text()
+    names = set(re.findall(r"`(lenet_jax(?:\.\w+)+)", text))
+    assert len(names) > 15
+    for dotted in sorted(names):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                value = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[cut:]:
+            value = getattr(value, attr)  # AttributeError: the page names something that is gone
