@@ -7,11 +7,10 @@ applied by bilinear resampling with zeros outside the image. The key comes from 
 (`steps.augmentation_key`: fold_in(state.rng, state.step)), so augmentation is deterministic
 per seed and a resumed run replays it exactly. All strengths 0: no augmentation at all.
 
-Cost (XLA:CPU, batch 128): the whole batch is transformed at once (one random draw, two plain
-matrix products for the smoothing, one gather of 2x2 windows) rather than vmapping a per-image
-function: ~2.5 ms per batch against ~3.5 ms for the vmapped version with
-jax.scipy.ndimage.map_coordinates. The training loop runs it as its own jitted program
-(`train.EpochRunner`), where it costs less than inside the training step's program.
+Cost: the whole batch is transformed at once (one random draw, two plain matrix products for
+the smoothing, one gather of 2x2 windows) rather than vmapping a per-image function, which is
+cheaper on XLA:CPU (docs/results.md has the figures). The training program runs it as its own
+jitted program (`lenet_jax.program`), where it costs less than inside the training step's.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation
 
     The noise is drawn directly in the layout (H, B*2, W), which it may be since its values
     are independent; then both smoothings are single plain matrix products, with no batched
-    product or transpose in between (measured ~1.5x faster than a vmapped einsum).
+    product or transpose in between (faster than a vmapped einsum).
     """
     gy = jnp.asarray(_gaussian_matrix(h, aug.elastic_sigma))
     gx = jnp.asarray(_gaussian_matrix(w, aug.elastic_sigma))

@@ -137,8 +137,8 @@ def enable_compilation_cache() -> None:
 
 
 # glibc gives each thread that allocates concurrently a malloc arena of its own, up to 8 per
-# core; XLA's and orbax's thread pools fill several, each keeping freed memory. Two arenas: a
-# 1-epoch recipe run's peak RSS 563-618 -> 513-558 MB (three runs each, same wall time).
+# core; XLA's and orbax's thread pools fill several, each keeping freed memory. Two arenas lower
+# the peak RSS at the same wall time (docs/performance.md).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 

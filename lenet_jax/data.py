@@ -168,9 +168,9 @@ def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int) 
 
 
 # One program instead of an eager fold_in + permutation (a few programs, each compiled when
-# first dispatched), compiled without backend optimisation: it runs once per epoch for ~50 ms,
-# and at O0 the first epoch's wait on its compilation is ~0.25 s shorter. The epoch is traced,
-# not static: one compilation serves every epoch. Same values as the eager calls (a test).
+# first dispatched), compiled without backend optimisation: it runs once per epoch, briefly, so
+# a shorter compilation wins. The epoch is traced, not static: one compilation serves every
+# epoch. Same values as the eager calls (a test).
 @functools.partial(jax.jit, static_argnums=2, compiler_options={"xla_backend_optimization_level": 0})
 def _permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)

@@ -25,8 +25,8 @@ from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
 restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoints.load_weights)
 
 # Images per device call (whole logical batches): the per-batch metrics are those of one call
-# per batch (up to float rounding in the products), with 16x fewer dispatches; measured ~1.07x
-# the images/s on a 2-core CPU (2048 was slower: the activations outgrow the cache).
+# per batch (up to float rounding in the products), with far fewer dispatches; larger groups
+# outgrow the CPU's cache.
 GROUP_IMAGES = 1024
 
 

@@ -19,7 +19,7 @@ def _import_tensorboardx():
     """tensorboardX, imported without torch.
 
     tensorboardX imports torch whenever it is installed (to recognise torch tensors, which this
-    project never logs): with torch present that costs ~2.7 s of start-up and ~100 MB of RSS.
+    project never logs): with torch present that costs seconds of start-up and ~100 MB of RSS.
     A None entry in sys.modules makes that `import torch` fail fast, as if absent; it is removed
     again right after, so torch stays importable.
     """

@@ -43,11 +43,10 @@ class TrainState:
     ema_params: Any = None
 
 
-# Jitted: run eagerly, init would dispatch (and compile) each of its many small ops one by one,
-# ~8 s on a 2-core CPU. As one program it runs once, so it is compiled without backend
-# optimisation: XLA:CPU spends seconds optimising the ten unrolled threefry random generators,
-# for a program that then runs in milliseconds (4.5 s -> ~2 s here). The model and the optimizer
-# are static (hashed by identity), the key is traced.
+# Jitted: run eagerly, init would dispatch (and compile) each of its many small ops one by one.
+# As one program it runs once, so it is compiled without backend optimisation: XLA:CPU would
+# spend seconds optimising the unrolled threefry random generators of a program that runs in
+# milliseconds. The model and the optimizer are static (hashed by identity), the key is traced.
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), compiler_options={"xla_backend_optimization_level": 0})
 def create_train_state(
     model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array, ema: bool = False
