@@ -38,7 +38,10 @@ def test_shape_dtype_and_key_dependence():
     assert a.shape == images.shape and a.dtype == images.dtype
     np.testing.assert_array_equal(a, augment(jax.random.PRNGKey(0), images))
     assert not np.allclose(a, augment(jax.random.PRNGKey(1), images))
-    assert not np.allclose(a[0], a[1] * 0 + images[0])  # each image is transformed
+    for i in range(len(images)):  # each image is transformed, each its own way
+        assert not np.allclose(a[i], images[i]), i
+    same = augment(jax.random.PRNGKey(0), np.repeat(images[:1], len(images), axis=0))
+    assert all(not np.allclose(same[0], same[i]) for i in range(1, len(images)))
 
 
 @pytest.mark.parametrize(

@@ -285,3 +285,12 @@ def test_restart_refuses_to_delete_without_force(capsys, trained):
     code, _ = run_cli(capsys, "train.py", *args, "--force")
     assert code == 0 and Checkpoints(workdir).epochs() == [1]
     assert read_config(workdir)["epochs"] == 1
+
+
+def test_a_bad_data_dir_exits_with_one_line_and_no_traceback_at_interpreter_exit(tmp_path):
+    # A subprocess on purpose: orbax's background thread used to print a traceback at exit.
+    from conftest import run_script
+
+    done = run_script("train.py", "--workdir", tmp_path / "run", "--data-dir", tmp_path / "nowhere")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "does not exist" in done.stderr and not (tmp_path / "run" / "checkpoints").exists()
