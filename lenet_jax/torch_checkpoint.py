@@ -757,18 +757,11 @@ def import_torch_checkpoint(
     per epoch), the imported params; its meta records the source file and its sha256. epoch
     defaults to the number ending the file name (net_3.pth: 3), else 1. A workdir holding
     checkpoints is refused unless an epoch it does not hold is given; nothing is overwritten.
+    A run resumed from it trains on this project's data (its `dataset` says it was imported).
     """
-    # Imported here: reading the file needs numpy only, writing the checkpoint needs JAX.
-    import jax
-    import jax.numpy as jnp
-
-    from lenet_jax.checkpoints import Checkpoints, checkpoint_dir
+    from lenet_jax.checkpoints import Checkpoints
     from lenet_jax.config import Config
-    from lenet_jax.data import num_batches
-    from lenet_jax.model import init_params, model_from_config
-    from lenet_jax.optimizers import build_optimizer
     from lenet_jax.provenance import provenance
-    from lenet_jax.steps import create_train_state
     from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, write_config
 
     path = Path(path).expanduser().resolve()
@@ -779,49 +772,9 @@ def import_torch_checkpoint(
     epoch = epoch if given else (epoch_from_name(path) or 1)
     if epoch < 0:
         raise ConversionError(f"--epoch must be >= 0, not {epoch}")
-
     config = Config()
-    existing = []
-    if checkpoint_dir(workdir).is_dir():
-        with Checkpoints(workdir, read_only=True) as held:
-            existing = held.epochs()
-    if existing and (not given or epoch in existing):
-        epochs_held = ", ".join(map(str, existing))
-        fix = (
-            f"epoch {epoch} is taken; pass --epoch with another number"
-            if given
-            else "pass --epoch N with a number it does not hold to add this file next to them"
-        )
-        raise ConversionError(
-            f"{workdir} already holds checkpoints (epochs {epochs_held}): {fix}, or another --workdir"
-        )
-    config_file = workdir / CONFIG_FILE
-    saved = _read_json(config_file) if config_file.is_file() else None
-    if saved is not None and (saved.get("config", saved) if isinstance(saved, dict) else saved) != (
-        config.to_record()
-    ):
-        raise ConversionError(
-            f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the "
-            "tutorial's recipe; pass another --workdir"
-        )
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(
-            f"cannot create workdir {workdir} ({e.strerror}): pass another --workdir"
-        ) from e
-
-    model = model_from_config(config)
-    steps_per_epoch = num_batches(TUTORIAL_TRAIN_IMAGES, config.batch_size)
-    optimizer = build_optimizer(config, steps_per_epoch)
-    abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
-    shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), abstract)
-    assert jax.tree_util.tree_map(lambda a: a.shape, params) == shapes, "conversion bug: params mismatch"
-    step = epoch * steps_per_epoch
-    state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed))
-    state = state.replace(
-        step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
-    )
+    _check_workdir_takes(workdir, epoch, given, config)
+    state = _imported_state(config, params, epoch)
     source = {
         "kind": "pytorch",
         "file": str(path),
@@ -830,20 +783,67 @@ def import_torch_checkpoint(
         "contents": weights.contents,
     }
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
-    meta = {
-        "epoch": epoch,
-        "step": step,
-        **record,
-        "dataset": IMPORTED_DATASET,
-        "metrics": {},
-        "source": source,
-        "provenance": provenance(),
-    }
+    meta = {"epoch": epoch, "step": int(state.step), **record, "dataset": IMPORTED_DATASET}
     with Checkpoints(workdir) as checkpoints:
-        checkpoints.save(epoch, state, meta)
-    if not config_file.is_file():
+        checkpoints.save(epoch, state, {**meta, "metrics": {}, "source": source, "provenance": provenance()})
+    if not (workdir / CONFIG_FILE).is_file():
         write_config(workdir, {**record, "source": source})
-    return ImportResult(workdir=workdir, epoch=epoch, step=step, source=source)
+    return ImportResult(workdir=workdir, epoch=epoch, step=int(state.step), source=source)
+
+
+def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) -> None:
+    """ConversionError unless `workdir` can take epoch `epoch` of `config`'s run (created)."""
+    from lenet_jax.checkpoints import Checkpoints, checkpoint_dir
+    from lenet_jax.workdir import CONFIG_FILE, read_config
+
+    existing = []
+    if checkpoint_dir(workdir).is_dir():
+        with Checkpoints(workdir, read_only=True) as held:
+            existing = held.epochs()
+    if existing and (not given or epoch in existing):
+        fix = (
+            f"epoch {epoch} is taken; pass --epoch with another number"
+            if given
+            else "pass --epoch N with a number it does not hold to add this file next to them"
+        )
+        raise ConversionError(
+            f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))}): {fix}, "
+            "or another --workdir"
+        )
+    if (workdir / CONFIG_FILE).is_file() and _read_json(workdir / CONFIG_FILE) is not None:
+        if read_config(workdir) != config.to_record():
+            raise ConversionError(
+                f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the "
+                "tutorial's recipe; pass another --workdir"
+            )
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(
+            f"cannot create workdir {workdir} ({e.strerror}): pass another --workdir"
+        ) from e
+
+
+def _imported_state(config: Any, params: Any, epoch: int) -> Any:
+    """A complete train state of the recipe with the imported params, at the tutorial's step."""
+    # Imported here: reading the file needs numpy only, writing the checkpoint needs JAX.
+    import jax
+    import jax.numpy as jnp
+
+    from lenet_jax.data import num_batches
+    from lenet_jax.model import init_params, model_from_config
+    from lenet_jax.optimizers import build_optimizer
+    from lenet_jax.steps import create_train_state
+
+    model = model_from_config(config)
+    steps_per_epoch = num_batches(TUTORIAL_TRAIN_IMAGES, config.batch_size)
+    optimizer = build_optimizer(config, steps_per_epoch)
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+    shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), abstract)
+    assert jax.tree_util.tree_map(lambda a: a.shape, params) == shapes, "conversion bug: params mismatch"
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed))
+    step = jnp.asarray(epoch * steps_per_epoch, jnp.int32)
+    return state.replace(step=step, params=jax.tree_util.tree_map(jnp.asarray, params))
 
 
 def _read_json(path: Path) -> Any:
