@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli, script_main
 from PIL import Image
-from test_reliability import run_cli, script_main
 
 from lenet_jax import cli
 from lenet_jax.data import load_dataset
