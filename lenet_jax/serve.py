@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything a
 MAX_PIXELS = MAX_IMAGE_PIXELS  # decoded pixels per image, checked from the header
 # After refusing a body unread, read and drop at most this much of it (for at most
 # DISCARD_SECONDS), so that a client still sending it reads our answer rather than a reset.
-DISCARD_LIMIT = MAX_BODY_BYTES
+DISCARD_LIMIT = 4 * MAX_BODY_BYTES
 DISCARD_SECONDS = 2.0
 MAX_PREDICTIONS = 2  # images decoded and predicted at once: a large one takes far more than its body
 QUEUE_SECONDS = 30.0  # how long a request waits for a prediction slot before a 503

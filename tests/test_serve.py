@@ -26,9 +26,9 @@ def server(trained_run):
     server.server_close()
 
 
-def post(url, body, content_type="image/png"):
+def post(url, body, content_type="image/png", path="/predict"):
     request = urllib.request.Request(
-        url + "/predict", data=body, method="POST", headers={"Content-Type": content_type}
+        url + path, data=body, method="POST", headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -63,7 +63,7 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
 @pytest.mark.parametrize(
     "body,content_type,status,message",
     [
-        (b"not an image at all", "image/png", 400, "not a readable image"),
+        (b"not an image at all", "image/png", 400, "not an image file"),
         (png(np.zeros((4, 4), np.uint8)), "text/plain", 415, "Content-Type must be one of"),
         (png(np.full((50, 50), 255, np.uint8)), "image/png", 422, "no ink"),
         (b"x" * (MAX_BODY_BYTES + 1), "image/png", 413, "over the"),
@@ -75,10 +75,14 @@ def test_bad_requests_get_a_4xx_with_a_message(server, body, content_type, statu
 
 
 def test_wrong_paths(server):
-    assert post(server.replace("/predict", "") + "/nowhere", b"")[0] in (404,)
+    status, answer = post(server, b"", path="/nowhere")
+    assert status == 404 and "no page /nowhere" in answer["error"]
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(server + "/missing", timeout=30)
-    assert e.value.code == 404
+    assert e.value.code == 404 and "no page /missing" in json.loads(e.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as e:  # the route exists, for POST
+        urllib.request.urlopen(server + "/predict", timeout=30)
+    assert e.value.code == 405 and e.value.headers["Allow"] == "POST"
 
 
 def test_concurrent_requests(server, mnist_dir):
