@@ -68,7 +68,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         raise ImageError(f"the image is empty (shape {array.shape})")
     grey = array.astype(np.float32)
     top = float(grey.max())
-    if not np.isfinite(grey).all():
+    if not np.isfinite(top):  # max() is NaN if any pixel is
         raise ImageError("the image has NaN or infinite pixel values")
     if array.dtype == np.uint8 or 1.0 < top <= 255.0:
         grey /= 255.0
@@ -117,7 +117,8 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     height, width = ink.shape
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    digit = Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    ink *= 255
+    digit = Image.fromarray(ink.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
     digit = np.asarray(digit, np.float32)
     if digit.max() < 255:  # thin or sparse strokes faded when scaled down: redo it in float
         digit = np.asarray(Image.fromarray(ink, "F").resize(size, Image.Resampling.LANCZOS))
@@ -154,15 +155,23 @@ def pixel_limit(max_pixels: int) -> str:
 
 
 def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values, alpha or None) of an opened image: the only place its pixels are decoded."""
+    """(values, mask of opaque pixels or None) of an opened image: the only place its pixels
+    are decoded. 8-bit images come out grey, any transparency composited over white paper."""
     if image.mode in _HIGH_DEPTH_MODES:  # 16/32-bit grey and float: keep their depth
         values = np.asarray(image)
         transparent = image.info.get("transparency")
         return values, (values != transparent) if isinstance(transparent, int) else None
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")  # every mode's transparency (a palette index, a colour) as alpha
-        return np.asarray(rgba.convert("L")), np.asarray(rgba.getchannel("A"))
-    return np.asarray(image.convert("L")), None
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return np.asarray(image.convert("L")), None
+    # Every mode's transparency (an alpha band, a palette index, a colour) as alpha, over white.
+    # In PIL, freeing each plane once used: a large image is several times its grey size.
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    grey, alpha = rgba.convert("L"), rgba.getchannel("A")
+    rgba.close()
+    image.close()
+    if alpha.getextrema()[0] < 255:
+        grey = Image.composite(grey, Image.new("L", grey.size, 255), alpha)
+    return np.asarray(grey), None
 
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -197,10 +206,6 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
             values, alpha = _decoded_planes(image)
         except Exception as e:  # a damaged or hostile file: truncated data, a zTXt bomb, ...
             raise ImageError(f"cannot decode the image ({one_line(e)})") from e
-    if values.dtype == np.uint8 and alpha is not None:  # over white: l*a + 255*(1-a), in integers
-        grey = values.astype(np.uint16) * alpha
-        grey += (255 - alpha).astype(np.uint16) * 255
-        return ((grey + 127) // 255).astype(np.uint8)
     if values.dtype == np.uint8:
         return values
     values = values.astype(np.float32)

@@ -37,6 +37,7 @@ def listen_error(host: str, port: int, error: OSError) -> str:
 
 
 def main(argv: list[str]) -> int:
+    cli.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
     parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
     parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
@@ -54,6 +55,10 @@ def main(argv: list[str]) -> int:
         parser.error(f"argument --port: a port is 0 to 65535 (0: any free one), got {args.port}")
     if args.max_predictions < 1:
         parser.error(f"argument --max-predictions: expected at least 1, got {args.max_predictions}")
+    try:  # before the checkpoint is loaded: a typo in --host is told at once
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise cli.ConfigError(listen_error(args.host, args.port, e)) from None
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     quiet_pil_warnings()
