@@ -260,7 +260,8 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_GET
 
     def _dispatch(self) -> None:
-        self._unread_body = "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
+        declared = self.headers.get("Content-Length", "").strip()
+        self._unread_body = declared not in ("", "0") or "Transfer-Encoding" in self.headers
         try:
             self._route()
         except RequestError as e:

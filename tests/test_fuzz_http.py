@@ -22,7 +22,7 @@ from crafted_images import (
     ztxt_bomb,
 )
 
-from lenet_jax.serve import start_in_thread
+from lenet_jax.serve import MAX_CONNECTIONS, start_in_thread
 
 GOOD = encode(digit_like())
 
@@ -47,8 +47,9 @@ def request(method="POST", path="/predict", body=b"", content_type="image/png", 
     return ("\r\n".join([*lines, *headers]) + "\r\n\r\n").encode("latin-1") + body
 
 
-def form(*parts, boundary="b0undary"):
-    """A multipart/form-data request of parts (name, filename or None, content type or None, data)."""
+def form(*parts, boundary="b0undary", declared=None):
+    """A multipart/form-data request of parts (name, filename or None, content type or None,
+    data), separated by boundary; the header declares `declared` (default: the same)."""
     body = b""
     for name, filename, kind, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
@@ -56,7 +57,7 @@ def form(*parts, boundary="b0undary"):
         head += f"Content-Type: {kind}\r\n" if kind else ""
         body += head.encode() + b"\r\n" + data + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
-    return request(body=body, content_type=f"multipart/form-data; boundary={boundary}")
+    return request(body=body, content_type=f"multipart/form-data; boundary={declared or boundary}")
 
 
 def exchange(port, data, half_close=False, timeout=15):
@@ -211,6 +212,14 @@ CASES = [
         {},
     ),
     ("all prediction slots busy", request(body=GOOD), 503, "the server is busy", {"busy": True}),
+    ("all connections busy", request(body=GOOD), 503, "too many connections", {"connections": True}),
+    (
+        "form: wrong boundary",
+        form(("file", "d.png", "image/png", GOOD), declared="other"),
+        400,
+        "no file",
+        {},
+    ),
     (
         "a bug in the predictor",
         request(body=GOOD),
@@ -225,16 +234,20 @@ CASES = [
 def test_http_requests_fuzz(data, status, error, options, server, monkeypatch, capsys):
     if options.get("bug"):
         monkeypatch.setattr(server, "predictor", Broken())
-    held = server.max_predictions if options.get("busy") else 0
+    slots, held = server.prediction_slots, 0
+    if options.get("busy"):
+        held = server.max_predictions
+    if options.get("connections"):
+        slots, held = server.connection_slots, MAX_CONNECTIONS
     for _ in range(held):
-        server.prediction_slots.acquire()
+        slots.acquire()
     try:
         got, headers, body, raw = exchange(
             server.server_port, data, half_close=options.get("half_close", False)
         )
     finally:
         for _ in range(held):
-            server.prediction_slots.release()
+            slots.release()
     assert got == status, raw[:300]
     if status is not None:
         assert raw.startswith(b"HTTP/1.0 %d " % status)
