@@ -295,9 +295,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
 
     def _predict(self) -> None:
-        body = self._read_body(self._content_length())
+        length = self._content_length()
         content_type = self.headers.get("Content-Type", "")
-        upload_kind(content_type)  # a wrong type is refused before waiting for a slot
+        upload_kind(content_type)  # a wrong type is refused before reading the body
+        body = self._read_body(length)
         if not self.server.prediction_slots.acquire(timeout=self.server.queue_seconds):
             raise RequestError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -464,20 +465,16 @@ class Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         error = sys.exc_info()[1]
-        if not isinstance(error, (ConnectionError, TimeoutError)):  # a client that left: not news
+        if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):  # a client left
             self.log_failure(f"a connection from {client_address[0]}", error)
 
-    def log_failure(self, what: str, error: BaseException | None) -> None:
+    def log_failure(self, what: str, error: BaseException) -> None:
         """One line on the console for an unexpected error (its traceback with debug)."""
-        if self.debug and error is not None:
+        if self.debug:
             traceback.print_exception(error, file=sys.stderr)
         else:
-            kind = type(error).__name__ if error is not None else "error"
-            print(
-                f"server error: {kind}: {one_line(error) if error else ''} while serving {what}",
-                file=sys.stderr,
-                flush=True,
-            )
+            message = f"server error: {type(error).__name__}: {one_line(error)} while serving {what}"
+            print(message, file=sys.stderr, flush=True)
 
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, **limits: Any) -> Server:
