@@ -7,8 +7,8 @@ Other clients POST an image to /predict (raw, or as a form upload) and get JSON:
 
     curl -F file=@digit.png http://127.0.0.1:8000/predict
 
-Bounds: bodies up to 2 MB, images up to 4096x4096 pixels, --max-predictions images processed
-at once (more wait up to 30 s, then get 503), 32 connections at once, silent ones closed.
+The server has bounds (body size, decoded pixels, images processed at once, connections, idle
+time: see lenet_jax/serve.py); a refused request gets {"error": "..."} with its HTTP status.
 """
 
 from __future__ import annotations
