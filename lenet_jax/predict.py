@@ -3,55 +3,89 @@
 MNIST digits were made by scaling each digit to fit a 20x20 box (keeping its aspect ratio,
 anti-aliased) and centring its centre of mass in a 28x28 image, white ink on black. `preprocess`
 does the same to a photo or scan of any size, colour or grey, dark ink on light paper or light
-on dark, so the model sees what it was trained on. `load_predictor` restores a checkpoint's
-parameters and returns a callable from images (arrays or file paths) to probabilities.
+on dark, so the model sees what it was trained on. `read_image` decodes a file (or uploaded bytes)
+safely: its size is checked from the header before any pixel is decoded, transparency of every
+PIL mode is composited over white paper, and whatever is wrong with it becomes an `ImageError`
+with a one-line reason. `load_predictor` restores a checkpoint's parameters and returns a
+callable from images (arrays or file paths) to probabilities.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lenet_jax.checkpoints import load_weights
 from lenet_jax.errors import DataError
-from lenet_jax.evaluation import restore_params
 from lenet_jax.idx import IMAGE_SIZE
 from lenet_jax.model import model_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Images with more pixels than this (read from the header) are refused before decoding: a
+# decoded 4096x4096 image already takes tens of MB, and a few KB of PNG can claim billions.
+MAX_IMAGE_PIXELS = 4096 * 4096
 DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
 CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
 INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is background noise
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
 PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
-class NoInkError(DataError):
+class ImageError(DataError):
+    """An image that cannot be used; the message is the reason, in one line."""
+
+
+class UnreadableImageError(ImageError):
+    """Not an image file, or a damaged one."""
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than the cap: refused from the header, before decoding."""
+
+
+class NoInkError(ImageError):
     """The image holds no digit: blank, or all one colour."""
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """float32 (H, W) in [0, 1] from uint8/float, grey, RGB or RGBA (alpha over white)."""
+    """float32 (H, W) in [0, 1], a new array, from grey, grey+alpha, RGB or RGBA (alpha over white
+    paper); uint8, 16-bit or float (in [0, 1], [0, 255] or [0, 65535])."""
     array = np.asarray(image)
+    if array.size == 0:
+        raise ImageError(f"the image is empty (shape {array.shape})")
     grey = array.astype(np.float32)
-    if array.dtype == np.uint8 or grey.max() > 1.0:
-        grey = grey / 255.0
+    top = float(grey.max())
+    if not np.isfinite(top):  # max() is NaN if any pixel is
+        raise ImageError("the image has NaN or infinite pixel values")
+    if array.dtype == np.uint8 or 1.0 < top <= 255.0:
+        grey /= 255.0
+    elif top > 255.0:
+        grey /= 65535.0
+    np.clip(grey, 0.0, 1.0, out=grey)
     if grey.ndim == 3:
-        if grey.shape[-1] == 4:  # transparent pixels are paper
-            alpha = grey[..., 3:4]
-            grey = grey[..., :3] * alpha + (1.0 - alpha)
+        channels = grey.shape[-1]
+        if channels in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
+            alpha = grey[..., -1:]
+            grey = grey[..., :-1] * alpha + (1.0 - alpha)
         if grey.shape[-1] >= 3:
             grey = grey[..., :3] @ np.asarray([0.299, 0.587, 0.114], np.float32)
         else:
             grey = grey[..., 0]
     if grey.ndim != 2:
-        raise DataError(f"expected an image of shape (H, W) or (H, W, C), got {array.shape}")
+        raise ImageError(f"expected an image of shape (H, W) or (H, W, C), got {array.shape}")
     return grey
 
 
@@ -60,27 +94,38 @@ def preprocess(image: np.ndarray) -> np.ndarray:
 
     To grey; invert if the background (the border's median) is light; drop faint noise below
     25% of the ink range; crop to the ink's bounding box; scale to fit 20x20 keeping the aspect
-    ratio (anti-aliased); paste into 28x28 with the centre of mass at the centre.
-    Raises NoInkError for a blank or single-colour image.
+    ratio (anti-aliased; strokes that fade below full strength at that scale are brought back
+    to it, as MNIST's strokes all reach it); paste into 28x28 with the centre of mass at the
+    centre. Raises NoInkError for a blank or single-colour image.
     """
-    grey = to_grey(image)
+    grey = to_grey(image)  # a fresh array: worked on in place, to keep large images cheap
     background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
     if background > 0.5:  # dark ink on light paper
-        grey, background = 1.0 - grey, 1.0 - background
-    ink = np.clip(grey - background, 0.0, None)
-    if ink.max() < MIN_CONTRAST:
+        np.subtract(1.0, grey, out=grey)
+        background = 1.0 - background
+    grey -= background
+    ink = np.maximum(grey, 0.0, out=grey)
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
         raise NoInkError(
             "the image has no ink (blank or all one colour): give a picture of a handwritten digit"
         )
-    ink = ink / ink.max()
+    ink /= peak
     ink[ink < INK_THRESHOLD] = 0.0
-    rows, cols = np.nonzero(ink)
-    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = ink.shape
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    digit = Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    ink *= 255
+    digit = Image.fromarray(ink.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
     digit = np.asarray(digit, np.float32)
+    if digit.max() < 255:  # thin or sparse strokes faded when scaled down: redo it in float
+        digit = np.asarray(Image.fromarray(ink, "F").resize(size, Image.Resampling.LANCZOS))
+        digit = np.maximum(digit, 0.0)  # LANCZOS rings below zero next to strokes
+        if digit.max() <= 0:
+            raise NoInkError("the ink is too sparse to make a digit: give a picture of a handwritten digit")
+        digit = digit * (255.0 / digit.max())
     canvas = np.zeros((CANVAS, CANVAS), np.float32)
     top, left = (CANVAS - digit.shape[0]) // 2, (CANVAS - digit.shape[1]) // 2
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
@@ -96,26 +141,213 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     return np.clip(canvas, 0, 255).round().astype(np.uint8)[..., None]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an array; DataError naming the file if it is not a readable image."""
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, without object reprs (`<_io.BytesIO object at 0x..>`)."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", " ".join(str(error).split()))
+    text = text or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def pixel_limit(max_pixels: int) -> str:
+    """'16,777,216 pixels (4096x4096)': a pixel cap as a user reads it."""
+    side = int(max_pixels**0.5)
+    return f"{max_pixels:,} pixels" + (f" ({side}x{side})" if side * side == max_pixels else "")
+
+
+def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, mask of opaque pixels or None) of an opened image: the only place its pixels
+    are decoded. 8-bit images come out grey, any transparency composited over white paper."""
+    if image.mode in _HIGH_DEPTH_MODES:  # 16/32-bit grey and float: keep their depth
+        values = np.asarray(image)
+        transparent = image.info.get("transparency")
+        return values, (values != transparent) if isinstance(transparent, int) else None
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return np.asarray(image.convert("L")), None
+    # Every mode's transparency (an alpha band, a palette index, a colour) as alpha, over white.
+    # In PIL, freeing each plane once used: a large image is several times its grey size.
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    grey, alpha = rgba.convert("L"), rgba.getchannel("A")
+    rgba.close()
+    image.close()
+    if alpha.getextrema()[0] < 255:
+        grey = Image.composite(grey, Image.new("L", grey.size, 255), alpha)
+    return np.asarray(grey), None
+
+
+def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file's pixels as grey, transparency composited over white paper: uint8 (H, W),
+    or float32 (H, W) in [0, 1] for 16-bit, 32-bit and float images.
+
+    The size is read from the header and checked against max_pixels before anything is
+    decoded. Raises an ImageError whose message is the reason, in one line.
+    """
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"cannot read {path} as an image ({e}): give PNG, JPEG or BMP files") from e
+        image = Image.open(file)  # reads the header only
+    except UnidentifiedImageError:
+        raise UnreadableImageError("not an image file: give PNG, JPEG, BMP, GIF, TIFF or WebP") from None
+    except Image.DecompressionBombError as e:  # PIL's own cap, far above ours
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        count = f"{int(claimed[1]):,} pixels" if claimed else "too many pixels"
+        raise ImageTooLargeError(
+            f"the image has {count}, over the limit of {pixel_limit(max_pixels)}"
+        ) from None
+    except Exception as e:  # PIL's parsers raise many types (SyntaxError, struct.error, ...)
+        raise ImageError(f"cannot decode the image ({one_line(e)})") from e
+    with image:
+        width, height, mode = *image.size, image.mode
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"the image is {width}x{height} = {width * height:,} pixels, "
+                f"over the limit of {pixel_limit(max_pixels)}"
+            )
+        if width * height == 0:
+            raise ImageError("the image is empty (0 pixels)")
+        try:
+            values, alpha = _decoded_planes(image)
+        except Exception as e:  # a damaged or hostile file: truncated data, a zTXt bomb, ...
+            raise ImageError(f"cannot decode the image ({one_line(e)})") from e
+    if values.dtype == np.uint8:
+        return values
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ImageError("the image has NaN or infinite pixel values")
+    top = float(values.max())
+    if mode.startswith("I;16") or top > 255:
+        values /= 65535.0
+    elif top > 1 or mode != "F":
+        values /= 255.0
+    np.clip(values, 0.0, 1.0, out=values)
+    if alpha is not None:
+        values[~alpha] = 1.0
+    return values
+
+
+FILE_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a named pipe",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ('a named pipe', ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in FILE_KINDS.items() if test(mode)), "not a regular file")
+
+
+def open_image_file(path: str | os.PathLike) -> IO[bytes]:
+    """A regular file opened for reading; ImageError (the reason) for anything else.
+
+    Opened without blocking and checked after opening: a named pipe never hangs the caller.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as e:
+        raise ImageError(f"cannot open it ({e.strerror or one_line(e)})") from None
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise ImageError(f"not a regular file ({kind}): give image files")
+    return os.fdopen(fd, "rb")
+
+
+def read_image(
+    source: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """An image (a file path, its bytes, or a binary file object) as a grey array, for
+    `preprocess` (see decode_image). ImageError naming the file if it cannot be used."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image(io.BytesIO(source), max_pixels)
+    if not isinstance(source, (str, os.PathLike)):
+        return decode_image(source, max_pixels)
+    try:
+        with open_image_file(source) as file:
+            return decode_image(file, max_pixels)
+    except ImageError as e:
+        raise type(e)(f"{source}: {e}") from e
+
+
+@dataclass
+class ImageInputs:
+    """What a list of files and directories holds: the image files to read, in order; the
+    inputs that are errors (input, reason); and directory entries skipped (entry, why)."""
+
+    paths: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
+    """Files as given, and the image files (by suffix, sorted) of each directory given.
+
+    Nothing is opened: what is not a regular file (a named pipe, a socket, ...) is a problem
+    when named, skipped when found in a directory; a directory without image files is a problem.
+    """
+    found = ImageInputs()
+    for item in inputs:
+        try:
+            mode = os.stat(item).st_mode
+        except FileNotFoundError:
+            reason = "broken symbolic link" if os.path.islink(item) else "no such file or directory"
+            found.problems.append((str(item), f"{reason}: give image files or a directory of them"))
+            continue
+        except OSError as e:
+            found.problems.append((str(item), f"cannot use it ({e.strerror or one_line(e)})"))
+            continue
+        kind = file_kind(mode)
+        if kind is None:
+            found.paths.append(Path(item))
+        elif stat.S_ISDIR(mode):
+            _collect_directory(Path(item), found)
+        else:
+            found.problems.append((str(item), f"not a regular file ({kind}): give image files"))
+    return found
+
+
+def _collect_directory(folder: Path, found: ImageInputs) -> None:
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        found.problems.append((str(folder), f"cannot list this directory ({e.strerror or one_line(e)})"))
+        return
+    before = len(found.paths)
+    for entry in entries:
+        try:
+            kind = file_kind(entry.stat().st_mode)
+        except OSError as e:
+            kind = "a broken symbolic link" if entry.is_symlink() else (e.strerror or one_line(e))
+        if kind is None:
+            found.paths.append(entry)
+        else:
+            found.skipped.append((entry, f"not a regular file ({kind})"))
+    if len(found.paths) == before:
+        found.problems.append(
+            (str(folder), f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+        )
 
 
 def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files (sorted) of any directory given."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"{item} does not exist: give image files or a directory of them")
-    return paths
+    """Files as given, and the image files (sorted) of any directory given; DataError for the
+    first input that is neither (see collect_images)."""
+    found = collect_images(inputs)
+    if found.problems:
+        item, reason = found.problems[0]
+        raise DataError(f"{item}: {reason}")
+    return found.paths
+
+
+def quiet_pil_warnings() -> None:
+    """Silences PIL's warnings (the decompression-bomb size warning, corrupt EXIF, ...): images
+    over MAX_IMAGE_PIXELS are refused anyway, and a damaged file gets its one-line reason.
+    For scripts: it changes the process's warning filters."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="PIL")
 
 
 class Predictor:
@@ -158,5 +390,5 @@ class Predictor:
 
 def load_predictor(workdir: str | os.PathLike, epoch: int | None = None) -> Predictor:
     """The predictor of one epoch's checkpoint in workdir (newest by default)."""
-    restored = restore_params(workdir, epoch)
+    restored = load_weights(workdir, epoch)
     return Predictor(model_from_config(restored.config), restored.params, restored.epoch)

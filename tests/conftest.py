@@ -1,9 +1,11 @@
-"""Shared fixtures: synthetic IDX folders, the real MNIST folder, an isolated tfds cache."""
+"""Shared fixtures and helpers: synthetic IDX folders, the real MNIST folder, an isolated tfds
+cache, running the scripts in-process, an untrained predictor."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,19 @@ def run_script(name, *args, cwd=None) -> subprocess.CompletedProcess:
         env=env,
         timeout=600,
     )
+
+
+def script_main(name):
+    """scripts/<name>'s main function, loaded as its __main__ would be."""
+    return runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
+
+
+def run_cli(capsys, script, *argv):
+    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stderr)."""
+    from lenet_jax import cli
+
+    code = cli.run(script_main(script), [str(a) for a in argv])
+    return code, capsys.readouterr().err
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
@@ -102,3 +117,21 @@ def trained_run(mnist_dir, tmp_path_factory):
     config = get_preset("fast").replace(epochs=1, train_size=12_000, label_smoothing=0.0)
     train_and_evaluate(config, workdir, data_dir=mnist_dir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def untrained_predictor():
+    """A Predictor with random weights: for tests of input handling, which need no accuracy,
+    no data and no checkpoint (weights drawn with numpy: initialising the model op by op
+    compiles every op)."""
+    import jax
+
+    from lenet_jax.config import Config
+    from lenet_jax.model import init_params, model_from_config
+    from lenet_jax.predict import Predictor
+
+    model = model_from_config(Config())
+    shapes = jax.eval_shape(lambda key: init_params(model, key), jax.random.key(0))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    return Predictor(model, params)

@@ -4,22 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli, script_main
+from crafted_images import MODES, digit_like, drawing_in_mode, sparse_ink
 from PIL import Image
-from test_reliability import run_cli, script_main
 
 from lenet_jax import cli
 from lenet_jax.data import load_dataset
-from lenet_jax.predict import NoInkError, load_predictor, preprocess
-
-
-def digit_like(height=120, width=80, ink=0, paper=255):
-    """A thick '7'-ish stroke drawn on paper (dark ink on light by default)."""
-    image = np.full((height, width), paper, np.uint8)
-    image[20:32, 10:70] = ink  # top bar
-    for row in range(32, 110):  # diagonal
-        col = 62 - (row - 32) * 40 // 78
-        image[row, col : col + 12] = ink
-    return image
+from lenet_jax.errors import DataError
+from lenet_jax.predict import NoInkError, load_predictor, preprocess, read_image
 
 
 def test_preprocess_makes_an_mnist_style_digit():
@@ -52,6 +44,40 @@ def test_preprocess_ignores_polarity_colour_position_and_size():
 )
 def test_blank_images_get_no_guess(image):
     with pytest.raises(NoInkError, match="no ink"):
+        preprocess(image)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_and_transparency_reads_as_the_same_drawing(mode):
+    # Black ink on white paper, on transparent paper, as a palette index marked transparent, ...
+    reference = preprocess(read_image(drawing_in_mode("L"))).astype(int)
+    assert np.abs(preprocess(read_image(drawing_in_mode(mode))).astype(int) - reference).max() <= 1
+
+
+def test_sparse_ink_makes_a_digit_not_a_nan():
+    out = preprocess(read_image(sparse_ink()))
+    assert out.dtype == np.uint8 and out.max() == 255  # both dots, brought back to full strength
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [lambda a: a.astype(np.uint16) * 257, lambda a: a.astype(np.float32) / 255],
+    ids=["16-bit", "float in [0, 1]"],
+)
+def test_arrays_of_other_depths_preprocess_like_uint8(convert):
+    assert np.array_equal(preprocess(convert(digit_like())), preprocess(digit_like()))
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.zeros((0, 5), np.uint8), "empty"),
+        (np.full((9, 9), np.nan, np.float32), "NaN"),
+        (np.zeros((2, 3, 4, 5), np.uint8), "expected an image of shape"),
+    ],
+)
+def test_unusable_arrays_are_refused_in_one_line(image, message):
+    with pytest.raises(DataError, match=message):
         preprocess(image)
 
 

@@ -1,16 +1,14 @@
 """Crash safety, exact resume, signals, the NaN guard and one-line errors for bad input."""
 
 import re
-import runpy
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, run_cli, start_python, write_idx
 
-from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.errors import DivergedError
@@ -21,16 +19,6 @@ from lenet_jax.workdir import read_config, read_metrics
 # Real MNIST subset: 640 images = 10 steps per epoch, a loss line every 5 steps.
 SHORT_RUN = ["--preset", "smoke", "--epochs", "3", "--train-size", "640", "--log-every", "5"]
 TIMING_KEYS = ("train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step")
-
-
-def script_main(name):
-    return runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
-
-
-def run_cli(capsys, script, *argv):
-    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stderr)."""
-    code = cli.run(script_main(script), [str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def params_of(workdir, epoch=3):

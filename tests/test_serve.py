@@ -3,14 +3,17 @@
 import io
 import json
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from conftest import script_main
 from PIL import Image
 
+from lenet_jax import cli
 from lenet_jax.data import load_dataset
 from lenet_jax.predict import load_predictor
 from lenet_jax.serve import MAX_BODY_BYTES, start_in_thread
@@ -26,9 +29,9 @@ def server(trained_run):
     server.server_close()
 
 
-def post(url, body, content_type="image/png"):
+def post(url, body, content_type="image/png", path="/predict"):
     request = urllib.request.Request(
-        url + "/predict", data=body, method="POST", headers={"Content-Type": content_type}
+        url + path, data=body, method="POST", headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -63,7 +66,7 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
 @pytest.mark.parametrize(
     "body,content_type,status,message",
     [
-        (b"not an image at all", "image/png", 400, "not a readable image"),
+        (b"not an image at all", "image/png", 400, "not an image file"),
         (png(np.zeros((4, 4), np.uint8)), "text/plain", 415, "Content-Type must be one of"),
         (png(np.full((50, 50), 255, np.uint8)), "image/png", 422, "no ink"),
         (b"x" * (MAX_BODY_BYTES + 1), "image/png", 413, "over the"),
@@ -75,10 +78,14 @@ def test_bad_requests_get_a_4xx_with_a_message(server, body, content_type, statu
 
 
 def test_wrong_paths(server):
-    assert post(server.replace("/predict", "") + "/nowhere", b"")[0] in (404,)
+    status, answer = post(server, b"", path="/nowhere")
+    assert status == 404 and "no page /nowhere" in answer["error"]
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(server + "/missing", timeout=30)
-    assert e.value.code == 404
+    assert e.value.code == 404 and "no page /missing" in json.loads(e.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as e:  # the route exists, for POST
+        urllib.request.urlopen(server + "/predict", timeout=30)
+    assert e.value.code == 405 and e.value.headers["Allow"] == "POST"
 
 
 def test_concurrent_requests(server, mnist_dir):
@@ -143,3 +150,35 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
         driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--port", "70000"], "argument --port: a port is 0 to 65535 (0: any free one), got 70000"),
+        (["--port", "-1"], "argument --port: a port is 0 to 65535"),
+        (["--port", "http"], "argument --port: invalid int value: 'http'"),
+        (["--max-predictions", "0"], "argument --max-predictions: expected at least 1, got 0"),
+        (["--host", "not a host"], "cannot resolve --host not a host"),
+        (["--host", "10.255.255.1"], "--host 10.255.255.1 is not an address of this machine"),
+        (["--port", "TAKEN"], "is in use (Address already in use): pick another --port"),
+    ],
+)
+def test_serve_script_refuses_bad_arguments_in_one_line(
+    flags, message, taken_port, untrained_predictor, monkeypatch, capsys, tmp_path
+):
+    main = script_main("serve.py")
+    monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
+    argv = ["--workdir", str(tmp_path / "run"), *[str(taken_port) if f == "TAKEN" else f for f in flags]]
+    code = cli.run(main, argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.splitlines()) == 1 and out == ""

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Load check of the draw-a-digit server: its peak memory under concurrent large images, and how
+fast it refuses a body it will not read.
+
+    python benchmarks/serve_load.py --workdir checkpoints/recipe [--concurrent 8] [--side 4096]
+
+Starts `scripts/serve.py` as a user would (a subprocess), warms it up with one small drawing,
+then sends --concurrent POSTs of a side x side RGBA PNG of a digit at once (a few tens of KB
+each, side**2 pixels decoded), and then one POST declaring `Content-Length: -1` followed by a
+600 MB body streamed as fast as the server takes it. Prints one JSON line: the answers' status
+counts, the server's RSS before the load and its peak RSS (VmHWM: the whole run), and for the
+Content-Length: -1 request its status, seconds to the answer and how much of the body the
+server took before closing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mb(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of a process, in MB (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status)[1]) / 1024
+
+
+def digit_png(side: int) -> bytes:
+    image = np.full((side, side, 4), 255, np.uint8)  # opaque white paper, as the canvas sends
+    image[side // 5 : side * 4 // 5, side * 9 // 20 : side * 11 // 20, :3] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post(port: int, body: bytes, timeout: float = 300) -> int:
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(head.encode() + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return int(answer.split()[1])
+
+
+def minus_one_length(port: int, body_bytes: int) -> dict:
+    """POST with Content-Length: -1 and a big body sent alongside; when does the answer come?"""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: -1\r\n\r\n"
+    sent = [0]
+
+    def send() -> None:
+        block = b"x" * (1 << 20)
+        try:
+            connection.sendall(head)
+            while sent[0] < body_bytes:
+                sent[0] += connection.send(block)
+        except OSError:
+            pass
+
+    start = time.monotonic()
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer and (chunk := connection.recv(65536)):
+            answer += chunk
+    except OSError:
+        pass
+    seconds = time.monotonic() - start
+    sender.join(30)
+    connection.close()
+    status = int(answer.split()[1]) if answer else None
+    return {
+        "status": status,
+        "answered_in_s": round(seconds, 3),
+        "body_mb_sent_before_close": round(sent[0] / 2**20, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", required=True, help="a training run's workdir (any checkpoint)")
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--side", type=int, default=4096)
+    parser.add_argument("--body-mb", type=int, default=600, help="body sent with Content-Length: -1")
+    args = parser.parse_args()
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "serve.py"),
+        "--workdir",
+        args.workdir,
+        "--port",
+        "0",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        found = re.search(r":(\d+)/", line)
+        if not found:
+            print(f"server did not start: {line}{server.stderr.read()}", file=sys.stderr)
+            return 1
+        port = int(found[1])
+        post(port, digit_png(280))  # compiles the forward pass
+        rss_before = rss_mb(server.pid, "VmRSS")
+        body = digit_png(args.side)
+        statuses = [None] * args.concurrent
+
+        def worker(i: int) -> None:
+            statuses[i] = post(port, body)
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrent)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.monotonic() - start
+        peak = rss_mb(server.pid, "VmHWM")
+        refused = minus_one_length(port, args.body_mb << 20)
+        result = {
+            "benchmark": "serve_load",
+            "concurrent": args.concurrent,
+            "image": f"{args.side}x{args.side} RGBA PNG, {len(body)} bytes",
+            "answers": dict(Counter(str(s) for s in statuses)),
+            "seconds": round(seconds, 2),
+            "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(peak, 1),
+            "content_length_minus_1": refused,
+            "rss_after_mb": round(rss_mb(server.pid, "VmRSS"), 1),
+            "peak_rss_after_mb": round(rss_mb(server.pid, "VmHWM"), 1),
+        }
+        print(json.dumps(result), flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Image files crafted for the tests of lenet_jax.predict and the server: one digit drawing in
+every PIL mode and container, and the hostile or odd files a user or an attacker may send."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+
+def digit_like(height=120, width=80, ink=0, paper=255):
+    """A thick '7'-ish stroke drawn on paper (dark ink on light by default)."""
+    image = np.full((height, width), paper, np.uint8)
+    image[20:32, 10:70] = ink  # top bar
+    for row in range(32, 110):  # diagonal
+        col = 62 - (row - 32) * 40 // 78
+        image[row, col : col + 12] = ink
+    return image
+
+
+def encode(image: Image.Image | np.ndarray, format: str = "PNG", **options) -> bytes:  # noqa: A002
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def ink_mask() -> np.ndarray:
+    return digit_like() < 128
+
+
+def drawing_in_mode(name: str) -> bytes:
+    """The digit_like drawing (black ink; paper white or transparent) as a file of one kind."""
+    ink = ink_mask()
+    grey = np.where(ink, 0, 255).astype(np.uint8)
+    transparent_paper = np.stack([np.zeros_like(grey)] * 3 + [np.where(ink, 255, 0).astype(np.uint8)], -1)
+    if name == "L":
+        return encode(grey)
+    if name == "RGBA":
+        return encode(transparent_paper)
+    if name == "P+transparency":  # index 0: transparent (black in the palette), 1: black ink
+        palette = Image.frombytes("P", (ink.shape[1], ink.shape[0]), ink.astype(np.uint8).tobytes())
+        palette.putpalette([0, 0, 0] * 256)
+        return encode(palette, transparency=0)
+    if name == "GIF+transparency":
+        palette = Image.frombytes("P", (ink.shape[1], ink.shape[0]), ink.astype(np.uint8).tobytes())
+        palette.putpalette([0, 0, 0] * 256)
+        return encode(palette, "GIF", transparency=0)
+    if name == "LA":
+        return encode(Image.fromarray(np.stack([np.zeros_like(grey), transparent_paper[..., 3]], -1), "LA"))
+    if name == "PA":
+        return encode(Image.fromarray(transparent_paper).convert("PA"), "TIFF")
+    if name == "RGB+transparency":  # paper is a colour marked transparent
+        rgb = np.stack([grey] * 3, -1)
+        rgb[~ink] = (10, 20, 30)
+        return encode(rgb, transparency=(10, 20, 30))
+    if name == "L+transparency":  # paper is a grey marked transparent
+        return encode(np.where(ink, 0, 7).astype(np.uint8), transparency=7)
+    if name == "I;16":
+        return encode(Image.fromarray(grey.astype(np.uint16) * 257))
+    if name == "I;16+transparency":
+        return encode(Image.fromarray(np.where(ink, 0, 1234).astype(np.uint16)), transparency=1234)
+    if name == "1":
+        return encode(Image.fromarray(grey).convert("1"))
+    if name == "CMYK":
+        return encode(Image.fromarray(grey).convert("CMYK"), "TIFF")
+    if name == "CMYK JPEG":
+        return encode(Image.fromarray(grey).convert("CMYK"), "JPEG", quality=95)
+    if name == "F":
+        return encode(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")
+    if name == "RGB JPEG":
+        return encode(np.stack([grey] * 3, -1), "JPEG", quality=95)
+    if name == "BMP":
+        return encode(grey, "BMP")
+    if name == "WebP":
+        return encode(grey, "WEBP", lossless=True)
+    raise ValueError(name)
+
+
+MODES = (
+    "L",
+    "RGBA",
+    "P+transparency",
+    "GIF+transparency",
+    "LA",
+    "PA",
+    "RGB+transparency",
+    "L+transparency",
+    "I;16",
+    "I;16+transparency",
+    "1",
+    "CMYK",
+    "CMYK JPEG",
+    "F",
+    "RGB JPEG",
+    "BMP",
+    "WebP",
+)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, with a few bytes of data: a
+    decoder that trusts the header allocates all of them."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(b"\0" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def ztxt_bomb() -> bytes:
+    """A small PNG with a zTXt chunk that decompresses past PIL's MAX_TEXT_CHUNK."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "A" * (PngImagePlugin.MAX_TEXT_CHUNK + 1024), zip=True)
+    return encode(digit_like(), pnginfo=info)
+
+
+def sparse_ink() -> bytes:
+    """Ink in 2 pixels of a 3x100000 image: scaled to 20 pixels wide, nothing is left of it."""
+    image = np.full((3, 100_000), 255, np.uint8)
+    image[1, 5] = image[1, 99_990] = 0
+    return encode(image)
+
+
+def blank() -> bytes:
+    return encode(np.full((50, 50), 255, np.uint8))
+
+
+def truncated() -> bytes:
+    data = encode(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    return data[: len(data) // 2]
+
+
+def big_digit(side: int = 4096) -> bytes:
+    """A side x side drawing of a digit: a few KB of PNG, side**2 pixels decoded."""
+    image = np.full((side, side), 255, np.uint8)
+    image[side // 5 : side * 4 // 5, side * 9 // 20 : side * 11 // 20] = 0
+    return encode(image, compress_level=1)

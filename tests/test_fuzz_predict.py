@@ -1,0 +1,237 @@
+"""Fuzz family "predict images": scripts/predict.py against odd, damaged, hostile and
+non-file inputs. Each case runs the script in-process next to a good image and checks the exit
+code, a single stderr line without a traceback, that the good image still gets its prediction,
+and that nothing on disk changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import script_main
+from crafted_images import (
+    blank,
+    digit_like,
+    drawing_in_mode,
+    encode,
+    png_claiming,
+    sparse_ink,
+    truncated,
+    ztxt_bomb,
+)
+
+from lenet_jax import cli
+
+
+def file(name, data):
+    def make(root: Path) -> list[str]:
+        (root / name).write_bytes(data() if callable(data) else data)
+        return [str(root / name)]
+
+    return make
+
+
+def in_folder(*entries):
+    """A folder 'dir' holding good.png and the given entries (name, maker(path))."""
+
+    def make(root: Path) -> list[str]:
+        folder = root / "dir"
+        folder.mkdir()
+        (folder / "good.png").write_bytes(encode(digit_like()))
+        for name, maker in entries:
+            maker(folder / name)
+        return [str(folder)]
+
+    return make
+
+
+def unix_socket(path: Path) -> None:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.close()  # the socket file stays
+
+
+def symlink_to(target):
+    return lambda path: path.symlink_to(target)
+
+
+def empty_folder(root: Path) -> list[str]:
+    (root / "empty").mkdir()
+    return [str(root / "empty")]
+
+
+def folder_without_images(root: Path) -> list[str]:
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("no images here")
+    return [str(root / "notes")]
+
+
+def symlink_loop(root: Path) -> list[str]:
+    (root / "a.png").symlink_to(root / "b.png")
+    (root / "b.png").symlink_to(root / "a.png")
+    return [str(root / "a.png")]
+
+
+def fifo(root: Path) -> list[str]:
+    os.mkfifo(root / "pipe.png")
+    return [str(root / "pipe.png")]
+
+
+TOO_LARGE = r"over the limit of 16,777,216 pixels \(4096x4096\): scale it down, or raise --max-pixels"
+# (id, maker of the inputs, extra flags, exit code, regex of the one stderr line or None)
+CASES = [
+    ("sparse ink in 3x100000", file("sparse.png", sparse_ink), [], 0, None),
+    (
+        "zTXt decompression bomb",
+        file("bomb.png", ztxt_bomb),
+        [],
+        2,
+        r"bomb.png: cannot decode the image \(Decompressed data too large",
+    ),
+    (
+        "20000x20000 header",
+        file("huge.png", png_claiming(20000, 20000)),
+        [],
+        2,
+        r"huge.png: the image has 400,000,000 pixels, " + TOO_LARGE,
+    ),
+    (
+        "10000x10000 header",
+        file("big.png", png_claiming(10000, 10000)),
+        [],
+        2,
+        r"big.png: the image is 10000x10000 = 100,000,000 pixels, " + TOO_LARGE,
+    ),
+    (
+        "one pixel over the cap",
+        file("over.png", png_claiming(4097, 4096)),
+        [],
+        2,
+        r"over.png: the image is 4097x4096 = 16,781,312 pixels, " + TOO_LARGE,
+    ),
+    (
+        "raised --max-pixels still checks",
+        file("big.png", png_claiming(10000, 10000)),
+        ["--max-pixels", "20000000"],
+        2,
+        r"big.png: .* over the limit of 20,000,000 pixels: scale",
+    ),
+    (
+        "text named .png",
+        file("text.png", b"hello, not an image"),
+        [],
+        2,
+        r"text.png: not an image file: give PNG, JPEG",
+    ),
+    ("empty file", file("empty.png", b""), [], 2, r"empty.png: not an image file"),
+    (
+        "truncated PNG",
+        file("cut.png", truncated),
+        [],
+        2,
+        r"cut.png: cannot decode the image \(image file is truncated",
+    ),
+    ("blank page", file("blank.png", blank), [], 2, r"blank.png: the image has no ink"),
+    ("JPEG named .png", file("photo.png", drawing_in_mode("RGB JPEG")), [], 0, None),
+    ("palette with a transparent index", file("p.png", drawing_in_mode("P+transparency")), [], 0, None),
+    ("LA", file("la.png", drawing_in_mode("LA")), [], 0, None),
+    ("16-bit with a transparent grey", file("i16.png", drawing_in_mode("I;16+transparency")), [], 0, None),
+    ("CMYK JPEG", file("cmyk.jpg", drawing_in_mode("CMYK JPEG")), [], 0, None),
+    ("float TIFF", file("f.tif", drawing_in_mode("F")), [], 0, None),
+    (
+        "named pipe in a folder",
+        in_folder(("pipe.png", os.mkfifo)),
+        [],
+        0,
+        r"note: skipping .*pipe.png: not a regular file \(a named pipe\)",
+    ),
+    (
+        "socket in a folder",
+        in_folder(("sock.png", unix_socket)),
+        [],
+        0,
+        r"note: skipping .*sock.png: not a regular file \(a socket\)",
+    ),
+    (
+        "folder named .png in a folder",
+        in_folder(("sub.png", Path.mkdir)),
+        [],
+        0,
+        r"note: skipping .*sub.png: not a regular file \(a directory\)",
+    ),
+    (
+        "broken link in a folder",
+        in_folder(("gone.png", symlink_to("nowhere.png"))),
+        [],
+        0,
+        r"note: skipping .*gone.png: not a regular file \(a broken symbolic link\)",
+    ),
+    ("named pipe given", fifo, [], 2, r"pipe.png: not a regular file \(a named pipe\): give image files"),
+    (
+        "device given",
+        lambda root: ["/dev/null"],
+        [],
+        2,
+        r"/dev/null: not a regular file \(a character device\)",
+    ),
+    ("empty folder", empty_folder, [], 2, r"empty: no image files \(.png, .jpg"),
+    ("folder without images", folder_without_images, [], 2, r"notes: no image files"),
+    ("missing file", lambda root: [str(root / "typo.png")], [], 2, r"typo.png: no such file or directory"),
+    (
+        "broken link given",
+        lambda root: (root / "l.png").symlink_to("nowhere") or [str(root / "l.png")],
+        [],
+        2,
+        r"l.png: broken symbolic link",
+    ),
+    ("symlink loop", symlink_loop, [], 2, r"a.png: cannot use it \(Too many levels of symbolic links\)"),
+    ("--json with a bad image", file("blank.png", blank), ["--json"], 2, r"blank.png: the image has no ink"),
+    (
+        "--max-pixels 0",
+        file("x.png", blank),
+        ["--max-pixels", "0"],
+        2,
+        r"error: argument --max-pixels: expected at least 1, got 0",
+    ),
+]
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry under root (links not followed): kind, size, modification time."""
+    entries = {}
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        entries[str(path.relative_to(root))] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return entries
+
+
+@pytest.mark.parametrize("make, flags, code, line", [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_predict_images_fuzz(make, flags, code, line, untrained_predictor, tmp_path, monkeypatch, capsys):
+    inputs = make(tmp_path)
+    if not (tmp_path / "dir" / "good.png").exists():  # else in the folder given
+        (tmp_path / "good.png").write_bytes(encode(digit_like()))
+        inputs.append(str(tmp_path / "good.png"))
+    before = snapshot(tmp_path)
+    main = script_main("predict.py")
+    monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
+    got = cli.run(main, [*inputs, "--workdir", str(tmp_path / "unused"), *flags])
+    out, err = capsys.readouterr()
+    assert got == code, err
+    assert "Traceback" not in err and "Traceback" not in out
+    if line is None:
+        assert err == ""
+    else:
+        assert len(err.splitlines()) == 1 and re.search(line, err), err
+    rows = [json.loads(row) for row in out.splitlines()] if "--json" in flags else None
+    if "--max-pixels" in flags and code == 2 and "error:" in err:
+        assert out == ""  # a bad flag: nothing predicted
+    elif rows is not None:
+        assert any(row["path"].endswith("good.png") and "prediction" in row for row in rows)
+        assert any("error" in row for row in rows)
+    else:
+        assert "good.png: " in out  # the good image's prediction
+    assert snapshot(tmp_path) == before
