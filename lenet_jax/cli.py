@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -100,6 +101,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:  # outside training (which handles SIGINT itself)
         print("stopped: interrupted (nothing was being written)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `script | head`: the reader left, nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def run_summary(workdir, rows: list[dict]) -> str:

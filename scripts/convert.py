@@ -1,66 +1,13 @@
 #!/usr/bin/env python
 """Convert between the PyTorch tutorial's files and this project's checkpoints.
 
-    python scripts/convert.py from-torch model/net_20.pth --workdir checkpoints/tutorial
-    python scripts/convert.py to-torch --workdir checkpoints/recipe --out lenet.safetensors
-
-from-torch: a file the tutorial wrote (`torch.save(net, ...)`, the whole MyLeNet pickled), a
-state_dict of the same network, or a .safetensors file becomes a checkpoint of the recipe's
-model in WORKDIR, which evaluate.py, predict.py and serve.py read like their own. The pickle is
-read without PyTorch and without running it: a file naming anything a LeNet checkpoint does
-not need is refused. The epoch defaults to the number ending the file name (net_20.pth: 20).
-
-to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict, keys
-model.1.weight ... model.10.bias: .safetensors (no PyTorch needed), or .pt / .pth (torch.save;
-needs PyTorch). In PyTorch: `MyLeNet().load_state_dict(safetensors.torch.load_file(FILE))`.
+The program is lenet_jax/commands/convert.py (installed as `lenet-convert`); see --help.
 """
-
-from __future__ import annotations
 
 import sys
 
 from lenet_jax import cli
-from lenet_jax.torch_checkpoint import export_torch_checkpoint, import_torch_checkpoint
-
-
-def main(argv: list[str]) -> int:
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{from-torch,to-torch}")
-    importing = commands.add_parser("from-torch", help="a PyTorch file -> a checkpoint in --workdir")
-    importing.add_argument("file", help="the .pth / .pt / .safetensors file")
-    importing.add_argument("--workdir", required=True, help="where to write the checkpoint")
-    importing.add_argument(
-        "--epoch",
-        type=int,
-        help="the epoch to store it as (default: the number ending the file name, else 1)",
-    )
-    exporting = commands.add_parser("to-torch", help="a checkpoint -> a PyTorch state_dict file")
-    exporting.add_argument("--workdir", required=True, help="the training run's workdir")
-    exporting.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
-    exporting.add_argument("--out", required=True, help="the file to write: .safetensors, .pt or .pth")
-    exporting.add_argument("--force", action="store_true", help="replace --out if it exists")
-    for sub in (importing, exporting):
-        sub.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    args = parser.parse_args(argv)
-    cli.quiet_library_logs()
-    if args.command == "from-torch":
-        result = import_torch_checkpoint(args.file, args.workdir, args.epoch)
-        print(
-            f"Imported {args.file} ({result.source['contents']}, sha256 {result.source['sha256'][:12]}) "
-            f"as epoch {result.epoch} of {result.workdir}; evaluate it with: "
-            f"python scripts/evaluate.py --workdir {args.workdir} --epoch {result.epoch}"
-        )
-    else:
-        result = export_torch_checkpoint(args.workdir, args.out, args.epoch, args.force)
-        weights = "averaged weights" if result.averaged else "weights"
-        loader = "safetensors.torch.load_file" if result.format == "safetensors" else "torch.load"
-        print(
-            f"Wrote the {weights} of epoch {result.epoch} of {args.workdir} to {result.out} "
-            f"(keys model.1.weight ... model.10.bias); in PyTorch: "
-            f"MyLeNet().load_state_dict({loader}({str(result.out)!r}))"
-        )
-    return 0
-
+from lenet_jax.commands.convert import main
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -1,87 +1,13 @@
 #!/usr/bin/env python
 """Draw a digit in the browser: `python scripts/serve.py --workdir DIR [--port P]`.
 
-Starts a local web server (127.0.0.1 by default) with one page: draw on the canvas with the
-mouse or a finger, and the model's 10 probabilities update live, next to the 28x28 image it saw.
-Other clients POST an image to /predict (raw, or as a form upload) and get JSON:
-
-    curl -F file=@digit.png http://127.0.0.1:8000/predict
-
-The server has bounds (body size, decoded pixels, images processed at once, connections, idle
-time: see lenet_jax/serve.py); a refused request gets {"error": "..."} with its HTTP status.
+The program is lenet_jax/commands/serve.py (installed as `lenet-serve`); see --help.
 """
 
-from __future__ import annotations
-
-import errno
-import socket
 import sys
 
 from lenet_jax import cli
-from lenet_jax.predict import load_predictor, quiet_pil_warnings
-from lenet_jax.serve import MAX_PREDICTIONS, make_server
-
-
-def listen_error(host: str, port: int, error: OSError) -> str:
-    """Why the server cannot listen, naming the flag to change."""
-    reason = error.strerror or str(error)
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve --host {host} ({reason}): give an address such as 127.0.0.1 or 0.0.0.0"
-    if error.errno == errno.EADDRNOTAVAIL:
-        return f"--host {host} is not an address of this machine ({reason}): give 127.0.0.1 or 0.0.0.0"
-    if error.errno == errno.EADDRINUSE:
-        return f"port {port} is in use ({reason}): pick another --port (0: any free one)"
-    if error.errno == errno.EACCES:
-        return f"cannot listen on port {port} ({reason}): pick another --port (ports below 1024 need root)"
-    return f"cannot listen on {host}:{port} ({reason}): check --host and --port"
-
-
-def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="the training run's workdir")
-    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
-    parser.add_argument("--port", type=int, default=8000, help="0 to 65535 (default: 8000)")
-    parser.add_argument(
-        "--max-predictions",
-        type=int,
-        default=MAX_PREDICTIONS,
-        help=f"images decoded and predicted at once; more wait their turn (default: {MAX_PREDICTIONS})",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error(f"argument --port: a port is 0 to 65535 (0: any free one), got {args.port}")
-    if args.max_predictions < 1:
-        parser.error(f"argument --max-predictions: expected at least 1, got {args.max_predictions}")
-    try:  # before the checkpoint is loaded: a typo in --host is told at once
-        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise cli.ConfigError(listen_error(args.host, args.port, e)) from None
-    cli.quiet_library_logs()
-    cli.enable_compilation_cache()
-    quiet_pil_warnings()
-    predictor = load_predictor(args.workdir, args.epoch)
-    try:
-        server = make_server(
-            predictor, args.host, args.port, max_predictions=args.max_predictions, debug=args.debug
-        )
-    except OSError as e:
-        raise cli.ConfigError(listen_error(args.host, args.port, e)) from e
-    with server:
-        print(
-            f"Serving epoch {predictor.epoch} of {args.workdir} at "
-            f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.server_port}/ "
-            "(Ctrl-C stops)",
-            flush=True,
-        )
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("Stopped.", flush=True)
-    return 0
-
+from lenet_jax.commands.serve import main
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

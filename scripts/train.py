@@ -1,79 +1,13 @@
 #!/usr/bin/env python
 """Train LeNet on MNIST: `python scripts/train.py [--preset NAME] [--FIELD VALUE ...]`.
 
-A thin entry point: flags -> Config -> lenet_jax.train.train_and_evaluate. See --help.
+The program is lenet_jax/commands/train.py (installed as `lenet-train`); see --help.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-from lenet_jax import cli, parallel
-from lenet_jax.train import train_and_evaluate
-
-DEFAULT_WORKDIR_ROOT = Path("checkpoints")
-
-
-def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--workdir",
-        help="where checkpoints, logs, metrics.jsonl and config.json go; rerunning with the same "
-        "workdir resumes (default: checkpoints/<run-name>)",
-    )
-    parser.add_argument("--run-name", help="names the default workdir (default: the preset's name)")
-    parser.add_argument(
-        "--data-dir",
-        help="folder with the four MNIST-format IDX files, gzipped or not (default: "
-        "$LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over instead of resuming; refused if the workdir has checkpoints, unless "
-        "--force is given too",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="with --restart: replace the old run (set aside once everything is checked, deleted "
-        "when the new run has saved its first checkpoint, put back if it fails before)",
-    )
-    group = parser.add_argument_group("multi-process (see README, Scaling out)")
-    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
-    group.add_argument("--num-processes", type=int, help="how many processes take part")
-    group.add_argument("--process-id", type=int, help="this process's rank, 0..N-1")
-    group.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a multi-process run whose settings jax.distributed detects (SLURM, MPI, ...)",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    cli.add_config_flags(parser)
-    args = parser.parse_args(argv)
-    config = cli.config_from_args(args)
-    if args.force and not args.restart:
-        raise cli.ConfigError("--force only goes with --restart")
-    if args.distributed and any(
-        v is not None for v in (args.coordinator, args.num_processes, args.process_id)
-    ):
-        raise cli.ConfigError("--distributed takes no --coordinator, --num-processes or --process-id")
-    if args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None:
-        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-    workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
-    cli.quiet_library_logs()
-    cli.enable_compilation_cache()
-    if parallel.is_main_process():
-        print(f"Workdir: {workdir}")
-    result = train_and_evaluate(
-        config, workdir, data_dir=args.data_dir, resume=not args.restart, replace=args.force
-    )
-    if parallel.is_main_process() and result.metrics:
-        print(cli.run_summary(workdir, result.metrics))
-    return 0
-
+from lenet_jax import cli
+from lenet_jax.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

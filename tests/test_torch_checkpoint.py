@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, script_main
 from PIL import Image
-from test_reliability import run_cli, script_main
 
 from lenet_jax import cli, idx
 from lenet_jax.checkpoints import Checkpoints

@@ -1,0 +1,63 @@
+"""Evaluate a checkpoint on the test set: `python scripts/evaluate.py --workdir DIR [--epoch N]`.
+
+Restores the parameters only, evaluates all 10,000 test images, and prints one JSON line with
+`epoch`, `test_accuracy` and `test_total_loss` (equal to what training logged for that epoch).
+A run trained with --ema-decay is evaluated with its averaged weights, as training did;
+`--raw-weights` evaluates the raw ones (logged by training as raw_test_*).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lenet_jax import cli
+from lenet_jax.evaluation import evaluate_checkpoint
+
+
+def main(argv: list[str]) -> int:
+    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the training run's workdir")
+    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    parser.add_argument(
+        "--data-dir",
+        help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
+        "else download through tensorflow-datasets)",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write report PNGs (curves, confusion matrix, mistakes, per-class scores, "
+        "filters) and per_class.json into DIR",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="WORKDIR",
+        help="with --report: more workdirs whose training curves are overlaid",
+    )
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="evaluate the raw weights of a run that kept a moving average (--ema-decay)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    args = parser.parse_args(argv)
+    cli.quiet_library_logs()
+    cli.enable_compilation_cache()
+    result = evaluate_checkpoint(
+        args.workdir, epoch=args.epoch, data_dir=args.data_dir, averaged=not args.raw_weights
+    )
+    print(json.dumps(result))
+    if args.report:
+        from lenet_jax.figures import write_report  # matplotlib only when asked for
+
+        report = write_report([args.workdir, *args.compare], args.report, args.epoch, args.data_dir)
+        print(f"Report for epoch {report['epoch']} written to {args.report}: {', '.join(report['files'])}")
+    return 0
+
+
+def console() -> None:
+    """The installed `lenet-evaluate` command."""
+    sys.exit(cli.run(main))
