@@ -54,7 +54,7 @@ def assert_params_close(ours, theirs, atol):
 )
 def test_same_forward_pass_from_the_same_weights(config):
     model = model_from_config(config)
-    params = init_params(model, jax.random.PRNGKey(3))
+    params = jax.jit(init_params, static_argnums=0)(model, jax.random.PRNGKey(3))
     twin = twins.TwinLeNet.from_config(config)
     twins.load_flax_params(twin, params)
     images, _ = images_and_labels(16)
@@ -75,7 +75,7 @@ def test_feature_norm_has_one_scale_and_offset_per_channel():
 def test_initialisation_has_our_distribution(scheme):
     """Per layer, the twin's weights have the std (and range) of lenet-jax's initialiser."""
     config = get_preset("fast").replace(init=scheme)
-    ours = init_params(model_from_config(config), jax.random.PRNGKey(0))
+    ours = jax.jit(init_params, static_argnums=0)(model_from_config(config), jax.random.PRNGKey(0))
     twin = twins.TwinLeNet.from_config(config)
     twins.initialize(twin, scheme, torch.Generator().manual_seed(0))
     theirs = twins.to_flax_params(twin)
