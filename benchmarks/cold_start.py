@@ -39,7 +39,7 @@ VARIANTS: dict[str, dict] = {
     "train-O1": {"train": {"xla_backend_optimization_level": 1}},
     "train-O2": {"train": {"xla_backend_optimization_level": 2}},
     "train-no-expensive-llvm": {"train": {"xla_llvm_disable_expensive_passes": True}},
-    "train-no-unroll": {"train": {"xla_cpu_disable_loop_unrolling": True}},
+    "train-no-fusion-emitters": {"train": {"xla_cpu_use_fusion_emitters": False}},
     "train-split-codegen": {"train": {"xla_cpu_parallel_codegen_split_count": 2}},
     "train-no-cond": {"no_cond": True},
     "eval-O1": {"eval": {"xla_backend_optimization_level": 1}},
@@ -50,9 +50,11 @@ VARIANTS: dict[str, dict] = {
 
 
 def _timed(fn, *args):
-    start = time.perf_counter()
+    """fn(*args), its wall seconds and its CPU seconds (all threads of this process: robust to
+    other processes competing for the cores, where the wall time is not)."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -73,7 +75,7 @@ def child(args: argparse.Namespace) -> dict:
 
     record: dict = {"variant": args.child, "import_s": time.perf_counter() - started}
     config = get_preset(args.preset)
-    dataset, record["data_s"] = _timed(load_dataset, args.data_dir)
+    dataset, record["data_s"], _ = _timed(load_dataset, args.data_dir)
     n, batch = len(dataset.train), config.batch_size
     steps_per_epoch = -(-n // batch)
     model = model_from_config(config)
@@ -82,8 +84,8 @@ def child(args: argparse.Namespace) -> dict:
     init_key, shuffle_key = jax.random.split(key)
 
     def lower_compile(name, jitted, *call_args):
-        lowered, record[f"{name}_lower_s"] = _timed(jitted.lower, *call_args)
-        compiled, record[f"{name}_compile_s"] = _timed(lowered.compile)
+        lowered, record[f"{name}_lower_s"], record[f"{name}_lower_cpu_s"] = _timed(jitted.lower, *call_args)
+        compiled, record[f"{name}_compile_s"], record[f"{name}_compile_cpu_s"] = _timed(lowered.compile)
         return compiled
 
     # Initialisation: lenet_jax.steps.create_train_state (compiled at O0), or with extra options.
@@ -125,13 +127,15 @@ def child(args: argparse.Namespace) -> dict:
     state, losses = train(state, images, labels, calls[0], count)
     jax.block_until_ready(losses)
     record["train_first_call_s"] = time.perf_counter() - start
-    timings = []
+    timings, cpu_timings = [], []
     for indices in calls[1 : 1 + args.calls]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         state, losses = train(state, images, labels, indices, count)
         jax.block_until_ready(losses)
         timings.append(time.perf_counter() - start)
+        cpu_timings.append(time.process_time() - cpu)
     record["step_ms"] = 1000 * statistics.median(timings[2:]) / per_call
+    record["step_cpu_ms"] = 1000 * statistics.median(cpu_timings[2:]) / per_call  # both threads
     record["steps_per_call"] = per_call
 
     # The evaluation program: lenet_jax.evaluation.Evaluator's step_on_indices, XLA's defaults.
@@ -156,6 +160,7 @@ def child(args: argparse.Namespace) -> dict:
         eval_times.append(time.perf_counter() - start)
     record["eval_test_set_s"] = statistics.median(eval_times)
     record["compile_total_s"] = sum(v for k, v in record.items() if k.endswith("_compile_s"))
+    record["compile_total_cpu_s"] = sum(v for k, v in record.items() if k.endswith("_compile_cpu_s"))
     record["process_s"] = time.perf_counter() - started
     record["prng"] = jax.config.jax_default_prng_impl
     record["threefry_partitionable"] = jax.config.jax_threefry_partitionable
@@ -201,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             before = load_average()
             record = run_child(variant, args)
-            record.update(repeat=repeat, load_before=before)
+            record.update(repeat=repeat, load_before=before, load_after=load_average())
             runs[variant].append(record)
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}),
                 flush=True,
             )
-    keys = [k for k in runs[args.variants[0]][0] if k.endswith("_s") or k.endswith("_ms")]
+    keys = [k for k in runs[args.variants[0]][0] if k.endswith(("_s", "_ms"))]
     for variant, records in runs.items():
         summary = {
             "summary": "cold start",
