@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,6 +185,55 @@ def run_child(variant: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+LOG_PATTERNS = {
+    "trace_s": re.compile(r"Finished tracing (?:\+ transforming )?(\S+) for \S+ in ([0-9.e-]+) sec"),
+    "mlir_s": re.compile(r"Finished jaxpr to MLIR module conversion jit\((\S+)\) in ([0-9.e-]+) sec"),
+    "compile_s": re.compile(r"Finished XLA compilation of jit\((\S+)\) in ([0-9.e-]+) sec"),
+}
+
+
+def list_programs(args: argparse.Namespace, cache_dir: str = "", prng: str | None = None) -> dict:
+    """Runs `scripts/train.py --epochs 1` with JAX_LOG_COMPILES=1 and returns every program it
+    compiled, in order, with its tracing, MLIR conversion and XLA compilation seconds, and the
+    run's seconds_to_first_step (metrics.jsonl)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "JAX_LOG_COMPILES": "1", "LENET_JAX_CACHE_DIR": cache_dir}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        if prng:
+            env["JAX_DEFAULT_PRNG_IMPL"] = prng
+        command = [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            "--preset",
+            args.preset,
+            "--epochs",
+            "1",
+        ]
+        command += ["--workdir", str(Path(tmp) / "run"), "--data-dir", args.data_dir]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"train.py failed: {done.stderr[-3000:]}")
+        metrics = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    programs: list[dict] = []
+    for line in done.stderr.splitlines():
+        for key, pattern in LOG_PATTERNS.items():
+            match = pattern.search(line)
+            if match:
+                name, seconds = [g for g in match.groups() if g is not None]
+                if key == "trace_s" or not programs or programs[-1]["program"] != name or key in programs[-1]:
+                    programs.append({"program": name})
+                programs[-1][key] = float(seconds)
+    return {
+        "programs": programs,
+        "seconds_to_first_step": metrics["seconds_to_first_step"],
+        "train_seconds": metrics["train_seconds"],
+        "eval_seconds": metrics["eval_seconds"],
+        "process_wall_s": wall,
+    }
+
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -196,10 +247,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=12, help="timed training calls per process")
+    parser.add_argument(
+        "--list-programs",
+        action="store_true",
+        help="instead: run scripts/train.py --epochs 1 (--repeats times, cold, then twice with a "
+        "fresh persistent cache: cold and warm) and list every program it compiled",
+    )
+    parser.add_argument("--prng", help="with --list-programs: JAX_DEFAULT_PRNG_IMPL for the runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args)), flush=True)
+        return 0
+    if args.list_programs:
+        runs = [("cold", "")] * args.repeats
+        with tempfile.TemporaryDirectory() as cache:
+            for kind, cache_dir in [*runs, ("cache-cold", cache), ("cache-warm", cache)]:
+                result = list_programs(args, cache_dir, args.prng)
+                for program in result.pop("programs"):
+                    print(json.dumps({"run": kind, **program}), flush=True)
+                print(json.dumps({"run": kind, "prng": args.prng or "default", **result}), flush=True)
         return 0
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for repeat in range(args.repeats):
