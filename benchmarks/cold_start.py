@@ -59,114 +59,250 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start, time.process_time() - cpu
 
 
+class Programs:
+    """The training loop's programs for one preset, as lenet_jax builds them today, with a
+    variant's changes: `build(spec)` -> {name: (jitted, lower args)}, plus what running them needs.
+
+    init: steps.create_train_state (O0); permutation: data._permutation (O0); train: EpochRunner's
+    multi-step call (train_on_indices, or train_on_batches after the augment program when the
+    preset augments); eval: Evaluator's step_on_indices (XLA's defaults).
+    """
+
+    def __init__(self, preset: str, data_dir: str):
+        import jax.numpy as jnp
+        import numpy as np
+
+        from lenet_jax import backend
+        from lenet_jax.config import get_preset
+        from lenet_jax.data import load_dataset, sequential_order
+        from lenet_jax.evaluation import GROUP_IMAGES
+        from lenet_jax.model import model_from_config, resolve_conv_impl
+        from lenet_jax.optimizers import build_optimizer
+
+        self.config = config = get_preset(preset)
+        self.dataset, self.data_s, _ = _timed(load_dataset, data_dir)
+        self.n = len(self.dataset.train)
+        self.model = model_from_config(config)
+        self.optimizer = build_optimizer(config, -(-self.n // config.batch_size))
+        conv = resolve_conv_impl(config.conv_impl)
+        self.per_call = config.steps_per_call or backend.default_steps_per_call(conv)
+        self.images, self.labels = (
+            jnp.asarray(self.dataset.train.images),
+            jnp.asarray(self.dataset.train.labels),
+        )
+        self.test_images = jnp.asarray(self.dataset.test.images)
+        self.test_labels = jnp.asarray(self.dataset.test.labels)
+        groups = max(1, GROUP_IMAGES // config.eval_batch_size)
+        order = sequential_order(len(self.dataset.test), config.eval_batch_size)
+        padding = np.full((-len(order) % groups, config.eval_batch_size), -1, np.int32)
+        self.test_order = np.concatenate([order, padding]).reshape(-1, groups, config.eval_batch_size)
+
+    def build(self, spec: dict) -> dict:
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from lenet_jax import backend
+        from lenet_jax.augment import augmentation_from_config, make_augment
+        from lenet_jax.data import _permutation, gather_batch
+        from lenet_jax.steps import (
+            augmentation_key,
+            create_train_state,
+            make_eval_step,
+            make_train_step,
+            scan_steps,
+        )
+
+        config, model, optimizer = self.config, self.model, self.optimizer
+        prng = spec.get("env", {}).get("JAX_DEFAULT_PRNG_IMPL")
+        previous = jax.config.jax_default_prng_impl
+        if prng:  # in-process A/B: raw keys are read with the default impl at trace time
+            jax.config.update("jax_default_prng_impl", prng)
+        try:
+            init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+            init = create_train_state
+            if "init" in spec:
+                init = jax.jit(
+                    create_train_state.__wrapped__,
+                    static_argnums=(0, 1, 3),
+                    compiler_options={"xla_backend_optimization_level": 0, **spec["init"]},
+                )
+            programs = {
+                "init": (init, (model, optimizer, init_key, config.averages_weights)),
+                "permutation": (_permutation, (shuffle_key, 1, self.n)),
+            }
+            state = create_train_state.eval_shape(model, optimizer, init_key, config.averages_weights)
+            train_step = make_train_step(
+                model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
+            )
+            options = {**backend.training_compiler_options(), **spec.get("train", {})}
+            jit = lambda fn, **kw: jax.jit(fn, compiler_options=options, **kw)  # noqa: E731
+            steps = (
+                (lambda f, s, xs, c: jax.lax.scan(lambda s, x: _loss_only(f(s, x)), s, xs))
+                if spec.get("no_cond")
+                else scan_steps
+            )
+            self.shuffle_key = shuffle_key
+            indices = np.zeros((self.per_call, config.batch_size), np.int32)  # shape only
+            count = np.int32(self.per_call)
+            augment = make_augment(augmentation_from_config(config))
+            if augment is None:
+
+                def train_on_indices(state, images, labels, indices, count):
+                    def step_on_indices(state, step_indices):
+                        return train_step(state, gather_batch(images, labels, step_indices))
+
+                    return steps(step_on_indices, state, indices, count)
+
+                programs["train"] = (
+                    jit(train_on_indices, donate_argnums=0),
+                    (state, self.images, self.labels, indices, count),
+                )
+            else:
+
+                def augmented_batches(state, images, labels, indices):
+                    batches = jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
+                    keys = jax.vmap(lambda i: augmentation_key(state, i))(jnp.arange(len(indices)))
+                    return {**batches, "image": jax.lax.map(lambda a: augment(*a), (keys, batches["image"]))}
+
+                def train_on_batches(state, batches, count):
+                    return steps(train_step, state, batches, count)
+
+                augment_args = (state, self.images, self.labels, indices)
+                batches = jax.eval_shape(augmented_batches, *augment_args)
+                programs["augment"] = (jit(augmented_batches), augment_args)
+                programs["train"] = (jit(train_on_batches, donate_argnums=0), (state, batches, count))
+            eval_step = make_eval_step(model)
+
+            def eval_on_indices(params, images, labels, indices):
+                return eval_step(params, gather_batch(images, labels, indices))
+
+            params = state.params
+            programs["eval"] = (
+                jax.jit(eval_on_indices, compiler_options=spec.get("eval") or None),
+                (params, self.test_images, self.test_labels, self.test_order[0]),
+            )
+            # Lowered now, while the variant's PRNG implementation is in force.
+            return {name: (_timed(fn.lower, *args), args) for name, (fn, args) in programs.items()}
+        finally:
+            jax.config.update("jax_default_prng_impl", previous)
+
+    def run(self, compiled: dict, calls: int, evaluate: bool = True) -> dict:
+        """Runs the compiled programs: init, then `calls` training calls; returns per-call
+        (wall, cpu) seconds of the training calls (augment included) and other timings."""
+        import jax
+        import numpy as np
+
+        from lenet_jax.data import _pad_to_batches
+
+        init_args = compiled["init_args"]
+        state = compiled["init"](init_args[2])
+        permutation = np.asarray(compiled["permutation"](compiled["shuffle_key"], 1), np.int32)
+        order = _pad_to_batches(permutation, self.config.batch_size)
+        batches = range(0, len(order) - self.per_call + 1, self.per_call)
+        count = np.int32(self.per_call)
+        times = {"train": [], "train_cpu": [], "eval": []}
+        for i, first in enumerate(batches[: calls + 1]):
+            indices = order[first : first + self.per_call]
+            start, cpu = time.perf_counter(), time.process_time()
+            if "augment" in compiled:
+                batches = compiled["augment"](state, self.images, self.labels, indices)
+                state, losses = compiled["train"](state, batches, count)
+            else:
+                state, losses = compiled["train"](state, self.images, self.labels, indices, count)
+            jax.block_until_ready(losses)
+            if i:  # the first call is kept apart: first-run costs
+                times["train"].append(time.perf_counter() - start)
+                times["train_cpu"].append(time.process_time() - cpu)
+            else:
+                times["first_call"] = time.perf_counter() - start
+        params = state.ema_params if state.ema_params is not None else state.params
+        for _ in range(3 if evaluate else 0):
+            start = time.perf_counter()
+            jax.block_until_ready(
+                [compiled["eval"](params, self.test_images, self.test_labels, g) for g in self.test_order]
+            )
+            times["eval"].append(time.perf_counter() - start)
+        return times
+
+
 def child(args: argparse.Namespace) -> dict:
     """One cold process: builds, compiles and runs the training loop's programs."""
-    spec = VARIANTS[args.child]
     started = time.perf_counter()
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from lenet_jax import backend
-    from lenet_jax.config import get_preset
-    from lenet_jax.data import _permutation, epoch_order, gather_batch, load_dataset, sequential_order
-    from lenet_jax.evaluation import GROUP_IMAGES
-    from lenet_jax.model import model_from_config, resolve_conv_impl
-    from lenet_jax.optimizers import build_optimizer
-    from lenet_jax.steps import create_train_state, make_eval_step, make_train_step, scan_steps
-
-    record: dict = {"variant": args.child, "import_s": time.perf_counter() - started}
-    config = get_preset(args.preset)
-    dataset, record["data_s"], _ = _timed(load_dataset, args.data_dir)
-    n, batch = len(dataset.train), config.batch_size
-    steps_per_epoch = -(-n // batch)
-    model = model_from_config(config)
-    optimizer = build_optimizer(config, steps_per_epoch)
-    key = jax.random.PRNGKey(config.seed)
-    init_key, shuffle_key = jax.random.split(key)
-
-    def lower_compile(name, jitted, *call_args):
-        lowered, record[f"{name}_lower_s"], record[f"{name}_lower_cpu_s"] = _timed(jitted.lower, *call_args)
-        compiled, record[f"{name}_compile_s"], record[f"{name}_compile_cpu_s"] = _timed(lowered.compile)
-        return compiled
-
-    # Initialisation: lenet_jax.steps.create_train_state (compiled at O0), or with extra options.
-    init_fn = create_train_state
-    if "init" in spec:
-        init_fn = jax.jit(
-            create_train_state.__wrapped__,
-            static_argnums=(0, 1, 3),
-            compiler_options={"xla_backend_optimization_level": 0, **spec["init"]},
-        )
-    init = lower_compile("init", init_fn, model, optimizer, init_key, config.averages_weights)
-    state = init(init_key)
-    jax.block_until_ready(state)
-    perm = lower_compile("permutation", _permutation, shuffle_key, 1, n)
-    jax.block_until_ready(perm(shuffle_key, 1))
-
-    # The training program: EpochRunner's train_on_indices (one device, no augmentation).
-    per_call = config.steps_per_call or backend.default_steps_per_call(resolve_conv_impl(config.conv_impl))
-    train_step = make_train_step(
-        model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
-    )
-    options = {**backend.training_compiler_options(), **spec.get("train", {})}
-
-    def train_on_indices(state, images, labels, indices, count):
-        def step_on_indices(state, step_indices):
-            return train_step(state, gather_batch(images, labels, step_indices))
-
-        if spec.get("no_cond"):
-            return jax.lax.scan(lambda s, i: _loss_only(step_on_indices(s, i)), state, indices)
-        return scan_steps(step_on_indices, state, indices, count)
-
-    train = jax.jit(train_on_indices, donate_argnums=0, compiler_options=options)
-    images, labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
-    order = epoch_order(shuffle_key, 1, n, batch)
-    calls = [order[i : i + per_call] for i in range(0, len(order) - per_call + 1, per_call)]
-    count = np.int32(per_call)
-    train = lower_compile("train", train, state, images, labels, calls[0], count)
-    start = time.perf_counter()
-    state, losses = train(state, images, labels, calls[0], count)
-    jax.block_until_ready(losses)
-    record["train_first_call_s"] = time.perf_counter() - start
-    timings, cpu_timings = [], []
-    for indices in calls[1 : 1 + args.calls]:
-        start, cpu = time.perf_counter(), time.process_time()
-        state, losses = train(state, images, labels, indices, count)
-        jax.block_until_ready(losses)
-        timings.append(time.perf_counter() - start)
-        cpu_timings.append(time.process_time() - cpu)
-    record["step_ms"] = 1000 * statistics.median(timings[2:]) / per_call
-    record["step_cpu_ms"] = 1000 * statistics.median(cpu_timings[2:]) / per_call  # both threads
-    record["steps_per_call"] = per_call
-
-    # The evaluation program: lenet_jax.evaluation.Evaluator's step_on_indices, XLA's defaults.
-    eval_step = make_eval_step(model)
-    groups = max(1, GROUP_IMAGES // config.eval_batch_size)
-
-    def eval_on_indices(params, images, labels, indices):
-        return eval_step(params, gather_batch(images, labels, indices))
-
-    evaluate = jax.jit(eval_on_indices, compiler_options=spec.get("eval") or None)
-    test_images, test_labels = jnp.asarray(dataset.test.images), jnp.asarray(dataset.test.labels)
-    test_order = sequential_order(len(dataset.test), config.eval_batch_size)
-    padding = -len(test_order) % groups
-    test_order = np.concatenate([test_order, np.full((padding, config.eval_batch_size), -1, np.int32)])
-    test_order = test_order.reshape(-1, groups, config.eval_batch_size)
-    params = state.ema_params if state.ema_params is not None else state.params
-    evaluate = lower_compile("eval", evaluate, params, test_images, test_labels, test_order[0])
-    eval_times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready([evaluate(params, test_images, test_labels, g) for g in test_order])
-        eval_times.append(time.perf_counter() - start)
-    record["eval_test_set_s"] = statistics.median(eval_times)
+    record: dict = {"variant": args.child}
+    setup = Programs(args.preset, args.data_dir)
+    record["import_and_data_s"], record["data_s"] = time.perf_counter() - started, setup.data_s
+    lowered = setup.build(VARIANTS[args.child])
+    compiled = {}
+    for name, ((low, lower_s, lower_cpu_s), _) in lowered.items():
+        compiled[name], compile_s, compile_cpu_s = _timed(low.compile)
+        record.update({f"{name}_lower_s": lower_s, f"{name}_lower_cpu_s": lower_cpu_s})
+        record.update({f"{name}_compile_s": compile_s, f"{name}_compile_cpu_s": compile_cpu_s})
+    compiled["init_args"], compiled["shuffle_key"] = lowered["init"][1], setup.shuffle_key
+    times = setup.run(compiled, args.calls)
+    record["train_first_call_s"] = times["first_call"]
+    record["step_ms"] = 1000 * statistics.median(times["train"][2:]) / setup.per_call
+    record["step_cpu_ms"] = 1000 * statistics.median(times["train_cpu"][2:]) / setup.per_call  # both threads
+    record["steps_per_call"] = setup.per_call
+    record["eval_test_set_s"] = statistics.median(times["eval"])
     record["compile_total_s"] = sum(v for k, v in record.items() if k.endswith("_compile_s"))
     record["compile_total_cpu_s"] = sum(v for k, v in record.items() if k.endswith("_compile_cpu_s"))
     record["process_s"] = time.perf_counter() - started
     record["prng"] = jax.config.jax_default_prng_impl
     record["threefry_partitionable"] = jax.config.jax_threefry_partitionable
     return record
+
+
+def ab(args: argparse.Namespace) -> None:
+    """In one process, baseline and a variant alternately: each program the variant changes is
+    compiled `rounds` times each (A B A B ...), then their training calls alternate; prints one
+    JSON line with the medians and the median of the pairwise ratios (variant / baseline)."""
+    import jax
+
+    spec = VARIANTS[args.ab]
+    setup = Programs(args.preset, args.data_dir)
+    changed = {"env": ["init", "permutation", "augment", "train"], "init": ["init"], "eval": ["eval"]}
+    names = sorted({n for key in spec for n in changed.get(key, ["train"])})
+    compile_s = {v: {n: [] for n in names} for v in ("baseline", args.ab)}
+    compiled = {}
+    for _ in range(args.rounds):
+        for variant in ("baseline", args.ab):
+            lowered = setup.build(VARIANTS[variant])
+            if variant not in compiled:  # the other programs, once, at the baseline's settings
+                compiled[variant] = {
+                    n: low.compile() for n, ((low, _, _), _) in lowered.items() if n not in names
+                }
+                compiled[variant]["init_args"] = lowered["init"][1]
+                compiled[variant]["shuffle_key"] = setup.shuffle_key  # this variant's PRNG
+            for name in names:
+                if name in lowered:
+                    compiled[variant][name], _, cpu = _timed(lowered[name][0][0].compile)
+                    compile_s[variant][name].append(cpu)
+    for variant in compiled:  # warm-up
+        setup.run(compiled[variant], 2, evaluate=False)
+    steps = {v: [] for v in compiled}
+    for _ in range(args.rounds * 4):
+        for variant in compiled:
+            times = setup.run(compiled[variant], 4, evaluate=False)
+            steps[variant].append(statistics.median(times["train"]) / setup.per_call)
+    ratios = [b / a for a, b in zip(steps["baseline"], steps[args.ab], strict=True)]
+    result = {
+        "ab": args.ab,
+        "preset": args.preset,
+        "rounds": args.rounds,
+        "compile_cpu_s": {
+            v: {n: round(statistics.median(x), 3) for n, x in per.items() if x}
+            for v, per in compile_s.items()
+        },
+        "step_ms": {v: round(1000 * statistics.median(x), 3) for v, x in steps.items()},
+        "step_ratio_median": round(statistics.median(ratios), 3),
+        "step_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "load": load_average(),
+        "prng_after": jax.config.jax_default_prng_impl,
+    }
+    print(json.dumps(result), flush=True)
 
 
 def _loss_only(out):
@@ -254,8 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         "fresh persistent cache: cold and warm) and list every program it compiled",
     )
     parser.add_argument("--prng", help="with --list-programs: JAX_DEFAULT_PRNG_IMPL for the runs")
+    parser.add_argument("--ab", choices=list(VARIANTS), help="instead: in-process A/B of one variant")
+    parser.add_argument("--rounds", type=int, default=5, help="with --ab: compilations of each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ab:
+        ab(args)
+        return 0
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return 0
