@@ -362,7 +362,7 @@ class PresetTwin:
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model = TwinLeNet.from_config(config)
-        initialize(self.model, config.init, self.generator)
+        initialize(self.model, config.init_scheme, self.generator)
         self.average = None
         if config.ema_decay:
             self.average = copy.deepcopy(self.model).requires_grad_(False)
