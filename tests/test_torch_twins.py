@@ -3,8 +3,6 @@ same forward pass from the same weights, same schedule, same optimizer steps and
 same augmentation from the same random draws. Skipped without PyTorch (CI has none)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +12,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import torch_presets as twins  # noqa: E402 - the repository root is on pytest's path
 from lenet_jax import augment as jax_augment  # noqa: E402
 from lenet_jax.config import Config, get_preset  # noqa: E402
 from lenet_jax.model import init_params, model_from_config  # noqa: E402
 from lenet_jax.optimizers import build_optimizer, learning_rate_schedule  # noqa: E402
 from lenet_jax.steps import create_train_state, ema_decay_at, make_train_step  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not packaged
-from benchmarks import torch_presets as twins  # noqa: E402
 
 NO_AUGMENTATION = {name: 0.0 for name in ("augment_translate", "augment_rotate", "augment_scale")}
 NO_AUGMENTATION.update(augment_shear=0.0, elastic_alpha=0.0)

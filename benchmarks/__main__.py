@@ -1,0 +1,403 @@
+"""Benchmarks: lenet-jax against PyTorch on the same machine, interleaved, one JSON line each.
+
+    pip install -e ".[bench]"                       # PyTorch, for the peers
+    python -m benchmarks speed --data-dir DIR       # the recipe: s/epoch, lenet-jax / PyTorch
+    python -m benchmarks time-to-99 --data-dir DIR  # --preset fast against its PyTorch twin
+    python -m benchmarks augmentation-cost --data-dir DIR
+
+(`python scripts/benchmark.py ...` is the same.) The dataset is loaded once per run. Every
+contender gets an untimed warm-up, then they alternate, so that all see the same machine: ratios
+are medians of per-round ratios, with their min and max. PyTorch runs at 1 and 2 threads and is
+compared at the faster one. The summary line names the CPU and its vector extensions: compare
+ratios from one run, not seconds across runs or machines.
+
+- speed: the recipe (sigmoid LeNet, SGD 0.05, batch 64, 60,000 images), lenet-jax's training
+  loop (`lenet_jax.train.train_epoch`) against `benchmarks.torch_lenet` (the tutorial's loop with
+  the data preloaded); `--jax-conv xla` and `--jax-xla-defaults` add lenet-jax variants.
+- time-to-99: per seed, the preset's training through lenet-jax's public loop API
+  (`make_trainer`, `program.epoch_calls`, `program(...)`), evaluated `--evals-per-epoch` times an
+  epoch (after the call passing each interval), against the preset's PyTorch twin
+  (`benchmarks.torch_presets`: the same algorithm) evaluated at the same steps. Seconds of
+  training until the test accuracy first reaches 99%: lenet-jax's from before its set-up (its
+  compilation included: every seed compiles from scratch, unless --warm-cache), evaluation
+  excluded on both sides. Both evaluate the weights the preset evaluates (its moving average).
+- augmentation-cost: epochs of a preset (default best) with and without its distortions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+
+from lenet_jax import cli
+from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_preset
+from lenet_jax.data import Dataset, load_dataset
+from lenet_jax.errors import ConfigError
+from lenet_jax.provenance import cpu_description
+from lenet_jax.speed import xla_defaults
+from lenet_jax.steps import evaluated_params
+from lenet_jax.train import make_trainer, train_epoch
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu, flags = cpu_description()
+    return {
+        "cpu": cpu,
+        "avx512": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+        "fma": "fma" in flags,
+        "cpus": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+class JaxEpochs:
+    """lenet-jax's training loop, one epoch at a time."""
+
+    def __init__(self, name: str, config: Config, dataset: Dataset):
+        self.name, self.dataset = name, dataset
+        self.trainer = make_trainer(config, dataset.train)
+        self.state, self.epoch = self.trainer.new_state(), 0
+
+    def train_epoch(self) -> float:
+        self.epoch += 1
+        step = (self.epoch - 1) * self.trainer.program.steps_per_epoch
+        self.state, _, seconds = train_epoch(self.trainer, self.state, self.epoch, step)
+        return seconds
+
+    def evaluate(self) -> dict:
+        return self.trainer.evaluator.evaluate(evaluated_params(self.state), self.dataset.test)
+
+
+class TorchEpochs:
+    """The PyTorch reference at a given thread count (set before each of its epochs)."""
+
+    def __init__(self, dataset: Dataset, threads: int):
+        from benchmarks.torch_lenet import TorchTrainer
+
+        self.name, self.threads = f"pytorch-{threads}t", threads
+        self.trainer = TorchTrainer(
+            dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels
+        )
+
+    def train_epoch(self) -> float:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.trainer.train_epoch()
+
+    def evaluate(self) -> dict:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.trainer.evaluate()
+
+
+def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
+    """One untimed warm-up epoch each, then `rounds` rounds of one timed epoch each, the order
+    rotated every round. Returns name -> seconds per round."""
+    for contender in contenders:
+        emit({"warmup": contender.name, "seconds": round(contender.train_epoch(), 3)})
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
+            seconds = contender.train_epoch()
+            times[contender.name].append(seconds)
+            emit(
+                {
+                    "impl": contender.name,
+                    "round": r,
+                    "seconds_per_epoch": round(seconds, 3),
+                    "images_per_second": round(images / seconds),
+                }
+            )
+    return times
+
+
+def faster_torch(times: dict[str, list[float]]) -> str:
+    names = [name for name in times if name.startswith("pytorch")]
+    return min(names, key=lambda name: statistics.median(times[name]))
+
+
+def speed(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.data_dir)
+    config = get_preset("recipe")
+    contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
+    contenders += [
+        JaxEpochs(f"lenet-jax-{impl}", config.replace(conv_impl=impl), dataset) for impl in args.jax_conv
+    ]
+    if args.jax_xla_defaults:
+        with xla_defaults():  # programs built inside keep XLA's default options
+            contenders.append(JaxEpochs("lenet-jax-xla-defaults", config, dataset))
+    contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
+    times = interleave(contenders, args.rounds, len(dataset.train))
+    evals = {}
+    for contender in contenders:
+        contender.evaluate()  # warm-up
+        result = contender.evaluate()
+        evals[contender.name] = round(len(dataset.test) / result["seconds"])
+        emit(
+            {
+                "impl": contender.name,
+                "eval_images_per_second": evals[contender.name],
+                "test_accuracy": result["accuracy"],
+            }
+        )
+    peer = faster_torch(times)
+    ratios = [a / b for a, b in zip(times["lenet-jax"], times[peer], strict=True)]
+    summary = {
+        "summary": "recipe speed",
+        "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
+        "pytorch_compared": peer,
+        "ratio_jax_to_pytorch": spread(ratios),
+        "eval_images_per_second": evals,
+        "rounds": args.rounds,
+        **machine(),
+    }
+    for name in times:
+        if name.startswith("lenet-jax-"):
+            summary[f"ratio_{name}_to_pytorch"] = spread(
+                [a / b for a, b in zip(times[name], times[peer], strict=True)]
+            )
+    emit(summary)
+
+
+def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int, target: float) -> dict:
+    """Trains `config` through the public loop API until the test accuracy reaches `target`;
+    seconds from before the set-up (compilation included), evaluation excluded."""
+    wall_start, start, evaluating = time.time(), time.perf_counter(), 0.0
+    trainer = make_trainer(config, dataset.train)
+    program = trainer.program
+    every = max(1, program.steps_per_epoch // evals_per_epoch)
+    state, step, row = trainer.new_state(), 0, {}
+    for epoch in range(1, config.epochs + 1):
+        for indices, count in program.epoch_calls(epoch):
+            first, step = step + 1, step + count
+            state, _ = program(state, indices, count)
+            if step // every == (first - 1) // every and step % program.steps_per_epoch:
+                continue  # no evaluation point in this call
+            jax.block_until_ready(state)
+            train_seconds = time.perf_counter() - start - evaluating
+            began = time.perf_counter()
+            accuracy = trainer.evaluator.evaluate(evaluated_params(state), dataset.test)["accuracy"]
+            evaluating += time.perf_counter() - began
+            row = {
+                "epoch": round(step / program.steps_per_epoch, 3),
+                "step": step,
+                "train_seconds": round(train_seconds, 3),
+                "test_accuracy": accuracy,
+            }
+            emit({"impl": "lenet-jax", "seed": config.seed, **row})
+            if accuracy >= target:
+                break
+        else:
+            continue
+        break
+    return {
+        "reached": row.get("test_accuracy", 0) >= target,
+        **row,
+        "first_call_seconds": round(program.first_call_done - wall_start, 3),
+        "steps_per_call": program.steps_per_call,
+    }
+
+
+def twin_time_to_accuracy(
+    config: Config, data: tuple, threads: int, evals_per_epoch: int, steps_per_call: int, target: float
+) -> dict:
+    from benchmarks.torch_presets import time_to_accuracy
+
+    def show(row: dict) -> None:
+        emit({"impl": f"pytorch-twin-{threads}t", "seed": config.seed, **row})
+
+    return time_to_accuracy(
+        config,
+        config.seed,
+        target=target,
+        evals_per_epoch=evals_per_epoch,
+        threads=threads,
+        data=data,
+        steps_per_call=steps_per_call,
+        on_eval=show,
+    )
+
+
+def time_to_99(args: argparse.Namespace) -> None:
+    preset = preset_config(args)
+    dataset = load_dataset(args.data_dir, preset.validation_size, preset.train_size)
+    # The twin reads the same arrays (it picks the training split as load_dataset does).
+    full = load_dataset(args.data_dir)
+    data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
+    torch_ok = not args.no_torch and _torch_available()
+    if args.warm_cache:
+        warm_compilation_cache(preset, dataset, args)
+    results: dict[str, list[dict]] = {"lenet-jax": []}
+    for seed in args.seeds:
+        config = preset.replace(seed=seed)
+        jax.clear_caches()  # every seed compiles from scratch (or reads the disk cache: --warm-cache)
+        jax_row = jax_time_to_accuracy(config, dataset, args.evals_per_epoch, args.target)
+        results["lenet-jax"].append(jax_row)
+        emit({"impl": "lenet-jax", "seed": seed, "result": jax_row})
+        for threads in args.torch_threads if torch_ok else []:
+            row = twin_time_to_accuracy(
+                config, data, threads, args.evals_per_epoch, jax_row["steps_per_call"], args.target
+            )
+            results.setdefault(f"pytorch-twin-{threads}t", []).append(row)
+            emit({"impl": f"pytorch-twin-{threads}t", "seed": seed, "result": row})
+    emit(time_to_99_summary(args, results, torch_ok))
+
+
+def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]], torch_ok: bool) -> dict:
+    def mean_seconds(rows: list[dict]) -> float | None:
+        done = [row["train_seconds"] for row in rows if row["reached"]]
+        return round(statistics.mean(done), 3) if len(done) == len(rows) else None
+
+    jax_rows = results["lenet-jax"]
+    summary = {
+        "summary": "time to 99%",
+        "preset": args.preset,
+        **({"overrides": args.set} if args.set else {}),
+        "seeds": args.seeds,
+        "epochs_reached": [row.get("epoch") if row["reached"] else None for row in jax_rows],
+        "mean_train_seconds": {name: mean_seconds(rows) for name, rows in results.items()},
+        "mean_first_call_seconds": round(statistics.mean(r["first_call_seconds"] for r in jax_rows), 3),
+        "compilation_cache": "warm" if args.warm_cache else "cold",
+        "evals_per_epoch": args.evals_per_epoch,
+        **machine(),
+    }
+    twins = [name for name in results if name.startswith("pytorch")]
+    if twins and all(mean_seconds(results[name]) for name in [*twins, "lenet-jax"]):
+        peer = min(twins, key=lambda name: mean_seconds(results[name]))
+        summary["pytorch_compared"] = peer
+        summary["ratio_jax_to_pytorch"] = round(mean_seconds(jax_rows) / mean_seconds(results[peer]), 3)
+        pairs = [
+            a["train_seconds"] / b["train_seconds"] for a, b in zip(jax_rows, results[peer], strict=True)
+        ]
+        summary["per_seed_ratio"] = spread(pairs)
+        summary["pytorch_epochs_reached"] = [row.get("epoch") for row in results[peer]]
+    elif not torch_ok:
+        summary["pytorch"] = "not run (PyTorch not installed, or --no-torch)"
+    return summary
+
+
+def warm_compilation_cache(config: Config, dataset: Dataset, args: argparse.Namespace) -> None:
+    """Points JAX's persistent compilation cache at a fresh folder and fills it with one short
+    untimed run, so that every timed seed reads its programs from disk, as a second launch of
+    scripts/train.py does."""
+    folder = tempfile.mkdtemp(prefix="lenet-jax-cache-")
+    os.environ[cli.CACHE_DIR_ENV] = folder
+    cli.enable_compilation_cache()
+    jax_time_to_accuracy(config.replace(seed=args.seeds[0]), dataset, args.evals_per_epoch, target=0.0)
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def augmentation_cost(args: argparse.Namespace) -> None:
+    config = preset_config(args)
+    dataset = load_dataset(args.data_dir, config.validation_size, config.train_size)
+    plain = config.replace(**dict.fromkeys(AUGMENTATION_STRENGTHS, 0.0))
+    times = interleave(
+        [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)],
+        args.rounds,
+        len(dataset.train),
+    )
+    ratios = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
+    emit(
+        {
+            "summary": "augmentation cost",
+            "preset": args.preset,
+            "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
+            "extra_time_fraction": spread(ratios),
+            "rounds": args.rounds,
+            **machine(),
+        }
+    )
+
+
+def preset_config(args: argparse.Namespace) -> Config:
+    """--preset with the --set FIELD=VALUE overrides, parsed and validated by the same flags as
+    scripts/train.py's (lenet_jax.cli)."""
+    parser = cli.Parser(prog="--set")
+    cli.add_config_flags(parser)
+    types = field_types()
+    flags = ["--preset", args.preset]
+    for item in args.set:
+        name, _, text = item.partition("=")
+        flag = cli.flag_name(name)
+        if types.get(name) is bool:  # a switch: --name / --no-name
+            flags.append(flag if text.lower() in ("1", "true", "yes") else "--no-" + flag[2:])
+        else:
+            flags += [flag, text]
+    try:
+        return cli.config_from_args(parser.parse_args(flags))
+    except ConfigError as error:
+        raise ConfigError(f"--set {' '.join(args.set)}: {error}") from None
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = cli.Parser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=os.environ.get("LENET_DATA_DIR"), help="MNIST IDX folder")
+    common.add_argument("--torch-threads", type=int, nargs="*", default=[1, 2], help="PyTorch thread counts")
+    common.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    run = commands.add_parser("speed", parents=[common], help="the recipe's s/epoch against PyTorch")
+    run.add_argument("--rounds", type=int, default=5, help="timed epochs of each contender, alternating")
+    run.add_argument("--jax-conv", nargs="*", default=[], help="also time lenet-jax with these conv impls")
+    run.add_argument(
+        "--jax-xla-defaults", action="store_true", help="also time it without the XLA:CPU options"
+    )
+    run = commands.add_parser("time-to-99", parents=[common], help="a preset against its PyTorch twin")
+    run.add_argument("--preset", default="fast")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    run.add_argument("--evals-per-epoch", type=int, default=8)
+    run.add_argument("--target", type=float, default=0.99)
+    run.add_argument(
+        "--warm-cache", action="store_true", help="read compiled programs from a warm disk cache"
+    )
+    run.add_argument("--no-torch", action="store_true", help="time lenet-jax only")
+    run = commands.add_parser(
+        "augmentation-cost", parents=[common], help="a preset with and without distortions"
+    )
+    run.add_argument("--preset", default="best")
+    run.add_argument("--rounds", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    cli.quiet_library_logs()
+    {"speed": speed, "time-to-99": time_to_99, "augmentation-cost": augmentation_cost}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
