@@ -97,19 +97,14 @@ def _split_arrays(builder, split: str) -> Split:
     return Split(images, labels)
 
 
-def load_dataset(
-    data_dir: str | os.PathLike | None = None,
-    validation_size: int = 0,
-    train_size: int | None = None,
-) -> Dataset:
-    """Loads train and test splits through tfds, preparing them on first use.
+def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
+    """The full train and test splits and their tfds name, prepared through tfds on first use."""
+    from lenet_jax import mnist_idx
 
-    data_dir: a folder of the four MNIST-format IDX files (gzipped or not); None uses
-    $LENET_DATA_DIR, and failing that downloads the official MNIST files as tfds does.
-    validation_size: hold out the last N training images as a validation split.
-    train_size: then keep only the first N of the remaining training images.
-    """
-    folder = resolve_data_dir(data_dir)
+    if folder is not None and not mnist_idx.array_record_available():
+        # No array-record wheel for this platform: the same arrays, read from the files each run.
+        source, splits = mnist_idx.read_local(folder)
+        return Split(*splits["train"]), Split(*splits["test"]), source
     # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
     # processes preparing into one cache directory collide.
     if parallel.is_main_process():
@@ -125,6 +120,23 @@ def load_dataset(
         builder = _builder(folder)
     train = _split_arrays(builder, "train")
     test = _split_arrays(builder, "test")
+    return train, test, f"{builder.name}/{builder.builder_config.name}"
+
+
+def load_dataset(
+    data_dir: str | os.PathLike | None = None,
+    validation_size: int = 0,
+    train_size: int | None = None,
+) -> Dataset:
+    """Loads train and test splits through tfds, preparing them on first use.
+
+    data_dir: a folder of the four MNIST-format IDX files (gzipped or not); None uses
+    $LENET_DATA_DIR, and failing that downloads the official MNIST files as tfds does.
+    validation_size: hold out the last N training images as a validation split.
+    train_size: then keep only the first N of the remaining training images.
+    """
+    folder = resolve_data_dir(data_dir)
+    train, test, source = _load_splits(folder)
     validation = None
     if validation_size:
         if validation_size >= len(train):
@@ -140,7 +152,7 @@ def load_dataset(
                 "choose a smaller one or leave it out"
             )
         train = train.take(0, train_size)
-    return Dataset(train, test, validation, f"{builder.name}/{builder.builder_config.name}")
+    return Dataset(train, test, validation, source)
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:

@@ -1,12 +1,16 @@
-"""IDX reading: every malformed input gets a DataError naming the problem."""
+"""IDX reading (every malformed input gets a DataError naming the problem) and the downloader's
+platform and network checks."""
 
-import gzip
+import contextlib
+import os
+import socket
+import sys
 
 import numpy as np
 import pytest
 from conftest import make_idx_dir, write_idx
 
-from lenet_jax import idx
+from lenet_jax import data, idx, mnist_idx
 from lenet_jax.errors import DataError
 
 
@@ -86,6 +90,111 @@ def test_fingerprint_depends_on_content(tmp_path):
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(plain)
 
 
-def test_gzip_roundtrip_helper_is_valid_gzip(tmp_path):
-    path = write_idx(tmp_path / "x", np.arange(5, dtype=np.uint8), 0x801)
-    assert gzip.decompress(path.read_bytes())[8:] == bytes(range(5))
+@pytest.mark.parametrize("compress", [True, False])
+def test_reads_back_the_values_written(tmp_path, compress):
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    labels = np.asarray([0, 9, 3, 3], np.uint8)
+    images_path = write_idx(tmp_path / "images", images, 0x803, compress)
+    labels_path = write_idx(tmp_path / "labels", labels, 0x801, compress)
+    assert images_path.suffix == (".gz" if compress else "")
+    read_images, read_labels = idx.read_pair(images_path, labels_path)
+    np.testing.assert_array_equal(read_images, images[..., None])
+    np.testing.assert_array_equal(read_labels, labels)
+
+
+# The download's reachability check: it probes the first hop the download itself makes, which is
+# the proxy when the standard variables name one (tfds downloads with requests, which uses them).
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """The (host, port) pairs the code connects to; no proxy variables set, no real connection."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    seen = []
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        seen.append(address)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return seen
+
+
+def test_probes_the_download_host_without_a_proxy(probes):
+    mnist_idx._check_reachable(mnist_idx.MNIST_URL)
+    assert probes == [("storage.googleapis.com", 443)]
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("HTTPS_PROXY", "http://proxy.example:3128", ("proxy.example", 3128)),
+        ("https_proxy", "http://user:secret@proxy.example:8080/", ("proxy.example", 8080)),
+        ("HTTPS_PROXY", "proxy.example:3128", ("proxy.example", 3128)),
+        ("ALL_PROXY", "socks5://socks.example", ("socks.example", 1080)),
+        ("HTTP_PROXY", "http://proxy.example:3128", ("storage.googleapis.com", 443)),  # http only
+    ],
+)
+def test_probes_the_proxy_that_the_download_uses(probes, monkeypatch, name, value, expected):
+    monkeypatch.setenv(name, value)
+    mnist_idx._check_reachable(mnist_idx.MNIST_URL)
+    assert probes == [expected]
+
+
+@pytest.mark.parametrize("no_proxy", ["storage.googleapis.com", ".googleapis.com", "*"])
+def test_no_proxy_goes_direct(probes, monkeypatch, no_proxy):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    mnist_idx._check_reachable(mnist_idx.MNIST_URL)
+    assert probes == [("storage.googleapis.com", 443)]
+
+
+def test_unreachable_proxy_fails_fast_naming_it(probes, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        probes.append(address)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(DataError) as error:
+        data.load_dataset(None)
+    message = str(error.value)
+    assert "cannot connect to proxy proxy.example port 3128" in message
+    assert "offline? pass --data-dir" in message and "\n" not in message
+    assert probes == [("proxy.example", 3128)]
+
+
+# array-record has wheels for Linux and Apple-silicon macOS only: elsewhere a --data-dir folder
+# is read straight from its IDX files, and the download path is refused in one line.
+
+
+@pytest.fixture
+def without_array_record(monkeypatch):
+    for name in [n for n in sys.modules if n == "array_record" or n.startswith("array_record.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "array_record", None)
+    assert not mnist_idx.array_record_available()
+
+
+def test_data_dir_serves_the_same_arrays_without_array_record(idx_dir, request):
+    assert mnist_idx.array_record_available()
+    through_tfds = data.load_dataset(idx_dir, validation_size=8)
+    request.getfixturevalue("without_array_record")
+    direct = data.load_dataset(idx_dir, validation_size=8)
+    assert direct.source == through_tfds.source
+    for name in ("train", "test", "validation"):
+        a, b = getattr(through_tfds, name), getattr(direct, name)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert (a.images.dtype, a.labels.dtype) == (b.images.dtype, b.labels.dtype)
+
+
+def test_download_without_array_record_is_refused_in_one_line(without_array_record, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    with pytest.raises(DataError, match=r"needs the array-record package.*--data-dir") as error:
+        data.load_dataset(None)
+    assert "\n" not in str(error.value)

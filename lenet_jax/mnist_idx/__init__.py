@@ -9,6 +9,10 @@ Configs:
   beside this file (tfds's own, for the same URLs) makes tfds verify their size and sha256.
 - `idx_<sha256 prefix>`: a local folder of the four IDX files (`--data-dir`), named by the
   files' content so that a different dataset in the same layout gets its own cache entry.
+
+tfds writes `array_record` files with the array-record package, which has wheels for Linux and
+macOS on Apple silicon only. Elsewhere (`array_record_available()` is False) a local folder is
+read straight from its IDX files (`read_local`) and the download path is refused in one line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +52,58 @@ def local_config(data_dir: Path) -> IdxConfig:
     )
 
 
+def array_record_available() -> bool:
+    """Whether tfds can write and read its array_record files here (see the module docstring)."""
+    try:
+        from array_record.python import array_record_module  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_array_record() -> None:
+    """Refuses the download path in one line where array-record cannot be installed."""
+    if not array_record_available():
+        raise DataError(
+            "downloading MNIST needs the array-record package, which has no wheels for this platform "
+            f"(Linux and Apple-silicon macOS only): download the four IDX files from {MNIST_URL} "
+            "and pass their folder with --data-dir DIR (or set LENET_DATA_DIR)"
+        )
+
+
+def read_local(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The name and the (images, labels) of each split that the tfds path serves for data_dir,
+    read straight from the IDX files: the path used where array-record is not installed."""
+    config = local_config(data_dir)
+    splits = {split: idx.read_pair(*idx.split_paths(data_dir, split)) for split in idx.SPLIT_FILES}
+    return f"{MnistIdx.name}/{config.name}", splits
+
+
+def _first_hop(url: str) -> tuple[str, int, str]:
+    """(host, port, what) of the first connection a download of url makes: the proxy's when the
+    standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...) or the system's settings name one,
+    as they do for the download itself (tfds downloads with requests, which honours them)."""
+    parsed = urllib.parse.urlparse(url)
+    default_port = 443 if parsed.scheme == "https" else 80
+    target = (parsed.hostname, parsed.port or default_port, parsed.hostname)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parsed.hostname):
+        return target
+    hop = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
+    proxy_port = {"https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+    return hop.hostname, hop.port or proxy_port.get(hop.scheme, 80), f"proxy {hop.hostname}"
+
+
 def _check_reachable(url: str, timeout: float = 10.0) -> None:
-    """Fails within seconds when the host cannot be reached (tfds itself retries for minutes)."""
-    host = urllib.parse.urlparse(url).hostname
-    with socket.create_connection((host, 443), timeout=timeout):
-        pass
+    """Fails within seconds when the host, or the proxy that leads to it, cannot be reached
+    (tfds itself retries for minutes)."""
+    host, port, what = _first_hop(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot connect to {what} port {port}: {e}") from e
 
 
 class MnistIdx(tfds.core.GeneratorBasedBuilder):
@@ -83,6 +135,7 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         if self.builder_config.source_dir is None:
             urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
+            require_array_record()
             try:
                 _check_reachable(MNIST_URL)
                 # Verified against checksums.tsv (size and sha256) by tfds.

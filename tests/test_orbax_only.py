@@ -1,0 +1,79 @@
+"""The README's snippet that reads a checkpoint with orbax alone runs as written and gives the
+weights this package restores."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import REPO_ROOT
+
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.config import get_preset
+from lenet_jax.evaluation import restore_params
+from lenet_jax.model import init_params, model_from_config
+from lenet_jax.steps import TrainState
+
+# The document whose marked python block is the snippet users copy.
+SNIPPET_FILE = REPO_ROOT / "docs" / "README-section-orbax.md"
+MARKER = "<!-- test: orbax-only snippet"
+
+
+def snippet() -> str:
+    text = SNIPPET_FILE.read_text()
+    assert MARKER in text, f"{SNIPPET_FILE} lost the marker before the snippet"
+    match = re.search(r"```python\n(.*?)```", text[text.index(MARKER) :], re.S)
+    assert match, f"no python block after the marker in {SNIPPET_FILE}"
+    return match.group(1)
+
+
+@pytest.fixture
+def workdir_with_two_epochs(tmp_path):
+    """checkpoints/recipe under tmp_path, saved as training saves it: epochs 1 and 2 (different
+    weights, averaged weights kept too) and the temporary folder a cut-short save leaves."""
+    config = get_preset("smoke").replace(ema_decay=0.9)
+    # Random weights of the model's shapes: no init program to compile (seconds on 2 cores).
+    abstract = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    workdir = tmp_path / "checkpoints" / "recipe"
+    checkpoints = Checkpoints(workdir)
+    try:
+        for epoch in (1, 2):
+            params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
+            state = TrainState(
+                step=jnp.asarray(10 * epoch, jnp.int32),
+                params=params,
+                opt_state=optax.adam(1e-3).init(params),
+                rng=jax.random.PRNGKey(epoch),
+                ema_params=jax.tree_util.tree_map(lambda x: x / 2, params),
+            )
+            meta = {"epoch": epoch, "step": 10 * epoch, "config": config.to_dict()}
+            checkpoints.save(epoch, state, meta)
+    finally:
+        checkpoints.close()
+    (workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir()
+    return workdir
+
+
+def test_orbax_only_snippet_reads_the_newest_params(workdir_with_two_epochs, tmp_path, monkeypatch, capsys):
+    code = snippet()
+    assert "lenet_jax" not in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(SNIPPET_FILE), "exec"), namespace)
+
+    assert capsys.readouterr().out.split() == ["2", "sigmoid", "(5,", "5,", "1,", "6)"]
+    assert namespace["meta"]["epoch"] == 2
+    params = namespace["params"]
+    expected = restore_params(workdir_with_two_epochs, averaged=False)
+    assert expected.epoch == 2
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(expected.params))
+    assert type(params) is dict and all(type(layer) is dict for layer in params.values())
+    leaves = jax.tree_util.tree_leaves
+    for got, want in zip(leaves(params), leaves(expected.params), strict=True):
+        assert type(got) is np.ndarray
+        np.testing.assert_array_equal(got, np.asarray(want))
