@@ -19,7 +19,7 @@ from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import TrainState
 
 # The document whose marked python block is the snippet users copy.
-SNIPPET_FILE = REPO_ROOT / "docs" / "README-section-orbax.md"
+SNIPPET_FILE = REPO_ROOT / "README.md"
 MARKER = "<!-- test: orbax-only snippet"
 
 
