@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_jax.config import Config
-from lenet_jax.errors import ConfigError, LenetError
+from lenet_jax.errors import ConfigError, LenetError, storage_error, storage_fault
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -35,18 +35,52 @@ IMPORTED_DATASET = "imported: trained outside lenet-jax"
 SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "steps_per_call"})
 
 
+# Fields every metrics row has had since lenet-jax 0.1.0: a line without them is not a row.
+ROW_FIELDS = ("epoch", "step", "train_loss", "test_accuracy", "test_total_loss")
+
+
+def resolve_workdir(workdir: str | os.PathLike) -> Path:
+    """The absolute workdir; LenetError if the path cannot be resolved (a symlink loop)."""
+    try:
+        return Path(workdir).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        reason = getattr(e, "strerror", None) or str(e)
+        raise LenetError(f"workdir {workdir} cannot be resolved ({reason}): pass another --workdir") from None
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """path and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Removes those of `folders` (deepest first) that are empty: what a run that failed at
+    once created, so that it leaves nothing behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: leave it
+            return
+
+
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
     """The absolute workdir, created; LenetError if it cannot be written."""
+    path = resolve_workdir(workdir)
     try:
-        path = Path(workdir).expanduser().resolve(strict=False)
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"  # per process: several may start at once
         probe.write_text("")
         probe.unlink()
-    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
-        reason = getattr(e, "strerror", None) or str(e)
+    except OSError as e:
+        fault = storage_fault(e)
+        if fault is not None:
+            raise storage_error(fault, f"the workdir {workdir} cannot be written") from e
         raise LenetError(
-            f"workdir {workdir} is not writable ({reason}): pass a --workdir you can write to"
+            f"workdir {workdir} is not writable ({e.strerror or e}): pass a --workdir you can write to"
         ) from e
     return path
 
@@ -113,11 +147,21 @@ def _scan_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
             row = json.loads(line)
         except ValueError:
             row = None
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+        if is_row(row):
             rows.append(row)
         elif line.strip():
             damaged = True
     return rows, damaged
+
+
+def is_row(row: Any) -> bool:
+    """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
+    return (
+        isinstance(row, dict)
+        and all(isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool) for key in ROW_FIELDS)
+        and isinstance(row["epoch"], int)
+        and isinstance(row["step"], int)
+    )
 
 
 def salvage_logs(workdir: Path) -> list[str]:
