@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Any
 
@@ -24,7 +25,14 @@ from lenet_jax.augment import augmentation_from_config, make_augment
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, load_dataset, num_batches
-from lenet_jax.errors import DivergedError, LenetError
+from lenet_jax.errors import (
+    CheckpointError,
+    DivergedError,
+    LenetError,
+    TrainingInterrupted,
+    storage_error,
+    storage_fault,
+)
 from lenet_jax.evaluation import Evaluator, evaluate_state
 from lenet_jax.model import LeNet, count_params, model_from_config
 from lenet_jax.monitor import LossMonitor, Progress, Stopped, StopSignals
@@ -37,13 +45,22 @@ from lenet_jax.steps import TrainState, create_train_state, make_train_step
 from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-exported (0.1.0)
     check_resumable,
     clear_run,
+    missing_folders,
     prepare_workdir,
     read_metrics,
+    remove_if_empty,
     remove_set_aside,
+    resolve_workdir,
     restore_set_aside,
     salvage_logs,
     set_aside,
     write_config,
+)
+
+# The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
+PLATEAU_NOTE = (
+    "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), "
+    "then falls"
 )
 
 
@@ -159,46 +176,92 @@ def train_and_evaluate(
     before). Raises DivergedError on a NaN/inf loss and TrainingInterrupted on SIGINT/SIGTERM;
     the last complete checkpoint stays usable either way.
     """
+    created = missing_folders(resolve_workdir(workdir))  # removed again if the run fails at once
     workdir = prepare_workdir(workdir)
-    # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
-    dataset = load_dataset(data_dir, config.validation_size, config.train_size)
-    trainer = make_trainer(config, dataset.train, optimizer)
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
-    say(f"Data {dataset.source}: {sizes}", flush=True)
-    aside = set_aside(workdir) if replace and not resume and main else None
-    parallel.barrier("workdir ready")
+    aside = None  # the old run of --restart --force, until the new one has a checkpoint
+    saved = None  # the newest epoch with a checkpoint, once the checkpoints are open
     try:
+        # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
+        dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+        trainer = make_trainer(config, dataset.train, optimizer)
+        sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
+        say(f"Data {dataset.source}: {sizes}", flush=True)
+        aside = set_aside(workdir) if replace and not resume and main else None
+        parallel.barrier("workdir ready")
         for note in salvage_logs(workdir) if main else []:
             say(note)
         with Checkpoints(workdir, keep=config.keep) as checkpoints:
             state, metas = _start(trainer, checkpoints, dataset, resume, say)
+            start_epoch = saved = max(metas, default=0)
+            if start_epoch >= config.epochs:
+                say(f"Already complete: {config.epochs} epochs trained (raise --epochs to train more)")
+            elif start_epoch:
+                say(f"Resuming from the checkpoint of epoch {start_epoch} (step {metas[start_epoch]['step']})")
+            elif _on_plateau(trainer):
+                say(PLATEAU_NOTE)
             if main:
                 write_config(workdir, {**trainer.record(), "provenance": provenance()})
-            start_epoch = max(metas, default=0)
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values() if meta["metrics"]]  # imports have none
+            rows = [meta["metrics"] for meta in metas.values() if meta.get("metrics")]  # imports have none
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
-                if start_epoch >= config.epochs:
-                    say(f"Already complete: {config.epochs} epochs trained (raise --epochs to train more)")
                 for epoch in range(start_epoch + 1, config.epochs + 1):
-                    first = epoch == start_epoch + 1  # its row says how long the launch took
-                    state, row = _epoch(
-                        trainer, state, epoch, step, dataset, log if main else None, stop, first
-                    )
-                    step = row["step"]
-                    say(format_epoch(row), flush=True)
-                    # The checkpoint first (its meta holds the row), then the logs: a crash in
-                    # between is repaired on resume from the checkpoint's meta.
-                    meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
-                    checkpoints.save(epoch, state, {**meta, **trainer.record(), "provenance": provenance()})
-                    aside = remove_set_aside(aside)  # the new run has a checkpoint now
-                    log.log_epoch(row)
-    except BaseException:
+                    try:
+                        first = epoch == start_epoch + 1  # its row says how long the launch took
+                        state, row = _epoch(
+                            trainer, state, epoch, step, dataset, log if main else None, stop, first
+                        )
+                        step = row["step"]
+                        say(format_epoch(row), flush=True)
+                        # The checkpoint first (its meta holds the row), then the logs: a crash
+                        # in between is repaired on resume from the checkpoint's meta.
+                        meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
+                        checkpoints.save(epoch, state, {**meta, **trainer.record(), "provenance": provenance()})
+                        saved = epoch
+                        aside = remove_set_aside(aside)  # the new run has a checkpoint now
+                        log.log_epoch(row)
+                    except KeyboardInterrupt:  # a second signal outside a training call
+                        raise _stopped_at_once(stop.received, epoch, saved) from None
+    except BaseException as e:
+        restored = aside is not None and aside.is_dir()
         restore_set_aside(workdir, aside)  # the new run failed before its first checkpoint
+        remove_if_empty(created)
+        fault = None if isinstance(e, LenetError) else storage_fault(e)
+        if fault is not None:
+            raise storage_error(fault, _what_is_intact(saved, restored), where=f"to {workdir}") from e
         raise
     return TrainResult(state=state, metrics=read_metrics(workdir))
+
+
+def _on_plateau(trainer: Trainer) -> bool:
+    """Whether a fresh run starts on the recipe's sigmoid plateau."""
+    config = trainer.config
+    recipe_like = config.activation == "sigmoid" and config.init == "torch" and config.optimizer == "sgd"
+    return recipe_like and not trainer.from_python
+
+
+def _what_is_intact(saved: int | None, restored: bool) -> str:
+    """After a storage fault: what the run still has (the failed write is never half-kept)."""
+    if restored:
+        return "the old run is back in place, as it was"
+    if saved is None:
+        return "no checkpoint was changed"
+    if saved == 0:
+        return "no epoch was saved yet"
+    return f"the checkpoint of epoch {saved} is intact and the run resumes from it"
+
+
+def _stopped_at_once(signum: int | None, epoch: int, saved: int | None) -> TrainingInterrupted:
+    """A second SIGINT/SIGTERM while evaluating, saving or logging an epoch."""
+    signum = signum or signal.SIGINT
+    where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
+    return TrainingInterrupted(
+        f"{signal.Signals(signum).name} received twice: stopped at once in epoch {epoch} (its "
+        f"checkpoint {'was' if saved == epoch else 'was not'} written); rerun the same command to "
+        f"resume {where}",
+        exit_code=128 + signum,
+    )
 
 
 def _start(trainer: Trainer, checkpoints: Checkpoints, dataset: Dataset, resume: bool, say):
@@ -214,12 +277,17 @@ def _start(trainer: Trainer, checkpoints: Checkpoints, dataset: Dataset, resume:
             f"{', '.join(map(str, epochs))}): add --force to --restart to replace them, "
             "or pass another --workdir"
         )
-    metas = {epoch: checkpoints.restore_meta(epoch) for epoch in epochs}
-    check_resumable(metas[epochs[-1]], trainer.config, dataset.source, trainer.from_python)
+    newest = checkpoints.restore_meta(epochs[-1])
+    check_resumable(newest, trainer.config, dataset.source, trainer.from_python)
     # Restored against an eval_shape target; a checkpoint whose structure differs (another
     # optimizer passed from Python, say) is refused before anything is read.
     state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
-    say(f"Resuming from the checkpoint of epoch {epochs[-1]} (step {metas[epochs[-1]]['step']})")
+    metas = {epochs[-1]: newest}
+    for epoch in epochs[:-1]:  # only their metrics rows are read: a damaged one blocks nothing
+        try:
+            metas[epoch] = checkpoints.restore_meta(epoch)
+        except CheckpointError as e:
+            say(f"note: {e}; its metrics row is taken from metrics.jsonl if there")
     if trainer.from_python:
         say(
             "The optimizer passed from Python has the state structure of the checkpoint's; "
@@ -240,7 +308,7 @@ def _epoch(trainer: Trainer, state: TrainState, epoch: int, step: int, dataset: 
             f"{e}. Last good checkpoint: {f'epoch {epoch - 1}' if epoch > 1 else 'none yet'}"
         ) from None
     except KeyboardInterrupt:  # a second signal: stopped at once, inside a call
-        raise Stopped(2, step).as_interruption(epoch, epoch - 1) from None
+        raise Stopped(stop.received or signal.SIGINT, step).as_interruption(epoch, epoch - 1) from None
     lr = parallel.host_value(current_learning_rate(state.opt_state))
     row = {
         "epoch": epoch,
