@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from lenet_jax import parallel
 from lenet_jax.config import Config
-from lenet_jax.errors import CheckpointError
+from lenet_jax.errors import CheckpointError, ConfigError
 from lenet_jax.library_logs import helper_threads_quiet_on_failure, quiet
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import TrainState
@@ -221,7 +222,12 @@ class Checkpoints:
     def restore_meta(self, epoch: int) -> dict[str, Any]:
         """Epoch's meta, in the current format (older versions upgraded; newer ones refused)."""
         meta = self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
-        if not isinstance(meta, dict) or not {"config", "step"} <= set(meta):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("config"), dict)
+            or not isinstance(meta.get("step"), int)
+            or not isinstance(meta.get("metrics"), (dict, type(None)))
+        ):
             raise self._damaged(epoch, ValueError("its meta lacks the config or the step"))
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 
@@ -302,7 +308,14 @@ def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged:
                     f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
                 )
         meta = checkpoints.restore_meta(epoch)
-        config = Config.from_dict(meta["config"])
+        try:
+            config = Config.from_dict(meta["config"])
+        except ConfigError as e:  # its message names flags: say which fields instead
+            fields = re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), str(e))
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {checkpoints.directory} records a config this "
+                f"lenet-jax cannot use ({fields}): it was made by another version, or its meta is damaged"
+            ) from None
         model = model_from_config(config)
         # Restore target from eval_shape: the params' shapes and dtypes without running init,
         # placed on this process's devices (whatever mesh the training run had).

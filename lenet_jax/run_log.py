@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_jax.errors import LenetError
-from lenet_jax.workdir import METRICS_FILE, TENSORBOARD_SUBDIR, read_config, read_metrics
+from lenet_jax.workdir import METRICS_FILE, TENSORBOARD_SUBDIR, is_row, read_config, read_metrics
 
 
 def _import_tensorboardx():
@@ -186,7 +186,7 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
     rows = {row["epoch"]: row for row in read_metrics(workdir)}
     rebuilt = []
     for epoch, meta in _checkpoint_metas(workdir).items():
-        if epoch not in rows and meta.get("metrics"):
+        if epoch not in rows and is_row(meta.get("metrics")):
             rows[epoch] = meta["metrics"]
             rebuilt.append(epoch)
     if not rows:

@@ -45,6 +45,7 @@ from lenet_jax.steps import TrainState, create_train_state, make_train_step
 from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-exported (0.1.0)
     check_resumable,
     clear_run,
+    is_row,
     missing_folders,
     prepare_workdir,
     read_metrics,
@@ -204,7 +205,7 @@ def train_and_evaluate(
             if main:
                 write_config(workdir, {**trainer.record(), "provenance": provenance()})
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values() if meta.get("metrics")]  # imports have none
+            rows = [meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))]  # imports: none
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
                 for epoch in range(start_epoch + 1, config.epochs + 1):
                     try:

@@ -70,12 +70,14 @@ def remove_if_empty(folders: list[Path]) -> None:
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
     """The absolute workdir, created; LenetError if it cannot be written."""
     path = resolve_workdir(workdir)
+    created = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"  # per process: several may start at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
+        remove_if_empty(created)
         fault = storage_fault(e)
         if fault is not None:
             raise storage_error(fault, f"the workdir {workdir} cannot be written") from e
@@ -93,8 +95,12 @@ def set_aside(workdir: Path) -> Path | None:
         return None
     aside = workdir / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir()
-    for name in present:
-        os.replace(workdir / name, aside / name)
+    try:
+        for name in present:
+            os.replace(workdir / name, aside / name)
+    except BaseException:  # half moved: everything back where it was
+        restore_set_aside(workdir, aside)
+        raise
     return aside
 
 
