@@ -148,7 +148,9 @@ class Checkpoints:
         others' writes complete into a closed event loop and print tracebacks that no handler
         can catch. Refusing the save up front keeps that to the one-line error.
         """
-        needed = 2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
+        needed = (
+            2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
+        )
         try:
             free = shutil.disk_usage(self.directory).free
         except OSError:

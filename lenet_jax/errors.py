@@ -87,7 +87,9 @@ def storage_fault(error: BaseException | None) -> OSError | None:
         # writer) as "write() failed: No space left on device".
         if not isinstance(error, OSError):
             code = re.search(r"os_error_code='(\d+)'", str(error))
-            codes = [int(code.group(1))] if code else [c for c in STORAGE_FAULTS if os.strerror(c) in str(error)]
+            codes = (
+                [int(code.group(1))] if code else [c for c in STORAGE_FAULTS if os.strerror(c) in str(error)]
+            )
             if codes and codes[0] in STORAGE_FAULTS:
                 return OSError(codes[0], os.strerror(codes[0]))
         error = error.__cause__ or error.__context__

@@ -60,8 +60,7 @@ from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-e
 
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
-    "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), "
-    "then falls"
+    "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), then falls"
 )
 
 
@@ -199,13 +198,17 @@ def train_and_evaluate(
             if start_epoch >= config.epochs:
                 say(f"Already complete: {config.epochs} epochs trained (raise --epochs to train more)")
             elif start_epoch:
-                say(f"Resuming from the checkpoint of epoch {start_epoch} (step {metas[start_epoch]['step']})")
+                say(
+                    f"Resuming from the checkpoint of epoch {start_epoch} (step {metas[start_epoch]['step']})"
+                )
             elif _on_plateau(trainer):
                 say(PLATEAU_NOTE)
             if main:
                 write_config(workdir, {**trainer.record(), "provenance": provenance()})
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))]  # imports: none
+            rows = [
+                meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))
+            ]  # imports: none
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
                 for epoch in range(start_epoch + 1, config.epochs + 1):
                     try:
@@ -218,7 +221,9 @@ def train_and_evaluate(
                         # The checkpoint first (its meta holds the row), then the logs: a crash
                         # in between is repaired on resume from the checkpoint's meta.
                         meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
-                        checkpoints.save(epoch, state, {**meta, **trainer.record(), "provenance": provenance()})
+                        checkpoints.save(
+                            epoch, state, {**meta, **trainer.record(), "provenance": provenance()}
+                        )
                         saved = epoch
                         aside = remove_set_aside(aside)  # the new run has a checkpoint now
                         log.log_epoch(row)

@@ -164,7 +164,10 @@ def is_row(row: Any) -> bool:
     """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
     return (
         isinstance(row, dict)
-        and all(isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool) for key in ROW_FIELDS)
+        and all(
+            isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+            for key in ROW_FIELDS
+        )
         and isinstance(row["epoch"], int)
         and isinstance(row["step"], int)
     )

@@ -74,7 +74,7 @@ def _refuse_download(error: BaseException):
 def cache_dir(config: IdxConfig) -> Path:
     """Where tfds keeps the prepared dataset of `config` (derived data: rebuilt when deleted).
     Computed without a builder: a damaged dataset_info.json makes building one fail."""
-    root = Path(tfds.core.constants.get_default_data_dir()).expanduser()
+    root = Path(tfds.core.constants.DATA_DIR).expanduser()  # what tfds uses: read at its import
     return root / MnistIdx.name / config.name / str(MnistIdx.VERSION)
 
 
