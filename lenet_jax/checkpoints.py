@@ -86,17 +86,17 @@ class Checkpoints:
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: pass the --workdir of a training run")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=not read_only,
-            read_only=read_only,
-            # Synchronous: a save of this small model takes milliseconds, and a save that has
-            # returned is on disk, which keeps crash and signal handling simple.
-            enable_async_checkpointing=False,
-            # A save cut short by a crash leaves a temporary directory; remove it on start.
-            cleanup_tmp_directories=not read_only,
-        )
         with quiet():  # orbax warns about read_only=True, which is what is asked for
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=not read_only,
+                read_only=read_only,
+                # Synchronous: a save of this small model takes milliseconds, and a save that has
+                # returned is on disk, which keeps crash and signal handling simple.
+                enable_async_checkpointing=False,
+                # A save cut short by a crash leaves a temporary directory; remove it on start.
+                cleanup_tmp_directories=not read_only,
+            )
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def __enter__(self) -> Checkpoints:

@@ -85,8 +85,7 @@ def _config(data_dir: Path | None):
 def _builder(config):
     from lenet_jax import mnist_idx
 
-    with quiet():  # tfds warns "Using custom data configuration" for every local folder
-        return mnist_idx.MnistIdx(config=config, file_format="array_record")
+    return mnist_idx.MnistIdx(config=config, file_format="array_record")
 
 
 def _split_arrays(builder, split: str) -> Split:
@@ -104,8 +103,7 @@ def _split_arrays(builder, split: str) -> Split:
                 return Split(np.asarray(arrays["images"]), np.asarray(arrays["labels"]))
         except Exception:  # noqa: BLE001 - BadZipFile, KeyError, ValueError...: decode again
             pass
-    with quiet():
-        source = builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)
     records = source.__getitems__(list(range(len(source))))
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.asarray([r["label"] for r in records], np.int32)
@@ -133,12 +131,16 @@ def load_dataset(
     config = _config(resolve_data_dir(data_dir))
     # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
     # processes preparing into one cache directory collide.
+    # quiet(): tfds warns about what is expected here ("Using custom data configuration" for
+    # every local folder, "no dataset_info.json" before preparing one).
     if parallel.is_main_process():
-        builder, train, test = _prepared(config)
+        with quiet():
+            builder, train, test = _prepared(config)
     parallel.barrier("dataset prepared")
     if not parallel.is_main_process():
-        builder = _builder(config)
-        train, test = _split_arrays(builder, "train"), _split_arrays(builder, "test")
+        with quiet():
+            builder = _builder(config)
+            train, test = _split_arrays(builder, "train"), _split_arrays(builder, "test")
     validation = None
     if validation_size:
         if validation_size >= len(train):
@@ -218,8 +220,7 @@ def _prepare(builder, config) -> None:
         mnist_idx.check_download_possible()  # offline: one line, before tfds prints or creates anything
     print(f"Preparing {builder.name}/{config.name} in {builder.data_dir} (once)...", flush=True)
     try:
-        with quiet():
-            builder.download_and_prepare()
+        builder.download_and_prepare()
     except BaseException:
         for folder in new:  # what this attempt created: nothing of it is usable
             shutil.rmtree(folder, ignore_errors=True)

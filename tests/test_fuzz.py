@@ -976,7 +976,8 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
     resume, and the run ends with the same epochs, test accuracy and total loss per epoch as an
     uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    assert run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))[0] == 0
+    code, out, _ = run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
+    assert code == 0 and "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
     assert run_cli(capsys, "train.py", *train_argv(cut, data))[0] == 0
     _metrics(cut).write_bytes(_metrics(cut).read_bytes()[:-40])
     code, out, err = run_cli(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
@@ -1010,3 +1011,29 @@ def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0 and err == "", err
     assert "Resuming from the checkpoint of epoch 1" in out
+
+
+def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
+    capsys, caplog, monkeypatch, tmp_path, run, data
+):
+    """The recipe's sigmoid plateau is told in one line at the start; the Python API (data,
+    checkpoints) logs none of tfds's and orbax's expected warnings, as the scripts show none."""
+    from absl import logging as absl_logging
+
+    from lenet_jax.checkpoints import load_weights
+    from lenet_jax.data import load_dataset
+    from lenet_jax.train import PLATEAU_NOTE
+
+    argv = ["--preset", "recipe", "--train-size", "64", "--epochs", "1", "--workdir", tmp_path / "recipe"]
+    code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)
+    assert code == 0 and err == "" and out.count(PLATEAU_NOTE) == 1
+    previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        tfds_data_dir(monkeypatch, tmp_path / "tfds")  # prepared anew: tfds's warnings
+        with caplog.at_level("WARNING", logger="absl"):
+            load_dataset(make_idx_dir(tmp_path / "other", seed=1))
+            load_weights(run)
+    finally:
+        absl_logging.set_verbosity(previous)
+    assert [r.getMessage()[:80] for r in caplog.records if r.name == "absl"] == []
