@@ -17,7 +17,10 @@ checkpoint that does not fit is told apart from one that is damaged.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ import orbax.checkpoint as ocp
 
 from lenet_jax import parallel
 from lenet_jax.config import Config
-from lenet_jax.errors import CheckpointError
+from lenet_jax.errors import CheckpointError, ConfigError
+from lenet_jax.library_logs import helper_threads_quiet_on_failure, quiet
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import TrainState
 from lenet_jax.workdir import CHECKPOINT_SUBDIR
@@ -36,11 +40,19 @@ ITEMS = ("params", "train_state", "meta", EMA_ITEM)
 # 1: lenet-jax 0.1.0 (no version in the meta); 2: optimizer source and provenance recorded.
 FORMAT_VERSION = 2
 LEGACY_CUSTOM_OPTIMIZER = "custom (passed from Python)"  # version 1's optimizer_source
+# Room left beyond twice the arrays' bytes before a save is attempted (metadata, JSON files).
+SAVE_MARGIN = 2**20
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     """Where the epoch checkpoints of a workdir live (absolute: orbax requires it)."""
-    return Path(workdir).expanduser().resolve() / CHECKPOINT_SUBDIR
+    try:
+        return Path(workdir).expanduser().resolve() / CHECKPOINT_SUBDIR
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise CheckpointError(
+            f"workdir {workdir} cannot be resolved ({getattr(e, 'strerror', None) or e}): "
+            "pass the --workdir of a training run"
+        ) from None
 
 
 def describe(tree: Any) -> dict[str, str]:
@@ -74,17 +86,18 @@ class Checkpoints:
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: pass the --workdir of a training run")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=not read_only,
-            read_only=read_only,
-            # Synchronous: a save of this small model takes milliseconds, and a save that has
-            # returned is on disk, which keeps crash and signal handling simple.
-            enable_async_checkpointing=False,
-            # A save cut short by a crash leaves a temporary directory; remove it on start.
-            cleanup_tmp_directories=not read_only,
-        )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        with quiet():  # orbax warns about read_only=True, which is what is asked for
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=not read_only,
+                read_only=read_only,
+                # Synchronous: a save of this small model takes milliseconds, and a save that has
+                # returned is on disk, which keeps crash and signal handling simple.
+                enable_async_checkpointing=False,
+                # A save cut short by a crash leaves a temporary directory; remove it on start.
+                cleanup_tmp_directories=not read_only,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -114,8 +127,41 @@ class Checkpoints:
         }
         if state.ema_params is not None:
             items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
-        self._manager.save(epoch, args=ocp.args.Composite(**items))
-        self._manager.wait_until_finished()
+        self._check_space(epoch, state)
+        try:
+            # A save cut short (a full disk, a second Ctrl-C) leaves orbax's helper threads of
+            # the other items running: they must end before the manager closes, and what they
+            # log when they fail in turn is the same fault, which the caller reports.
+            with helper_threads_quiet_on_failure():
+                self._manager.save(epoch, args=ocp.args.Composite(**items))
+                self._manager.wait_until_finished()
+        except BaseException:
+            if jax.process_count() == 1:  # the half-written checkpoint: space back on a full disk
+                for partial in self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    def _check_space(self, epoch: int, state: TrainState) -> None:
+        """OSError(ENOSPC) before a save that the disk has no room for.
+
+        orbax writes a checkpoint's items concurrently; when one fails on a full disk the
+        others' writes complete into a closed event loop and print tracebacks that no handler
+        can catch. Refusing the save up front keeps that to the one-line error.
+        """
+        needed = (
+            2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
+        )
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return  # cannot tell: let the save find out
+        if free < needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: {free / 2**20:.1f} MiB free, the checkpoint of epoch "
+                f"{epoch} needs about {needed / 2**20:.1f} MiB",
+                str(self.directory),
+            )
 
     def _check_epoch(self, epoch: int) -> None:
         epochs = self.epochs()
@@ -149,7 +195,7 @@ class Checkpoints:
                 raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
             return
         try:
-            with ocp.StandardCheckpointer() as reader:
+            with quiet(), ocp.StandardCheckpointer() as reader:
                 metadata = reader.metadata(path).item_metadata
             if metadata is None:
                 raise FileNotFoundError(f"the metadata of its {item} is missing")
@@ -170,14 +216,20 @@ class Checkpoints:
             if isinstance(args, ocp.args.StandardRestore):
                 self._check_fits(epoch, item, args.item)
         try:
-            return self._manager.restore(epoch, args=ocp.args.Composite(**items))
+            with quiet():
+                return self._manager.restore(epoch, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged file
             raise self._damaged(epoch, e) from e
 
     def restore_meta(self, epoch: int) -> dict[str, Any]:
         """Epoch's meta, in the current format (older versions upgraded; newer ones refused)."""
         meta = self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
-        if not isinstance(meta, dict) or not {"config", "step"} <= set(meta):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("config"), dict)
+            or not isinstance(meta.get("step"), int)
+            or not isinstance(meta.get("metrics"), (dict, type(None)))
+        ):
             raise self._damaged(epoch, ValueError("its meta lacks the config or the step"))
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 
@@ -258,7 +310,14 @@ def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged:
                     f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
                 )
         meta = checkpoints.restore_meta(epoch)
-        config = Config.from_dict(meta["config"])
+        try:
+            config = Config.from_dict(meta["config"])
+        except ConfigError as e:  # its message names flags: say which fields instead
+            fields = re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), str(e))
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {checkpoints.directory} records a config this "
+                f"lenet-jax cannot use ({fields}): it was made by another version, or its meta is damaged"
+            ) from None
         model = model_from_config(config)
         # Restore target from eval_shape: the params' shapes and dtypes without running init,
         # placed on this process's devices (whatever mesh the training run had).

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
-from lenet_jax.errors import ConfigError, LenetError, TrainingInterrupted
+from lenet_jax.errors import ConfigError, LenetError, TrainingInterrupted, storage_error, storage_fault
 
 
 def flag_name(field_name: str) -> str:
@@ -91,7 +91,13 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return main(argv)
+        try:
+            return main(argv)
+        except OSError as e:  # a full disk or a denied write that no caller explained better
+            fault = storage_fault(e)
+            if fault is None:
+                raise
+            raise storage_error(fault, "the command stopped there") from e
     except LenetError as e:
         if "--debug" in argv:
             raise

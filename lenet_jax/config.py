@@ -53,7 +53,7 @@ class Config:
     """One training run. Defaults are the PyTorch tutorial's recipe.
 
     Run: `python scripts/train.py` (same as `--preset recipe`).
-    Expected: the loss sits near 2.30 for the first ~1,700 steps (sigmoid + PyTorch init), then
+    Expected: the loss sits near 2.30 for the first ~1,300 steps (sigmoid + PyTorch init), then
     falls; test accuracy ~98% after 20 epochs (see README, Results).
     """
 

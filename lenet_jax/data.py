@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lenet_jax import parallel
-from lenet_jax.errors import DataError
+from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
+from lenet_jax.library_logs import quiet
 
 DATA_DIR_ENV = "LENET_DATA_DIR"
 PADDING_INDEX = -1
@@ -62,14 +64,27 @@ class Dataset:
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """The --data-dir value, else $LENET_DATA_DIR, else None (download through tfds)."""
     value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
-    return Path(value).expanduser().resolve() if value is not None else None
+    if value is None:
+        return None
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise DataError(
+            f"data directory {value} cannot be resolved ({getattr(e, 'strerror', None) or e}): pass "
+            "--data-dir (or LENET_DATA_DIR) pointing at the folder with the four IDX files"
+        ) from None
 
 
-def _builder(data_dir: Path | None):
+def _config(data_dir: Path | None):
     # Imported here: tfds takes ~1 s to import, and only loading data needs it.
     from lenet_jax import mnist_idx
 
-    config = mnist_idx.ONLINE_MNIST if data_dir is None else mnist_idx.local_config(data_dir)
+    return mnist_idx.ONLINE_MNIST if data_dir is None else mnist_idx.local_config(data_dir)
+
+
+def _builder(config):
+    from lenet_jax import mnist_idx
+
     return mnist_idx.MnistIdx(config=config, file_format="array_record")
 
 
@@ -79,11 +94,15 @@ def _split_arrays(builder, split: str) -> Split:
     Decoding 60,000 records through the data source takes seconds; the arrays are saved next to
     the prepared dataset (`arrays-<split>.npz`), so later runs load them in milliseconds. The
     cache is written atomically; where the tfds directory is read-only it is simply skipped.
+    An unreadable cache file is decoded again.
     """
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
     if cache.is_file():
-        with np.load(cache) as arrays:
-            return Split(arrays["images"], arrays["labels"])
+        try:
+            with np.load(cache) as arrays:
+                return Split(np.asarray(arrays["images"]), np.asarray(arrays["labels"]))
+        except Exception:  # noqa: BLE001 - BadZipFile, KeyError, ValueError...: decode again
+            pass
     source = builder.as_data_source(split=split)
     records = source.__getitems__(list(range(len(source))))
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
@@ -95,32 +114,6 @@ def _split_arrays(builder, split: str) -> Split:
     except OSError:
         pass
     return Split(images, labels)
-
-
-def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
-    """The full train and test splits and their tfds name, prepared through tfds on first use."""
-    from lenet_jax import mnist_idx
-
-    if folder is not None and not mnist_idx.array_record_available():
-        # No array-record wheel for this platform: the same arrays, read from the files each run.
-        source, splits = mnist_idx.read_local(folder)
-        return Split(*splits["train"]), Split(*splits["test"]), source
-    # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
-    # processes preparing into one cache directory collide.
-    if parallel.is_main_process():
-        builder = _builder(folder)
-        if not builder.is_prepared():
-            print(
-                f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir} (once)...",
-                flush=True,
-            )
-            builder.download_and_prepare()
-    parallel.barrier("dataset prepared")
-    if not parallel.is_main_process():
-        builder = _builder(folder)
-    train = _split_arrays(builder, "train")
-    test = _split_arrays(builder, "test")
-    return train, test, f"{builder.name}/{builder.builder_config.name}"
 
 
 def load_dataset(
@@ -135,8 +128,7 @@ def load_dataset(
     validation_size: hold out the last N training images as a validation split.
     train_size: then keep only the first N of the remaining training images.
     """
-    folder = resolve_data_dir(data_dir)
-    train, test, source = _load_splits(folder)
+    train, test, source = _load_splits(resolve_data_dir(data_dir))
     validation = None
     if validation_size:
         if validation_size >= len(train):
@@ -153,6 +145,100 @@ def load_dataset(
             )
         train = train.take(0, train_size)
     return Dataset(train, test, validation, source)
+
+
+def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
+    """The full train and test splits and their tfds name, prepared through tfds on first use."""
+    from lenet_jax import mnist_idx
+
+    if folder is None:
+        mnist_idx.require_array_record()  # the download goes through tfds's array_record files
+    elif not mnist_idx.array_record_available():
+        # No array-record wheel for this platform: the same arrays, read from the files each run.
+        source, splits = mnist_idx.read_local(folder)
+        return Split(*splits["train"]), Split(*splits["test"]), source
+    config = _config(folder)
+    # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
+    # processes preparing into one cache directory collide.
+    # quiet(): tfds warns about what is expected here ("Using custom data configuration" for
+    # every local folder, "no dataset_info.json" before preparing one).
+    if parallel.is_main_process():
+        with quiet():
+            builder, train, test = _prepared(config)
+    parallel.barrier("dataset prepared")
+    if not parallel.is_main_process():
+        with quiet():
+            builder = _builder(config)
+            train, test = _split_arrays(builder, "train"), _split_arrays(builder, "test")
+    return train, test, f"{builder.name}/{builder.builder_config.name}"
+
+
+def _prepared(config):
+    """(builder, train, test) of a config, preparing its tfds dataset first if needed.
+
+    The prepared dataset is derived data: one that cannot be read (a damaged file, a crash
+    while it was written) is deleted and prepared again, once. Nothing is left behind by a
+    preparation that fails (a download offline, a full disk).
+    """
+    from lenet_jax import mnist_idx
+
+    for attempt in (1, 2):
+        builder, preparing = None, False
+        try:
+            builder = _builder(config)  # reads the cache's dataset_info.json, if any
+            if not builder.is_prepared():
+                preparing = True
+                _prepare(builder, config)
+                preparing = False
+            return builder, _split_arrays(builder, "train"), _split_arrays(builder, "test")
+        except LenetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache
+            cache = Path(builder.data_dir) if builder is not None else mnist_idx.cache_dir(config)
+            fault = storage_fault(e)
+            if fault is not None:
+                raise storage_error(
+                    fault,
+                    "the dataset could not be prepared there (TFDS_DATA_DIR chooses another folder)",
+                    where=f"to the tfds cache {cache}",
+                ) from e
+            if preparing or not cache.is_dir():
+                raise  # not a cache that was there: a bug, with its traceback
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            if attempt == 2:
+                raise DataError(
+                    f"the tfds cache {cache} cannot be read ({reason}), even prepared anew: delete "
+                    "it (derived data, rebuilt from the source files) and rerun, or set "
+                    "TFDS_DATA_DIR to another folder"
+                ) from e
+            print(f"note: the tfds cache {cache} was damaged ({reason}); preparing it again", flush=True)
+            try:
+                shutil.rmtree(cache)
+            except OSError as removing:
+                raise DataError(
+                    f"the tfds cache {cache} is damaged ({reason}) and cannot be deleted "
+                    f"({removing.strerror}): delete it (derived data) or set TFDS_DATA_DIR to another "
+                    "folder"
+                ) from e
+    raise AssertionError("unreachable")
+
+
+def _prepare(builder, config) -> None:
+    """Prepares a dataset (downloading the MNIST files if it is the online one)."""
+    from lenet_jax import mnist_idx
+
+    root = Path(builder.data_dir_root)
+    own = (f"{mnist_idx.MnistIdx.name}/{config.name}", mnist_idx.MnistIdx.name, "downloads", "")
+    new = [root / name for name in own if not (root / name).exists()]
+    if config.source_dir is None:
+        mnist_idx.check_download_possible()  # offline: one line, before tfds prints or creates anything
+    print(f"Preparing {builder.name}/{config.name} in {builder.data_dir} (once)...", flush=True)
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        for folder in new:  # what this attempt created: nothing of it is usable
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:
@@ -180,9 +266,9 @@ def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int) 
 
 
 # One program instead of an eager fold_in + permutation (a few programs, each compiled when
-# first dispatched), compiled without backend optimisation: it runs once per epoch, briefly, so
-# a shorter compilation wins. The epoch is traced, not static: one compilation serves every
-# epoch. Same values as the eager calls (a test).
+# first dispatched), compiled without backend optimisation: it runs once per epoch for ~50 ms,
+# and at O0 the first epoch's wait on its compilation is ~0.25 s shorter. The epoch is traced,
+# not static: one compilation serves every epoch. Same values as the eager calls (a test).
 @functools.partial(jax.jit, static_argnums=2, compiler_options={"xla_backend_optimization_level": 0})
 def _permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet_jax.data import load_dataset  # noqa: E402
-from lenet_jax.errors import LenetError  # noqa: E402
+from lenet_jax.errors import LenetError, storage_fault  # noqa: E402
 from lenet_jax.idx import NUM_CLASSES  # noqa: E402
 from lenet_jax.predict import load_predictor  # noqa: E402
-from lenet_jax.workdir import read_metrics  # noqa: E402
+from lenet_jax.run_log import read_rows  # noqa: E402
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -52,15 +53,13 @@ def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_curves(workdirs: list[Path], path: Path) -> None:
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """runs: name -> its metrics rows (`lenet_jax.run_log.read_rows`)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for workdir in workdirs:
-        rows = read_metrics(workdir)
-        if not rows:
-            raise LenetError(f"{workdir} has no metrics.jsonl rows: pass the --workdir of a training run")
+    for name, rows in runs.items():
         epochs = [row["epoch"] for row in rows]
         for ax, key in zip(axes, ("train_loss", "test_total_loss", "test_accuracy"), strict=True):
-            ax.plot(epochs, [row[key] for row in rows], marker="o", label=workdir.name)
+            ax.plot(epochs, [row[key] for row in rows], marker="o", label=name)
     for ax, title in zip(axes, ("train loss (epoch mean)", "test total loss", "test accuracy"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -140,14 +139,29 @@ def write_report(
     epoch: int | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Writes the report files into out_dir; returns the per-class scores and file names."""
+    """Writes the report files into out_dir; returns the per-class scores and file names.
+
+    Everything is read and computed before the first file is written: a report that fails
+    leaves nothing behind."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [Path(w) for w in workdirs]
-    plot_curves(paths, out / "curves.png")
+    note = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    runs = {}
+    for path in paths:
+        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)  # legend names
     predictor = load_predictor(paths[0], epoch)
     test = load_dataset(data_dir).test
     probabilities = predictor.predict_mnist(test.images)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as e:
+        if storage_fault(e) is not None:
+            raise
+        raise LenetError(
+            f"cannot create the report folder {out} ({getattr(e, 'strerror', None) or e}): pass "
+            "another --report folder"
+        ) from None
+    plot_curves(runs, out / "curves.png")
     matrix = confusion_matrix(test.labels, probabilities.argmax(-1))
     scores = per_class_scores(matrix)
     plot_confusion(matrix, out / "confusion.png")

@@ -121,6 +121,11 @@ def _check_pair(images, labels, images_path: Path, labels_path: Path):
             f"{images_path.name} has {len(images)} images but {labels_path.name} has "
             f"{len(labels)} labels: the files are from different datasets or damaged"
         )
+    if not len(images):
+        raise DataError(
+            f"{images_path} holds no images: a dataset needs at least one training and one test "
+            "image; check that the right files are in that folder"
+        )
     return images, labels
 
 

@@ -101,6 +101,18 @@ class Stopped(Exception):
             exit_code=128 + self.signum,
         )
 
+    @staticmethod
+    def second_signal(signum: int | None, epoch: int, saved: int | None) -> TrainingInterrupted:
+        """A second SIGINT/SIGTERM while an epoch was evaluated, saved or logged."""
+        signum = signum or signal.SIGINT
+        where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
+        return TrainingInterrupted(
+            f"{signal.Signals(signum).name} received twice: stopped at once in epoch {epoch} (its "
+            f"checkpoint {'was' if saved == epoch else 'was not'} written); rerun the same command to "
+            f"resume {where}",
+            exit_code=128 + signum,
+        )
+
 
 class Progress:
     """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI); silent if not

@@ -12,6 +12,7 @@ materialises only the index rows of its own devices (`global_batch`).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import jax
@@ -43,6 +44,13 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
             raise ConfigError(f"--num-processes must be at least 1, not {num_processes}")
         if not 0 <= process_id < num_processes:
             raise ConfigError(f"--process-id must be in 0..{num_processes - 1}, not {process_id}")
+        try:  # jax would retry an unknown host for minutes, then abort the process
+            socket.getaddrinfo(host, int(port))
+        except OSError as e:
+            raise ConfigError(
+                f"--coordinator host {host!r} cannot be resolved ({e.strerror or e}): pass process 0's "
+                "host name or IP address"
+            ) from None
     # The CPU backend needs a collectives implementation for cross-process reductions (this
     # setting only concerns the CPU client, so it is harmless on GPU machines).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -52,7 +60,12 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         )
     except Exception as e:  # noqa: BLE001 - jax raises ValueError/RuntimeError/XlaRuntimeError
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        how = "check --coordinator" if coordinator else "outside a detected cluster, pass --coordinator"
+        how = (
+            "check --coordinator"
+            if coordinator
+            else "outside a detected cluster (SLURM, Open MPI, ...), pass --coordinator, "
+            "--num-processes and --process-id instead of --distributed"
+        )
         raise ConfigError(f"could not join the multi-process run ({reason}): {how}") from None
 
 

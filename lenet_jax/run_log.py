@@ -1,18 +1,24 @@
 """A run's log: TensorBoard (tensorboardX) and `metrics.jsonl`, and the console's epoch line.
 
 Tag names are defined here once; the recipe's three are kept verbatim so that its TensorBoard
-dashboards still work. Where the files go is `lenet_jax.workdir`'s business.
+dashboards still work. Where the files go is `lenet_jax.workdir`'s business. The checkpoints
+are the truth: `read_rows` and `read_run_config` fall back on their metas when the logs are
+damaged or missing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenet_jax.workdir import METRICS_FILE, TENSORBOARD_SUBDIR, read_metrics
+from lenet_jax.errors import LenetError
+from lenet_jax.workdir import METRICS_FILE, TENSORBOARD_SUBDIR, is_row, read_config, read_metrics
 
 
 def _import_tensorboardx():
@@ -27,15 +33,16 @@ def _import_tensorboardx():
     if blocked:
         sys.modules["torch"] = None  # type: ignore[assignment]
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
         from tensorboardX.proto.summary_pb2 import Summary
     finally:
         if blocked:
             del sys.modules["torch"]
-    return SummaryWriter, Summary
+    return EventsWriter, Event, SessionLog, Summary
 
 
-SummaryWriter, Summary = _import_tensorboardx()
+EventsWriter, Event, SessionLog, Summary = _import_tensorboardx()
 
 # TensorBoard tags. The first three are the PyTorch tutorial's.
 TAG_TRAIN_LOSS = "Train Loss"
@@ -45,6 +52,42 @@ TAG_LEARNING_RATE = "Learning Rate"
 TAG_VALIDATION_TOTAL_LOSS = "Validation Total Loss"
 TAG_VALIDATION_ACCURACY = "Validation Accuracy Rate"
 
+_EVENT_FILES = itertools.count()
+
+
+class EventFile:
+    """One TensorBoard event file, written synchronously by the caller's thread.
+
+    tensorboardX's SummaryWriter writes from a thread of its own: a full disk then kills that
+    thread with a traceback on the console, and the events queued are lost. A run logs a few
+    events per epoch, so writing them at once costs nothing and a failed write raises here.
+    """
+
+    def __init__(self, directory: Path, purge_step: int | None = None):
+        directory.mkdir(parents=True, exist_ok=True)
+        # events.out.tfevents.<time>.<host>.<pid>.<n>: the suffix keeps a run resumed within the
+        # same second from truncating the file of the one before.
+        suffix = f".{os.getpid()}.{next(_EVENT_FILES)}"
+        self._writer = EventsWriter(str(directory / "events"), suffix)
+        if purge_step is not None:  # TensorBoard discards the events from that step on, as
+            # tensorboardX's SummaryWriter(purge_step=...) tells it
+            self.add(Event(step=purge_step, file_version="brain.Event:2"))
+            self.add(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def add(self, event) -> None:
+        event.wall_time = time.time()
+        self._writer.write_event(event)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        # A raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to "Train_Loss", and
+        # the recipe's dashboards expect its tags verbatim.
+        self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])))
+
+    def flush(self) -> None:
+        self._writer.flush()  # flushed and fsynced
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class RunLog:
@@ -76,7 +119,7 @@ class RunLog:
         rows.update({row["epoch"]: row for row in missing})
         self._write_rows([rows[epoch] for epoch in sorted(rows)])
         self._epochs = set(rows)
-        self.tensorboard = SummaryWriter(str(workdir / TENSORBOARD_SUBDIR), purge_step=resume_step or None)
+        self.tensorboard = EventFile(workdir / TENSORBOARD_SUBDIR, purge_step=resume_step or None)
         for row in missing:
             self._scalars(row)
 
@@ -86,12 +129,8 @@ class RunLog:
         os.replace(tmp, self.metrics_path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        # Written as a raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to
-        # "Train_Loss", and the recipe's dashboards expect its tags verbatim.
-        if not self.enabled:
-            return
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
-        self.tensorboard._get_file_writer().add_summary(summary, step)
+        if self.enabled:
+            self.tensorboard.scalar(tag, value, step)
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Appends one epoch's row to metrics.jsonl (flushed and fsynced: a crash keeps it)."""
@@ -123,12 +162,82 @@ class RunLog:
         if self.enabled:
             self.tensorboard.close()
 
-    # A context manager: the TensorBoard writer runs a thread, stopped on every exit.
+    # A context manager: the event file is closed on every exit.
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self.close()
+        except OSError:
+            if kind is None:
+                raise
+            # The run is already ending with an error (often this same full disk): that one
+            # is reported, not a second one from closing the log.
+
+
+def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run, oldest first: its metrics.jsonl, completed from the
+    checkpoints' metas where the file lacks epochs (damaged, cut short, missing). Reads only.
+
+    note(line) is told when rows were rebuilt from the checkpoints. LenetError if there are
+    neither rows nor checkpoints.
+    """
+    rows = {row["epoch"]: row for row in read_metrics(workdir)}
+    rebuilt = []
+    for epoch, meta in _checkpoint_metas(workdir).items():
+        if epoch not in rows and is_row(meta.get("metrics")):
+            rows[epoch] = meta["metrics"]
+            rebuilt.append(epoch)
+    if not rows:
+        raise LenetError(
+            f"{workdir} has no metrics.jsonl rows and no checkpoints with metrics: it is not the "
+            "workdir of a training run"
+        )
+    if rebuilt and note is not None:
+        note(
+            f"note: {Path(workdir) / METRICS_FILE} lacks epoch(s) {', '.join(map(str, rebuilt))}; "
+            "read them from the checkpoints"
+        )
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The config record of a run: its config.json, else the newest readable checkpoint's."""
+    try:
+        config = read_config(workdir)
+        if config:
+            return config
+    except LenetError:
+        pass
+    metas = _checkpoint_metas(workdir)
+    if not metas:
+        raise LenetError(
+            f"{workdir} has no readable config.json and no checkpoints: it is not the workdir of "
+            "a training run"
+        )
+    return metas[max(metas)]["config"]
+
+
+def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
+    """epoch -> meta of every checkpoint whose meta can be read (none if there is no
+    checkpoints folder); damaged ones are left out."""
+    from lenet_jax.checkpoints import Checkpoints, checkpoint_dir  # orbax: only when needed
+    from lenet_jax.errors import CheckpointError
+
+    try:
+        if not checkpoint_dir(workdir).is_dir():
+            return {}
+        with Checkpoints(workdir, read_only=True) as checkpoints:
+            metas = {}
+            for epoch in checkpoints.epochs():
+                try:
+                    metas[epoch] = checkpoints.restore_meta(epoch)
+                except CheckpointError:
+                    continue
+            return metas
+    except CheckpointError:
+        return {}
 
 
 def format_epoch(row: dict[str, Any]) -> str:

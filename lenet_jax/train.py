@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Any
 
@@ -24,25 +25,25 @@ from lenet_jax.augment import augmentation_from_config, make_augment
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset, Split, load_dataset, num_batches
-from lenet_jax.errors import DivergedError, LenetError
+from lenet_jax.errors import DivergedError
 from lenet_jax.evaluation import Evaluator, evaluate_state
-from lenet_jax.model import LeNet, count_params, model_from_config
+from lenet_jax.model import LeNet, model_from_config
 from lenet_jax.monitor import LossMonitor, Progress, Stopped, StopSignals
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
 from lenet_jax.program import TrainProgram
 from lenet_jax.provenance import provenance
+from lenet_jax.resume import start_state
 from lenet_jax.run_log import TAG_TRAIN_LOSS, RunLog, format_epoch
 from lenet_jax.speed import choose
 from lenet_jax.steps import TrainState, create_train_state, make_train_step
 from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-exported (0.1.0)
+    RunGuard,
     check_resumable,
     clear_run,
+    is_row,
     prepare_workdir,
     read_metrics,
-    remove_set_aside,
-    restore_set_aside,
     salvage_logs,
-    set_aside,
     write_config,
 )
 
@@ -159,73 +160,60 @@ def train_and_evaluate(
     before). Raises DivergedError on a NaN/inf loss and TrainingInterrupted on SIGINT/SIGTERM;
     the last complete checkpoint stays usable either way.
     """
-    workdir = prepare_workdir(workdir)
-    # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
-    dataset = load_dataset(data_dir, config.validation_size, config.train_size)
-    trainer = make_trainer(config, dataset.train, optimizer)
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    sizes = ", ".join(f"{name} {n:,} images" for name, n in dataset.sizes().items())
-    say(f"Data {dataset.source}: {sizes}", flush=True)
-    aside = set_aside(workdir) if replace and not resume and main else None
-    parallel.barrier("workdir ready")
-    try:
+    with RunGuard(workdir) as guard:  # a failure puts back, cleans up, says what is intact
+        workdir = guard.workdir
+        # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
+        dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+        trainer = make_trainer(config, dataset.train, optimizer)
+        say(f"Data {dataset.source}: " + ", ".join(f"{k} {n:,} images" for k, n in dataset.sizes().items()))
+        if replace and not resume and main:
+            guard.set_aside_old_run()  # only now that the data and the settings are checked
+        parallel.barrier("workdir ready")
         for note in salvage_logs(workdir) if main else []:
             say(note)
         with Checkpoints(workdir, keep=config.keep) as checkpoints:
-            state, metas = _start(trainer, checkpoints, dataset, resume, say)
+            state, metas = start_state(trainer, checkpoints, dataset.source, resume, say)
+            guard.saved = start_epoch = max(metas, default=0)
             if main:
                 write_config(workdir, {**trainer.record(), "provenance": provenance()})
-            start_epoch = max(metas, default=0)
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values() if meta["metrics"]]  # imports have none
+            rows = [meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))]
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
-                if start_epoch >= config.epochs:
-                    say(f"Already complete: {config.epochs} epochs trained (raise --epochs to train more)")
+                run = _Run(trainer, dataset, checkpoints, log if main else None, stop, guard, say)
                 for epoch in range(start_epoch + 1, config.epochs + 1):
-                    first = epoch == start_epoch + 1  # its row says how long the launch took
-                    state, row = _epoch(
-                        trainer, state, epoch, step, dataset, log if main else None, stop, first
-                    )
-                    step = row["step"]
-                    say(format_epoch(row), flush=True)
-                    # The checkpoint first (its meta holds the row), then the logs: a crash in
-                    # between is repaired on resume from the checkpoint's meta.
-                    meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
-                    checkpoints.save(epoch, state, {**meta, **trainer.record(), "provenance": provenance()})
-                    aside = remove_set_aside(aside)  # the new run has a checkpoint now
-                    log.log_epoch(row)
-    except BaseException:
-        restore_set_aside(workdir, aside)  # the new run failed before its first checkpoint
-        raise
+                    state, step = run.epoch(state, epoch, step, first=epoch == start_epoch + 1)
     return TrainResult(state=state, metrics=read_metrics(workdir))
 
 
-def _start(trainer: Trainer, checkpoints: Checkpoints, dataset: Dataset, resume: bool, say):
-    """The state to start from (fresh, or the newest checkpoint's) and the checkpoints' metas."""
-    epochs = checkpoints.epochs()
-    devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
-    say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
-    if not epochs:
-        return trainer.new_state(), {}
-    if not resume:
-        raise LenetError(
-            f"{checkpoints.directory.parent} already holds checkpoints (epochs "
-            f"{', '.join(map(str, epochs))}): add --force to --restart to replace them, "
-            "or pass another --workdir"
-        )
-    metas = {epoch: checkpoints.restore_meta(epoch) for epoch in epochs}
-    check_resumable(metas[epochs[-1]], trainer.config, dataset.source, trainer.from_python)
-    # Restored against an eval_shape target; a checkpoint whose structure differs (another
-    # optimizer passed from Python, say) is refused before anything is read.
-    state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
-    say(f"Resuming from the checkpoint of epoch {epochs[-1]} (step {metas[epochs[-1]]['step']})")
-    if trainer.from_python:
-        say(
-            "The optimizer passed from Python has the state structure of the checkpoint's; "
-            "its hyperparameters cannot be checked"
-        )
-    return state, metas
+@dataclasses.dataclass
+class _Run:
+    """What each epoch of train_and_evaluate works with."""
+
+    trainer: Trainer
+    dataset: Dataset
+    checkpoints: Checkpoints
+    log: RunLog | None
+    stop: StopSignals
+    guard: RunGuard
+    say: Any
+
+    def epoch(self, state: TrainState, epoch: int, step: int, first: bool) -> tuple[TrainState, int]:
+        """Trains, evaluates, checkpoints and logs `epoch` (first: the first one this process runs)."""
+        try:
+            state, row = _epoch(self.trainer, state, epoch, step, self.dataset, self.log, self.stop, first)
+            self.say(format_epoch(row), flush=True)
+            # The checkpoint first (its meta holds the row), then the logs: a crash in between is
+            # repaired on resume from the checkpoint's meta.
+            meta = {"epoch": epoch, "step": row["step"], "dataset": self.dataset.source, "metrics": row}
+            self.checkpoints.save(epoch, state, {**meta, **self.trainer.record(), "provenance": provenance()})
+            self.guard.checkpointed(epoch)  # the old run of --restart --force can go now
+            if self.log is not None:
+                self.log.log_epoch(row)
+        except KeyboardInterrupt:  # a second signal outside a training call
+            raise Stopped.second_signal(self.stop.received, epoch, self.guard.saved) from None
+        return state, row["step"]
 
 
 def _epoch(trainer: Trainer, state: TrainState, epoch: int, step: int, dataset: Dataset, log, stop, first):
@@ -240,7 +228,7 @@ def _epoch(trainer: Trainer, state: TrainState, epoch: int, step: int, dataset: 
             f"{e}. Last good checkpoint: {f'epoch {epoch - 1}' if epoch > 1 else 'none yet'}"
         ) from None
     except KeyboardInterrupt:  # a second signal: stopped at once, inside a call
-        raise Stopped(2, step).as_interruption(epoch, epoch - 1) from None
+        raise Stopped(stop.received or signal.SIGINT, step).as_interruption(epoch, epoch - 1) from None
     lr = parallel.host_value(current_learning_rate(state.opt_state))
     row = {
         "epoch": epoch,

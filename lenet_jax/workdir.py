@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_jax.config import Config
-from lenet_jax.errors import ConfigError, LenetError
+from lenet_jax.errors import ConfigError, LenetError, storage_error, storage_fault
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -35,18 +35,54 @@ IMPORTED_DATASET = "imported: trained outside lenet-jax"
 SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "steps_per_call"})
 
 
+# Fields every metrics row has had since lenet-jax 0.1.0: a line without them is not a row.
+ROW_FIELDS = ("epoch", "step", "train_loss", "test_accuracy", "test_total_loss")
+
+
+def resolve_workdir(workdir: str | os.PathLike) -> Path:
+    """The absolute workdir; LenetError if the path cannot be resolved (a symlink loop)."""
+    try:
+        return Path(workdir).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        reason = getattr(e, "strerror", None) or str(e)
+        raise LenetError(f"workdir {workdir} cannot be resolved ({reason}): pass another --workdir") from None
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """path and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Removes those of `folders` (deepest first) that are empty: what a run that failed at
+    once created, so that it leaves nothing behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: leave it
+            return
+
+
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
     """The absolute workdir, created; LenetError if it cannot be written."""
+    path = resolve_workdir(workdir)
+    created = missing_folders(path)
     try:
-        path = Path(workdir).expanduser().resolve(strict=False)
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"  # per process: several may start at once
         probe.write_text("")
         probe.unlink()
-    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
-        reason = getattr(e, "strerror", None) or str(e)
+    except OSError as e:
+        remove_if_empty(created)
+        fault = storage_fault(e)
+        if fault is not None:
+            raise storage_error(fault, f"the workdir {workdir} cannot be written") from e
         raise LenetError(
-            f"workdir {workdir} is not writable ({reason}): pass a --workdir you can write to"
+            f"workdir {workdir} is not writable ({e.strerror or e}): pass a --workdir you can write to"
         ) from e
     return path
 
@@ -59,8 +95,12 @@ def set_aside(workdir: Path) -> Path | None:
         return None
     aside = workdir / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir()
-    for name in present:
-        os.replace(workdir / name, aside / name)
+    try:
+        for name in present:
+            os.replace(workdir / name, aside / name)
+    except BaseException:  # half moved: everything back where it was
+        restore_set_aside(workdir, aside)
+        raise
     return aside
 
 
@@ -83,6 +123,51 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
                 new.unlink()
             os.replace(aside / name, new)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+class RunGuard:
+    """What a training run leaves in its workdir whatever happens, as a context manager:
+    an old run set aside for --restart --force is deleted once the new run has a checkpoint and
+    put back if it fails before; folders the run created are removed if it fails leaving them
+    empty; a storage fault (disk full, permission denied) becomes one line saying what is intact.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.created = missing_folders(resolve_workdir(workdir))
+        self.workdir = prepare_workdir(workdir)
+        self.aside: Path | None = None  # the old run, while the new one has no checkpoint
+        self.restored = False
+        self.saved: int | None = None  # the newest epoch with a checkpoint, once known
+
+    def set_aside_old_run(self) -> None:
+        self.aside = set_aside(self.workdir)
+
+    def checkpointed(self, epoch: int) -> None:
+        """The new run's checkpoint of `epoch` is on disk: the old run can go."""
+        self.saved, self.aside = epoch, remove_set_aside(self.aside)
+
+    def __enter__(self) -> RunGuard:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            return
+        self.restored = self.aside is not None and self.aside.is_dir()
+        restore_set_aside(self.workdir, self.aside)
+        remove_if_empty(self.created)
+        fault = None if isinstance(error, LenetError) else storage_fault(error)
+        if fault is not None:
+            raise storage_error(fault, self._intact(), where=f"to {self.workdir}") from error
+
+    def _intact(self) -> str:
+        """After a storage fault: what the run still has (a failed write is never half-kept)."""
+        if self.restored:
+            return "the old run is back in place, as it was"
+        if self.saved is None:
+            return "no checkpoint was changed"
+        if self.saved == 0:
+            return "no epoch was saved yet"
+        return f"the checkpoint of epoch {self.saved} is intact and the run resumes from it"
 
 
 def clear_run(workdir: str | os.PathLike) -> None:
@@ -113,11 +198,24 @@ def _scan_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
             row = json.loads(line)
         except ValueError:
             row = None
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+        if is_row(row):
             rows.append(row)
         elif line.strip():
             damaged = True
     return rows, damaged
+
+
+def is_row(row: Any) -> bool:
+    """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
+    return (
+        isinstance(row, dict)
+        and all(
+            isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+            for key in ROW_FIELDS
+        )
+        and isinstance(row["epoch"], int)
+        and isinstance(row["step"], int)
+    )
 
 
 def salvage_logs(workdir: Path) -> list[str]:

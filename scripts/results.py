@@ -17,18 +17,16 @@ import statistics
 import sys
 
 from lenet_jax import cli
-from lenet_jax.errors import LenetError
-from lenet_jax.workdir import read_config, read_metrics
+from lenet_jax.run_log import read_rows, read_run_config
 
 
 def summarize(workdirs: list[str]) -> list[dict]:
-    """The per-run rows and the summary row (last), from each workdir's metrics.jsonl."""
+    """The per-run rows and the summary row (last), from each workdir's metrics.jsonl (or, where
+    it is damaged or missing, its checkpoints)."""
     rows = []
     for workdir in workdirs:
-        metrics = read_metrics(workdir)
-        if not metrics:
-            raise LenetError(f"{workdir} has no metrics.jsonl rows: pass the --workdir of a finished run")
-        config = read_config(workdir)
+        metrics = read_rows(workdir, note=lambda line: print(line, file=sys.stderr))
+        config = read_run_config(workdir)
         last = metrics[-1]
         rows.append(
             {
@@ -39,8 +37,8 @@ def summarize(workdirs: list[str]) -> list[dict]:
                 "raw_weights_test_error_percent": (
                     round(100 * (1 - last["raw_test_accuracy"]), 2) if "raw_test_accuracy" in last else None
                 ),
-                "train_minutes": round(sum(r["train_seconds"] for r in metrics) / 60, 2),
-                "eval_minutes": round(sum(r["eval_seconds"] for r in metrics) / 60, 2),
+                "train_minutes": round(sum(r.get("train_seconds", 0) for r in metrics) / 60, 2),
+                "eval_minutes": round(sum(r.get("eval_seconds", 0) for r in metrics) / 60, 2),
             }
         )
     errors = [r["test_error_percent"] for r in rows]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, run_cli, start_python, write_idx
+from conftest import REPO_ROOT, run_cli, start_python
 
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
@@ -129,65 +129,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(idx_dir,
         assert np.isfinite(read_metrics(tmp_path / "run")[epoch - 1]["train_loss"])
 
 
-# ---- one-line errors: (exit code 2, one line naming the problem and the fix) ----
-
-
-def corrupt(folder: Path, what: str) -> None:
-    if what == "missing file":
-        (folder / "train-labels-idx1-ubyte.gz").unlink()
-    elif what == "wrong magic":
-        write_idx(folder / "train-images-idx3-ubyte", np.zeros((96, 28, 28), np.uint8), 0x801)
-    elif what == "truncated":
-        path = folder / "t10k-images-idx3-ubyte.gz"
-        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    elif what == "counts disagree":
-        write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(39, np.uint8), 0x801)
-    elif what == "not 28x28":
-        write_idx(folder / "train-images-idx3-ubyte", np.zeros((96, 32, 32), np.uint8), 0x803)
-    elif what == "label out of range":
-        write_idx(folder / "train-labels-idx1-ubyte", np.full(96, 10, np.uint8), 0x801)
-
-
-@pytest.mark.parametrize(
-    "what,message",
-    [
-        ("missing file", "has no train-labels-idx1-ubyte[.gz]: put the four MNIST-format IDX files"),
-        ("wrong magic", "has magic number 0x00000801, expected 0x00000803"),
-        ("truncated", "the file is damaged, download it again"),
-        ("counts disagree", "has 40 images but t10k-labels-idx1-ubyte.gz has 39 labels"),
-        ("not 28x28", "holds 32x32 images, expected 28x28"),
-        ("label out of range", "has label 10 at index 0, outside 0-9"),
-    ],
-)
-def test_bad_data_is_refused_in_one_line(capsys, tmp_path, what, message):
-    folder = make_idx_dir(tmp_path / "data", n_train=96, n_test=40)
-    corrupt(folder, what)
-    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "run", "--data-dir", folder)
-    assert code == 2 and err.count("\n") == 1 and message in err, err
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--data-dir", "/nonexistent"], "data directory /nonexistent does not exist"),
-        (["--epochs", "-3"], "--epochs must be at least 1, not -3"),
-        (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
-        (["--optimizer", "adamax2"], "unknown optimizer 'adamax2': choose one of sgd"),
-        (["--activation", "gelu"], "--activation must be one of sigmoid, tanh, relu, not 'gelu'"),
-        (["--lr", "0"], "--lr must be greater than 0, not 0.0"),
-        (["--force"], "--force only goes with --restart"),
-        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    ],
-)
-def test_bad_flags_are_refused_in_one_line(capsys, tmp_path, argv, message):
-    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "run", *argv)
-    assert code == 2 and err.count("\n") == 1 and message in err, err
-
-
-def test_unwritable_workdir(capsys, tmp_path):
-    (tmp_path / "file").write_text("")
-    code, err = run_cli(capsys, "train.py", "--workdir", tmp_path / "file" / "run")
-    assert code == 2 and "is not writable" in err and "pass a --workdir you can write to" in err
+# ---- one-line errors (bad data, flags, workdirs, checkpoints, faults): tests/test_fuzz.py ----
 
 
 @pytest.fixture

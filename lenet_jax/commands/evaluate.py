@@ -44,6 +44,8 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
+    if args.compare and not args.report:
+        raise cli.ConfigError("--compare only goes with --report")
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     result = evaluate_checkpoint(

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lenet_jax import idx
-from lenet_jax.errors import DataError
+from lenet_jax.errors import DataError, storage_fault
 
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 
@@ -106,6 +106,30 @@ def _check_reachable(url: str, timeout: float = 10.0) -> None:
         raise OSError(f"cannot connect to {what} port {port}: {e}") from e
 
 
+def check_download_possible() -> None:
+    """DataError at once when the MNIST files cannot be downloaded (offline): called before
+    tfds starts preparing, so that nothing is printed or created for a download that fails."""
+    try:
+        _check_reachable(MNIST_URL)
+    except OSError as e:
+        _refuse_download(e)
+
+
+def _refuse_download(error: BaseException):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    raise DataError(
+        f"could not download MNIST ({reason}): offline? pass --data-dir DIR "
+        "(or set LENET_DATA_DIR) with the four IDX files"
+    ) from error
+
+
+def cache_dir(config: IdxConfig) -> Path:
+    """Where tfds keeps the prepared dataset of `config` (derived data: rebuilt when deleted).
+    Computed without a builder: a damaged dataset_info.json makes building one fail."""
+    root = Path(tfds.core.constants.DATA_DIR).expanduser()  # what tfds uses: read at its import
+    return root / MnistIdx.name / config.name / str(MnistIdx.VERSION)
+
+
 class MnistIdx(tfds.core.GeneratorBasedBuilder):
     """MNIST, or any 28x28 10-class dataset in MNIST's IDX layout."""
 
@@ -141,11 +165,9 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
                 # Verified against checksums.tsv (size and sha256) by tfds.
                 paths = dl_manager.download(urls)
             except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
-                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                raise DataError(
-                    f"could not download MNIST ({reason}): offline? pass --data-dir DIR "
-                    "(or set LENET_DATA_DIR) with the four IDX files"
-                ) from e
+                if storage_fault(e) is not None:  # a full disk is no network failure
+                    raise
+                _refuse_download(e)
             return {
                 split: self._generate_examples(Path(paths[images]), Path(paths[labels]))
                 for split, (images, labels) in idx.SPLIT_FILES.items()

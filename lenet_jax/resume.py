@@ -1,0 +1,73 @@
+"""Where a run starts: from scratch, or from its newest checkpoint once it is checked to fit.
+
+A workdir with checkpoints resumes from the newest one: its meta's config must match the run's
+(`workdir.check_resumable`), and its state is restored against an eval_shape target, so that a
+checkpoint of another structure is refused before anything is read. The older checkpoints' metas
+are read for their metrics rows only (they rebuild a damaged metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from lenet_jax.checkpoints import Checkpoints
+from lenet_jax.errors import CheckpointError, LenetError
+from lenet_jax.model import count_params
+from lenet_jax.workdir import check_resumable
+
+# The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
+PLATEAU_NOTE = (
+    "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), then falls"
+)
+
+
+def _on_plateau(trainer: Any) -> bool:
+    """Whether a fresh run starts on the recipe's sigmoid plateau."""
+    config = trainer.config
+    recipe_like = (
+        config.activation == "sigmoid" and config.init_scheme == "torch" and config.optimizer == "sgd"
+    )
+    return recipe_like and not trainer.from_python
+
+
+def start_state(
+    trainer: Any, checkpoints: Checkpoints, dataset_source: str, resume: bool, say
+) -> tuple[Any, dict]:
+    """The state to start from (fresh, or the newest checkpoint's) and the checkpoints' metas
+    by epoch; says which (`say`). trainer: a lenet_jax.train.Trainer."""
+    epochs = checkpoints.epochs()
+    devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
+    say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
+    if not epochs:
+        if _on_plateau(trainer):
+            say(PLATEAU_NOTE)
+        return trainer.new_state(), {}
+    if not resume:
+        raise LenetError(
+            f"{checkpoints.directory.parent} already holds checkpoints (epochs "
+            f"{', '.join(map(str, epochs))}): add --force to --restart to replace them, "
+            "or pass another --workdir"
+        )
+    newest = checkpoints.restore_meta(epochs[-1])
+    check_resumable(newest, trainer.config, dataset_source, trainer.from_python)
+    # Restored against an eval_shape target; a checkpoint whose structure differs (another
+    # optimizer passed from Python, say) is refused before anything is read.
+    state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
+    metas = {epochs[-1]: newest}
+    for epoch in epochs[:-1]:  # only their metrics rows are read: a damaged one blocks nothing
+        try:
+            metas[epoch] = checkpoints.restore_meta(epoch)
+        except CheckpointError as e:
+            say(f"note: {e}; its metrics row is taken from metrics.jsonl if there")
+    if epochs[-1] >= trainer.config.epochs:
+        say(f"Already complete: {trainer.config.epochs} epochs trained (raise --epochs to train more)")
+    else:
+        say(f"Resuming from the checkpoint of epoch {epochs[-1]} (step {newest['step']})")
+    if trainer.from_python:
+        say(
+            "The optimizer passed from Python has the state structure of the checkpoint's; "
+            "its hyperparameters cannot be checked"
+        )
+    return state, metas
