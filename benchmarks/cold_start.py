@@ -283,6 +283,7 @@ def ab(args: argparse.Namespace) -> None:
     compiled = {}
     for _ in range(args.rounds):
         for variant in ("baseline", args.ab):
+            jax.clear_caches()  # else a program lowered again is not compiled again
             lowered = setup.build(VARIANTS[variant])
             if variant not in compiled:  # the other programs, once, at the baseline's settings
                 compiled[variant] = {
