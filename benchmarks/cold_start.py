@@ -12,7 +12,17 @@ program, jit's trace+lower and XLA's compile separately (`jax.stages`: `.lower()
 `.compile()`), then runs them: the step time (ms, median over calls of `steps_per_call` steps)
 and the evaluation time of the test set. Every run prints one JSON line; then one summary line
 per variant with the medians. Variants set the PRNG implementation (environment, before JAX
-starts) or compiler options of one program; see VARIANTS.
+starts), compiler options of one program, or the program's structure; see VARIANTS.
+
+    python -m benchmarks.cold_start --data-dir DIR --ab train-O1 --rounds 5
+    python -m benchmarks.cold_start --data-dir DIR --list-programs --repeats 3
+
+--ab: baseline and one variant in one process, alternating (compilations, then training calls):
+CPU seconds of compilation and the median of the pairwise step-time ratios, the comparison that
+survives a machine shared with other work. --list-programs: runs scripts/train.py itself with
+JAX_LOG_COMPILES=1 and lists every program it compiles (cold, then with a fresh persistent cache:
+cold and warm). Written against the code of this commit: the rebuilt programs must follow
+lenet_jax.train when it changes. Findings: docs/performance-notes-cold-start.md.
 """
 
 from __future__ import annotations
@@ -30,9 +40,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> what it changes: "env" (set before JAX is imported), "train" / "eval" / "init"
-# (compiler options of that program, merged over the ones lenet-jax uses), "no_cond" (the
-# multi-step call without the lax.cond that skips padding steps).
+# name -> what it changes: "env" (set before JAX is imported; --ab sets the PRNG in-process),
+# "train" / "eval" / "init" (compiler options of that program, merged over lenet-jax's),
+# "train_xla_defaults" (none of lenet-jax's training options), "no_cond" (the multi-step call
+# without the lax.cond that skips padding steps), "config" (Config fields: another program for
+# the same training), "concurrent" (all programs compiled at once, one thread each).
 VARIANTS: dict[str, dict] = {
     "baseline": {},
     "rbg": {"env": {"JAX_DEFAULT_PRNG_IMPL": "rbg"}},
