@@ -12,7 +12,17 @@ program, jit's trace+lower and XLA's compile separately (`jax.stages`: `.lower()
 `.compile()`), then runs them: the step time (ms, median over calls of `steps_per_call` steps)
 and the evaluation time of the test set. Every run prints one JSON line; then one summary line
 per variant with the medians. Variants set the PRNG implementation (environment, before JAX
-starts) or compiler options of one program; see VARIANTS.
+starts), compiler options of one program, or the program's structure; see VARIANTS.
+
+    python -m benchmarks.cold_start --data-dir DIR --ab train-O1 --rounds 5
+    python -m benchmarks.cold_start --data-dir DIR --list-programs --repeats 3
+
+--ab: baseline and one variant in one process, alternating (compilations, then training calls):
+CPU seconds of compilation and the median of the pairwise step-time ratios, the comparison that
+survives a machine shared with other work. --list-programs: runs scripts/train.py itself with
+JAX_LOG_COMPILES=1 and lists every program it compiles (cold, then with a fresh persistent cache:
+cold and warm). Written against the code of this commit: the rebuilt programs must follow
+lenet_jax.train when it changes. Findings: docs/performance-notes-cold-start.md.
 """
 
 from __future__ import annotations
@@ -30,9 +40,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> what it changes: "env" (set before JAX is imported), "train" / "eval" / "init"
-# (compiler options of that program, merged over the ones lenet-jax uses), "no_cond" (the
-# multi-step call without the lax.cond that skips padding steps).
+# name -> what it changes: "env" (set before JAX is imported; --ab sets the PRNG in-process),
+# "train" / "eval" / "init" (compiler options of that program, merged over lenet-jax's),
+# "train_xla_defaults" (none of lenet-jax's training options), "no_cond" (the multi-step call
+# without the lax.cond that skips padding steps), "config" (Config fields: another program for
+# the same training), "concurrent" (all programs compiled at once, one thread each).
 VARIANTS: dict[str, dict] = {
     "baseline": {},
     "rbg": {"env": {"JAX_DEFAULT_PRNG_IMPL": "rbg"}},
@@ -47,6 +59,10 @@ VARIANTS: dict[str, dict] = {
     "train-split-codegen": {"train": {"xla_cpu_parallel_codegen_split_count": 2}},
     "train-no-cond": {"no_cond": True},
     "concurrent-compile": {"concurrent": True},
+    "train-xla-defaults": {"train_xla_defaults": True},
+    "train-1-step-per-call": {"config": {"steps_per_call": 1}},
+    "train-4-steps-per-call": {"config": {"steps_per_call": 4}},
+    "conv-xla": {"config": {"conv_impl": "xla"}},
     "eval-O1": {"eval": {"xla_backend_optimization_level": 1}},
     "eval-no-expensive-llvm": {"eval": {"xla_llvm_disable_expensive_passes": True}},
     "eval-no-ynn": {"eval": {"xla_cpu_experimental_ynn_fusion_type": ""}},
@@ -108,6 +124,7 @@ class Programs:
         from lenet_jax import backend
         from lenet_jax.augment import augmentation_from_config, make_augment
         from lenet_jax.data import _permutation, gather_batch
+        from lenet_jax.model import model_from_config, resolve_conv_impl
         from lenet_jax.steps import (
             augmentation_key,
             create_train_state,
@@ -117,6 +134,11 @@ class Programs:
         )
 
         config, model, optimizer = self.config, self.model, self.optimizer
+        if "config" in spec:  # another program for the same training (steps per call, convolutions)
+            config = config.replace(**spec["config"])
+            model = model_from_config(config)
+        conv = resolve_conv_impl(config.conv_impl)
+        self.per_call = config.steps_per_call or backend.default_steps_per_call(conv)
         prng = spec.get("env", {}).get("JAX_DEFAULT_PRNG_IMPL")
         previous = jax.config.jax_default_prng_impl
         if prng:  # in-process A/B: raw keys are read with the default impl at trace time
@@ -139,12 +161,20 @@ class Programs:
                 model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
             )
             options = {**backend.training_compiler_options(), **spec.get("train", {})}
+            if spec.get("train_xla_defaults"):
+                options = {}
             jit = lambda fn, **kw: jax.jit(fn, compiler_options=options, **kw)  # noqa: E731
             steps = (
                 (lambda f, s, xs, c: jax.lax.scan(lambda s, x: _loss_only(f(s, x)), s, xs))
                 if spec.get("no_cond")
                 else scan_steps
             )
+            if self.per_call == 1:  # EpochRunner's one step per call: no loop
+
+                def steps(f, s, xs, c):
+                    s, loss = _loss_only(f(s, jax.tree_util.tree_map(lambda x: x[0], xs)))
+                    return s, loss[None]
+
             self.shuffle_key = shuffle_key
             self.init_args = (model, optimizer, init_key, config.averages_weights)
             indices = np.zeros((self.per_call, config.batch_size), np.int32)  # shape only
@@ -203,11 +233,13 @@ class Programs:
         state = compiled["init"](init_args[2])
         permutation = np.asarray(compiled["permutation"](compiled["shuffle_key"], 1), np.int32)
         order = _pad_to_batches(permutation, self.config.batch_size)
-        batches = range(0, len(order) - self.per_call + 1, self.per_call)
-        count = np.int32(self.per_call)
+        per_call = compiled["per_call"]
+        calls = calls * 16 // per_call  # `calls` counts 16-step calls: the same steps for any per_call
+        batches = range(0, len(order) - per_call + 1, per_call)
+        count = np.int32(per_call)
         times = {"train": [], "train_cpu": [], "eval": []}
         for i, first in enumerate(batches[: calls + 1]):
-            indices = order[first : first + self.per_call]
+            indices = order[first : first + per_call]
             start, cpu = time.perf_counter(), time.process_time()
             if "augment" in compiled:
                 batches = compiled["augment"](state, self.images, self.labels, indices)
@@ -255,6 +287,7 @@ def child(args: argparse.Namespace) -> dict:
         record.update({f"{name}_lower_s": lower_s, f"{name}_lower_cpu_s": lower_cpu_s})
         record.update({f"{name}_compile_s": compile_s, f"{name}_compile_cpu_s": compile_cpu_s})
     compiled["init_args"], compiled["shuffle_key"] = setup.init_args, setup.shuffle_key
+    compiled["per_call"] = setup.per_call
     times = setup.run(compiled, args.calls)
     record["train_first_call_s"] = times["first_call"]
     record["step_ms"] = 1000 * statistics.median(times["train"][2:]) / setup.per_call
@@ -283,6 +316,7 @@ def ab(args: argparse.Namespace) -> None:
     compiled = {}
     for _ in range(args.rounds):
         for variant in ("baseline", args.ab):
+            jax.clear_caches()  # else a program lowered again is not compiled again
             lowered = setup.build(VARIANTS[variant])
             if variant not in compiled:  # the other programs, once, at the baseline's settings
                 compiled[variant] = {
@@ -290,6 +324,7 @@ def ab(args: argparse.Namespace) -> None:
                 }
                 compiled[variant]["init_args"] = lowered["init"][1]
                 compiled[variant]["shuffle_key"] = setup.shuffle_key  # this variant's PRNG
+                compiled[variant]["per_call"] = setup.per_call
             for name in names:
                 if name in lowered:
                     compiled[variant][name], _, cpu = _timed(lowered[name][0][0].compile)
@@ -300,7 +335,7 @@ def ab(args: argparse.Namespace) -> None:
     for _ in range(args.rounds * 4):
         for variant in compiled:
             times = setup.run(compiled[variant], 4, evaluate=False)
-            steps[variant].append(statistics.median(times["train"]) / setup.per_call)
+            steps[variant].append(statistics.median(times["train"]) / compiled[variant]["per_call"])
     ratios = [b / a for a, b in zip(steps["baseline"], steps[args.ab], strict=True)]
     result = {
         "ab": args.ab,
