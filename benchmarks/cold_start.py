@@ -7,7 +7,8 @@ Each variant runs in a fresh process (nothing compiled yet, no persistent compil
 `--repeats` times, interleaved (baseline, variant A, variant B, baseline, ...). A process builds
 the programs of the training loop as lenet_jax.train builds them today (the same functions,
 options and donation; the training program is the multi-step `train_on_indices` of
-`EpochRunner`, rebuilt here from the public pieces so that its options can vary) and times, per
+`lenet_jax.program.TrainProgram`, rebuilt here from the public pieces so that its options can
+vary) and times, per
 program, jit's trace+lower and XLA's compile separately (`jax.stages`: `.lower()`,
 `.compile()`), then runs them: the step time (ms, median over calls of `steps_per_call` steps)
 and the evaluation time of the test set. Every run prints one JSON line; then one summary line
@@ -82,7 +83,7 @@ class Programs:
     """The training loop's programs for one preset, as lenet_jax builds them today, with a
     variant's changes: `build(spec)` -> {name: (jitted, lower args)}, plus what running them needs.
 
-    init: steps.create_train_state (O0); permutation: data._permutation (O0); train: EpochRunner's
+    init: steps.create_train_state (O0); permutation: data._permutation (O0); train: TrainProgram's
     multi-step call (train_on_indices, or train_on_batches after the augment program when the
     preset augments); eval: Evaluator's step_on_indices (XLA's defaults).
     """
@@ -91,12 +92,13 @@ class Programs:
         import jax.numpy as jnp
         import numpy as np
 
-        from lenet_jax import backend
+        from lenet_jax import speed as backend
         from lenet_jax.config import get_preset
         from lenet_jax.data import load_dataset, sequential_order
         from lenet_jax.evaluation import GROUP_IMAGES
-        from lenet_jax.model import model_from_config, resolve_conv_impl
+        from lenet_jax.model import model_from_config
         from lenet_jax.optimizers import build_optimizer
+        from lenet_jax.speed import resolve_conv_impl
 
         self.config = config = get_preset(preset)
         self.dataset, self.data_s, _ = _timed(load_dataset, data_dir)
@@ -121,17 +123,13 @@ class Programs:
         import jax.numpy as jnp
         import numpy as np
 
-        from lenet_jax import backend
+        from lenet_jax import speed as backend
         from lenet_jax.augment import augmentation_from_config, make_augment
         from lenet_jax.data import _permutation, gather_batch
-        from lenet_jax.model import model_from_config, resolve_conv_impl
-        from lenet_jax.steps import (
-            augmentation_key,
-            create_train_state,
-            make_eval_step,
-            make_train_step,
-            scan_steps,
-        )
+        from lenet_jax.model import model_from_config
+        from lenet_jax.program import scan_steps
+        from lenet_jax.speed import resolve_conv_impl
+        from lenet_jax.steps import augmentation_key, create_train_state, make_eval_step, make_train_step
 
         config, model, optimizer = self.config, self.model, self.optimizer
         if "config" in spec:  # another program for the same training (steps per call, convolutions)
@@ -169,7 +167,7 @@ class Programs:
                 if spec.get("no_cond")
                 else scan_steps
             )
-            if self.per_call == 1:  # EpochRunner's one step per call: no loop
+            if self.per_call == 1:  # TrainProgram's one step per call: no loop
 
                 def steps(f, s, xs, c):
                     s, loss = _loss_only(f(s, jax.tree_util.tree_map(lambda x: x[0], xs)))
