@@ -8,12 +8,20 @@ import os
 import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# One XLA compilation cache for the session and the scripts it starts: the many tests that build
+# the same small programs compile each once. Transparent: the same programs, the same numbers.
+os.environ.setdefault("LENET_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="lenet-jax-tests-xla-"))
+jax.config.update("jax_compilation_cache_dir", os.environ["LENET_JAX_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 # Tests and CI read the real MNIST from ../shared/data/mnist (see README); LENET_DATA_DIR wins.
 MNIST_DIR = Path(os.environ.get("LENET_DATA_DIR") or REPO_ROOT.parent / "shared/data/mnist").resolve()
 

@@ -7,10 +7,12 @@ import pytest
 from lenet_jax.config import Config
 from lenet_jax.model import LeNet, count_params, init_params, model_from_config, pool_2x2
 
+O0 = {"xla_backend_optimization_level": 0}  # init runs once: compiling it fast is what counts
+
 
 def test_recipe_model_has_61706_parameters_and_10_logits():
     model = model_from_config(Config())
-    params = init_params(model, jax.random.PRNGKey(0))
+    params = jax.eval_shape(lambda key: init_params(model, key), jax.random.PRNGKey(0))  # no compile
     assert count_params(params) == 61_706
     shapes = jax.tree_util.tree_map(jnp.shape, params)
     assert shapes["conv1"]["kernel"] == (5, 5, 1, 6)
@@ -18,7 +20,7 @@ def test_recipe_model_has_61706_parameters_and_10_logits():
     assert shapes["dense1"]["kernel"] == (400, 120)
     assert shapes["dense2"]["kernel"] == (120, 84)
     assert shapes["dense3"]["kernel"] == (84, 10)
-    logits = model.apply({"params": params}, jnp.zeros((3, 28, 28, 1)))
+    logits = jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1)))
     assert logits.shape == (3, 10)
 
 
@@ -26,7 +28,8 @@ def test_recipe_model_has_61706_parameters_and_10_logits():
 def torch_inits():
     # 20 draws in one jitted, vmapped init: the statistics are tight, the compilation one.
     keys = jax.random.split(jax.random.PRNGKey(0), 20)
-    return jax.jit(jax.vmap(lambda key: init_params(LeNet(init_scheme="torch"), key)))(keys)
+    init = jax.vmap(lambda key: init_params(LeNet(init_scheme="torch"), key))
+    return jax.jit(init, compiler_options=O0)(keys)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +46,9 @@ def test_torch_init_is_uniform_within_one_over_sqrt_fan_in(torch_inits, layer, f
 
 
 def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
-    params = init_params(LeNet(init_scheme="flax"), jax.random.PRNGKey(0))
+    params = jax.jit(init_params, static_argnums=0, compiler_options=O0)(
+        LeNet(init_scheme="flax"), jax.random.PRNGKey(0)
+    )
     assert all(float(jnp.abs(p["bias"]).max()) == 0 for p in params.values())
     kernel = np.ravel(params["dense1"]["kernel"])
     np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(400), rtol=0.1)
@@ -61,7 +66,10 @@ def test_options_change_the_function_not_the_parameters():
         {"dense_activation": True},
     ):
         model = LeNet(**kwargs)
-        assert count_params(init_params(model, jax.random.PRNGKey(0))) == 61_706
+        assert (
+            count_params(jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0)))
+            == 61_706
+        )
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
     # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
     normed = LeNet(feature_norm=True)
@@ -102,5 +110,3 @@ def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(impl):
 def test_pool_2x2_equals_flax_pooling(kind, reference):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 3))
     np.testing.assert_allclose(pool_2x2(x, kind), reference(x, (2, 2), strides=(2, 2)), rtol=1e-6)
-
-
