@@ -54,6 +54,10 @@ class Dataset:
     validation: Split | None
     source: str
 
+    def describe(self) -> str:
+        """'<source>: train N images, test N images[, validation N images]'."""
+        return f"{self.source}: " + ", ".join(f"{name} {n:,} images" for name, n in self.sizes().items())
+
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.train), "test": len(self.test)}
         if self.validation is not None:

@@ -167,7 +167,7 @@ def train_and_evaluate(
         # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
         dataset = load_dataset(data_dir, config.validation_size, config.train_size)
         trainer = make_trainer(config, dataset.train, optimizer)
-        say(f"Data {dataset.source}: " + ", ".join(f"{k} {n:,} images" for k, n in dataset.sizes().items()))
+        say(f"Data {dataset.describe()}", flush=True)
         if replace and not resume and main:
             guard.set_aside_old_run()  # only now that the data and the settings are checked
         parallel.barrier("workdir ready")
