@@ -3,8 +3,10 @@ cache, running the scripts in-process, an untrained predictor."""
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
+import shutil
 import runpy
 import subprocess
 import sys
@@ -19,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # One XLA compilation cache for the session and the scripts it starts: the many tests that build
 # the same small programs compile each once. Transparent: the same programs, the same numbers.
-os.environ.setdefault("LENET_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="lenet-jax-tests-xla-"))
+if "LENET_JAX_CACHE_DIR" not in os.environ:
+    os.environ["LENET_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lenet-jax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["LENET_JAX_CACHE_DIR"], ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["LENET_JAX_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 # Tests and CI read the real MNIST from ../shared/data/mnist (see README); LENET_DATA_DIR wins.
