@@ -6,8 +6,8 @@ from __future__ import annotations
 import atexit
 import gzip
 import os
-import shutil
 import runpy
+import shutil
 import subprocess
 import sys
 import tempfile
