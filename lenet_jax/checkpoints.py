@@ -21,6 +21,7 @@ import errno
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,18 @@ class Checkpoints:
         ):
             raise self._damaged(epoch, ValueError("its meta lacks the config or the step"))
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
+
+    def readable_metas(self, epochs: list[int], note: Callable[[str], Any] | None = None) -> dict[int, dict]:
+        """epoch -> meta for those of `epochs` whose meta can be read; a damaged one is left
+        out (and note(line) told), so that it blocks nothing that only needs the others."""
+        metas = {}
+        for epoch in epochs:
+            try:
+                metas[epoch] = self.restore_meta(epoch)
+            except CheckpointError as e:
+                if note is not None:
+                    note(f"note: {e}; its metrics row is taken from metrics.jsonl if there")
+        return metas
 
     def restore_params(self, epoch: int, abstract_params: Any, item: str = "params") -> Any:
         """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 from lenet_jax.checkpoints import Checkpoints
-from lenet_jax.errors import CheckpointError, LenetError
+from lenet_jax.errors import LenetError
 from lenet_jax.model import count_params
 from lenet_jax.workdir import check_resumable
 
@@ -55,12 +55,8 @@ def start_state(
     # Restored against an eval_shape target; a checkpoint whose structure differs (another
     # optimizer passed from Python, say) is refused before anything is read.
     state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
-    metas = {epochs[-1]: newest}
-    for epoch in epochs[:-1]:  # only their metrics rows are read: a damaged one blocks nothing
-        try:
-            metas[epoch] = checkpoints.restore_meta(epoch)
-        except CheckpointError as e:
-            say(f"note: {e}; its metrics row is taken from metrics.jsonl if there")
+    # The older ones only for their metrics rows: a damaged one blocks nothing.
+    metas = {**checkpoints.readable_metas(epochs[:-1], note=say), epochs[-1]: newest}
     if epochs[-1] >= trainer.config.epochs:
         say(f"Already complete: {trainer.config.epochs} epochs trained (raise --epochs to train more)")
     else:

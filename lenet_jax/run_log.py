@@ -229,13 +229,7 @@ def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
         if not checkpoint_dir(workdir).is_dir():
             return {}
         with Checkpoints(workdir, read_only=True) as checkpoints:
-            metas = {}
-            for epoch in checkpoints.epochs():
-                try:
-                    metas[epoch] = checkpoints.restore_meta(epoch)
-                except CheckpointError:
-                    continue
-            return metas
+            return checkpoints.readable_metas(checkpoints.epochs())
     except CheckpointError:
         return {}
 

@@ -11,6 +11,7 @@ kept on the device in `lenet_jax.program`; the per-backend fast paths in `lenet_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -58,10 +59,8 @@ class TrainResult:
 
 @dataclasses.dataclass
 class Trainer:
-    """What a run sets up once: model, optimizer, the compiled training program, the evaluator.
-
-    `make_trainer` builds it; the training loop, the benchmark and the tests all use it.
-    """
+    """What a run sets up once (`make_trainer`, used by the loop, the benchmark and the tests):
+    the model, the optimizer, the compiled training program, the evaluator."""
 
     config: Config
     model: LeNet
@@ -82,6 +81,7 @@ class Trainer:
         abstract = create_train_state.eval_shape(self.model, self.optimizer, self.init_key, ema)
         return parallel.with_sharding(abstract, parallel.replicated(self.program.mesh))
 
+    @functools.cached_property  # once a run: a Python optimizer's costs an eval_shape of init
     def record(self) -> dict[str, Any]:
         """What config.json and every checkpoint say about the run, besides its metrics."""
         source = {"kind": "config"}
@@ -177,7 +177,7 @@ def train_and_evaluate(
             state, metas = start_state(trainer, checkpoints, dataset.source, resume, say)
             guard.saved = start_epoch = max(metas, default=0)
             if main:
-                write_config(workdir, {**trainer.record(), "provenance": provenance()})
+                write_config(workdir, {**trainer.record, "provenance": provenance()})
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
             rows = [meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))]
             with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
@@ -207,7 +207,7 @@ class _Run:
             # The checkpoint first (its meta holds the row), then the logs: a crash in between is
             # repaired on resume from the checkpoint's meta.
             meta = {"epoch": epoch, "step": row["step"], "dataset": self.dataset.source, "metrics": row}
-            self.checkpoints.save(epoch, state, {**meta, **self.trainer.record(), "provenance": provenance()})
+            self.checkpoints.save(epoch, state, {**meta, **self.trainer.record, "provenance": provenance()})
             self.guard.checkpointed(epoch)  # the old run of --restart --force can go now
             if self.log is not None:
                 self.log.log_epoch(row)
