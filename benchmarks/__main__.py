@@ -244,9 +244,8 @@ def twin_time_to_accuracy(
 
 def time_to_99(args: argparse.Namespace) -> None:
     preset = preset_config(args)
-    dataset = load_dataset(args.data_dir, preset.validation_size, preset.train_size)
-    # The twin reads the same arrays (it picks the training split as load_dataset does).
-    full = load_dataset(args.data_dir)
+    full = load_dataset(args.data_dir)  # once: the twin picks its training split from it too
+    dataset = full.subset(preset.validation_size, preset.train_size)
     data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
     torch_ok = not args.no_torch and _torch_available()
     if args.warm_cache:

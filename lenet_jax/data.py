@@ -54,6 +54,26 @@ class Dataset:
     validation: Split | None
     source: str
 
+    def subset(self, validation_size: int = 0, train_size: int | None = None) -> Dataset:
+        """The last validation_size training images held out as a validation split, then the
+        first train_size of the rest kept (of a dataset that has no validation split yet)."""
+        train, validation = self.train, None
+        if validation_size:
+            if validation_size >= len(train):
+                raise DataError(
+                    f"--validation-size {validation_size} leaves no training images "
+                    f"(the training split has {len(train)}): choose a smaller one"
+                )
+            train, validation = train.take(0, -validation_size), train.take(-validation_size, None)
+        if train_size is not None:
+            if train_size > len(train):
+                raise DataError(
+                    f"--train-size {train_size} is larger than the training split ({len(train)}): "
+                    "choose a smaller one or leave it out"
+                )
+            train = train.take(0, train_size)
+        return Dataset(train, self.test, validation, self.source)
+
     def describe(self) -> str:
         """'<source>: train N images, test N images[, validation N images]'."""
         return f"{self.source}: " + ", ".join(f"{name} {n:,} images" for name, n in self.sizes().items())
@@ -133,22 +153,7 @@ def load_dataset(
     train_size: then keep only the first N of the remaining training images.
     """
     train, test, source = _load_splits(resolve_data_dir(data_dir))
-    validation = None
-    if validation_size:
-        if validation_size >= len(train):
-            raise DataError(
-                f"--validation-size {validation_size} leaves no training images "
-                f"(the training split has {len(train)}): choose a smaller one"
-            )
-        train, validation = train.take(0, -validation_size), train.take(-validation_size, None)
-    if train_size is not None:
-        if train_size > len(train):
-            raise DataError(
-                f"--train-size {train_size} is larger than the training split ({len(train)}): "
-                "choose a smaller one or leave it out"
-            )
-        train = train.take(0, train_size)
-    return Dataset(train, test, validation, source)
+    return Dataset(train, test, None, source).subset(validation_size, train_size)
 
 
 def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
