@@ -83,7 +83,7 @@ class Programs:
     """The training loop's programs for one preset, as lenet_jax builds them today, with a
     variant's changes: `build(spec)` -> {name: (jitted, lower args)}, plus what running them needs.
 
-    init: steps.create_train_state (O0); permutation: data._permutation (O0); train: TrainProgram's
+    init: steps.create_train_state (INIT_COMPILER_OPTIONS); train: TrainProgram's
     multi-step call (train_on_indices, or train_on_batches after the augment program when the
     preset augments); eval: Evaluator's step_on_indices (XLA's defaults).
     """
@@ -125,11 +125,17 @@ class Programs:
 
         from lenet_jax import speed as backend
         from lenet_jax.augment import augmentation_from_config, make_augment
-        from lenet_jax.data import _permutation, gather_batch
+        from lenet_jax.data import gather_batch
         from lenet_jax.model import model_from_config
         from lenet_jax.program import scan_steps
         from lenet_jax.speed import resolve_conv_impl
-        from lenet_jax.steps import augmentation_key, create_train_state, make_eval_step, make_train_step
+        from lenet_jax.steps import (
+            INIT_COMPILER_OPTIONS,
+            augmentation_key,
+            create_train_state,
+            make_eval_step,
+            make_train_step,
+        )
 
         config, model, optimizer = self.config, self.model, self.optimizer
         if "config" in spec:  # another program for the same training (steps per call, convolutions)
@@ -142,17 +148,16 @@ class Programs:
         if prng:  # in-process A/B: raw keys are read with the default impl at trace time
             jax.config.update("jax_default_prng_impl", prng)
         try:
-            init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+            init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
             init = create_train_state
             if "init" in spec:
                 init = jax.jit(
                     create_train_state.__wrapped__,
                     static_argnums=(0, 1, 3),
-                    compiler_options={"xla_backend_optimization_level": 0, **spec["init"]},
+                    compiler_options={**INIT_COMPILER_OPTIONS, **spec["init"]},
                 )
             programs = {
                 "init": (init, (model, optimizer, init_key, config.averages_weights)),
-                "permutation": (_permutation, (shuffle_key, 1, self.n)),
             }
             state = create_train_state.eval_shape(model, optimizer, init_key, config.averages_weights)
             train_step = make_train_step(
@@ -173,7 +178,6 @@ class Programs:
                     s, loss = _loss_only(f(s, jax.tree_util.tree_map(lambda x: x[0], xs)))
                     return s, loss[None]
 
-            self.shuffle_key = shuffle_key
             self.init_args = (model, optimizer, init_key, config.averages_weights)
             indices = np.zeros((self.per_call, config.batch_size), np.int32)  # shape only
             count = np.int32(self.per_call)
@@ -229,7 +233,8 @@ class Programs:
 
         init_args = compiled["init_args"]
         state = compiled["init"](init_args[2])
-        permutation = np.asarray(compiled["permutation"](compiled["shuffle_key"], 1), np.int32)
+        # The epoch's order only decides which images each step reads, not how long it takes.
+        permutation = np.random.default_rng(0).permutation(self.n).astype(np.int32)
         order = _pad_to_batches(permutation, self.config.batch_size)
         per_call = compiled["per_call"]
         calls = calls * 16 // per_call  # `calls` counts 16-step calls: the same steps for any per_call
@@ -284,7 +289,7 @@ def child(args: argparse.Namespace) -> dict:
         compiled[name], compile_s, compile_cpu_s = _timed(low.compile)
         record.update({f"{name}_lower_s": lower_s, f"{name}_lower_cpu_s": lower_cpu_s})
         record.update({f"{name}_compile_s": compile_s, f"{name}_compile_cpu_s": compile_cpu_s})
-    compiled["init_args"], compiled["shuffle_key"] = setup.init_args, setup.shuffle_key
+    compiled["init_args"] = setup.init_args
     compiled["per_call"] = setup.per_call
     times = setup.run(compiled, args.calls)
     record["train_first_call_s"] = times["first_call"]
@@ -308,7 +313,7 @@ def ab(args: argparse.Namespace) -> None:
 
     spec = VARIANTS[args.ab]
     setup = Programs(args.preset, args.data_dir)
-    changed = {"env": ["init", "permutation", "augment", "train"], "init": ["init"], "eval": ["eval"]}
+    changed = {"env": ["init", "augment", "train"], "init": ["init"], "eval": ["eval"]}
     names = sorted({n for key in spec for n in changed.get(key, ["train"])})
     compile_s = {v: {n: [] for n in names} for v in ("baseline", args.ab)}
     compiled = {}
@@ -321,7 +326,6 @@ def ab(args: argparse.Namespace) -> None:
                     n: low.compile() for n, ((low, _, _), _) in lowered.items() if n not in names
                 }
                 compiled[variant]["init_args"] = lowered["init"][1]
-                compiled[variant]["shuffle_key"] = setup.shuffle_key  # this variant's PRNG
                 compiled[variant]["per_call"] = setup.per_call
             for name in names:
                 if name in lowered:

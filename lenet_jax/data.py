@@ -14,7 +14,6 @@ step sees one shape only, so it compiles once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lenet_jax import parallel
+from lenet_jax import host_random, parallel
 from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
 from lenet_jax.library_logs import quiet
 
@@ -262,25 +261,18 @@ def _pad_to_batches(order: np.ndarray, batch_size: int) -> np.ndarray:
     return padded.reshape(steps, batch_size)
 
 
-def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+def epoch_order(key: np.ndarray | jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
     """int32 (steps, batch_size) image indices of one training epoch, -1 padding the last batch.
 
     The permutation is drawn from fold_in(key, epoch), so it depends on nothing but the seed and
     the epoch number: a resumed run replays exactly the order an uninterrupted one would see.
-    It is computed once per epoch and handed to the host as numpy, so the training loop slices
-    rows without touching the device.
+    It is computed once per epoch on the host, as numpy, so the training loop slices rows
+    without touching the device.
     """
-    perm = _permutation(key, epoch, num_examples)
-    return _pad_to_batches(np.asarray(perm, np.int32), batch_size)
-
-
-# One program instead of an eager fold_in + permutation (a few programs, each compiled when
-# first dispatched), compiled without backend optimisation: it runs once per epoch for ~50 ms,
-# and at O0 the first epoch's wait on its compilation is ~0.25 s shorter. The epoch is traced,
-# not static: one compilation serves every epoch. Same values as the eager calls (a test).
-@functools.partial(jax.jit, static_argnums=2, compiler_options={"xla_backend_optimization_level": 0})
-def _permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
-    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    # = jax.random.permutation(jax.random.fold_in(key, epoch), n), computed by numpy: the same
+    # values, without compiling a program for them at start-up (lenet_jax.host_random).
+    perm = host_random.permutation(host_random.fold_in(key, epoch), num_examples)
+    return _pad_to_batches(perm, batch_size)
 
 
 def sequential_order(num_examples: int, batch_size: int) -> np.ndarray:

@@ -83,7 +83,7 @@ class TrainProgram:
         speed: Speed,
         train: Split,
         batch_size: int,
-        shuffle_key: jax.Array,
+        shuffle_key: np.ndarray,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     ):
         self.mesh = parallel.data_mesh()

@@ -85,7 +85,10 @@ def _cpu_options_supported() -> bool:
     """The option is experimental in XLA: a jaxlib that does not know it rejects it at compile
     time, so it is tried once on a tiny program and dropped (with a debug log) if rejected."""
     try:
-        jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(jnp.ones(2)).compile()
+        # Lowered from a shape: an array argument would be one more program to compile.
+        jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(
+            jax.ShapeDtypeStruct((2,), jnp.float32)
+        ).compile()
     except Exception as error:  # noqa: BLE001 - any rejection means: do without
         logging.getLogger(__name__).debug("XLA:CPU options %s not supported: %s", CPU_OPTIONS, error)
         return False

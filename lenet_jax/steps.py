@@ -43,11 +43,16 @@ class TrainState:
     ema_params: Any = None
 
 
+# Compiled for a program that runs once: no backend optimisation (XLA:CPU would spend seconds
+# optimising the threefry generators of a program that runs in milliseconds) and, on CPU, no
+# fusion emitters (their set-up per kernel, for hundreds of small kernels, ~0.3 s). Same values
+# bit for bit (tests/test_steps.py); docs/performance.md has the compile times.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
 # Jitted: run eagerly, init would dispatch (and compile) each of its many small ops one by one.
-# As one program it runs once, so it is compiled without backend optimisation: XLA:CPU would
-# spend seconds optimising the unrolled threefry random generators of a program that runs in
-# milliseconds. The model and the optimizer are static (hashed by identity), the key is traced.
-@functools.partial(jax.jit, static_argnums=(0, 1, 3), compiler_options={"xla_backend_optimization_level": 0})
+# The model and the optimizer are static (hashed by identity), the key is traced.
+@functools.partial(jax.jit, static_argnums=(0, 1, 3), compiler_options=INIT_COMPILER_OPTIONS)
 def create_train_state(
     model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array, ema: bool = False
 ) -> TrainState:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from lenet_jax import parallel
+from lenet_jax import host_random, parallel
 from lenet_jax.augment import augmentation_from_config, make_augment
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
@@ -68,7 +68,7 @@ class Trainer:
     from_python: bool  # the optimizer was passed in, not built from the config's fields
     program: TrainProgram
     evaluator: Evaluator
-    init_key: jax.Array
+    init_key: np.ndarray  # a raw uint32[2] key
 
     def new_state(self) -> TrainState:
         """A fresh state from the seed, replicated over the run's devices."""
@@ -104,9 +104,9 @@ def make_trainer(
     from_python = optimizer is not None
     if optimizer is None:
         optimizer = build_optimizer(config, num_batches(len(train), config.batch_size))
-    # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key ->
-    # every epoch's order (folded with the epoch number).
-    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key -> each
+    # epoch's order. = jax.random.split(jax.random.PRNGKey(seed)), by numpy: nothing to compile.
+    init_key, shuffle_key = host_random.split(host_random.prng_key(config.seed))
     train_step = make_train_step(
         model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
     )

@@ -78,7 +78,7 @@ def test_epoch_order_covers_every_image_once_and_pads_the_last_batch():
 
 
 def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
-    # The jitted program draws what the plain calls draw: runs stay reproducible across versions.
+    # numpy draws what jax.random draws: runs stay reproducible across versions.
     key = jax.random.PRNGKey(7)
     expected = jax.random.permutation(jax.random.fold_in(key, 5), 60_000)
     np.testing.assert_array_equal(epoch_order(key, 5, 60_000, 64).ravel()[:60_000], expected)
