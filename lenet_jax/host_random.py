@@ -24,7 +24,7 @@ def _is_default_threefry() -> bool:
     return (
         config.jax_default_prng_impl == "threefry2x32"
         and not config.jax_enable_x64
-        and not config.jax_random_seed_offset
+        and not getattr(config, "jax_random_seed_offset", 0)
     )
 
 
