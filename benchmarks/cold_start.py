@@ -123,6 +123,7 @@ class Programs:
         import jax.numpy as jnp
         import numpy as np
 
+        from lenet_jax import host_random
         from lenet_jax import speed as backend
         from lenet_jax.augment import augmentation_from_config, make_augment
         from lenet_jax.data import gather_batch
@@ -148,7 +149,7 @@ class Programs:
         if prng:  # in-process A/B: raw keys are read with the default impl at trace time
             jax.config.update("jax_default_prng_impl", prng)
         try:
-            init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+            init_key = host_random.split(host_random.prng_key(config.seed))[0]  # as train.py
             init = create_train_state
             if "init" in spec:
                 init = jax.jit(

@@ -2,12 +2,12 @@
 
 The training loop needs random numbers on the host twice: the root keys (`split(PRNGKey(seed))`)
 and each epoch's order (`permutation(fold_in(key, epoch), n)`). Through jax.random each is a
-program that XLA compiles before it runs once, ~0.5 s of a cold start between them
+program that XLA compiles before it runs once, ~0.7 s of a cold start between them
 (docs/performance.md), for work that numpy does in milliseconds. These functions return the same
 uint32 values bit for bit (tests/test_host_random.py compares them with jax.random over seeds,
-epochs and sizes, in both settings of `jax_threefry_partitionable`). When JAX is configured for
-another PRNG (`jax_default_prng_impl`), for 64-bit types or with a seed offset, they call
-jax.random itself.
+epochs and sizes, in both settings of `jax_threefry_partitionable`). For anything else (another
+`jax_default_prng_impl`, typed keys, and for seeds also 64-bit types or a seed offset) they call
+jax.random itself and return what it returns.
 """
 
 from __future__ import annotations
@@ -18,23 +18,39 @@ import numpy as np
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def _is_default_threefry() -> bool:
-    """Whether jax.random would use the raw threefry2x32 keys these functions reproduce."""
+def _seeds_threefry() -> bool:
+    """Whether jax.random.PRNGKey(seed) would be the raw threefry2x32 key prng_key computes."""
     config = jax.config
     return (
-        config.jax_default_prng_impl == "threefry2x32"
-        and not config.jax_enable_x64
-        and not getattr(config, "jax_random_seed_offset", 0)
+        _default_threefry() and not config.jax_enable_x64 and not getattr(config, "jax_random_seed_offset", 0)
     )
+
+
+def _default_threefry() -> bool:
+    config = jax.config
+    return config.jax_default_prng_impl == "threefry2x32" and not getattr(
+        config, "jax_enable_custom_prng", False
+    )
+
+
+def _raw_threefry(key) -> np.ndarray | None:
+    """A raw threefry2x32 key as numpy uint32[2]; None for a key these functions leave to
+    jax.random (a typed key, or a raw key of another implementation)."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return None
+    key = np.asarray(key)  # a jax.Array key is read once, not indexed on the device
+    if key.shape != (2,) or key.dtype != np.uint32 or not _default_threefry():
+        return None
+    return key
 
 
 def _partitionable() -> bool:
     return bool(jax.config.jax_threefry_partitionable)
 
 
-def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Threefry-2x32 hash (20 rounds) of the counter pairs (x1, x2) under `key`, uint32."""
-    k1, k2 = np.asarray(key, np.uint32)  # a jax.Array key is read once, not indexed on device
+    k1, k2 = (np.uint32(k) for k in key)
     ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
     x1, x2 = x1.astype(np.uint32) + ks[0], x2.astype(np.uint32) + ks[1]
     for block in range(5):
@@ -53,52 +69,55 @@ def _threefry_counts(key: np.ndarray, counts: np.ndarray) -> np.ndarray:
     odd = flat.size % 2
     if odd:
         flat = np.concatenate([flat, np.zeros(1, np.uint32)])
-    y1, y2 = threefry2x32(key, *np.split(flat, 2))
+    y1, y2 = _threefry2x32(key, *np.split(flat, 2))
     out = np.concatenate([y1, y2])
     return (out[:-1] if odd else out).reshape(counts.shape)
 
 
-def prng_key(seed: int) -> np.ndarray:
-    """jax.random.PRNGKey(seed)'s data: uint32 [0, seed mod 2**32] (JAX without 64-bit types
-    takes a seed's low 32 bits)."""
-    if not _is_default_threefry():
-        return np.asarray(jax.random.PRNGKey(seed))
-    return np.array([0, seed % 2**32], np.uint32)
-
-
-def split(key: np.ndarray, num: int = 2) -> np.ndarray:
-    """jax.random.split(key, num): (num, 2) uint32."""
-    if not _is_default_threefry():
-        return np.asarray(jax.random.split(key, num))
-    if _partitionable():  # the keys are the hashes of the pairs (0, i)
-        y1, y2 = threefry2x32(key, np.zeros(num, np.uint32), np.arange(num, dtype=np.uint32))
-        return np.stack([y1, y2], axis=1)
-    return _threefry_counts(key, np.arange(2 * num, dtype=np.uint32)).reshape(num, 2)
-
-
-def fold_in(key: np.ndarray, data: int) -> np.ndarray:
-    """jax.random.fold_in(key, data): uint32[2]."""
-    if not _is_default_threefry():
-        return np.asarray(jax.random.fold_in(key, data))
-    return _threefry_counts(key, np.array([0, data % 2**32], np.uint32))
-
-
-def random_bits32(key: np.ndarray, size: int) -> np.ndarray:
-    """jax.random.bits(key, (size,), uint32)."""
+def _random_bits32(key: np.ndarray, size: int) -> np.ndarray:
+    """jax.random.bits(key, (size,), uint32) for a raw threefry key."""
     if _partitionable():
-        y1, y2 = threefry2x32(key, np.zeros(size, np.uint32), np.arange(size, dtype=np.uint32))
+        y1, y2 = _threefry2x32(key, np.zeros(size, np.uint32), np.arange(size, dtype=np.uint32))
         return y1 ^ y2
     return _threefry_counts(key, np.arange(size, dtype=np.uint32))
 
 
-def permutation(key: np.ndarray, n: int) -> np.ndarray:
-    """jax.random.permutation(key, n) as int32: jax's rounds of stable sorts by fresh 32-bit
-    random keys (as many rounds as jax makes for n)."""
-    if not _is_default_threefry():
+def prng_key(seed: int):
+    """jax.random.PRNGKey(seed): uint32 [0, seed mod 2**32] (JAX without 64-bit types takes a
+    seed's low 32 bits)."""
+    if not _seeds_threefry():
+        return jax.random.PRNGKey(seed)
+    return np.array([0, int(seed) % 2**32], np.uint32)
+
+
+def split(key, num: int = 2):
+    """jax.random.split(key, num): (num, 2) uint32."""
+    raw = _raw_threefry(key)
+    if raw is None:
+        return jax.random.split(key, num)
+    if _partitionable():  # the keys are the hashes of the pairs (0, i)
+        y1, y2 = _threefry2x32(raw, np.zeros(num, np.uint32), np.arange(num, dtype=np.uint32))
+        return np.stack([y1, y2], axis=1)
+    return _threefry_counts(raw, np.arange(2 * num, dtype=np.uint32)).reshape(num, 2)
+
+
+def fold_in(key, data: int):
+    """jax.random.fold_in(key, data): uint32[2]."""
+    raw = _raw_threefry(key)
+    if raw is None:
+        return jax.random.fold_in(key, data)
+    return _threefry_counts(raw, np.array([0, int(data) % 2**32], np.uint32))
+
+
+def permutation(key, n: int) -> np.ndarray:
+    """jax.random.permutation(key, n) as int32 numpy: jax's rounds of stable sorts by fresh
+    32-bit random keys (as many rounds as jax makes for n)."""
+    raw = _raw_threefry(key)
+    if raw is None:
         return np.asarray(jax.random.permutation(key, n), np.int32)
     rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
     x = np.arange(n, dtype=np.int32)
     for _ in range(rounds):
-        key, subkey = split(key)
-        x = x[np.argsort(random_bits32(subkey, n), kind="stable")]
+        raw, subkey = split(raw)
+        x = x[np.argsort(_random_bits32(subkey, n), kind="stable")]
     return x

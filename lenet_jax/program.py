@@ -83,7 +83,7 @@ class TrainProgram:
         speed: Speed,
         train: Split,
         batch_size: int,
-        shuffle_key: np.ndarray,
+        shuffle_key: np.ndarray | jax.Array,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     ):
         self.mesh = parallel.data_mesh()

@@ -44,8 +44,9 @@ class TrainState:
 
 
 # Compiled for a program that runs once: no backend optimisation (XLA:CPU would spend seconds
-# optimising the threefry generators of a program that runs in milliseconds) and, on CPU, no
-# fusion emitters (their set-up per kernel, for hundreds of small kernels, ~0.3 s). Same values
+# optimising the threefry generators of a program that runs in milliseconds) and no XLA:CPU
+# fusion emitters (their set-up per kernel, for hundreds of small kernels, ~0.3 s; other
+# backends ignore an xla_cpu_ option). Same values
 # bit for bit (tests/test_steps.py); docs/performance.md has the compile times.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
@@ -54,7 +55,7 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusio
 # The model and the optimizer are static (hashed by identity), the key is traced.
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), compiler_options=INIT_COMPILER_OPTIONS)
 def create_train_state(
-    model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array, ema: bool = False
+    model: nn.Module, optimizer: optax.GradientTransformation, key: jax.typing.ArrayLike, ema: bool = False
 ) -> TrainState:
     """A fresh state: params from `key`'s first split, the step rng from its second.
 

@@ -1,6 +1,5 @@
 """Configs: presets, validation, flags generated from the fields."""
 
-
 import pytest
 
 from lenet_jax import cli

@@ -30,12 +30,32 @@ def test_keys_split_and_fold_in_equal_jax_random(threefry_mode):
             np.testing.assert_array_equal(host_random.fold_in(key, data), jax.random.fold_in(key, data))
 
 
-@pytest.mark.parametrize("n", [1, 2, 9, 1000, 60_000])
+@pytest.mark.parametrize("n", [0, 1, 2, 9, 1000, 60_000])
 def test_permutation_equals_jax_random(threefry_mode, n):
     key = jax.random.fold_in(jax.random.PRNGKey(3), 7)
-    got = host_random.permutation(np.asarray(key), n)
-    assert got.dtype == np.int32
+    got = host_random.permutation(key if n % 2 else np.asarray(key), n)  # jax or numpy keys
+    assert got.dtype == np.int32 and isinstance(got, np.ndarray)
     np.testing.assert_array_equal(got, jax.random.permutation(key, n))
+
+
+def test_typed_keys_are_left_to_jax_random():
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(
+        jax.random.key_data(host_random.split(key)), jax.random.key_data(jax.random.split(key))
+    )
+    np.testing.assert_array_equal(host_random.permutation(key, 30), jax.random.permutation(key, 30))
+
+
+@pytest.mark.parametrize("option", [("jax_random_seed_offset", 9), ("jax_enable_x64", True)])
+def test_seeds_under_other_settings_are_left_to_jax_random(option):
+    name, value = option
+    previous = getattr(jax.config, name)
+    jax.config.update(name, value)
+    try:
+        for seed in (5, 2**40 + 7):
+            np.testing.assert_array_equal(host_random.prng_key(seed), jax.random.PRNGKey(seed))
+    finally:
+        jax.config.update(name, previous)
 
 
 def test_another_prng_is_left_to_jax_random():
