@@ -20,17 +20,14 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 def _seeds_threefry() -> bool:
     """Whether jax.random.PRNGKey(seed) would be the raw threefry2x32 key prng_key computes."""
-    config = jax.config
-    return (
-        _default_threefry() and not config.jax_enable_x64 and not getattr(config, "jax_random_seed_offset", 0)
-    )
+    offset = getattr(jax.config, "jax_random_seed_offset", 0)
+    return _default_threefry() and not jax.config.jax_enable_x64 and not offset
 
 
 def _default_threefry() -> bool:
-    config = jax.config
-    return config.jax_default_prng_impl == "threefry2x32" and not getattr(
-        config, "jax_enable_custom_prng", False
-    )
+    """Whether jax.random reads a raw uint32 key as a threefry2x32 key (its default)."""
+    custom = getattr(jax.config, "jax_enable_custom_prng", False)  # typed keys everywhere
+    return jax.config.jax_default_prng_impl == "threefry2x32" and not custom
 
 
 def _raw_threefry(key) -> np.ndarray | None:

@@ -46,8 +46,8 @@ class TrainState:
 # Compiled for a program that runs once: no backend optimisation (XLA:CPU would spend seconds
 # optimising the threefry generators of a program that runs in milliseconds) and no XLA:CPU
 # fusion emitters (their set-up per kernel, for hundreds of small kernels, ~0.3 s; other
-# backends ignore an xla_cpu_ option). Same values
-# bit for bit (tests/test_steps.py); docs/performance.md has the compile times.
+# backends ignore an xla_cpu_ option). Same values bit for bit (tests/test_steps.py);
+# docs/performance.md has the compile times.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 

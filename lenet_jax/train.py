@@ -68,7 +68,7 @@ class Trainer:
     from_python: bool  # the optimizer was passed in, not built from the config's fields
     program: TrainProgram
     evaluator: Evaluator
-    init_key: np.ndarray  # a raw key (uint32[2]: threefry)
+    init_key: np.ndarray | jax.Array  # a raw key (numpy uint32[2] with threefry)
 
     def new_state(self) -> TrainState:
         """A fresh state from the seed, replicated over the run's devices."""
