@@ -22,7 +22,9 @@ ratios from one run, not seconds across runs or machines.
   compilation included: every seed compiles from scratch, unless --warm-cache), evaluation
   excluded on both sides. Both evaluate the weights the preset evaluates (its moving average).
   The seconds lenet-jax spends tracing, lowering and compiling before its first training call
-  ends are reported apart (jax.monitoring's compile events).
+  ends are reported apart (jax.monitoring's compile events), and so is the race's make-up: each
+  side's running speed (ms per step after lenet-jax's first call, after the twin's first step)
+  and what starting costs lenet-jax (its first call less those steps at its running speed).
 - augmentation-cost: epochs of a preset (default best) with and without its distortions.
 """
 
@@ -222,12 +224,21 @@ def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int,
         trainer = make_trainer(config, dataset.train)
         program = compilation.program = trainer.program
         row = _train_until(trainer, dataset, evals_per_epoch, target, start)
+    first_call = program.first_call_done - wall_start
     return {
         **row,
-        "first_call_seconds": round(program.first_call_done - wall_start, 3),
+        "first_call_seconds": round(first_call, 3),
         "first_call_compilation_seconds": {k: round(v, 3) for k, v in compilation.seconds.items()},
         "steps_per_call": program.steps_per_call,
+        "ms_per_step": ms_per_step(row, first_call, program.steps_per_call),
     }
+
+
+def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | None:
+    """Milliseconds per training step after the first call (lenet-jax) or first step (the twin):
+    the running speed, apart from what the start costs (set-up, compilation, warm-up)."""
+    steps = row.get("step", 0) - first_steps
+    return round(1000 * (row["train_seconds"] - first_seconds) / steps, 3) if steps > 0 else None
 
 
 def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float) -> dict:
@@ -268,7 +279,7 @@ def twin_time_to_accuracy(
     def show(row: dict) -> None:
         emit({"impl": f"pytorch-twin-{threads}t", "seed": config.seed, **row})
 
-    return time_to_accuracy(
+    row = time_to_accuracy(
         config,
         config.seed,
         target=target,
@@ -278,6 +289,7 @@ def twin_time_to_accuracy(
         steps_per_call=steps_per_call,
         on_eval=show,
     )
+    return {**row, "ms_per_step": ms_per_step(row, row["first_step_seconds"], 1)}
 
 
 def time_to_99(args: argparse.Namespace) -> None:
@@ -322,6 +334,10 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
             stage: round(statistics.mean(r["first_call_compilation_seconds"][stage] for r in jax_rows), 3)
             for stage in COMPILE_EVENTS.values()
         },
+        # The race in two parts: what starting costs lenet-jax (set-up, compilation: the first
+        # call less its steps at the running speed), and the running speed of each contender.
+        "mean_start_seconds": mean_start_seconds(jax_rows),
+        "median_ms_per_step": {name: median_ms(rows) for name, rows in results.items()},
         "compilation_cache": "warm" if args.warm_cache else "cold",
         "evals_per_epoch": args.evals_per_epoch,
         **machine(),
@@ -335,10 +351,27 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
             a["train_seconds"] / b["train_seconds"] for a, b in zip(jax_rows, results[peer], strict=True)
         ]
         summary["per_seed_ratio"] = spread(pairs)
+        if summary["median_ms_per_step"]["lenet-jax"] and summary["median_ms_per_step"][peer]:
+            step_ratio = summary["median_ms_per_step"]["lenet-jax"] / summary["median_ms_per_step"][peer]
+            summary["ratio_ms_per_step"] = round(step_ratio, 3)
         summary["pytorch_epochs_reached"] = [row.get("epoch") for row in results[peer]]
     elif not torch_ok:
         summary["pytorch"] = "not run (PyTorch not installed, or --no-torch)"
     return summary
+
+
+def median_ms(rows: list[dict]) -> float | None:
+    values = [row["ms_per_step"] for row in rows if row.get("ms_per_step")]
+    return round(statistics.median(values), 3) if values else None
+
+
+def mean_start_seconds(rows: list[dict]) -> float | None:
+    starts = [
+        row["first_call_seconds"] - row["steps_per_call"] * row["ms_per_step"] / 1000
+        for row in rows
+        if row.get("ms_per_step")
+    ]
+    return round(statistics.mean(starts), 3) if starts else None
 
 
 def warm_compilation_cache(config: Config, dataset: Dataset, args: argparse.Namespace) -> None:
