@@ -27,7 +27,7 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys)
     # The race's make-up: the running speed after the first call, and what the start cost.
     (result,) = [line["result"] for line in lines if "result" in line]
     assert result["ms_per_step"] > 0 and summary["median_ms_per_step"] == {"lenet-jax": result["ms_per_step"]}
-    start = result["first_call_seconds"] - 16 * result["ms_per_step"] / 1000
+    start = result["first_call_seconds"] - result["steps_per_call"] * result["ms_per_step"] / 1000
     assert summary["mean_start_seconds"] == pytest.approx(start, abs=1e-3)
     assert 0 < summary["mean_start_seconds"] < summary["mean_first_call_seconds"]
 
