@@ -38,3 +38,30 @@ def test_bad_arguments_are_one_line(capsys):
     assert cli.run(main, ["time-to-99", "--set", "lr=-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --set lr=-1: --lr must be greater than 0, not -1.0"
     assert cli.run(main, ["sped"]) == 2 and "invalid choice: 'sped'" in capsys.readouterr().err
+
+
+def test_summary_splits_the_race_into_start_and_running_speed():
+    import argparse
+
+    from benchmarks.__main__ import time_to_99_summary
+
+    args = argparse.Namespace(preset="fast", set=[], seeds=[0, 1], evals_per_epoch=8, warm_cache=False)
+    stages = {"trace": 0.2, "lower": 0.1, "compile": 1.5}
+    jax_row = {"reached": True, "epoch": 0.75, "train_seconds": 4.0, "steps_per_call": 16}
+    jax_row["first_call_compilation_seconds"] = stages
+    jax_rows = [
+        {**jax_row, "first_call_seconds": 2.05, "ms_per_step": 3.0},
+        {**jax_row, "first_call_seconds": 2.25, "ms_per_step": 3.5},
+    ]
+    twin = [{"reached": True, "epoch": 0.75, "train_seconds": 5.0, "ms_per_step": 5.0}] * 2
+    summary = time_to_99_summary(args, {"lenet-jax": jax_rows, "pytorch-twin-2t": twin}, torch_ok=True)
+    # The start: each first call less its 16 steps at that seed's speed, averaged.
+    assert summary["mean_start_seconds"] == round(((2.05 - 0.048) + (2.25 - 0.056)) / 2, 3)
+    assert summary["median_ms_per_step"] == {"lenet-jax": 3.25, "pytorch-twin-2t": 5.0}
+    assert summary["ratio_ms_per_step"] == 0.65 and summary["ratio_jax_to_pytorch"] == 0.8
+    # A seed without a running speed (its run ended inside the first call): no figure, not a
+    # figure over fewer seeds than the others.
+    jax_rows[1]["ms_per_step"] = None
+    summary = time_to_99_summary(args, {"lenet-jax": jax_rows, "pytorch-twin-2t": twin}, torch_ok=True)
+    assert summary["mean_start_seconds"] is None and summary["median_ms_per_step"]["lenet-jax"] is None
+    assert "ratio_ms_per_step" not in summary
