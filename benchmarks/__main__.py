@@ -223,8 +223,7 @@ def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int,
     with FirstCallCompilation() as compilation:
         trainer = make_trainer(config, dataset.train)
         program = compilation.program = trainer.program
-        row = _train_until(trainer, dataset, evals_per_epoch, target, start)
-    first_call_train_seconds = row.pop("first_call_train_seconds")
+        row, first_call_train_seconds = _train_until(trainer, dataset, evals_per_epoch, target, start)
     return {
         **row,
         "first_call_seconds": round(program.first_call_done - wall_start, 3),
@@ -241,7 +240,8 @@ def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | No
     return round(1000 * (row["train_seconds"] - first_seconds) / steps, 3) if steps > 0 else None
 
 
-def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float) -> dict:
+def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float):
+    """(the row of the last evaluation, training seconds when the first call had run)."""
     config, program, evaluating = trainer.config, trainer.program, 0.0
     every = max(1, program.steps_per_epoch // evals_per_epoch)
     state, step, row = trainer.new_state(), 0, {}
@@ -270,11 +270,7 @@ def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float,
         else:
             continue
         break
-    return {
-        "reached": row.get("test_accuracy", 0) >= target,
-        **row,
-        "first_call_train_seconds": first_call_train_seconds,
-    }
+    return {"reached": row.get("test_accuracy", 0) >= target, **row}, first_call_train_seconds
 
 
 def twin_time_to_accuracy(
@@ -366,9 +362,13 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
     return summary
 
 
+def _every_seed_has_a_speed(rows: list[dict]) -> bool:
+    return bool(rows) and all(row.get("ms_per_step") for row in rows)
+
+
 def median_ms(rows: list[dict]) -> float | None:
     """The median running speed over the seeds; None unless every seed has one."""
-    if not rows or not all(row.get("ms_per_step") for row in rows):
+    if not _every_seed_has_a_speed(rows):
         return None
     return round(statistics.median(row["ms_per_step"] for row in rows), 3)
 
@@ -376,7 +376,7 @@ def median_ms(rows: list[dict]) -> float | None:
 def mean_start_seconds(rows: list[dict]) -> float | None:
     """What starting costs lenet-jax, mean over the seeds: the first call less its own steps at
     the running speed (set-up, tracing, compilation); None unless every seed has a speed."""
-    if not rows or not all(row.get("ms_per_step") for row in rows):
+    if not _every_seed_has_a_speed(rows):
         return None
     starts = [r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000 for r in rows]
     return round(statistics.mean(starts), 3)
