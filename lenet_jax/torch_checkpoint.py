@@ -762,7 +762,7 @@ def import_torch_checkpoint(
     from lenet_jax.checkpoints import Checkpoints
     from lenet_jax.config import Config
     from lenet_jax.provenance import provenance
-    from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, write_config
+    from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, workdir_lock, write_config
 
     path = Path(path).expanduser().resolve()
     weights = read_torch_weights(path)
@@ -784,10 +784,12 @@ def import_torch_checkpoint(
     }
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
     meta = {"epoch": epoch, "step": int(state.step), **record, "dataset": IMPORTED_DATASET}
-    with Checkpoints(workdir) as checkpoints:
-        checkpoints.save(epoch, state, {**meta, "metrics": {}, "source": source, "provenance": provenance()})
-    if not (workdir / CONFIG_FILE).is_file():
-        write_config(workdir, {**record, "source": source})
+    meta = {**meta, "metrics": {}, "source": source, "provenance": provenance()}
+    with workdir_lock(workdir):  # never into a run that is training there
+        with Checkpoints(workdir) as checkpoints:
+            checkpoints.save(epoch, state, meta)
+        if not (workdir / CONFIG_FILE).is_file():
+            write_config(workdir, {**record, "source": source})
     return ImportResult(workdir=workdir, epoch=epoch, step=int(state.step), source=source)
 
 
@@ -847,9 +849,11 @@ def _imported_state(config: Any, params: Any, epoch: int) -> Any:
 
 
 def _read_json(path: Path) -> Any:
+    from lenet_jax.small_files import read_small_file
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(read_small_file(path))
+    except (OSError, ValueError):  # FileRefused is a ValueError
         return None
 
 
