@@ -57,7 +57,7 @@ class Config:
 
     Run: `python scripts/train.py` (same as `--preset recipe`).
     Expected: the loss sits near 2.30 for the first ~1,300 steps (sigmoid + PyTorch init), then
-    falls; test accuracy ~98% after 20 epochs (see README, Results).
+    falls; test accuracy ~98% after 20 epochs (README, "Presets and results").
     """
 
     # Model.
@@ -288,7 +288,7 @@ def fast() -> Config:
     evaluated. It serves the time-to-99% benchmark, so it was tuned on test accuracy; how it was
     chosen and what else was tried: docs/results.md.
     Run: `python scripts/train.py --preset fast` (or `scripts/benchmark.py time-to-99`)
-    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, Results).
+    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, "Presets and results").
     """
     return Config(
         activation="relu",
@@ -317,7 +317,7 @@ def best() -> Config:
     distortions on the device (Simard et al. 2003), 80 epochs. Chosen on a 5,000-image
     validation split, never on the test set (the validation figures: docs/results.md).
     Run: `python scripts/train.py --preset best`
-    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, Results).
+    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, "Presets and results").
     """
     return Config(
         activation="relu",
