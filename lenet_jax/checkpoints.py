@@ -91,6 +91,7 @@ class Checkpoints:
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: pass the --workdir of a training run")
+        self._check_step_metadata()
         with quiet():  # orbax warns about read_only=True, which is what is asked for
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
@@ -103,6 +104,22 @@ class Checkpoints:
                 cleanup_tmp_directories=not read_only,
             )
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def _check_step_metadata(self) -> None:
+        """CheckpointError naming the epoch whose step metadata orbax would read whole when it
+        lists the epochs (a link to /dev/zero, a 4 GiB file): before orbax reads any."""
+        folders = self.directory.iterdir() if self.directory.is_dir() else []
+        for folder in sorted(f for f in folders if f.name.isdigit() and f.is_dir()):
+            try:
+                check_small_file(folder / CHECKPOINT_METADATA)
+            except FileNotFoundError:
+                pass
+            except (OSError, FileRefused) as e:
+                reason = str(e).removeprefix(str(folder / CHECKPOINT_METADATA)).strip()
+                raise CheckpointError(
+                    f"the checkpoint of epoch {folder.name} is damaged (its {CHECKPOINT_METADATA} {reason}): "
+                    f"move {folder} out of {self.directory} to use the other epochs"
+                ) from None
 
     def __enter__(self) -> Checkpoints:
         return self
