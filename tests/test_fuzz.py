@@ -804,6 +804,111 @@ def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
     check(capsys, script, argv, 2, message, unchanged=[run, empty])
 
 
+WORKDIR_IN_USE = {
+    # name: (script, argv, exit code, message); the run's workdir held by another process
+    "a second trainer": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 2, "is in use by PID"),
+    "restart --force": ("train.py", train_argv("{run}", "{data}", "--restart", "--force"), 2, "is in use by"),
+    "convert into it": (
+        "convert.py",
+        ["from-torch", REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth", "--workdir", "{run}"],
+        2,
+        "wait until that run ends (or stop it), or pass another --workdir",
+    ),
+    "evaluate reads it": ("evaluate.py", _evaluate(), 0, ""),
+    "a killed holder's lock": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 0, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
+def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
+    """One writer per workdir: while a process holds the lock, a trainer, a --restart or a
+    convert into it is refused at once and changes nothing; readers go on; the lock of a
+    process that was killed blocks nothing (the OS released it)."""
+    import subprocess
+
+    from lenet_jax.workdir import workdir_lock
+
+    script, argv, code, message = WORKDIR_IN_USE[case]
+    if script == "convert.py":  # a workdir a convert would take: an empty one
+        run = tmp_path / "new"
+        run.mkdir()
+    argv = _fill(argv, run=run, data=data)
+    if case == "a killed holder's lock":
+        hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+        hold += "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'PID 1 on elsewhere'); os.kill(os.getpid(), 9)"
+        assert subprocess.run([sys.executable, "-c", hold]).returncode == -signal.SIGKILL
+        got, out, err = run_cli(capsys, script, *argv)
+        assert got == 0 and err == "", err
+        assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
+        return
+    with workdir_lock(run):
+        if code:
+            _, err = check(capsys, script, argv, code, message, unchanged=[run])
+            assert f"PID {os.getpid()} on {socket.gethostname()}" in err  # the holder
+        else:
+            got, out, err = run_cli(capsys, script, *argv)
+            assert got == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert not (run / ".lock").exists()  # removed by its holder
+
+
+def test_a_half_written_epoch_is_never_read(capsys, run, data):
+    """orbax writes an epoch into a temporary folder renamed when complete: a reader while
+    training sees the epochs before it, never a half-written one."""
+    partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+    shutil.copytree(run / "checkpoints" / "2", partial)
+    _truncate_item(run, partial.name, "params")
+    before = snapshot(run)
+    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
+    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert snapshot(run) == before  # a reader cleans nothing up: the writer's folder stays
+
+
+def test_unbounded_logs_keep_a_small_process(run, tmp_path):
+    """A 4 GiB sparse metrics.jsonl, config.json a link to /dev/zero, an epoch's meta a 4 GiB
+    sparse file: results.py reads the run around them and its whole process peaks below
+    300 MB of RSS (it grew until killed, 6 GiB, before)."""
+    import subprocess
+
+    os.truncate(_metrics(run), 4 * 2**30)
+    _to_dev_zero(run / "config.json")
+    os.truncate(_meta(run, 1), 4 * 2**30)
+    # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
+    measure = (
+        "import re, runpy, sys; from lenet_jax import cli; "
+        "code = cli.run(runpy.run_path(sys.argv[1])['main'], sys.argv[2:]); "
+        "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "open(sys.argv[2] + '.rss', 'w').write(peak); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["epochs"] == 2  # epoch 2 from its checkpoint
+    peak = int(Path(f"{run}.rss").read_text()) / 1024  # kB
+    assert peak < 300, f"peak RSS {peak:.0f} MB"
+
+
+@pytest.mark.parametrize("value,message", [("abc", "invalid int value: 'abc'"), ("0", "must be 1 to 1024")])
+def test_fuzz_launch_flags(value, message):
+    """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        REPO_ROOT / "scripts/launch.py",
+        "--num-processes",
+        value,
+        "--",
+        "--epochs",
+        "1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert_one_line(done.stderr, done.returncode, 2, message)
+
+
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
     """A half-written checkpoint (a crash mid-save) is cleaned up; a folder of the user's in
     checkpoints/ is left alone; the run resumes."""
@@ -907,6 +1012,16 @@ FAULT_CASES = {
         4,
         "cannot be written; free some space",
     ),
+    "device out of memory, training": (
+        lambda mp: mp.setattr("lenet_jax.program.TrainProgram._compile", lambda *a: _device_oom),
+        5,
+        "the device ran out of memory (asked for 85.9 GB): lower --batch-size (now 32) or --steps-per-call",
+    ),
+    "device out of memory, evaluation": (
+        lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
+        5,
+        "the device ran out of memory (asked for 85.9 GB): lower --eval-batch-size (now 64)",
+    ),
     "setting a damaged log aside, denied": (
         lambda mp: (
             mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
@@ -915,6 +1030,14 @@ FAULT_CASES = {
         "no checkpoint was changed",
     ),
 }
+
+
+def _device_oom(*args, **kwargs):
+    """XLA's own RESOURCE_EXHAUSTED: a 64 GiB buffer, which the test machine cannot give."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda: jnp.zeros(2**36 + 2**34, jnp.uint8))()
 
 
 def _failing_replace(original, pattern, code):
