@@ -1,16 +1,13 @@
 """The draw-a-digit web app: a Starlette (ASGI) app around the predictor, run by uvicorn.
 
-GET / is the page (lenet_jax/static/index.html): draw a digit, see the 10 probabilities and the
-28x28 image the model saw. POST /predict takes an image as the raw body or as a form upload
-(`curl -F file=@digit.png`) and answers JSON, with the preprocessing and predictor of
-scripts/predict.py. GET /healthz is for process managers.
-
-The app's bounds: a body over MAX_BODY_BYTES is refused from its Content-Length before it is
-read, a chunked one is cut there (413), and a body must arrive within `body_seconds` (408); an
-image's pixels are counted from its header before it is decoded (413); at most `max_predictions`
-images are decoded and predicted at once (the others wait up to `queue_seconds`, then 503).
+GET / is the page (lenet_jax/static/index.html); POST /predict takes an image, raw or as a form
+upload (`curl -F file=@digit.png`), and answers JSON, preprocessed and predicted as by
+scripts/predict.py; GET /healthz is for process managers. The app's bounds: the body's size is
+checked from its Content-Length before it is read, a chunked body is cut at the same cap, the body
+must arrive within `body_seconds`, an image's pixels are counted before it is decoded, and at most
+`max_predictions` images are decoded and predicted at once (others wait up to `queue_seconds`).
 Errors are {"error": "one line"} with their status; a bug is a 500 and one log line.
-`uvicorn_server` adds the connections' bounds (their number, the headers' deadline).
+`uvicorn_server` adds the connections' bounds (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -46,15 +43,17 @@ from lenet_jax.predict import (
 )
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything absurd
+TOO_LARGE = f"over the {MAX_BODY_BYTES:,} byte limit: send a smaller image"
 MAX_PREDICTIONS = 2  # images decoded and predicted at once: a large one takes far more than its body
 QUEUE_SECONDS = 10.0  # how long a request waits for a prediction slot before a 503
 BODY_SECONDS = 30.0  # the whole body must arrive within this
 MAX_FORM_PARTS = 16  # files and fields of a multipart/form-data body
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond (each may hold a body of MAX_BODY_BYTES)
 HEADER_SECONDS = 10.0  # a request's headers must be complete within this
-MAX_HEADER_BYTES = 16 * 1024  # request line and headers (uvicorn answers 400 beyond)
+MAX_HEADER_BYTES = 16 * 1024  # of a request line and headers still arriving (uvicorn answers 400 beyond)
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/webp", "image/gif", "image/tiff")
 UPLOAD_TYPES += ("application/octet-stream", "multipart/form-data")
+UPLOAD_HOW = "curl: -F file=@digit.png, or -H 'Content-Type: image/png' --data-binary @digit.png"
 PAGE = (files("lenet_jax") / "static" / "index.html").read_bytes()
 log = logging.getLogger(__name__)
 
@@ -69,11 +68,7 @@ class Bounds:
 
 
 def create_app(
-    workdir: str | os.PathLike | None = None,
-    *,
-    epoch: int | None = None,
-    predictor: Predictor | None = None,
-    **bounds,
+    workdir=None, *, epoch: int | None = None, predictor: Predictor | None = None, **bounds
 ) -> Starlette:
     """The ASGI app of `predictor`, else of workdir's checkpoint (default: $LENET_WORKDIR, so
     that `LENET_WORKDIR=DIR uvicorn --factory lenet_jax.serve:create_app` runs it); bounds are
@@ -85,17 +80,13 @@ def create_app(
         predictor = load_predictor(workdir, epoch)
     routes = [
         Route("/", lambda request: Response(PAGE, media_type="text/html; charset=utf-8")),
-        Route("/healthz", healthz),
+        Route("/healthz", lambda r: JSONResponse({"status": "ok", "epoch": r.app.state.predictor.epoch})),
         Route("/predict", predict, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: error_answer})
     app.state.predictor, app.state.bounds = predictor, Bounds(**bounds)
     app.state.slots = asyncio.Semaphore(app.state.bounds.max_predictions)
     return app
-
-
-async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "epoch": request.app.state.predictor.epoch})
 
 
 async def error_answer(request: Request, error: HTTPException) -> JSONResponse:
@@ -110,33 +101,30 @@ async def error_answer(request: Request, error: HTTPException) -> JSONResponse:
 
 
 async def predict(request: Request) -> Response:
+    state, bounds = request.app.state, request.app.state.bounds
     try:
-        return JSONResponse(await _predict(request))
+        kind = upload_kind(request.headers.get("content-type", ""))  # before reading the body
+        image = await uploaded_image(request, kind, await read_body(request, bounds.body_seconds))
+        try:
+            async with asyncio.timeout(bounds.queue_seconds):
+                await state.slots.acquire()
+        except TimeoutError:
+            busy = f"the server is busy ({bounds.max_predictions} predictions at once): retry in a moment"
+            raise HTTPException(503, busy, {"Retry-After": "1"}) from None
+        try:
+            return JSONResponse(
+                await run_in_threadpool(predict_image_bytes, state.predictor, image, bounds.max_pixels)
+            )
+        finally:
+            state.slots.release()
     except HTTPException:
         raise
     except ClientDisconnect:  # nobody to answer
         return Response(status_code=400)
     except Exception as e:  # a bug: the client gets a 500, the server's log one line
-        bounds = request.app.state.bounds
         what = f"{type(e).__name__}: {one_line(e)} while serving POST {request.url.path[:100]}"
         log.error("server error: %s", what, exc_info=e if bounds.debug else None)
         return JSONResponse({"error": "internal error (logged by the server)"}, 500)
-
-
-async def _predict(request: Request) -> dict:
-    state, bounds = request.app.state, request.app.state.bounds
-    kind = upload_kind(request.headers.get("content-type", ""))  # before reading the body
-    image = await uploaded_image(request, kind, await read_body(request, bounds.body_seconds))
-    try:
-        async with asyncio.timeout(bounds.queue_seconds):
-            await state.slots.acquire()
-    except TimeoutError:
-        message = f"the server is busy ({bounds.max_predictions} predictions at once): retry in a moment"
-        raise HTTPException(503, message, {"Retry-After": "1"}) from None
-    try:
-        return await run_in_threadpool(predict_image_bytes, state.predictor, image, bounds.max_pixels)
-    finally:
-        state.slots.release()
 
 
 def upload_kind(content_type: str) -> str:
@@ -146,8 +134,7 @@ def upload_kind(content_type: str) -> str:
         shown = repr(content_type[:60]) if content_type else "none"
         raise HTTPException(
             415,
-            f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} "
-            "(curl: -H 'Content-Type: image/png' --data-binary @digit.png, or -F file=@digit.png)",
+            f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} ({UPLOAD_HOW})",
         )
     return kind
 
@@ -160,21 +147,17 @@ async def read_body(request: Request, seconds: float) -> bytes:
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise HTTPException(400, f"Content-Length must be a number of bytes, not {declared[:40]!r}")
     if declared is not None and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"body of {int(declared):,} bytes is {over_the_limit()}")
+        raise HTTPException(413, f"body of {int(declared):,} bytes is {TOO_LARGE}")
     body = bytearray()
     try:
         async with asyncio.timeout(seconds):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
-                    raise HTTPException(413, f"the body is {over_the_limit()}")
+                    raise HTTPException(413, f"the body is {TOO_LARGE}")
     except TimeoutError:
         raise HTTPException(408, f"the body stopped arriving (not complete within {seconds:g} s)") from None
     return bytes(body)
-
-
-def over_the_limit() -> str:
-    return f"over the {MAX_BODY_BYTES:,} byte limit: send a smaller image"
 
 
 async def uploaded_image(request: Request, kind: str, body: bytes) -> bytes:
@@ -188,7 +171,7 @@ async def uploaded_image(request: Request, kind: str, body: bytes) -> bytes:
         async with form_request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS) as form:
             file = next((v for _, v in form.multi_items() if isinstance(v, UploadFile)), None)
             if file is None:
-                raise HTTPException(400, "the form holds no file: upload the image as a file (curl -F file=@digit.png)")
+                raise HTTPException(400, f"the form holds no file: {UPLOAD_HOW}")
             body = await file.read()
     if not body:
         raise HTTPException(400, "the image is empty: send the bytes of an image file")
@@ -201,10 +184,8 @@ def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MA
         seen = preprocess(read_image(image, max_pixels))
     except ImageTooLargeError as e:
         raise HTTPException(413, f"{e}: send a smaller image") from e
-    except UnreadableImageError as e:
-        raise HTTPException(400, str(e)) from e
-    except ImageError as e:
-        raise HTTPException(422, str(e)) from e
+    except ImageError as e:  # not an image at all (400), or a damaged one or one without ink (422)
+        raise HTTPException(400 if isinstance(e, UnreadableImageError) else 422, str(e)) from e
     return answer(seen, predictor.predict_mnist(seen[None])[0])
 
 
@@ -243,11 +224,7 @@ class HeaderDeadline(H11Protocol):
 
 
 def uvicorn_server(
-    app,
-    *,
-    max_connections: int = MAX_CONNECTIONS,
-    header_seconds: float = HEADER_SECONDS,
-    **config,
+    app, *, max_connections=MAX_CONNECTIONS, header_seconds=HEADER_SECONDS, **config
 ) -> uvicorn.Server:
     """app under uvicorn with the connections' bounds (not started: `.run(sockets=[...])`);
     config: uvicorn.Config's other arguments."""

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import itertools
 import json
 import re
 import shutil
@@ -83,24 +84,6 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
     assert np.asarray(answer["input"]).shape == (28, 28)
 
 
-def test_concurrent_requests(server, mnist_dir):
-    test = load_dataset(mnist_dir).test
-    bodies = [png(255 - test.images[i, ..., 0]) for i in range(12)]
-    results = [None] * len(bodies)
-
-    def worker(i):
-        results[i] = post(server, bodies[i])
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert all(r is not None and r[0] == 200 for r in results)
-    correct = sum(r[1]["prediction"] == test.labels[i] for i, r in enumerate(results))
-    assert correct >= 10
-
-
 @pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
@@ -113,18 +96,12 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
+    flags = (
+        "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking"
+    )
+    for flag in [*flags.split(), "--disable-component-update", "--disable-sync", "--no-first-run"]:
         options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
     try:
@@ -145,7 +122,9 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
         # A doubtful answer's fields: "unsure" shows beside the digit, which stays alone in #prediction.
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !pending && !again"))
         doubtful = {"prediction": 7, "probabilities": [0.1] * 10, "input": [[0] * 28] * 28, "unsure": True}
-        driver.execute_script("showAnswer(arguments[0])", {**doubtful, "runner_up": 1, "runner_up_probability": 0.4})
+        driver.execute_script(
+            "showAnswer(arguments[0])", {**doubtful, "runner_up": 1, "runner_up_probability": 0.4}
+        )
         assert driver.find_element(By.ID, "prediction").text == "7"
         assert driver.find_element(By.ID, "unsure").text == "unsure"
         driver.save_screenshot(str(tmp_path / "page.png"))
@@ -154,31 +133,39 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_the_server_under_load_within_2_s(stop, trained_run):
+def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_s(
+    stop, trained_run, mnist_dir
+):
+    test = load_dataset(mnist_dir).test
+    bodies = [png(255 - test.images[i, ..., 0]) for i in range(12)]
     server = start_python(REPO_ROOT / "scripts" / "serve.py", "--workdir", trained_run, "--port", 0)
     url = "http://127.0.0.1:" + re.search(r":(\d+)/", server.stdout.readline())[1]
-    body, answers, stopping = png(np.full((28, 28), 255, np.uint8)), [], threading.Event()
+    answers, signalled = [], threading.Event()
 
-    def client():  # a new connection for every request, until the server is gone
-        while not stopping.is_set():
+    def client(k):  # a new connection for every request, until the server is gone
+        for i in itertools.cycle(range(k, 12, 4)):
             try:
-                answers.append(post(url, body)[0])
+                status, answer = post(url, bodies[i])
             except (OSError, ValueError):
-                pass
+                status, answer = None, {}
+            if not signalled.is_set():
+                answers.append((status, answer.get("prediction") == test.labels[i]))
+            elif server.poll() is not None:
+                return
 
-    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
-    for thread in clients:
-        thread.start()
+    for k in range(4):
+        threading.Thread(target=client, args=(k,), daemon=True).start()
     deadline = time.monotonic() + 120
-    while len(answers) < 8 and time.monotonic() < deadline:
+    while len(answers) < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
+    signalled.set()
     server.send_signal(stop)
     try:
         code = server.wait(timeout=2)
     finally:
-        stopping.set()
         server.kill()
-    assert len(answers) >= 8 and set(answers) == {422}  # all answered (a blank page has no ink)
+    assert len(answers) >= 12 and {status for status, _ in answers} == {200}
+    assert sum(correct for _, correct in answers) >= 0.8 * len(answers)
     assert code == -stop  # ended by the signal's default action: a shell says 130 or 143
     assert "Traceback" not in server.stderr.read()
 

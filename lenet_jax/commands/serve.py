@@ -75,7 +75,10 @@ def main(argv: list[str]) -> int:
         raise cli.ConfigError(listen_error(args.host, args.port, e)) from e
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = listener.getsockname()[1]
-    print(f"Serving epoch {predictor.epoch} of {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    print(
+        f"Serving epoch {predictor.epoch} of {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)",
+        flush=True,
+    )
     # uvicorn stops on SIGINT or SIGTERM, then raises it again: the default action ends the
     # process (a shell says 130 or 143) without JAX's teardown at exit (over a second here).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
