@@ -118,6 +118,7 @@ def bare(method, path="/predict"):
 
 
 LONG = "x" * 300_000
+TLS_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32) + b"\r\n\r\n"
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 OR_RESET = {"or_reset": True}  # or the connection reset, the request unread: closing may do that
 BIG = b"x" * (MAX_BODY_BYTES // 4)
@@ -128,13 +129,7 @@ PARSER = "Invalid HTTP request received."  # uvicorn's plain-text 400, before th
 CASES = [
     ("PNG body", request(body=GOOD), 200, None, {}),
     ("curl -F file=@digit.png", form(("file", "digit.png", "image/png", GOOD)), 200, None, {}),
-    (
-        "form: a field, then the file",
-        form(("note", None, None, b"hi"), ("i", "d.png", None, GOOD)),
-        200,
-        None,
-        {},
-    ),
+    ("form: field, then file", form(("n", None, None, b"hi"), ("i", "d.png", None, GOOD)), 200, None, {}),
     ("form: file as octet-stream", form(("file", "d.bin", "application/octet-stream", GOOD)), 200, None, {}),
     ("form: only text fields", form(("note", None, None, b"hi")), 400, "the form holds no file", {}),
     ("form: no boundary", request(body=GOOD, content_type="multipart/form-data"), 400, "boundary", {}),
@@ -182,13 +177,7 @@ CASES = [
     ("HTTP/0.9 POST", b"POST /predict\r\n\r\n", 400, PARSER, {}),
     ("bad version", b"GET / HTTP/x.y\r\n\r\n", 400, PARSER, {}),
     ("HTTP/2.0", b"GET / HTTP/2.0\r\n\r\n", 200, None, {}),  # h11 answers it as HTTP/1.1
-    (
-        "TLS handshake",
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32) + b"\r\n\r\n",
-        400,
-        PARSER,
-        {},
-    ),
+    ("TLS handshake", TLS_HELLO, 400, PARSER, {}),
     # Over 16 kB of unfinished headers (LONG: more than one read of 256 kB): refused mid-request.
     ("URI too long", f"GET /{LONG} HTTP/1.1\r\n\r\n".encode(), 400, PARSER, OR_RESET),
     ("header too long", request(body=GOOD, headers=[f"X-Long: {LONG}"]), 400, PARSER, OR_RESET),
