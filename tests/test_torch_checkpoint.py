@@ -275,7 +275,7 @@ def test_predict_and_serve_use_the_imported_checkpoint(imported, first_test_imag
     buffer = io.BytesIO()
     Image.fromarray(images[i, ..., 0]).save(buffer, format="PNG")
     assert (
-        predict_image_bytes(load_predictor(imported), buffer.getvalue(), "image/png")["prediction"]
+        predict_image_bytes(load_predictor(imported), buffer.getvalue())["prediction"]
         == labels[i]
     )
 
