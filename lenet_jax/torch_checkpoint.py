@@ -44,8 +44,9 @@ LAYERS = (
 CONV_FEATURES = (16, 5, 5)  # conv2's pooled output as PyTorch holds it (C, H, W): dense1's inputs
 # The Config fields of the architecture, which must be the recipe's for MyLeNet to hold it.
 ARCHITECTURE_FIELDS = ("activation", "pool", "dense_activation", "feature_norm")
-TUTORIAL_TRAIN_IMAGES = 60_000  # with its batch of 64: an imported epoch N counts N * 938 steps
+TUTORIAL_STEPS_PER_EPOCH = 938  # 60,000 images in batches of 64: an imported epoch N is step N * 938
 MAX_STEP = 2**31 - 1  # the train state's step is an int32
+MAX_EPOCH = MAX_STEP // TUTORIAL_STEPS_PER_EPOCH
 MAX_FILE_BYTES = 64 << 20  # LeNet's file is 250 KB: a larger one (or record) is not read
 _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PATH)) and convert that"
 
@@ -314,15 +315,19 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
     written = {k: weights.metadata.get(k, "") for k in ("epoch", "step")}  # by export_torch_checkpoint
     if all(v.isdecimal() for v in written.values()) and epoch in (None, int(written["epoch"])):
         epoch, step = int(written["epoch"]), int(written["step"])
-    else:
-        epoch = (epoch_from_name(path) or 1) if epoch is None else epoch
-        step = epoch * (-(-TUTORIAL_TRAIN_IMAGES // 64))  # the tutorial's 938 batches per epoch
-    if not (0 <= epoch <= MAX_STEP // 938 and 0 <= step <= MAX_STEP):
+        if epoch > MAX_EPOCH or step > MAX_STEP:
+            raise ConversionError(
+                f"{path} records epoch {epoch}, step {step}, beyond a 32-bit step: pass --epoch "
+                f"between 0 and {MAX_EPOCH}"
+            )
+        return epoch, step
+    epoch = (epoch_from_name(path) or 1) if epoch is None else epoch
+    if not 0 <= epoch <= MAX_EPOCH:
         raise ConversionError(
-            f"--epoch must be between 0 and {MAX_STEP // 938} (its step, epoch x 938, is a 32-bit "
-            f"integer), not {epoch}" + (f" (step {step})" if step != epoch * 938 else "")
+            f"--epoch must be between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer), "
+            f"not {epoch}"
         )
-    return epoch, step
+    return epoch, epoch * TUTORIAL_STEPS_PER_EPOCH
 
 
 def import_torch_checkpoint(
@@ -399,12 +404,11 @@ def _imported_state(config: Any, params: Any, step: int) -> Any:
     import jax  # here: reading a file needs numpy only, writing a checkpoint needs JAX
     import jax.numpy as jnp
 
-    from lenet_jax.data import num_batches
     from lenet_jax.model import model_from_config
     from lenet_jax.optimizers import build_optimizer
     from lenet_jax.steps import create_train_state
 
-    optimizer = build_optimizer(config, num_batches(TUTORIAL_TRAIN_IMAGES, config.batch_size))
+    optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
     state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
     return state.replace(
         step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
