@@ -31,7 +31,8 @@ def kernel_of_this_python(folder: Path) -> KernelManager:
     spec = folder / "this-python"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "language": "python", "display_name": "test"}))
+    kernel = {"argv": argv, "language": "python", "display_name": "this Python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
     specs = KernelSpecManager(kernel_dirs=[str(folder)], ensure_native_kernel=False)
     return KernelManager(kernel_name="this-python", kernel_spec_manager=specs)
 
