@@ -26,10 +26,12 @@ from PIL import Image
 from lenet_jax import cli, idx
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
+from lenet_jax.errors import ConversionError
 from lenet_jax.evaluation import restore_params
 from lenet_jax.model import model_from_config
 from lenet_jax.torch_checkpoint import (
     LAYERS,
+    _epoch_and_step,
     export_torch_checkpoint,
     import_torch_checkpoint,
     lenet_params_from_torch,
@@ -279,14 +281,15 @@ def test_export_then_import_is_bit_identical_and_keeps_epoch_and_step(imported, 
 def test_metadata_step_is_kept_and_an_epoch_of_its_own_resets_it(tmp_path):
     path = tmp_path / "net_7.safetensors"
     safetensors.numpy.save_file(random_state_dict(), path, {"epoch": "20", "step": "12345"})
-    assert (import_torch_checkpoint(path, tmp_path / "a").epoch, _step(tmp_path / "a")) == (20, 12345)
-    assert import_torch_checkpoint(path, tmp_path / "b", epoch=20).step == 12345
-    assert import_torch_checkpoint(path, tmp_path / "c", epoch=2).step == 2 * 938
-
-
-def _step(workdir):
-    with Checkpoints(workdir, read_only=True) as checkpoints:
-        return checkpoints.restore_meta(checkpoints.latest_epoch())["step"]
+    result = import_torch_checkpoint(path, tmp_path / "run")
+    with Checkpoints(tmp_path / "run", read_only=True) as checkpoints:
+        assert (result.epoch, checkpoints.restore_meta(20)["step"]) == (20, 12345)
+    weights = read_torch_weights(path)
+    assert _epoch_and_step(weights, path, 20) == (20, 12345)
+    assert _epoch_and_step(weights, path, 2) == (2, 2 * 938)
+    weights.metadata["step"] = str(2**31)
+    with pytest.raises(ConversionError, match="records epoch 20, step 2147483648, beyond a 32-bit step"):
+        _epoch_and_step(weights, path, None)
 
 
 def test_safetensors_written_by_lenet_jax_0_2_read_back():
