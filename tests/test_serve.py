@@ -1,7 +1,6 @@
 """The draw-a-digit app: the page, the JSON endpoint, concurrency, stopping, and a real browser."""
 
 import contextlib
-import io
 import itertools
 import json
 import re
@@ -16,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, script_main, start_python
+from crafted_images import encode
 from PIL import Image
 
 from lenet_jax import cli
@@ -58,12 +58,6 @@ def post(url, body, content_type="image/png", path="/predict"):
         return e.code, json.loads(e.read())
 
 
-def png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_page_and_health_are_served(server):
     with urllib.request.urlopen(server + "/", timeout=30) as response:
         page = response.read().decode()
@@ -77,7 +71,7 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
     test = load_dataset(mnist_dir).test
     # Black ink on white, bigger: what the canvas sends.
     drawing = np.asarray(Image.fromarray(255 - test.images[0, ..., 0]).resize((280, 280)))
-    status, answer = post(server, png(drawing))
+    status, answer = post(server, encode(drawing))
     assert status == 200, answer
     assert answer["prediction"] == test.labels[0] == 7
     assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
@@ -137,7 +131,7 @@ def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_
     stop, trained_run, mnist_dir
 ):
     test = load_dataset(mnist_dir).test
-    bodies = [png(255 - test.images[i, ..., 0]) for i in range(12)]
+    bodies = [encode(255 - test.images[i, ..., 0]) for i in range(12)]
     server = start_python(REPO_ROOT / "scripts" / "serve.py", "--workdir", trained_run, "--port", 0)
     url = "http://127.0.0.1:" + re.search(r":(\d+)/", server.stdout.readline())[1]
     answers, signalled = [], threading.Event()

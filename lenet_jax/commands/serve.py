@@ -14,6 +14,7 @@ a refused request gets {"error": "..."} with its HTTP status.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -66,6 +67,7 @@ def main(argv: list[str]) -> int:
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     quiet_pil_warnings()
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed form is the client's 400
     predictor = load_predictor(args.workdir, args.epoch)
     app = create_app(predictor=predictor, max_predictions=args.max_predictions, debug=args.debug)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
