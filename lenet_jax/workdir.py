@@ -226,7 +226,8 @@ def clear_run(workdir: str | os.PathLike) -> None:
     training script instead sets them aside until the new run has a checkpoint)."""
     path = Path(workdir).expanduser().resolve()
     if path.is_dir():
-        remove_set_aside(set_aside(path))
+        with workdir_lock(path):  # never a run that is training
+            remove_set_aside(set_aside(path))
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
