@@ -1,8 +1,11 @@
 """The NaN guard and one-line errors for bad input (stops and resume: tests/test_resume.py)."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import make_idx_dir, run_cli
 
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
@@ -26,12 +29,20 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(idx_dir,
 # ---- one-line errors (bad data, flags, workdirs, checkpoints, faults): tests/test_fuzz.py ----
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """A 2-epoch run on synthetic data, trained once for this module: (workdir, data dir)."""
+    folder = tmp_path_factory.mktemp("reliability")
+    data = make_idx_dir(folder / "idx")
+    train_and_evaluate(Config(epochs=2, batch_size=32, init_scheme="flax"), folder / "run", data_dir=data)
+    return folder / "run", data
+
+
 @pytest.fixture
-def trained(idx_dir, tmp_path):
-    """A 2-epoch run on synthetic data: (workdir, data dir)."""
-    config = Config(epochs=2, batch_size=32, init_scheme="flax")
-    train_and_evaluate(config, tmp_path / "run", data_dir=idx_dir)
-    return tmp_path / "run", idx_dir
+def trained(trained_once, tmp_path):
+    """A copy of the module's run, for a test to change: (workdir, data dir)."""
+    workdir, data = trained_once
+    return Path(shutil.copytree(workdir, tmp_path / "run", symlinks=True)), data
 
 
 def retrain(capsys, trained, *flags):
