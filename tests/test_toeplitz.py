@@ -31,11 +31,9 @@ def test_can_pool_layout_needs_even_output_rows_and_block_columns():
         toeplitz_conv(jnp.zeros((1, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), 0, pool_layout=True)
 
 
-@pytest.mark.parametrize(
-    "shape,kernel,padding",
-    [((3, 28, 28, 1), (5, 5, 1, 6), 2), ((3, 14, 14, 6), (5, 5, 6, 16), 0), ((2, 9, 7, 3), (3, 3, 3, 4), 1)],
-)
-def test_toeplitz_conv_equals_lax_conv_with_gradients(shape, kernel, padding):
+def test_toeplitz_conv_equals_lax_conv_with_gradients():
+    # An odd shape, kernel and padding; LeNet's own two: test_conv_implementations_give_the_same_model.
+    shape, kernel, padding = (2, 9, 7, 3), (3, 3, 3, 4), 1
     kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.uniform(kx, shape)
     k = jax.random.normal(kk, kernel) * 0.2
