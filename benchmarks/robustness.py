@@ -67,7 +67,7 @@ def low_resolution(digit, rng):
 
 
 def low_contrast(digit, rng):
-    return _on_paper(_enlarged(digit), rng, ink_level=float(rng.uniform(140, 170)), paper=200.0, noise=3.0)
+    return _on_paper(_enlarged(digit), rng, ink_level=float(rng.uniform(120, 160)), paper=200.0, noise=3.0)
 
 
 def dark_on_light(digit, rng):
