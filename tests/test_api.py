@@ -33,6 +33,9 @@ def test_readme_python_api_examples_run_as_written(mnist_dir, tmp_path, monkeypa
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     assert os.path.isdir(tmp_path / "checkpoints")
+    # What the block's comment promises: the first 8 test digits recognised
+    printed = namespace["predict"](namespace["test"].images[:8]).argmax(-1).tolist()
+    assert printed == namespace["test"].labels[:8].tolist() == [7, 2, 1, 0, 4, 1, 4, 9]
 
 
 def test_every_function_docs_from_pytorch_names_exists():
@@ -51,3 +54,31 @@ def test_every_function_docs_from_pytorch_names_exists():
                 continue
         for attr in parts[cut:]:
             value = getattr(value, attr)  # AttributeError: the page names something that is gone
+
+
+# A heading cited as README (or a docs/ page), then a comma or the word section, then its title
+# (quoted or not): the title must be a heading of that document.
+CROSS_REFERENCE = re.compile(r'(README|docs/[\w-]+\.md)(?:,|\s+section)\s+(?:"([^"]+)"|([A-Z][\w -]*\w))')
+
+
+def test_every_cross_reference_names_an_existing_heading():
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    found = []
+    for name in files:
+        path = REPO_ROOT / name
+        if "fixtures" in path.parts or path.suffix not in (".py", ".md", ".toml", "", ".txt", ".cfg"):
+            continue
+        for document, quoted, bare in CROSS_REFERENCE.findall(path.read_text(errors="replace")):
+            target = REPO_ROOT / ("README.md" if document == "README" else document)
+            headings = re.findall(r"^#+ (.+)$", target.read_text(), re.M)
+            found.append((name, document, " ".join((quoted or bare).split())))
+            assert found[-1][2] in headings, f"{name} cites {document}, {found[-1][2]!r}: no such heading"
+    assert len(found) >= 5  # the pattern still finds the references

@@ -59,13 +59,24 @@ def workdir_with_two_epochs(tmp_path):
     return workdir
 
 
-def test_orbax_only_snippet_reads_the_newest_params(workdir_with_two_epochs, tmp_path, monkeypatch, capsys):
+def test_orbax_only_snippet_reads_the_newest_params(
+    workdir_with_two_epochs, tmp_path, monkeypatch, capsys, caplog
+):
+    from absl import logging as absl_logging
+
     code = snippet()
     assert "lenet_jax" not in code
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, str(SNIPPET_FILE), "exec"), namespace)
+    previous = absl_logging.get_verbosity()  # scripts run in this process may have set ERROR
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        with caplog.at_level("WARNING"):
+            exec(compile(code, str(SNIPPET_FILE), "exec"), namespace)
+    finally:
+        absl_logging.set_verbosity(previous)
 
+    assert [r.getMessage()[:80] for r in caplog.records] == []  # e.g. "Metadata file does not exist"
     assert capsys.readouterr().out.split() == ["2", "sigmoid", "(5,", "5,", "1,", "6)"]
     assert namespace["meta"]["epoch"] == 2
     params = namespace["params"]
