@@ -27,7 +27,7 @@ from lenet_jax.predict import ImageError, Predictor, load_predictor, verdict
 
 BIG = 112  # MNIST digits are enlarged 4x before a pen or scanner is applied
 VALIDATION_SIZE = 5000
-CANVAS = 280  # the page's canvas, and its pen (lenet_jax/serve.py)
+CANVAS = 280  # the page's canvas, and its pen (lenet_jax/static/index.html)
 PAGE_LINE_WIDTH = 18
 
 

@@ -367,7 +367,7 @@ def handwriting() -> Config:
     0.52% / 98.95%, the pen on every image 0.96% / 99.46%, at half strength 1.14%, the pen on
     half the images 0.66% / 99.54% (docs/results.md).
     Run: `python scripts/train.py --preset handwriting`
-    Expected: ~0.5% test error, ~6 minutes on a 2-core CPU (README, Results).
+    Expected: ~0.5% test error, ~6 minutes on a 2-core CPU (docs/results.md, "Handwriting").
     """
     return best().replace(
         epochs=30, augment_stroke=1.0, augment_blur=1.0, augment_lowres=1.0, augment_gamma=0.5

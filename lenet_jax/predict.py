@@ -40,7 +40,8 @@ DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
 CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
 INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is background noise
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
-PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once
+PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once ...
+SMALL_BATCH = 32  # ... or twice: a few images (a page's drawing) are padded to 32 only, not 256
 # MNIST's digits all have >= 28 pixels at quarter strength or more (a thin mouse-drawn "1" ~20,
 # two specks on a large page 2): below 10 it is not a digit.
 MIN_INK_PIXELS = 10
@@ -403,8 +404,8 @@ class Predictor:
     def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
         self.params, self.epoch, self.tta = params, epoch, tta
 
-        # Jitted once for PREDICT_BATCH images: inputs are padded to it, so any number of images
-        # reuses the same compilation. uint8 in, scaled on the device as in training.
+        # Jitted for PREDICT_BATCH (or SMALL_BATCH) images: inputs are padded to it, so any number
+        # of images reuses one of two compilations. uint8 in, scaled on the device as in training.
         @functools.partial(jax.jit, static_argnums=2)
         def probabilities(params, images, tta):
             images = images.astype(jnp.float32) / 255.0
@@ -424,9 +425,10 @@ class Predictor:
     def predict_mnist(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 10) for already MNIST-formatted uint8 images (N, 28, 28, 1)."""
         out = []
-        for start in range(0, len(images), PREDICT_BATCH):
-            chunk = images[start : start + PREDICT_BATCH]
-            padded = np.zeros((PREDICT_BATCH, CANVAS, CANVAS, 1), np.uint8)
+        size = SMALL_BATCH if len(images) <= SMALL_BATCH else PREDICT_BATCH
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            padded = np.zeros((size, CANVAS, CANVAS, 1), np.uint8)
             padded[: len(chunk)] = chunk
             out.append(np.asarray(self._probabilities(self.params, padded, self.tta))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
