@@ -50,7 +50,7 @@ MIN_INK_PIXELS = 10
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
 # Below this top probability the answer is marked unsure; chosen on the validation split
-# (docs/results.md, "Unsure answers").
+# (docs/results.md, "Handwriting").
 UNSURE_BELOW = 0.6
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
