@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,7 +85,5 @@ def test_orbax_only_snippet_reads_the_newest_params(
     assert expected.epoch == 2
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(expected.params))
     assert type(params) is dict and all(type(layer) is dict for layer in params.values())
-    leaves = jax.tree_util.tree_leaves
-    for got, want in zip(leaves(params), leaves(expected.params), strict=True):
-        assert type(got) is np.ndarray
-        np.testing.assert_array_equal(got, np.asarray(want))
+    assert all(type(leaf) is np.ndarray for leaf in jax.tree_util.tree_leaves(params))
+    chex.assert_trees_all_equal(params, dict(expected.params))
