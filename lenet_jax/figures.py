@@ -145,7 +145,7 @@ def write_report(
     runs = {}
     for path in paths:
         runs[str(path) if path.name in runs else path.name] = read_rows(path, note)  # legend names
-    predictor = load_predictor(paths[0], epoch)
+    predictor = load_predictor(paths[0], epoch, tta=False)  # the report matches the logged accuracy
     test = load_dataset(data_dir).test
     probabilities = predictor.predict_mnist(test.images)
     try:
