@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from importlib.resources import files
 
-import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +39,7 @@ from lenet_jax.predict import (
     one_line,
     preprocess,
     read_image,
+    verdict,
 )
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything absurd
@@ -189,10 +189,14 @@ def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MA
     except ImageError as e:  # not an image at all (400), or a damaged one or one without ink (422)
         raise HTTPException(400 if isinstance(e, UnreadableImageError) else 422, str(e)) from e
     probabilities = predictor.predict_mnist(seen[None])[0]
+    answer = verdict(probabilities)  # the digit, and whether it is unsure (with the runner-up)
     return {
-        "prediction": int(np.argmax(probabilities)),
+        "prediction": answer["prediction"],
         "probabilities": [round(float(p), 6) for p in probabilities],
         "input": seen[..., 0].tolist(),
+        "unsure": answer["unsure"],
+        "runner_up": answer["runner_up"],
+        "runner_up_probability": round(answer["runner_up_probability"], 6),
     }
 
 
