@@ -1,0 +1,353 @@
+"""device-check: one command that answers what is open about a backend, one JSON line per check.
+
+    python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick]
+
+Written for a GPU lent for minutes (scripts/device_check.sh runs it there; docs/device-check.md),
+it runs on whatever backend JAX has: env (devices, versions, memory), fast-1-epoch,
+time-to-99 (cold and warm compilation cache, a process each), steps-per-call (recipe and fast,
+ms per step, then the two conv impls at the best), determinism (the same run in two processes,
+with and without XLA_FLAGS=--xla_gpu_deterministic_ops=true), resume (stopped after epoch 1 and
+resumed against uninterrupted), eval (images/s at a large batch), recipe-3-epochs (the sigmoid
+plateau left or not). The summary line ends with the row for lenet_jax.speed's table.
+A failing check prints its error and the others still run. --quick: every check in tiny form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lenet_jax import cli, idx
+from lenet_jax.config import get_preset
+from lenet_jax.data import load_dataset, num_batches
+from lenet_jax.steps import evaluated_params
+from lenet_jax.train import make_trainer, train_and_evaluate, train_epoch
+
+DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+SWEEP = (1, 16, 64, 256, "epoch")
+TIMING_KEYS = {"train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step"}
+
+
+def sizes(quick: bool) -> dict:
+    """The checks' sizes: the real ones, or a tiny form for the CPU test (--quick)."""
+    if quick:
+        return {"eval_batch": 500, "seeds": ["0"], "extra": ["--set", "epochs=1"]}
+    return {"eval_batch": 10000, "seeds": ["0", "1", "2"], "extra": []}
+
+
+def tiny_mnist(data_dir: str, folder: Path, train: int = 512, test: int = 500) -> str:
+    """The first images of each split of data_dir as an IDX folder: --quick's dataset."""
+    dataset = load_dataset(data_dir)
+    folder.mkdir()
+    for split, count in (("train", train), ("test", test)):
+        images, labels = getattr(dataset, split).images[:count], getattr(dataset, split).labels[:count]
+        images_file, labels_file = idx.SPLIT_FILES[split]
+        header = struct.pack(">IIII", idx.IMAGES_MAGIC, count, idx.IMAGE_SIZE, idx.IMAGE_SIZE)
+        (folder / images_file).write_bytes(header + images.tobytes())
+        (folder / labels_file).write_bytes(
+            struct.pack(">II", idx.LABELS_MAGIC, count) + labels.astype(np.uint8).tobytes()
+        )
+    return str(folder)
+
+
+class Compilation:
+    """Seconds XLA spends compiling (or loading cached) programs inside the block, from jax.monitoring."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, event: str, duration: float, **_) -> None:
+        self.seconds += duration if event == self.EVENT else 0.0
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *_):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+def env() -> dict:
+    device = jax.devices()[0]
+    packages = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
+    plugins = {
+        name: v for name, v in packages.items() if name.lower().startswith(("jax-cuda", "jax_cuda", "libtpu"))
+    }
+    stats = device.memory_stats() or {}
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "devices": jax.device_count(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": packages.get("jaxlib"),
+        "plugins": plugins,
+        "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "memory_limit_bytes": stats.get("bytes_limit"),  # None on the CPU: it has no memory_stats
+        "tensorboardx": "tensorboardX" in packages,
+        "tensorflow_datasets": "tensorflow-datasets" in packages,
+    }
+
+
+def run_quietly(out: Path, config, workdir: Path, data_dir: str):
+    """train_and_evaluate with its console lines appended to OUT/runs.log, not among the JSON."""
+    with open(out / "runs.log", "a") as log, contextlib.redirect_stdout(log):
+        print(f"--- {workdir.name}: {json.dumps(config.to_dict())}", flush=True)
+        return train_and_evaluate(config, workdir, data_dir=data_dir)
+
+
+def fast_1_epoch(ctx) -> dict:
+    with Compilation() as compilation:
+        result = run_quietly(ctx.out, ctx.fast.replace(epochs=1), ctx.tmp / "fast", ctx.data_dir)
+    ctx.fast_state = result.state
+    row = result.metrics[-1]
+    keep = ("train_seconds", "images_per_second", "test_accuracy", "test_total_loss")
+    return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compilation.seconds, 3)}
+
+
+def time_to_99(ctx, cache: str) -> dict:
+    """`python -m benchmarks time-to-99` for `fast` in a process of its own (no PyTorch)."""
+    command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
+    command += ["--data-dir", ctx.data_dir, "--seeds", *ctx.size["seeds"], *ctx.size["extra"]]
+    lines = child(command + (["--warm-cache"] if cache == "warm" else []))
+    summary = lines[-1]
+    seeds = [line["result"] for line in lines if "result" in line]
+    return {
+        "cache": cache,
+        "time_to_99_seconds": summary["mean_train_seconds"]["lenet-jax"],  # None if a seed missed 99%
+        "per_seed_seconds": [row["train_seconds"] if row["reached"] else None for row in seeds],
+        "epochs_reached": summary["epochs_reached"],
+        **{k: v for k, v in summary.items() if k.startswith("mean_") and k != "mean_train_seconds"},
+    }
+
+
+def child(command: list[str], extra_env: dict | None = None) -> list[dict]:
+    """The JSON lines a child process prints; its other output goes to stderr (the log)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    sys.stderr.write(done.stderr[-4000:])
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[2:5])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def ms_per_step(ctx, config, steps_per_call) -> float:
+    """Training ms per step over the second of two epochs (the first compiles and warms up)."""
+    trainer = make_trainer(config.replace(steps_per_call=steps_per_call), ctx.dataset.train)
+    steps = trainer.program.steps_per_epoch
+    state, _, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
+    _, _, seconds = train_epoch(trainer, state, 2, steps)
+    return round(1000 * seconds / steps, 4)
+
+
+def steps_per_call(ctx) -> dict:
+    """ms per step of each conv impl and steps per call; the conv fastest over the presets, then
+    the fewest steps per call within 5% of its best (a shorter call stops and logs sooner)."""
+    steps = num_batches(len(ctx.dataset.train), 64)  # both presets train at batch 64
+    values = sorted({steps if n == "epoch" else min(n, steps) for n in SWEEP})  # tiny epochs: fewer
+    table = {
+        conv: {
+            name: {n: ms_per_step(ctx, c.replace(conv_impl=conv), n) for n in values}
+            for name, c in ctx.swept.items()
+        }
+        for conv in ("xla", "toeplitz")
+    }
+    totals = {
+        conv: {n: sum(by_preset[n] for by_preset in t.values()) for n in values} for conv, t in table.items()
+    }
+    ctx.best_conv = min(totals, key=lambda conv: min(totals[conv].values()))
+    best = totals[ctx.best_conv]
+    ctx.best_steps = min(n for n in values if best[n] <= 1.05 * min(best.values()))
+    return {
+        "ms_per_step": table,
+        "steps_per_epoch": steps,
+        "conv": ctx.best_conv,
+        "steps_per_call": ctx.best_steps,
+    }
+
+
+def worker(data_dir: str, quick: bool) -> None:
+    """One determinism run (a child process): 2 epochs of fast, the digest of what it ends with."""
+    if quick:  # the compilation cache that the parent check shares: a smoke test, not a measurement
+        cli.enable_compilation_cache()
+    config = get_preset("fast").replace(epochs=2)
+    dataset = load_dataset(data_dir)
+    trainer = make_trainer(config, dataset.train)
+    state, first, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
+    state, second, seconds = train_epoch(trainer, state, 2, trainer.program.steps_per_epoch)
+    digest = hashlib.sha256(np.asarray(np.concatenate([first, second]), np.float32).tobytes())
+    for leaf in jax.tree_util.tree_leaves(evaluated_params(state)):
+        digest.update(np.asarray(leaf).tobytes())
+    print(json.dumps({"digest": digest.hexdigest()[:16], "epoch_2_seconds": round(seconds, 4)}), flush=True)
+
+
+def determinism(ctx) -> dict:
+    command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir] + (
+        ["--quick"] if ctx.quick else []
+    )
+    flags = os.environ.get("XLA_FLAGS", "")
+    runs = {
+        name: [child(command, {"XLA_FLAGS": f"{flags} {extra}".strip()})[-1] for _ in range(2)]
+        for name, extra in (("default", ""), ("deterministic_ops", DETERMINISTIC))
+    }
+    seconds = {name: min(r["epoch_2_seconds"] for r in pair) for name, pair in runs.items()}
+    return {
+        "same_bits_twice": {name: pair[0]["digest"] == pair[1]["digest"] for name, pair in runs.items()},
+        "same_bits_across_modes": runs["default"][0]["digest"] == runs["deterministic_ops"][0]["digest"],
+        "epoch_seconds": seconds,
+        "deterministic_ops_cost": round(seconds["deterministic_ops"] / seconds["default"] - 1, 3),
+        "note": ""
+        if jax.default_backend() == "gpu"
+        else "an XLA:GPU flag: accepted and ignored on this backend",
+    }
+
+
+def resume(ctx) -> dict:
+    """fast with a constant learning rate (a schedule over the epochs forbids changing them)."""
+    config = ctx.fast.replace(schedule="constant", lr=0.05, epochs=2)
+    whole = run_quietly(ctx.out, config, ctx.tmp / "whole", ctx.data_dir)
+    run_quietly(ctx.out, config.replace(epochs=1), ctx.tmp / "stopped", ctx.data_dir)
+    resumed = run_quietly(ctx.out, config, ctx.tmp / "stopped", ctx.data_dir)
+    pairs = zip(*(jax.tree_util.tree_leaves(r.state) for r in (whole, resumed)), strict=True)
+    same_state = all(np.array_equal(a, b) for a, b in pairs)
+    rows = [
+        [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in r.metrics]
+        for r in (whole, resumed)
+    ]
+    return {
+        "identical": same_state and rows[0] == rows[1],
+        "same_state": same_state,
+        "same_rows": rows[0] == rows[1],
+    }
+
+
+def evaluation(ctx) -> dict:
+    batch = ctx.size["eval_batch"]
+    evaluator = make_trainer(ctx.fast.replace(eval_batch_size=batch), ctx.dataset.train).evaluator
+    params = evaluated_params(ctx.fast_state)
+    evaluator.evaluate(params, ctx.dataset.test)  # compiles
+    result = evaluator.evaluate(params, ctx.dataset.test)
+    return {
+        "batch": batch,
+        "images_per_second": round(result["count"] / result["seconds"]),
+        "accuracy": result["accuracy"],
+    }
+
+
+def recipe_3_epochs(ctx) -> dict:
+    result = run_quietly(ctx.out, ctx.recipe.replace(epochs=3), ctx.tmp / "recipe", ctx.data_dir)
+    accuracy = [row["test_accuracy"] for row in result.metrics]
+    seconds = [round(row["train_seconds"], 3) for row in result.metrics]
+    # The plateau is chance level (~11%); on a CPU the recipe is at ~85% after epoch 3.
+    return {"test_accuracy": accuracy, "train_seconds": seconds, "left_plateau": accuracy[-1] > 0.5}
+
+
+class Context:
+    def __init__(self, args, tmp: Path):
+        self.quick, self.tmp, self.size = args.quick, tmp, sizes(args.quick)
+        self.out = Path(args.out or tmp)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir = tiny_mnist(args.data_dir, tmp / "mnist") if args.quick else args.data_dir
+        if args.quick:  # one compilation cache for the whole check and its processes
+            os.environ[cli.CACHE_DIR_ENV] = str(tmp / "xla")
+            cli.enable_compilation_cache()
+        self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
+        self.swept = {"fast": self.fast} if args.quick else {"recipe": self.recipe, "fast": self.fast}
+        self.dataset = load_dataset(self.data_dir)
+        self.fast_state, self.best_steps, self.best_conv = None, None, None
+
+
+CHECKS = {
+    "env": lambda ctx: env(),
+    "fast_1_epoch": fast_1_epoch,
+    "time_to_99_cold": lambda ctx: time_to_99(ctx, "cold"),
+    "time_to_99_warm": lambda ctx: time_to_99(ctx, "warm"),
+    "steps_per_call": steps_per_call,
+    "determinism": determinism,
+    "resume": resume,
+    "eval": evaluation,
+    "recipe_3_epochs": recipe_3_epochs,
+}
+
+
+def run(args) -> int:
+    """Every check in order, one JSON line each (also OUT/device-check.jsonl), then the summary."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts a backend
+    start, results = time.perf_counter(), {}
+    with tempfile.TemporaryDirectory(prefix="lenet-device-check-") as tmp:
+        ctx = Context(args, Path(tmp))
+        with open(ctx.out / "device-check.jsonl", "w") as lines:
+
+            def emit(record: dict) -> None:
+                print(json.dumps(record), flush=True)
+                lines.write(json.dumps(record) + "\n")
+
+            for name, check in CHECKS.items():
+                began, cpu = time.perf_counter(), cpu_seconds()
+                try:
+                    results[name] = check(ctx)
+                except Exception as error:  # noqa: BLE001 - a borrowed GPU's minutes: run the others
+                    traceback.print_exc()  # to stderr: the log beside the JSON lines
+                    results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+                took = {
+                    "seconds": round(time.perf_counter() - began, 2),
+                    "cpu_seconds": round(cpu_seconds() - cpu, 2),
+                }
+                emit({"check": name, **results[name], **took})
+            emit(summary(ctx, results, start))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (wall time misleads on a busy host)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def summary(ctx, results: dict, start: float) -> dict:
+    kind = results["env"].get("device_kind", "?")
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "summary": "device check",
+        "quick": ctx.quick,
+        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
+        "fast_1_epoch": results["fast_1_epoch"],
+        "time_to_99_seconds": {
+            c: results[f"time_to_99_{c}"].get("time_to_99_seconds") for c in ("cold", "warm")
+        },
+        "best_steps_per_call": ctx.best_steps,
+        "deterministic": results["determinism"].get("same_bits_twice"),
+        "resume_identical": results["resume"].get("identical"),
+        "eval_images_per_second": results["eval"].get("images_per_second"),
+        "recipe_left_plateau": results["recipe_3_epochs"].get("left_plateau"),
+        "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "failed": [name for name, r in results.items() if "error" in r],
+        "speed_table_row": {
+            "conv": ctx.best_conv,
+            "steps_per_call": ctx.best_steps,
+            "measured": f"{datetime.date.today()} {kind}"
+            + (" (--quick: not a measurement)" if ctx.quick else ""),
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+if __name__ == "__main__":  # a determinism run: python -m benchmarks.device_check DATA_DIR [--quick]
+    worker(sys.argv[1], "--quick" in sys.argv[2:])
