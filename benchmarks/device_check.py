@@ -239,6 +239,8 @@ def resume(ctx) -> dict:
 
 
 def evaluation(ctx) -> dict:
+    if ctx.fast_state is None:
+        raise RuntimeError("fast_1_epoch failed: no trained weights to evaluate")
     batch = ctx.size["eval_batch"]
     evaluator = make_trainer(ctx.fast.replace(eval_batch_size=batch), ctx.dataset.train).evaluator
     params = evaluated_params(ctx.fast_state)
@@ -265,8 +267,8 @@ class Context:
         self.out = Path(args.out or tmp)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data_dir = tiny_mnist(args.data_dir, tmp / "mnist") if args.quick else args.data_dir
-        if args.quick:  # one compilation cache for the whole check and its processes
-            os.environ[cli.CACHE_DIR_ENV] = str(tmp / "xla")
+        if args.quick:  # one compilation cache for the check and its processes (the tests' if set)
+            os.environ.setdefault(cli.CACHE_DIR_ENV, str(tmp / "xla"))
             cli.enable_compilation_cache()
         self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
         self.swept = {"fast": self.fast} if args.quick else {"recipe": self.recipe, "fast": self.fast}
