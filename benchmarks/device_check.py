@@ -1,15 +1,11 @@
-"""device-check: one command that answers what is open about a backend, one JSON line per check.
+"""device-check: what is open about a backend, answered in one command, one JSON line per check.
 
     python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick]
 
-Written for a GPU lent for minutes (scripts/device_check.sh runs it there; docs/device-check.md),
-it runs on whatever backend JAX has: env (devices, versions, memory), fast-1-epoch,
-time-to-99 (cold and warm compilation cache, a process each), steps-per-call (recipe and fast,
-ms per step, then the two conv impls at the best), determinism (the same run in two processes,
-with and without XLA_FLAGS=--xla_gpu_deterministic_ops=true), resume (stopped after epoch 1 and
-resumed against uninterrupted), eval (images/s at a large batch), recipe-3-epochs (the sigmoid
-plateau left or not). The summary line ends with the row for lenet_jax.speed's table.
-A failing check prints its error and the others still run. --quick: every check in tiny form.
+Written for a GPU lent for minutes (scripts/device_check.sh is the call; docs/device-check.md says
+what each check answers); it runs on whatever backend JAX has. The summary line ends with the
+backend's row for lenet_jax.speed's table. A failing check prints its error and the others still
+run. --quick: every check in tiny form (512 training images, one seed): the CPU test.
 """
 
 from __future__ import annotations
@@ -38,16 +34,9 @@ from lenet_jax.data import load_dataset, num_batches
 from lenet_jax.steps import evaluated_params
 from lenet_jax.train import make_trainer, train_and_evaluate, train_epoch
 
+SWEEP = (1, 16, 64, 256, "epoch")  # steps per call
 DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
-SWEEP = (1, 16, 64, 256, "epoch")
-TIMING_KEYS = {"train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step"}
-
-
-def sizes(quick: bool) -> dict:
-    """The checks' sizes: the real ones, or a tiny form for the CPU test (--quick)."""
-    if quick:
-        return {"eval_batch": 500, "seeds": ["0"], "extra": ["--set", "epochs=1"]}
-    return {"eval_batch": 10000, "seeds": ["0", "1", "2"], "extra": []}
+TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step"}
 
 
 def tiny_mnist(data_dir: str, folder: Path, train: int = 512, test: int = 500) -> str:
@@ -59,96 +48,70 @@ def tiny_mnist(data_dir: str, folder: Path, train: int = 512, test: int = 500) -
         images_file, labels_file = idx.SPLIT_FILES[split]
         header = struct.pack(">IIII", idx.IMAGES_MAGIC, count, idx.IMAGE_SIZE, idx.IMAGE_SIZE)
         (folder / images_file).write_bytes(header + images.tobytes())
-        (folder / labels_file).write_bytes(
-            struct.pack(">II", idx.LABELS_MAGIC, count) + labels.astype(np.uint8).tobytes()
-        )
+        header = struct.pack(">II", idx.LABELS_MAGIC, count)
+        (folder / labels_file).write_bytes(header + labels.astype(np.uint8).tobytes())
     return str(folder)
 
 
-class Compilation:
-    """Seconds XLA spends compiling (or loading cached) programs inside the block, from jax.monitoring."""
+@contextlib.contextmanager
+def compilation():
+    """[seconds XLA spends compiling (or reading cached) programs in the block], by jax.monitoring."""
+    total = [0.0]
 
-    EVENT = "/jax/core/compile/backend_compile_duration"
+    def listen(event: str, duration: float, **_) -> None:
+        total[0] += duration if event == "/jax/core/compile/backend_compile_duration" else 0.0
 
-    def __init__(self):
-        self.seconds = 0.0
-
-    def __call__(self, event: str, duration: float, **_) -> None:
-        self.seconds += duration if event == self.EVENT else 0.0
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *_):
-        jax.monitoring.unregister_event_duration_listener(self)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
-def env() -> dict:
-    device = jax.devices()[0]
+def child(command: list[str], extra_env: dict | None = None) -> list[dict]:
+    """The JSON lines a child process prints (its stderr joins ours: the log)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    sys.stderr.write(done.stderr[-4000:])
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[2:4])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def run_quietly(ctx, config, name: str):
+    """train_and_evaluate in TMP/name, its console lines into OUT/runs.log, not among the JSON."""
+    with open(ctx.out / "runs.log", "a") as log, contextlib.redirect_stdout(log):
+        print(f"--- {name}: {json.dumps(config.to_dict())}", flush=True)
+        return train_and_evaluate(config, ctx.tmp / name, data_dir=ctx.data_dir)
+
+
+def env(ctx) -> dict:
     packages = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
-    plugins = {
-        name: v for name, v in packages.items() if name.lower().startswith(("jax-cuda", "jax_cuda", "libtpu"))
-    }
-    stats = device.memory_stats() or {}
+    plugin = ("jax-cuda", "jax_cuda", "jax-rocm", "libtpu")
     return {
         "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
+        "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "python": sys.version.split()[0],
         "jax": jax.__version__,
         "jaxlib": packages.get("jaxlib"),
-        "plugins": plugins,
+        "plugins": {name: v for name, v in packages.items() if name.lower().startswith(plugin)},
         "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
-        "memory_limit_bytes": stats.get("bytes_limit"),  # None on the CPU: it has no memory_stats
+        "memory_limit_bytes": (jax.devices()[0].memory_stats() or {}).get("bytes_limit"),  # None: CPU
         "tensorboardx": "tensorboardX" in packages,
         "tensorflow_datasets": "tensorflow-datasets" in packages,
     }
 
 
-def run_quietly(out: Path, config, workdir: Path, data_dir: str):
-    """train_and_evaluate with its console lines appended to OUT/runs.log, not among the JSON."""
-    with open(out / "runs.log", "a") as log, contextlib.redirect_stdout(log):
-        print(f"--- {workdir.name}: {json.dumps(config.to_dict())}", flush=True)
-        return train_and_evaluate(config, workdir, data_dir=data_dir)
-
-
 def fast_1_epoch(ctx) -> dict:
-    with Compilation() as compilation:
-        result = run_quietly(ctx.out, ctx.fast.replace(epochs=1), ctx.tmp / "fast", ctx.data_dir)
-    ctx.fast_state = result.state
-    row = result.metrics[-1]
+    with compilation() as compile_seconds:
+        result = run_quietly(ctx, ctx.fast.replace(epochs=1), "fast")
+    ctx.fast_state, row = result.state, result.metrics[-1]
     keep = ("train_seconds", "images_per_second", "test_accuracy", "test_total_loss")
-    return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compilation.seconds, 3)}
+    return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compile_seconds[0], 3)}
 
 
-def time_to_99(ctx, cache: str) -> dict:
-    """`python -m benchmarks time-to-99` for `fast` in a process of its own (no PyTorch)."""
-    command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
-    command += ["--data-dir", ctx.data_dir, "--seeds", *ctx.size["seeds"], *ctx.size["extra"]]
-    lines = child(command + (["--warm-cache"] if cache == "warm" else []))
-    summary = lines[-1]
-    seeds = [line["result"] for line in lines if "result" in line]
-    return {
-        "cache": cache,
-        "time_to_99_seconds": summary["mean_train_seconds"]["lenet-jax"],  # None if a seed missed 99%
-        "per_seed_seconds": [row["train_seconds"] if row["reached"] else None for row in seeds],
-        "epochs_reached": summary["epochs_reached"],
-        **{k: v for k, v in summary.items() if k.startswith("mean_") and k != "mean_train_seconds"},
-    }
-
-
-def child(command: list[str], extra_env: dict | None = None) -> list[dict]:
-    """The JSON lines a child process prints; its other output goes to stderr (the log)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    sys.stderr.write(done.stderr[-4000:])
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command[2:5])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-
-
-def ms_per_step(ctx, config, steps_per_call) -> float:
+def ms_per_step(ctx, config, steps_per_call: int) -> float:
     """Training ms per step over the second of two epochs (the first compiles and warms up)."""
     trainer = make_trainer(config.replace(steps_per_call=steps_per_call), ctx.dataset.train)
     steps = trainer.program.steps_per_epoch
@@ -164,14 +127,11 @@ def steps_per_call(ctx) -> dict:
     values = sorted({steps if n == "epoch" else min(n, steps) for n in SWEEP})  # tiny epochs: fewer
     table = {
         conv: {
-            name: {n: ms_per_step(ctx, c.replace(conv_impl=conv), n) for n in values}
-            for name, c in ctx.swept.items()
+            name: {n: ms_per_step(ctx, c.replace(conv_impl=conv), n) for n in values} for name, c in ctx.swept
         }
         for conv in ("xla", "toeplitz")
     }
-    totals = {
-        conv: {n: sum(by_preset[n] for by_preset in t.values()) for n in values} for conv, t in table.items()
-    }
+    totals = {conv: {n: sum(ms[n] for ms in t.values()) for n in values} for conv, t in table.items()}
     ctx.best_conv = min(totals, key=lambda conv: min(totals[conv].values()))
     best = totals[ctx.best_conv]
     ctx.best_steps = min(n for n in values if best[n] <= 1.05 * min(best.values()))
@@ -185,11 +145,10 @@ def steps_per_call(ctx) -> dict:
 
 def worker(data_dir: str, quick: bool) -> None:
     """One determinism run (a child process): 2 epochs of fast, the digest of what it ends with."""
-    if quick:  # the compilation cache that the parent check shares: a smoke test, not a measurement
+    if quick:  # the cache the whole quick check shares: a smoke test, not a measurement
         cli.enable_compilation_cache()
-    config = get_preset("fast").replace(epochs=2)
     dataset = load_dataset(data_dir)
-    trainer = make_trainer(config, dataset.train)
+    trainer = make_trainer(get_preset("fast").replace(epochs=2), dataset.train)
     state, first, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
     state, second, seconds = train_epoch(trainer, state, 2, trainer.program.steps_per_epoch)
     digest = hashlib.sha256(np.asarray(np.concatenate([first, second]), np.float32).tobytes())
@@ -199,9 +158,7 @@ def worker(data_dir: str, quick: bool) -> None:
 
 
 def determinism(ctx) -> dict:
-    command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir] + (
-        ["--quick"] if ctx.quick else []
-    )
+    command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir, *(["--quick"] * ctx.quick)]
     flags = os.environ.get("XLA_FLAGS", "")
     runs = {
         name: [child(command, {"XLA_FLAGS": f"{flags} {extra}".strip()})[-1] for _ in range(2)]
@@ -213,35 +170,28 @@ def determinism(ctx) -> dict:
         "same_bits_across_modes": runs["default"][0]["digest"] == runs["deterministic_ops"][0]["digest"],
         "epoch_seconds": seconds,
         "deterministic_ops_cost": round(seconds["deterministic_ops"] / seconds["default"] - 1, 3),
-        "note": ""
-        if jax.default_backend() == "gpu"
-        else "an XLA:GPU flag: accepted and ignored on this backend",
+        **({} if jax.default_backend() == "gpu" else {"note": "an XLA:GPU flag: accepted, ignored here"}),
     }
 
 
 def resume(ctx) -> dict:
-    """fast with a constant learning rate (a schedule over the epochs forbids changing them)."""
+    """fast at a constant learning rate (a schedule over the epochs forbids changing their number)."""
     config = ctx.fast.replace(schedule="constant", lr=0.05, epochs=2)
-    whole = run_quietly(ctx.out, config, ctx.tmp / "whole", ctx.data_dir)
-    run_quietly(ctx.out, config.replace(epochs=1), ctx.tmp / "stopped", ctx.data_dir)
-    resumed = run_quietly(ctx.out, config, ctx.tmp / "stopped", ctx.data_dir)
+    whole = run_quietly(ctx, config, "whole")
+    run_quietly(ctx, config.replace(epochs=1), "stopped")
+    resumed = run_quietly(ctx, config, "stopped")
     pairs = zip(*(jax.tree_util.tree_leaves(r.state) for r in (whole, resumed)), strict=True)
     same_state = all(np.array_equal(a, b) for a, b in pairs)
-    rows = [
-        [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in r.metrics]
-        for r in (whole, resumed)
-    ]
-    return {
-        "identical": same_state and rows[0] == rows[1],
-        "same_state": same_state,
-        "same_rows": rows[0] == rows[1],
-    }
+    a, b = (
+        [{k: v for k, v in row.items() if k not in TIMING} for row in r.metrics] for r in (whole, resumed)
+    )
+    return {"identical": same_state and a == b, "same_state": same_state, "same_rows": a == b}
 
 
 def evaluation(ctx) -> dict:
     if ctx.fast_state is None:
         raise RuntimeError("fast_1_epoch failed: no trained weights to evaluate")
-    batch = ctx.size["eval_batch"]
+    batch = 500 if ctx.quick else 10000
     evaluator = make_trainer(ctx.fast.replace(eval_batch_size=batch), ctx.dataset.train).evaluator
     params = evaluated_params(ctx.fast_state)
     evaluator.evaluate(params, ctx.dataset.test)  # compiles
@@ -254,39 +204,62 @@ def evaluation(ctx) -> dict:
 
 
 def recipe_3_epochs(ctx) -> dict:
-    result = run_quietly(ctx.out, ctx.recipe.replace(epochs=3), ctx.tmp / "recipe", ctx.data_dir)
-    accuracy = [row["test_accuracy"] for row in result.metrics]
-    seconds = [round(row["train_seconds"], 3) for row in result.metrics]
+    rows = run_quietly(ctx, ctx.recipe.replace(epochs=3), "recipe").metrics
+    accuracy = [row["test_accuracy"] for row in rows]
     # The plateau is chance level (~11%); on a CPU the recipe is at ~85% after epoch 3.
-    return {"test_accuracy": accuracy, "train_seconds": seconds, "left_plateau": accuracy[-1] > 0.5}
+    return {
+        "test_accuracy": accuracy,
+        "train_seconds": [round(r["train_seconds"], 3) for r in rows],
+        "left_plateau": accuracy[-1] > 0.5,
+    }
 
 
-class Context:
-    def __init__(self, args, tmp: Path):
-        self.quick, self.tmp, self.size = args.quick, tmp, sizes(args.quick)
-        self.out = Path(args.out or tmp)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.data_dir = tiny_mnist(args.data_dir, tmp / "mnist") if args.quick else args.data_dir
-        if args.quick:  # one compilation cache for the check and its processes (the tests' if set)
-            os.environ.setdefault(cli.CACHE_DIR_ENV, str(tmp / "xla"))
-            cli.enable_compilation_cache()
-        self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
-        self.swept = {"fast": self.fast} if args.quick else {"recipe": self.recipe, "fast": self.fast}
-        self.dataset = load_dataset(self.data_dir)
-        self.fast_state, self.best_steps, self.best_conv = None, None, None
+def time_to_99(ctx, cache: str) -> dict:
+    """`python -m benchmarks time-to-99` of fast in a process of its own (no PyTorch)."""
+    command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
+    sizes = ["--seeds", "0", "--set", "epochs=1"] if ctx.quick else ["--seeds", "0", "1", "2"]
+    command += ["--data-dir", ctx.data_dir, *sizes]
+    lines = child(command + ["--warm-cache"] * (cache == "warm"))
+    summary, seeds = lines[-1], [line["result"] for line in lines if "result" in line]
+    return {
+        "cache": cache,
+        "time_to_99_seconds": summary["mean_train_seconds"]["lenet-jax"],  # None if a seed missed 99%
+        "per_seed_seconds": [row["train_seconds"] if row["reached"] else None for row in seeds],
+        **{
+            k: v
+            for k, v in summary.items()
+            if k.startswith(("epochs_", "mean_")) and k != "mean_train_seconds"
+        },
+    }
 
 
 CHECKS = {
-    "env": lambda ctx: env(),
+    "env": env,
     "fast_1_epoch": fast_1_epoch,
-    "time_to_99_cold": lambda ctx: time_to_99(ctx, "cold"),
-    "time_to_99_warm": lambda ctx: time_to_99(ctx, "warm"),
     "steps_per_call": steps_per_call,
     "determinism": determinism,
     "resume": resume,
     "eval": evaluation,
     "recipe_3_epochs": recipe_3_epochs,
+    "time_to_99_cold": lambda ctx: time_to_99(ctx, "cold"),
+    "time_to_99_warm": lambda ctx: time_to_99(ctx, "warm"),
 }
+
+
+class Context:
+    """What the checks share: the data, the presets, where to write, what earlier checks found."""
+
+    def __init__(self, args, tmp: Path):
+        self.quick, self.tmp, self.out = args.quick, tmp, Path(args.out or tmp)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir = tiny_mnist(args.data_dir, tmp / "mnist") if args.quick else args.data_dir
+        if args.quick:  # one compilation cache for the check and its processes (the tests' if set)
+            os.environ.setdefault(cli.CACHE_DIR_ENV, str(tmp / "xla"))
+            cli.enable_compilation_cache()
+        self.dataset = load_dataset(self.data_dir)
+        self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
+        self.swept = [("fast", self.fast)] if args.quick else [("recipe", self.recipe), ("fast", self.fast)]
+        self.fast_state, self.best_steps, self.best_conv = None, None, None
 
 
 def run(args) -> int:
@@ -300,13 +273,14 @@ def run(args) -> int:
             def emit(record: dict) -> None:
                 print(json.dumps(record), flush=True)
                 lines.write(json.dumps(record) + "\n")
+                lines.flush()  # a run cut off by the device's time limit keeps what it printed
 
             for name, check in CHECKS.items():
                 began, cpu = time.perf_counter(), cpu_seconds()
                 try:
                     results[name] = check(ctx)
                 except Exception as error:  # noqa: BLE001 - a borrowed GPU's minutes: run the others
-                    traceback.print_exc()  # to stderr: the log beside the JSON lines
+                    traceback.print_exc()  # to stderr, the log beside the JSON lines
                     results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
                 took = {
                     "seconds": round(time.perf_counter() - began, 2),
@@ -324,28 +298,27 @@ def cpu_seconds() -> float:
 
 
 def summary(ctx, results: dict, start: float) -> dict:
-    kind = results["env"].get("device_kind", "?")
-    stats = jax.devices()[0].memory_stats() or {}
-    return {
-        "summary": "device check",
-        "quick": ctx.quick,
-        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
+    figures = {
         "fast_1_epoch": results["fast_1_epoch"],
         "time_to_99_seconds": {
             c: results[f"time_to_99_{c}"].get("time_to_99_seconds") for c in ("cold", "warm")
         },
-        "best_steps_per_call": ctx.best_steps,
         "deterministic": results["determinism"].get("same_bits_twice"),
         "resume_identical": results["resume"].get("identical"),
         "eval_images_per_second": results["eval"].get("images_per_second"),
         "recipe_left_plateau": results["recipe_3_epochs"].get("left_plateau"),
-        "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
+    }
+    measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"
+    return {
+        "summary": "device check",
+        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
+        **figures,
         "failed": [name for name, r in results.items() if "error" in r],
         "speed_table_row": {
             "conv": ctx.best_conv,
             "steps_per_call": ctx.best_steps,
-            "measured": f"{datetime.date.today()} {kind}"
-            + (" (--quick: not a measurement)" if ctx.quick else ""),
+            "measured": measured + (" (--quick: not a measurement)" if ctx.quick else ""),
         },
         "seconds": round(time.perf_counter() - start, 1),
     }
