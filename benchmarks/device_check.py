@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lenet_jax import cli, idx
+from lenet_jax import cli, idx, speed
 from lenet_jax.config import get_preset
 from lenet_jax.data import load_dataset, num_batches
 from lenet_jax.steps import evaluated_params
@@ -37,6 +37,7 @@ from lenet_jax.train import make_trainer, train_and_evaluate, train_epoch
 
 SWEEP = (1, 16, 64, 256, "epoch")  # steps per call
 DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+LEAN_CORE = hasattr(speed, "defaults")  # lenet-jax 0.3: Config.speed, the per-backend table
 TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step"}
 
 
@@ -112,32 +113,52 @@ def fast_1_epoch(ctx) -> dict:
     return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compile_seconds[0], 3)}
 
 
-def ms_per_step(ctx, config, steps_per_call: int) -> float:
+@contextlib.contextmanager
+def conv_row(conv: str):
+    """lenet_jax.speed's row for this backend naming `conv` while a trainer is made (the sweep's)."""
+    row = speed.defaults()
+    saved, row["conv"] = row["conv"], conv
+    try:
+        yield
+    finally:
+        row["conv"] = saved
+
+
+def trainer_with(config, train, conv: str, steps_per_call: int):
+    """make_trainer with this conv and steps per call. LEAN_CORE False: lenet-jax 0.2, where both
+    were Config fields (drop that branch once the lean core, issue 22, has landed)."""
+    if not LEAN_CORE:
+        return make_trainer(config.replace(conv_impl=conv, steps_per_call=steps_per_call), train)
+    with conv_row(conv):
+        return make_trainer(config, train, steps_per_call=steps_per_call)
+
+
+def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
     """Training ms per step over the second of two epochs (the first compiles and warms up)."""
-    trainer = make_trainer(config.replace(steps_per_call=steps_per_call), ctx.dataset.train)
-    steps = trainer.program.steps_per_epoch
+    trainer = trainer_with(config, ctx.dataset.train, conv, steps_per_call)
+    steps = num_batches(len(ctx.dataset.train), config.batch_size)
     state, _, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
     _, _, seconds = train_epoch(trainer, state, 2, steps)
     return round(1000 * seconds / steps, 4)
 
 
 def steps_per_call(ctx) -> dict:
-    """ms per step of each conv impl and steps per call; the conv fastest over the presets, then
-    the fewest steps per call within 5% of its best (a shorter call stops and logs sooner)."""
+    """ms per step of each conv and steps per call (and of --speed plain); the conv fastest over
+    the presets, then the fewest steps per call within 5% of its best (a shorter call stops and
+    logs sooner)."""
     steps = num_batches(len(ctx.dataset.train), 64)  # both presets train at batch 64
     values = sorted({steps if n == "epoch" else min(n, steps) for n in SWEEP})  # tiny epochs: fewer
     table = {
-        conv: {
-            name: {n: ms_per_step(ctx, c.replace(conv_impl=conv), n) for n in values} for name, c in ctx.swept
-        }
-        for conv in ("xla", "toeplitz")
+        conv: {name: {n: ms_per_step(ctx, c, conv, n) for n in values} for name, c in ctx.swept}
+        for conv in ctx.convs
     }
     totals = {conv: {n: sum(ms[n] for ms in t.values()) for n in values} for conv, t in table.items()}
     ctx.best_conv = min(totals, key=lambda conv: min(totals[conv].values()))
     best = totals[ctx.best_conv]
     ctx.best_steps = min(n for n in values if best[n] <= 1.05 * min(best.values()))
+    plain = {name: ms_per_step(ctx, c.replace(speed="plain"), "xla", 1) for name, c in ctx.swept if LEAN_CORE}
     return {
-        "ms_per_step": table,
+        "ms_per_step": {**table, "plain": plain},
         "steps_per_epoch": steps,
         "conv": ctx.best_conv,
         "steps_per_call": ctx.best_steps,
@@ -149,9 +170,12 @@ def worker(data_dir: str, quick: bool) -> None:
     if quick:  # the cache the whole quick check shares: a smoke test, not a measurement
         cli.enable_compilation_cache()
     dataset = load_dataset(data_dir)
-    trainer = make_trainer(get_preset("fast").replace(epochs=2), dataset.train)
+    config = get_preset("fast").replace(epochs=2)
+    trainer = make_trainer(config, dataset.train)
     state, first, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
-    state, second, seconds = train_epoch(trainer, state, 2, trainer.program.steps_per_epoch)
+    state, second, seconds = train_epoch(
+        trainer, state, 2, num_batches(len(dataset.train), config.batch_size)
+    )
     digest = hashlib.sha256(np.asarray(np.concatenate([first, second]), np.float32).tobytes())
     for leaf in jax.tree_util.tree_leaves(evaluated_params(state)):
         digest.update(np.asarray(leaf).tobytes())
@@ -161,11 +185,12 @@ def worker(data_dir: str, quick: bool) -> None:
 def determinism(ctx) -> dict:
     command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir, *(["--quick"] * ctx.quick)]
     flags = os.environ.get("XLA_FLAGS", "")
-    envs = [{"XLA_FLAGS": f"{flags} {extra}".strip()} for extra in ("", "", DETERMINISTIC, DETERMINISTIC)]
-    # One process at a time for honest timings; --quick's four at once (its timings mean nothing).
-    with concurrent.futures.ThreadPoolExecutor(4 if ctx.quick else 1) as pool:
+    envs = [{"XLA_FLAGS": f"{flags} {extra}".strip()} for extra in ("", DETERMINISTIC) * 2]
+    # One process at a time for honest timings; --quick's two at once (its timings mean nothing),
+    # the second two reading what the first two compiled.
+    with concurrent.futures.ThreadPoolExecutor(2 if ctx.quick else 1) as pool:
         done = list(pool.map(lambda extra_env: child(command, extra_env)[-1], envs))
-    runs = {"default": done[:2], "deterministic_ops": done[2:]}
+    runs = {"default": done[0::2], "deterministic_ops": done[1::2]}
     seconds = {name: min(r["epoch_2_seconds"] for r in pair) for name, pair in runs.items()}
     return {
         "same_bits_twice": {name: pair[0]["digest"] == pair[1]["digest"] for name, pair in runs.items()},
@@ -216,22 +241,25 @@ def recipe_3_epochs(ctx) -> dict:
     }
 
 
-def time_to_99(ctx, cache: str) -> dict:
-    """`python -m benchmarks time-to-99` of fast in a process of its own (no PyTorch)."""
+def time_to_99(ctx) -> dict:
+    """`python -m benchmarks time-to-99` of fast (no PyTorch) without a compilation cache and with
+    a warm one (--warm-cache), a process each: one after the other, --quick's at once."""
     command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
     sizes = ["--seeds", "0", "--set", "epochs=1"] if ctx.quick else ["--seeds", "0", "1", "2"]
     command += ["--data-dir", ctx.data_dir, *sizes]
-    lines = child(command + ["--warm-cache"] * (cache == "warm"))
+    with concurrent.futures.ThreadPoolExecutor(2 if ctx.quick else 1) as pool:
+        runs = dict(
+            zip(("cold", "warm"), pool.map(child, [command, [*command, "--warm-cache"]]), strict=True)
+        )
+    return {cache: seeds_and_summary(lines) for cache, lines in runs.items()}
+
+
+def seeds_and_summary(lines: list[dict]) -> dict:
     summary, seeds = lines[-1], [line["result"] for line in lines if "result" in line]
     return {
-        "cache": cache,
         "time_to_99_seconds": summary["mean_train_seconds"]["lenet-jax"],  # None if a seed missed 99%
         "per_seed_seconds": [row["train_seconds"] if row["reached"] else None for row in seeds],
-        **{
-            k: v
-            for k, v in summary.items()
-            if k.startswith(("epochs_", "mean_")) and k != "mean_train_seconds"
-        },
+        **{k: v for k, v in summary.items() if k.startswith(("epochs_", "mean_first"))},
     }
 
 
@@ -243,8 +271,7 @@ CHECKS = {
     "resume": resume,
     "eval": evaluation,
     "recipe_3_epochs": recipe_3_epochs,
-    "time_to_99_cold": lambda ctx: time_to_99(ctx, "cold"),
-    "time_to_99_warm": lambda ctx: time_to_99(ctx, "warm"),
+    "time_to_99": time_to_99,
 }
 
 
@@ -260,7 +287,10 @@ class Context:
             cli.enable_compilation_cache()
         self.dataset = load_dataset(self.data_dir)
         self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
+        # --quick: fast alone, with this backend's conv alone
         self.swept = [("fast", self.fast)] if args.quick else [("recipe", self.recipe), ("fast", self.fast)]
+        default = speed.defaults()["conv"] if LEAN_CORE else speed.resolve_conv_impl("auto")
+        self.convs = [default] if args.quick else ["xla", "toeplitz"]
         self.fast_state, self.best_steps, self.best_conv = None, None, None
 
 
@@ -302,9 +332,7 @@ def cpu_seconds() -> float:
 def summary(ctx, results: dict, start: float) -> dict:
     figures = {
         "fast_1_epoch": results["fast_1_epoch"],
-        "time_to_99_seconds": {
-            c: results[f"time_to_99_{c}"].get("time_to_99_seconds") for c in ("cold", "warm")
-        },
+        "time_to_99_seconds": {c: r.get("time_to_99_seconds") for c, r in results["time_to_99"].items()},
         "deterministic": results["determinism"].get("same_bits_twice"),
         "resume_identical": results["resume"].get("identical"),
         "eval_images_per_second": results["eval"].get("images_per_second"),

@@ -22,9 +22,11 @@ def test_quick_device_check_prints_every_check_then_a_speed_table_row(mnist_dir,
     assert list(checks) == list(CHECKS) and not any("error" in line for line in lines)
     assert (tmp_path / "device-check.jsonl").read_text().splitlines() == printed
     assert checks["env"]["backend"] == "cpu" and checks["fast_1_epoch"]["compile_seconds"] > 0
-    assert {c["cache"] for c in (checks["time_to_99_cold"], checks["time_to_99_warm"])} == {"cold", "warm"}
+    assert {"cold", "warm"} <= set(checks["time_to_99"])
     # 512 training images: 8 steps an epoch, so the sweep's 1, 16, 64, 256 and epoch are 1 and 8.
-    assert set(checks["steps_per_call"]["ms_per_step"]["toeplitz"]["fast"]) == {"1", "8"}
+    sweep = checks["steps_per_call"]["ms_per_step"]
+    assert set(sweep["toeplitz"]["fast"]) == {"1", "8"}
+    assert all(ms > 0 for ms in sweep["plain"].values())  # --speed plain, from lenet-jax 0.3 on
     # The CPU computes the same bits in every process, the GPU flag changing nothing.
     assert checks["determinism"]["same_bits_twice"] == {"default": True, "deterministic_ops": True}
     assert checks["determinism"]["same_bits_across_modes"] and checks["resume"]["identical"]
