@@ -27,6 +27,9 @@ CONV_IMPLS = ("auto", "xla", "toeplitz")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lion")
 # The fields that only build the optimizer: meaningless for a run given an optax optimizer.
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "grad_clip")
+# Beyond the runs anyone makes; keeps the step counter (int32) and metrics.jsonl bounded.
+MAX_EPOCHS = 10_000
+FLOAT32_MAX = 3.4028234663852886e38  # the device computes in float32: larger values overflow to inf
 FROM_PYTHON = "python"  # the `optimizer` recorded for a run given its optimizer from Python
 # The Config fields that switch augmentation on (all 0: none).
 AUGMENTATION_STRENGTHS = (
@@ -54,7 +57,7 @@ class Config:
 
     Run: `python scripts/train.py` (same as `--preset recipe`).
     Expected: the loss sits near 2.30 for the first ~1,300 steps (sigmoid + PyTorch init), then
-    falls; test accuracy ~98% after 20 epochs (see README, Results).
+    falls; test accuracy ~98% after 20 epochs (README, "Presets and results").
     """
 
     # Model.
@@ -214,8 +217,11 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{flag} must be a {types[field.name].__name__}, not {value!r}")
         if types[field.name] is float and value is not None and not math.isfinite(value):
             raise ConfigError(f"{flag} must be a finite number, not {value}")
+        if types[field.name] is float and value is not None and abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"{flag} must be at most {FLOAT32_MAX:.3g} (a float32), not {value:g}")
     need(-(2**63) <= config.seed < 2**63, f"--seed must fit in 64 bits, not {config.seed}")
     need(config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}")
+    need(config.epochs <= MAX_EPOCHS, f"--epochs must be at most {MAX_EPOCHS:,}, not {config.epochs}")
     need(config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}")
     need(
         config.eval_batch_size >= 1,
@@ -282,7 +288,7 @@ def fast() -> Config:
     evaluated. It serves the time-to-99% benchmark, so it was tuned on test accuracy; how it was
     chosen and what else was tried: docs/results.md.
     Run: `python scripts/train.py --preset fast` (or `scripts/benchmark.py time-to-99`)
-    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, Results).
+    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, "Presets and results").
     """
     return Config(
         activation="relu",
@@ -311,7 +317,7 @@ def best() -> Config:
     distortions on the device (Simard et al. 2003), 80 epochs. Chosen on a 5,000-image
     validation split, never on the test set (the validation figures: docs/results.md).
     Run: `python scripts/train.py --preset best`
-    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, Results).
+    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, "Presets and results").
     """
     return Config(
         activation="relu",

@@ -26,6 +26,7 @@ import numpy as np
 
 from lenet_jax import parallel
 from lenet_jax.data import PADDING_INDEX, Split, epoch_order, gather_batch, num_batches
+from lenet_jax.errors import ConfigError, out_of_memory_names
 from lenet_jax.speed import Speed
 from lenet_jax.steps import Metrics, TrainState, augmentation_key
 
@@ -88,6 +89,11 @@ class TrainProgram:
     ):
         self.mesh = parallel.data_mesh()
         parallel.check_batch_size(batch_size, self.mesh)
+        if batch_size > len(train):  # one padded batch: memory for nothing
+            raise ConfigError(
+                f"--batch-size {batch_size} is larger than the {len(train):,} training images: "
+                f"use {len(train)} or less"
+            )
         self.batch_size, self.num_examples, self.shuffle_key = batch_size, len(train), shuffle_key
         self.steps_per_epoch = num_batches(len(train), batch_size)
         self.steps_per_call = min(speed.steps_per_call, self.steps_per_epoch)
@@ -162,7 +168,9 @@ class TrainProgram:
 
     def __call__(self, state: TrainState, indices: Any, count: int) -> tuple[TrainState, jax.Array]:
         """Trains on the first `count` batches of `indices`; the losses stay on the device."""
-        state, losses = self._call(state, self._images, self._labels, indices, np.int32(count))
+        flags = f"--batch-size (now {self.batch_size}) or --steps-per-call (now {self.steps_per_call})"
+        with out_of_memory_names(flags):
+            state, losses = self._call(state, self._images, self._labels, indices, np.int32(count))
         if self.first_call_done is None:  # once per run: the first call includes compilation
             jax.block_until_ready(losses)
             self.first_call_done = time.time()

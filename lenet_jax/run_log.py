@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from lenet_jax.errors import LenetError
-from lenet_jax.workdir import METRICS_FILE, TENSORBOARD_SUBDIR, is_row, read_config, read_metrics
+from lenet_jax.workdir import (
+    METRICS_FILE,
+    TENSORBOARD_SUBDIR,
+    is_row,
+    read_config,
+    read_metrics,
+    scan_metrics,
+)
 
 
 def _import_tensorboardx():
@@ -192,7 +199,8 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
     note(line) is told when rows were rebuilt from the checkpoints. LenetError if there are
     neither rows nor checkpoints.
     """
-    rows = {row["epoch"]: row for row in read_metrics(workdir)}
+    rows, problem = scan_metrics(Path(workdir) / METRICS_FILE)
+    rows = {row["epoch"]: row for row in rows}
     rebuilt = []
     for epoch, meta in _checkpoint_metas(workdir).items():
         if epoch not in rows and is_row(meta.get("metrics")):
@@ -204,8 +212,9 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
             "workdir of a training run"
         )
     if rebuilt and note is not None:
+        why = f"{problem}: it " if problem else ""
         note(
-            f"note: {Path(workdir) / METRICS_FILE} lacks epoch(s) {', '.join(map(str, rebuilt))}; "
+            f"note: {Path(workdir) / METRICS_FILE} {why}lacks epoch(s) {', '.join(map(str, rebuilt))}; "
             "read them from the checkpoints"
         )
     return [rows[epoch] for epoch in sorted(rows)]

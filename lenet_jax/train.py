@@ -45,6 +45,7 @@ from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-e
     prepare_workdir,
     read_metrics,
     salvage_logs,
+    workdir_lock,
     write_config,
 )
 
@@ -162,7 +163,8 @@ def train_and_evaluate(
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    with RunGuard(workdir) as guard:  # a failure puts back, cleans up, says what is intact
+    # RunGuard: a failure puts back, cleans up, says what is intact; the lock: one process per workdir
+    with RunGuard(workdir) as guard, workdir_lock(guard.workdir, main):
         workdir = guard.workdir
         # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
         dataset = load_dataset(data_dir, config.validation_size, config.train_size)

@@ -1,5 +1,6 @@
 """The compiled training program: steps per call, padding and augmentation change no number."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +13,6 @@ from lenet_jax.steps import make_train_step
 from lenet_jax.train import make_trainer, train_epoch
 
 TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
-
-
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
 def random_split(n: int, seed: int) -> Split:
@@ -37,8 +34,7 @@ def test_augmented_program_equals_the_one_jit_train_step():
     for indices in epoch_order(trainer.program.shuffle_key, 1, len(train), config.batch_size):
         state, _ = step(state, gather_batch(jnp.asarray(train.images), jnp.asarray(train.labels), indices))
     assert int(ran.step) == int(state.step) == 3
-    for a, b in zip(leaves(ran), leaves(state), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(ran, state, rtol=1e-5, atol=1e-6)
 
 
 def test_epoch_calls_cover_the_epoch_once_with_a_padded_last_call():
@@ -76,5 +72,4 @@ def test_steps_per_call_changes_nothing_but_the_calls():
         assert [step for step, _ in logged] == [3, 6, 9, 12]
         np.testing.assert_allclose([v for _, v in logged], [v for _, v in reference_logged], rtol=1e-6)
         np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
-        for a, b in zip(leaves(state), leaves(reference), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(state, reference, rtol=1e-5, atol=1e-7)
