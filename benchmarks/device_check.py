@@ -10,7 +10,6 @@ run. --quick: every check in tiny form (512 training images, one seed): the CPU 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime
 import hashlib
@@ -186,10 +185,7 @@ def determinism(ctx) -> dict:
     command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir, *(["--quick"] * ctx.quick)]
     flags = os.environ.get("XLA_FLAGS", "")
     envs = [{"XLA_FLAGS": f"{flags} {extra}".strip()} for extra in ("", DETERMINISTIC) * 2]
-    # One process at a time for honest timings; --quick's two at once (its timings mean nothing),
-    # the second two reading what the first two compiled.
-    with concurrent.futures.ThreadPoolExecutor(2 if ctx.quick else 1) as pool:
-        done = list(pool.map(lambda extra_env: child(command, extra_env)[-1], envs))
+    done = [child(command, extra_env)[-1] for extra_env in envs]  # one at a time: honest timings
     runs = {"default": done[0::2], "deterministic_ops": done[1::2]}
     seconds = {name: min(r["epoch_2_seconds"] for r in pair) for name, pair in runs.items()}
     return {
@@ -243,14 +239,11 @@ def recipe_3_epochs(ctx) -> dict:
 
 def time_to_99(ctx) -> dict:
     """`python -m benchmarks time-to-99` of fast (no PyTorch) without a compilation cache and with
-    a warm one (--warm-cache), a process each: one after the other, --quick's at once."""
+    a warm one (--warm-cache), a process each."""
     command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
     sizes = ["--seeds", "0", "--set", "epochs=1"] if ctx.quick else ["--seeds", "0", "1", "2"]
     command += ["--data-dir", ctx.data_dir, *sizes]
-    with concurrent.futures.ThreadPoolExecutor(2 if ctx.quick else 1) as pool:
-        runs = dict(
-            zip(("cold", "warm"), pool.map(child, [command, [*command, "--warm-cache"]]), strict=True)
-        )
+    runs = {"cold": child(command), "warm": child([*command, "--warm-cache"])}
     return {cache: seeds_and_summary(lines) for cache, lines in runs.items()}
 
 
