@@ -135,6 +135,19 @@ def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
     return find_idx_file(data_dir, images_stem), find_idx_file(data_dir, labels_stem)
 
 
+def local_config_name(digest: str) -> str:
+    """The tfds config of a folder's files (`lenet_jax.mnist_idx`), named by their content."""
+    return f"idx_{digest[:16]}"
+
+
+def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The source name and the (images, labels) of each split that the tfds path serves for
+    data_dir, read straight from the files: the path used where tfds cannot be."""
+    name = local_config_name(check_and_fingerprint(data_dir))
+    splits = {split: read_pair(*split_paths(data_dir, split)) for split in SPLIT_FILES}
+    return f"mnist_idx/{name}", splits
+
+
 def check_and_fingerprint(data_dir: Path) -> str:
     """Validates the four files of data_dir and returns the sha256 of their decompressed bytes.
 

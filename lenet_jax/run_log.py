@@ -49,7 +49,11 @@ def _import_tensorboardx():
     return EventsWriter, Event, SessionLog, Summary
 
 
-EventsWriter, Event, SessionLog, Summary = _import_tensorboardx()
+try:
+    EventsWriter, Event, SessionLog, Summary = _import_tensorboardx()
+except ImportError:  # not installed (e.g. a GPU image): metrics.jsonl alone, RunLog says so
+    EventsWriter = None
+NO_TENSORBOARD = "note: tensorboardX is not installed: this run logs to metrics.jsonl only"
 
 # TensorBoard tags. The first three are the PyTorch tutorial's.
 TAG_TRAIN_LOSS = "Train Loss"
@@ -126,7 +130,11 @@ class RunLog:
         rows.update({row["epoch"]: row for row in missing})
         self._write_rows([rows[epoch] for epoch in sorted(rows)])
         self._epochs = set(rows)
-        self.tensorboard = EventFile(workdir / TENSORBOARD_SUBDIR, purge_step=resume_step or None)
+        self.tensorboard = None
+        if EventsWriter is None:
+            print(NO_TENSORBOARD, flush=True)
+        else:
+            self.tensorboard = EventFile(workdir / TENSORBOARD_SUBDIR, purge_step=resume_step or None)
         for row in missing:
             self._scalars(row)
 
@@ -136,7 +144,7 @@ class RunLog:
         os.replace(tmp, self.metrics_path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.enabled:
+        if self.enabled and self.tensorboard is not None:
             self.tensorboard.scalar(tag, value, step)
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -148,7 +156,8 @@ class RunLog:
             f.flush()
             os.fsync(f.fileno())
         self._epochs.add(row["epoch"])
-        self.tensorboard.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """An epoch's row to TensorBoard and metrics.jsonl."""
@@ -166,7 +175,7 @@ class RunLog:
             self.scalar(TAG_LEARNING_RATE, row["learning_rate"], row["step"])
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tensorboard is not None:
             self.tensorboard.close()
 
     # A context manager: the event file is closed on every exit.
