@@ -47,34 +47,21 @@ def _on_paper(ink: np.ndarray, rng: np.random.Generator, ink_level=30.0, paper=2
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def thick(digit, rng):
-    return _on_paper(ndimage.grey_dilation(_enlarged(digit), footprint=_disc(int(rng.integers(5, 9)))), rng)
+def _stroked(grey_morphology, digit: np.ndarray, radius) -> np.ndarray:
+    """The enlarged digit's strokes widened (grey_dilation) or thinned (grey_erosion) by a disc."""
+    return grey_morphology(_enlarged(digit), footprint=_disc(int(radius)))
 
 
-def thin(digit, rng):
-    return _on_paper(ndimage.grey_erosion(_enlarged(digit), footprint=_disc(int(rng.integers(2, 4)))), rng)
+def _rescanned(ink: np.ndarray, side: int) -> np.ndarray:
+    """Scanned at `side` pixels a side, then enlarged (bicubic)."""
+    small = Image.fromarray(ink).resize((side, side), Image.Resampling.BOX)
+    return np.asarray(small.resize((BIG, BIG), Image.Resampling.BICUBIC), np.float32)
 
 
-def blur(digit, rng):
-    return _on_paper(ndimage.gaussian_filter(_enlarged(digit), float(rng.uniform(4, 8))), rng)
-
-
-def low_resolution(digit, rng):
-    """Scanned at 8-14 pixels a side, then enlarged (bicubic)."""
-    side = int(rng.integers(8, 15))
-    small = Image.fromarray(digit).resize((side, side), Image.Resampling.BOX)
-    return _on_paper(np.asarray(small.resize((BIG, BIG), Image.Resampling.BICUBIC), np.float32), rng)
-
-
-def low_contrast(digit, rng):
-    return _on_paper(_enlarged(digit), rng, ink_level=float(rng.uniform(120, 160)), paper=200.0, noise=3.0)
-
-
-def dark_on_light(digit, rng):
-    """Dark ink on paper lit unevenly (a gradient of up to 40 grey levels), noisy."""
-    image = _on_paper(_enlarged(digit), rng, ink_level=float(rng.uniform(10, 60))).astype(np.float32)
-    ramp = np.linspace(0, 1, BIG)[None, :] * float(rng.uniform(-40, 0))
-    return np.clip(image + ramp, 0, 255).astype(np.uint8)
+def _lit_unevenly(image: np.ndarray, rng: np.random.Generator, axis: int) -> np.ndarray:
+    """Darker along `axis` by up to 40 grey levels: uint8."""
+    ramp = np.expand_dims(np.linspace(0, 1, image.shape[axis]), 1 - axis) * float(rng.uniform(-40, 0))
+    return np.clip(image.astype(np.float32) + ramp, 0, 255).astype(np.uint8)
 
 
 def off_centre(digit, rng):
@@ -90,29 +77,30 @@ def rotated_photo(digit, rng):
     """Tilted 10-20 degrees either way, with a margin of paper, lit unevenly."""
     angle = float(rng.uniform(10, 20) * rng.choice([-1, 1]))
     ink = np.asarray(Image.fromarray(_enlarged(digit)).rotate(angle, Image.Resampling.BILINEAR, expand=True))
-    ink = np.pad(ink, 30)
-    image = _on_paper(ink, rng).astype(np.float32)
-    ramp = np.linspace(0, 1, image.shape[0])[:, None] * float(rng.uniform(-40, 0))
-    return np.clip(image + ramp, 0, 255).astype(np.uint8)
+    return _lit_unevenly(_on_paper(np.pad(ink, 30), rng), rng, axis=0)
 
 
 def bad_scan(digit, rng):
     """All at once, as the misses on real scans look: thick, blurred, low resolution, faint."""
-    ink = ndimage.grey_dilation(_enlarged(digit), footprint=_disc(int(rng.integers(3, 7))))
-    side = int(rng.integers(10, 15))
-    small = Image.fromarray(ink).resize((side, side), Image.Resampling.BOX)
-    ink = ndimage.gaussian_filter(np.asarray(small.resize((BIG, BIG), Image.Resampling.BICUBIC)), 2.0)
+    ink = _stroked(ndimage.grey_dilation, digit, rng.integers(3, 7))
+    ink = ndimage.gaussian_filter(_rescanned(ink, int(rng.integers(10, 15))), 2.0)
     return _on_paper(ink, rng, ink_level=float(rng.uniform(100, 150)), paper=210.0, noise=3.0)
 
 
+# name -> (MNIST digit, rng) -> the image a pen, scanner or camera makes of it.
 MNIST_TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "mnist": lambda digit, rng: digit,
-    "thick": thick,
-    "thin": thin,
-    "blur": blur,
-    "low_resolution": low_resolution,
-    "low_contrast": low_contrast,
-    "dark_on_light": dark_on_light,
+    "thick": lambda d, rng: _on_paper(_stroked(ndimage.grey_dilation, d, rng.integers(5, 9)), rng),
+    "thin": lambda d, rng: _on_paper(_stroked(ndimage.grey_erosion, d, rng.integers(2, 4)), rng),
+    "blur": lambda d, rng: _on_paper(ndimage.gaussian_filter(_enlarged(d), float(rng.uniform(4, 8))), rng),
+    "low_resolution": lambda d, rng: _on_paper(_rescanned(d, int(rng.integers(8, 15))), rng),
+    "low_contrast": lambda d, rng: _on_paper(
+        _enlarged(d), rng, ink_level=float(rng.uniform(120, 160)), paper=200.0, noise=3.0
+    ),
+    # dark ink on paper lit unevenly
+    "dark_on_light": lambda d, rng: _lit_unevenly(
+        _on_paper(_enlarged(d), rng, ink_level=float(rng.uniform(10, 60))), rng, axis=1
+    ),
     "off_centre": off_centre,
     "rotated_photo": rotated_photo,
     "bad_scan": bad_scan,
