@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -100,25 +101,23 @@ def minus_one_length(port: int, body_bytes: int) -> dict:
 
 def requests_per_second(port: int, body: bytes, clients: int, seconds: float) -> float:
     """Drawings answered 200 per second by `clients` clients sending them one after another."""
-    answered, end = [0] * clients, time.monotonic() + seconds
-
-    def client(i: int) -> None:
-        while time.monotonic() < end:
-            answered[i] += post(port, body) == 200
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return round(sum(answered) / (time.monotonic() - start), 1)
+    end = start + seconds
+
+    def client(_) -> int:
+        answered = 0
+        while time.monotonic() < end:
+            answered += post(port, body) == 200
+        return answered
+
+    with ThreadPoolExecutor(clients) as pool:
+        answered = sum(pool.map(client, range(clients)))
+    return round(answered / (time.monotonic() - start), 1)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--workdir", required=True, help="a training run's workdir (any checkpoint)")
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--side", type=int, default=4096)
@@ -127,14 +126,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long they send them")
     parser.add_argument("--serve-script", default=str(REPO_ROOT / "scripts" / "serve.py"))
     args = parser.parse_args()
-    command = [
-        sys.executable,
-        args.serve_script,
-        "--workdir",
-        args.workdir,
-        "--port",
-        "0",
-    ]
+    command = [sys.executable, args.serve_script, "--workdir", args.workdir, "--port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -147,17 +139,9 @@ def main() -> int:
         post(port, digit_png(280))  # compiles the forward pass
         rss_before = rss_mb(server.pid, "VmRSS")
         body = digit_png(args.side)
-        statuses = [None] * args.concurrent
-
-        def worker(i: int) -> None:
-            statuses[i] = post(port, body)
-
         start = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrent)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(args.concurrent) as pool:
+            statuses = list(pool.map(lambda _: post(port, body), range(args.concurrent)))
         seconds = time.monotonic() - start
         peak = rss_mb(server.pid, "VmHWM")
         refused = minus_one_length(port, args.body_mb << 20)
