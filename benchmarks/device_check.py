@@ -112,24 +112,18 @@ def fast_1_epoch(ctx) -> dict:
     return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compile_seconds[0], 3)}
 
 
-@contextlib.contextmanager
-def conv_row(conv: str):
-    """lenet_jax.speed's row for this backend naming `conv` while a trainer is made (the sweep's)."""
+def trainer_with(config, train, conv: str, steps_per_call: int):
+    """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile) and
+    steps per call. LEAN_CORE False: lenet-jax 0.2, where both were Config fields (drop that
+    branch once the lean core, issue 22, has landed)."""
+    if not LEAN_CORE:
+        return make_trainer(config.replace(conv_impl=conv, steps_per_call=steps_per_call), train)
     row = speed.defaults()
     saved, row["conv"] = row["conv"], conv
     try:
-        yield
+        return make_trainer(config, train, steps_per_call=steps_per_call)
     finally:
         row["conv"] = saved
-
-
-def trainer_with(config, train, conv: str, steps_per_call: int):
-    """make_trainer with this conv and steps per call. LEAN_CORE False: lenet-jax 0.2, where both
-    were Config fields (drop that branch once the lean core, issue 22, has landed)."""
-    if not LEAN_CORE:
-        return make_trainer(config.replace(conv_impl=conv, steps_per_call=steps_per_call), train)
-    with conv_row(conv):
-        return make_trainer(config, train, steps_per_call=steps_per_call)
 
 
 def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
@@ -172,9 +166,8 @@ def worker(data_dir: str, quick: bool) -> None:
     config = get_preset("fast").replace(epochs=2)
     trainer = make_trainer(config, dataset.train)
     state, first, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
-    state, second, seconds = train_epoch(
-        trainer, state, 2, num_batches(len(dataset.train), config.batch_size)
-    )
+    steps = num_batches(len(dataset.train), config.batch_size)
+    state, second, seconds = train_epoch(trainer, state, 2, steps)
     digest = hashlib.sha256(np.asarray(np.concatenate([first, second]), np.float32).tobytes())
     for leaf in jax.tree_util.tree_leaves(evaluated_params(state)):
         digest.update(np.asarray(leaf).tobytes())
@@ -205,10 +198,11 @@ def resume(ctx) -> dict:
     resumed = run_quietly(ctx, config, "stopped")
     pairs = zip(*(jax.tree_util.tree_leaves(r.state) for r in (whole, resumed)), strict=True)
     same_state = all(np.array_equal(a, b) for a, b in pairs)
-    a, b = (
+    untimed = [
         [{k: v for k, v in row.items() if k not in TIMING} for row in r.metrics] for r in (whole, resumed)
-    )
-    return {"identical": same_state and a == b, "same_state": same_state, "same_rows": a == b}
+    ]
+    same_rows = untimed[0] == untimed[1]
+    return {"identical": same_state and same_rows, "same_state": same_state, "same_rows": same_rows}
 
 
 def evaluation(ctx) -> dict:
@@ -307,11 +301,8 @@ def run(args) -> int:
                 except Exception as error:  # noqa: BLE001 - a borrowed GPU's minutes: run the others
                     traceback.print_exc()  # to stderr, the log beside the JSON lines
                     results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-                took = {
-                    "seconds": round(time.perf_counter() - began, 2),
-                    "cpu_seconds": round(cpu_seconds() - cpu, 2),
-                }
-                emit({"check": name, **results[name], **took})
+                took = {"seconds": time.perf_counter() - began, "cpu_seconds": cpu_seconds() - cpu}
+                emit({"check": name, **results[name], **{k: round(v, 2) for k, v in took.items()}})
             emit(summary(ctx, results, start))
     return 1 if any("error" in r for r in results.values()) else 0
 
