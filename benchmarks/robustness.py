@@ -138,17 +138,14 @@ def mouse_drawn(label: int, rng: np.random.Generator, line_width: int) -> np.nda
     height = rng.uniform(0.45, 0.85) * CANVAS
     width = height * rng.uniform(0.5, 0.75)
     angle = math.radians(rng.uniform(-12, 12))
+    cos, sin = math.cos(angle), math.sin(angle)
     cx = CANVAS / 2 + rng.uniform(-0.25, 0.25) * (CANVAS - width)
     cy = CANVAS / 2 + rng.uniform(-0.25, 0.25) * (CANVAS - height)
     image = Image.new("L", (CANVAS, CANVAS), 255)
     draw = ImageDraw.Draw(image)
     for stroke in strokes:
-        points = np.asarray(stroke) + rng.normal(0, 0.025, (len(stroke), 2)) - 0.5
-        x, y = points[:, 0] * width, points[:, 1] * height
-        xy = [
-            (cx + a * math.cos(angle) - b * math.sin(angle), cy + a * math.sin(angle) + b * math.cos(angle))
-            for a, b in zip(x, y, strict=True)
-        ]
+        points = (np.asarray(stroke) + rng.normal(0, 0.025, (len(stroke), 2)) - 0.5) * (width, height)
+        xy = [(cx + a * cos - b * sin, cy + a * sin + b * cos) for a, b in points]
         draw.line(xy, fill=0, width=line_width, joint="curve")
         for px, py in (xy[0], xy[-1]):  # round caps
             r = line_width / 2

@@ -4,15 +4,12 @@ fast it refuses a body it will not read, and how many drawn digits it answers pe
 
     python benchmarks/serve_load.py --workdir checkpoints/recipe [--concurrent 8] [--side 4096]
 
-Starts `scripts/serve.py` as a user would (a subprocess; --serve-script: another version's),
-warms it up with one small drawing, then sends --concurrent POSTs of a side x side RGBA PNG of a
-digit at once (a few tens of KB each, side**2 pixels decoded), then one POST declaring
-`Content-Length: -1` followed by a 600 MB body streamed as fast as the server takes it, then
-280x280 drawings (what the page sends) from --clients clients, a new connection each, for
---seconds. Prints one JSON line: the answers' status counts, the server's RSS before the load
-and its peak RSS (VmHWM: the whole run), for the Content-Length: -1 request its status (null:
-the connection closed or reset before an answer was read), seconds to the answer and how much of
-the body was sent before the server closed, and the drawings answered per second.
+Starts `scripts/serve.py` (--serve-script: another version's), warms it up with one drawing,
+then: --concurrent POSTs at once of a side x side RGBA PNG digit (tens of KB, side**2 pixels
+decoded); one POST declaring `Content-Length: -1` with a 600 MB body streamed alongside; 280x280
+drawings (what the page sends) from --clients clients for --seconds. Prints one JSON line: status
+counts, RSS before the load and peak RSS (VmHWM), the -1 request's status (null: closed before an
+answer), seconds to it and MB sent before the close, and drawings answered per second.
 """
 
 from __future__ import annotations

@@ -2,23 +2,13 @@
 
 A twin is built from the preset's own `Config` (lenet_jax.config), so when a preset changes,
 its twin follows; a field the twin cannot reproduce is refused (`check_supported`), never
-silently ignored. What "the same" means (tests/test_torch_twins.py checks each):
-
-- Model: LeNet-5 with the config's activation, pooling and dense activation. feature_norm is
-  Flax's `LayerNorm(reduction_axes=(1, 2, 3))`: over each image's (C, H, W) features with one
-  scale and offset per channel (not `nn.LayerNorm([16, 5, 5])`'s per element). Flattened in
-  PyTorch's (C, H, W) order; the first Dense layer's rows are permuted from lenet-jax's (H, W, C).
-- init 'flax': lecun_normal (truncated to +-2 std, rescaled to variance 1/fan_in), zero biases;
-  'torch': uniform +-1/sqrt(fan_in) for weights and biases (PyTorch's defaults).
-- Optimizers with optax's semantics: optax's sgd(momentum, nesterov) is torch's SGD with
-  dampening 0; optax's L2 `add_decayed_weights` is SGD/Adam's weight_decay; adamw is AdamW.
-- Schedules: optax's constant / cosine_decay / warmup_cosine_decay per step in float32, set on
-  the optimizer before each step (as `optax.inject_hyperparams`).
-- Label smoothing: `F.cross_entropy(label_smoothing=s)`. Weight average: ema += (1 - d_t)
-  (params - ema), d_t = min(decay, (1 + t) / (10 + t)), evaluated instead of the raw weights.
-- Augmentation: lenet_jax.augment's per-image affine and elastic field, bilinear resampling via
-  `grid_sample`; the random draws are torch's, from the same distributions.
-- Data: the IDX files scaled to [0, 1], a fresh shuffle per epoch, the last partial batch kept.
+silently ignored. What "the same" means, field by field (model and options, both init schemes,
+optax's optimizers, schedules in float32, label smoothing, the weight average, the affine and
+elastic distortions via `grid_sample`, the data order) is in docs/performance-notes-cold-start.md
+section 1; tests/test_torch_twins.py checks each. Two details are easy to get wrong: feature_norm
+normalises each image's (C, H, W) features with one scale and offset per channel (Flax's
+`LayerNorm(reduction_axes=(1, 2, 3))`), and the twin flattens in PyTorch's (C, H, W) order, so
+the first Dense layer's rows are permuted when weights move from lenet-jax's (H, W, C).
 
 `time_to_accuracy` is what a benchmark calls; `python -m benchmarks.torch_presets --preset fast
 --data-dir DIR` runs it once and prints one JSON line. No JAX is imported here (the config and
@@ -39,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_jax.config import PRESETS, Config
+from lenet_jax.config import AUGMENTATION_STRENGTHS, PRESETS, Config
 
 # The standard deviation of a unit normal truncated to [-2, 2] (Flax's truncated-normal correction).
 TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
@@ -53,6 +43,7 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict]] = {
     "adamw": (torch.optim.AdamW, ADAM),
 }
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
+DISTORTIONS = ("augment_translate", "augment_rotate", "augment_scale", "augment_shear", "elastic_alpha")
 
 
 class UnsupportedConfig(ValueError):
@@ -70,6 +61,9 @@ def check_supported(config: Config) -> None:
         raise UnsupportedConfig("grad_clip has no PyTorch twin yet (optax clips without an epsilon)")
     if config.schedule not in SCHEDULES:
         raise UnsupportedConfig(f"no PyTorch twin of schedule {config.schedule!r}")
+    for name in AUGMENTATION_STRENGTHS:
+        if getattr(config, name) and name not in DISTORTIONS:
+            raise UnsupportedConfig(f"{name} has no PyTorch twin yet (twins: affine and elastic distortions)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +208,6 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> Callable[[in
             return float(-peak * (f32(1) - f32(max(step, 0)) / f32(warmup)) + peak)
         return cosine(step - warmup, total - warmup)
 
-    if config.schedule not in SCHEDULES:
-        raise UnsupportedConfig(f"no PyTorch twin of schedule {config.schedule!r}")
     return {
         "constant": lambda step: float(peak),
         "cosine": lambda step: cosine(step, total),
@@ -224,9 +216,7 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> Callable[[in
 
 
 def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
-    """The config's optimizer with optax's semantics (see the module docstring); lr set per step."""
-    if config.optimizer not in OPTIMIZERS:
-        raise UnsupportedConfig(f"no PyTorch twin of optimizer {config.optimizer!r}")
+    """The config's optimizer with optax's semantics (check_supported first); lr set per step."""
     optimizer, options = OPTIMIZERS[config.optimizer]
     if "nesterov" in options:
         options = {**options, "momentum": config.momentum}
@@ -264,10 +254,7 @@ class TwinAugment:
 
     @classmethod
     def from_config(cls, config: Config) -> TwinAugment | None:
-        distortions = ("translate", "rotate", "scale", "shear")
-        if any(getattr(config, f"augment_{name}") for name in distortions) or config.elastic_alpha:
-            return cls(config)
-        return None
+        return cls(config) if any(getattr(config, name) for name in DISTORTIONS) else None
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Draws each image's transform (uniform in [-1, 1) per parameter, as jax.random.uniform)
@@ -395,17 +382,13 @@ def time_to_accuracy(
     max_epochs: int | None = None,
     on_eval: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Trains the preset's twin until the test accuracy first reaches `target`.
+    """Trains the preset's twin (or a Config's, its seed replaced) until the test accuracy first
+    reaches `target`; returns {"reached", "epoch", "step", "train_seconds", "test_accuracy", ...}.
 
-    Evaluates every steps_per_epoch // evals_per_epoch steps and at each epoch's end (as
-    `python -m benchmarks time-to-99`'s JAX side); steps_per_call > 1 evaluates only between
-    groups of that many steps (counted from each epoch's start), after the group that passes each
-    interval: where the JAX trainer's multi-step calls let it evaluate. Training seconds count
-    from the first step (PyTorch's first-step warm-up included) and exclude the evaluations.
-    preset_name may be a Config (its seed is replaced by `seed`). data: the four arrays of
-    load_idx, else they are read from data_dir. Returns {"reached", "epoch", "step",
-    "train_seconds", "test_accuracy", "first_step_seconds", ...}; on_eval(row) is called after
-    each evaluation.
+    Evaluates (then calls on_eval(row)) every steps_per_epoch // evals_per_epoch steps and at each
+    epoch's end; with steps_per_call > 1 only between groups of that many steps from each epoch's
+    start, after the group passing each interval: where the JAX trainer's calls let it evaluate.
+    Training seconds count from the first step and exclude evaluations. data: load_idx's arrays.
     """
     base = PRESETS[preset_name]() if isinstance(preset_name, str) else preset_name
     config = Config(**{**base.to_dict(), "seed": seed})

@@ -182,6 +182,8 @@ def test_unsupported_fields_are_refused(twins):
         twins.check_supported(Config(optimizer="lion"))
     with pytest.raises(twins.UnsupportedConfig, match="grad_clip"):
         twins.check_supported(Config(grad_clip=1.0))
+    with pytest.raises(twins.UnsupportedConfig, match="augment_stroke"):
+        twins.check_supported(Config(augment_stroke=1.0))
 
 
 def test_time_to_accuracy_evaluates_where_the_jax_trainer_does(twins, idx_dir):
