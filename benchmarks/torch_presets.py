@@ -69,11 +69,7 @@ def check_supported(config: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 # Model
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "relu": F.relu,
-}
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu}
 POOLS = {"avg": F.avg_pool2d, "max": F.max_pool2d}
 LAYERS = ("conv1", "conv2", "dense1", "dense2", "dense3")
 
@@ -248,9 +244,8 @@ class TwinAugment:
         self.scale, self.shear = config.augment_scale, config.augment_shear
         self.alpha, self.size = config.elastic_alpha, size
         self.gaussian = torch.from_numpy(gaussian_matrix(size, config.elastic_sigma))
-        grid = np.arange(size, dtype=np.float32)
-        ys, xs = np.meshgrid(grid, grid, indexing="ij")
-        self.ys, self.xs = torch.from_numpy(ys.ravel())[None], torch.from_numpy(xs.ravel())[None]
+        grid = torch.arange(size, dtype=torch.float32)
+        self.ys, self.xs = (axis.reshape(1, -1) for axis in torch.meshgrid(grid, grid, indexing="ij"))
 
     @classmethod
     def from_config(cls, config: Config) -> TwinAugment | None:
