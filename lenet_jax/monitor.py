@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,7 +53,8 @@ class LossMonitor:
             step = self.step - len(values) + 1 + int(bad[0])
             raise DivergedError(
                 f"the training loss became {values[bad[0]]} at step {step} (epoch {self.epoch}): "
-                "training diverged; " + self.diverged_hint
+                f"training diverged; {self.diverged_hint}. Last good checkpoint: "
+                + (f"epoch {self.epoch - 1}" if self.epoch > 1 else "none yet")
             )
         self.pending = []
         self.losses.extend(values.tolist())
@@ -60,12 +62,16 @@ class LossMonitor:
 
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (a Python bool
-    read per call costs nothing), so a stop never interrupts a call or a checkpoint write half-way.
-    A second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (`check`), so a
+    stop never interrupts a call or a checkpoint write half-way. A second signal stops at once;
+    leaving the context, that becomes the user's message too.
 
-    def __init__(self):
+    saved(): the newest epoch with a checkpoint (0: none), where a rerun resumes from.
+    """
+
+    def __init__(self, saved: Callable[[], int | None] = lambda: 0):
         self.received: int | None = None
+        self.saved = saved
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
@@ -73,45 +79,32 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = signum
 
+    def check(self, step: int, epoch: int) -> None:
+        """TrainingInterrupted if a signal came: the run stops before step + 1."""
+        if self.received is not None:
+            raise self._stopped(f"received: stopped before step {step + 1} (epoch {epoch})", epoch - 1)
+
+    def _stopped(self, what: str, saved: int) -> TrainingInterrupted:
+        signum = self.received or signal.SIGINT
+        where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
+        return TrainingInterrupted(
+            f"{signal.Signals(signum).name} {what}; rerun the same command to resume {where}",
+            exit_code=128 + signum,
+        )
+
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal() works only there
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-class Stopped(Exception):
-    """A stop signal arrived before step `step` + 1 (raised between calls)."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(signum, step)
-        self.signum, self.step = signum, step
-
-    def as_interruption(self, epoch: int, last_good_epoch: int) -> TrainingInterrupted:
-        """The user's message: where it stopped and how to resume."""
-        name = signal.Signals(self.signum).name
-        where = f"from the checkpoint of epoch {last_good_epoch}" if last_good_epoch else "from the start"
-        return TrainingInterrupted(
-            f"{name} received: stopped before step {self.step + 1} (epoch {epoch}); rerun the same "
-            f"command to resume {where}",
-            exit_code=128 + self.signum,
-        )
-
-    @staticmethod
-    def second_signal(signum: int | None, epoch: int, saved: int | None) -> TrainingInterrupted:
-        """A second SIGINT/SIGTERM while an epoch was evaluated, saved or logged."""
-        signum = signum or signal.SIGINT
-        where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
-        return TrainingInterrupted(
-            f"{signal.Signals(signum).name} received twice: stopped at once in epoch {epoch} (its "
-            f"checkpoint {'was' if saved == epoch else 'was not'} written); rerun the same command to "
-            f"resume {where}",
-            exit_code=128 + signum,
-        )
+        if isinstance(error, KeyboardInterrupt):  # a second signal: stopped wherever it was
+            saved = self.saved() or 0
+            what = f"received twice: stopped at once in epoch {saved + 1} (its checkpoint was not written)"
+            raise self._stopped(what, saved) from None
 
 
 class Progress:
