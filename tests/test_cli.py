@@ -5,7 +5,7 @@ def test_malloc_arenas_are_capped_unless_the_environment_decides(monkeypatch):
     import ctypes
     import platform
 
-    from lenet_jax import cli
+    from lenet_jax import speed
 
     calls = []
 
@@ -16,10 +16,10 @@ def test_malloc_arenas_are_capped_unless_the_environment_decides(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    cli.limit_malloc_arenas()
+    speed.limit_malloc_arenas()
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert calls == ([(-8, cli.MALLOC_ARENAS)] if glibc else [])
+    assert calls == ([(-8, speed.MALLOC_ARENAS)] if glibc else [])
     calls.clear()
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's setting wins
-    cli.limit_malloc_arenas()
+    speed.limit_malloc_arenas()
     assert calls == []
