@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import time
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -149,10 +151,8 @@ def make_trainer(
     groups = speed.eval_groups(config.speed, config.eval_batch_size)
     evaluator = Evaluator(model, config.eval_batch_size, groups)
     images, labels = (parallel.put_replicated(array, mesh) for array in (train.images, train.labels))
-    return Trainer(
-        config, model, optimizer, from_python, evaluator, key, shuffle_key, steps_per_epoch, per_call,
-        mesh, images, labels, call,
-    )  # fmt: skip
+    fields = (evaluator, key, shuffle_key, steps_per_epoch, per_call, mesh, images, labels, call)
+    return Trainer(config, model, optimizer, from_python, *fields)
 
 
 def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int, log=None, stop=None):
@@ -240,3 +240,12 @@ def train_and_evaluate(
                     guard.checkpointed(epoch)  # the old run of --restart --force can go now
                     log.log_epoch(row)
     return TrainResult(state=state, metrics=log.rows)
+
+
+def __getattr__(name: str) -> Any:
+    """lenet-jax 0.1's names here, one more version: they live in lenet_jax.workdir."""
+    if name in ("clear_run", "prepare_workdir"):
+        message = f"lenet_jax.train.{name} is deprecated: use lenet_jax.workdir.{name}"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("lenet_jax.workdir"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
