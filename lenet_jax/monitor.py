@@ -1,4 +1,4 @@
-"""What the training loop watches between its jitted calls: the losses, stop signals, progress.
+"""What the training loop watches between its jitted calls: the losses and stop signals.
 
 None of it touches the device except `LossMonitor`, which reads the losses only when a step to
 log (or the epoch's end) needs them, so the loop never waits on the device in between.
@@ -20,27 +20,39 @@ from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
 class LossMonitor:
-    """The step losses of one epoch: held on the device, read every `every` steps on the host.
+    """The step losses of one epoch: held on the device, read every `every` steps on the host
+    and printed then (`show`: with a progress bar on a terminal, plain lines otherwise).
 
     Reading them only then keeps the loop from waiting on the device, and still names the exact
-    step where the loss first became NaN or infinite.
+    step where the loss first became NaN or infinite. A context manager (the bar is closed).
     """
 
-    def __init__(self, step: int, epoch: int, every: int, diverged_hint: str):
+    def __init__(self, step: int, epoch: int, every: int, diverged_hint: str, steps: int = 0, show=False):
         self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
         self.pending: list[tuple[jax.Array, int]] = []
         self.losses: list[float] = []  # the epoch's losses read so far
+        self.show, self._bar = show, None
+        if show and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, unit="step")
 
     def add(self, losses: jax.Array, count: int) -> list[tuple[int, float]]:
-        """One call's losses (the first `count` are real steps); returns the (step, loss) pairs
-        to log now: those of the steps that are multiples of `every`."""
+        """One call's losses (the first `count` are real steps); returns (and prints) the
+        (step, loss) pairs to log now: those of the steps that are multiples of `every`."""
         self.pending.append((losses, count))
         first, self.step = self.step + 1, self.step + count
+        if self._bar is not None:
+            self._bar.update(count)
         logged = range(-(-first // self.every) * self.every, self.step + 1, self.every)
         if not logged:
             return []
         values = self.flush()  # values[-1] is the loss of step self.step
-        return [(s, float(values[len(values) - 1 - (self.step - s)])) for s in logged]
+        pairs = [(s, float(values[len(values) - 1 - (self.step - s)])) for s in logged]
+        for s, loss in pairs if self.show else ():
+            line = f"step {s}: train loss {loss:.4f}"
+            self._bar.write(line) if self._bar is not None else print(line, flush=True)
+        return pairs
 
     def flush(self) -> np.ndarray:
         """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
@@ -59,6 +71,13 @@ class LossMonitor:
         self.pending = []
         self.losses.extend(values.tolist())
         return values
+
+    def __enter__(self) -> LossMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class StopSignals:
@@ -105,35 +124,3 @@ class StopSignals:
             saved = self.saved() or 0
             what = f"received twice: stopped at once in epoch {saved + 1} (its checkpoint was not written)"
             raise self._stopped(what, saved) from None
-
-
-class Progress:
-    """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI); silent if not
-    enabled (processes other than 0, the benchmark)."""
-
-    def __init__(self, total: int, epoch: int, enabled: bool = True):
-        self._bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
-
-    def update(self, steps: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(steps)
-
-    def write(self, line: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -28,7 +28,7 @@ from lenet_jax.config import Config
 from lenet_jax.data import Split, epoch_calls, gather_batch, load_dataset
 from lenet_jax.evaluation import Evaluator, evaluate_state
 from lenet_jax.model import model_from_config
-from lenet_jax.monitor import LossMonitor, Progress, StopSignals
+from lenet_jax.monitor import LossMonitor, StopSignals
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
 from lenet_jax.provenance import provenance
 from lenet_jax.resume import start_state
@@ -162,18 +162,16 @@ def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int
     bar on a terminal); without it the epoch runs silently. stop (StopSignals) is checked
     between calls. Raises DivergedError on a non-finite loss.
     """
-    monitor = LossMonitor(step, epoch, trainer.config.log_every, trainer.diverged_hint())
+    every, hint, show = trainer.config.log_every, trainer.diverged_hint(), log is not None
     start = time.perf_counter()
-    with Progress(trainer.steps_per_epoch, epoch, enabled=log is not None) as progress:
+    with LossMonitor(step, epoch, every, hint, trainer.steps_per_epoch, show) as monitor:
         for indices, count in trainer.epoch_calls(epoch):
             if stop is not None:
                 stop.check(monitor.step, epoch)  # between calls, never inside one
             state, losses = trainer.train_call(state, indices, count)  # `count` steps on the device
-            progress.update(count)
-            for logged_step, loss in monitor.add(losses, count):
-                progress.write(f"step {logged_step}: train loss {loss:.4f}")
-                if log is not None:
-                    log(logged_step, loss)
+            logged = monitor.add(losses, count)  # read from the device only when a step is logged
+            for logged_step, loss in logged if show else ():
+                log(logged_step, loss)
         monitor.flush()
         jax.block_until_ready(state)
     return state, monitor.losses, time.perf_counter() - start
