@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Load check of the draw-a-digit server: its peak memory under concurrent large images, and how
-fast it refuses a body it will not read.
+"""Load check of the draw-a-digit server: its peak memory under concurrent large images, how
+fast it refuses a body it will not read, and how many drawn digits it answers per second.
 
     python benchmarks/serve_load.py --workdir checkpoints/recipe [--concurrent 8] [--side 4096]
 
-Starts `scripts/serve.py` as a user would (a subprocess), warms it up with one small drawing,
-then sends --concurrent POSTs of a side x side RGBA PNG of a digit at once (a few tens of KB
-each, side**2 pixels decoded), and then one POST declaring `Content-Length: -1` followed by a
-600 MB body streamed as fast as the server takes it. Prints one JSON line: the answers' status
-counts, the server's RSS before the load and its peak RSS (VmHWM: the whole run), and for the
-Content-Length: -1 request its status, seconds to the answer and how much of the body the
-server took before closing.
+Starts `scripts/serve.py` as a user would (a subprocess; --serve-script: another version's),
+warms it up with one small drawing, then sends --concurrent POSTs of a side x side RGBA PNG of a
+digit at once (a few tens of KB each, side**2 pixels decoded), then one POST declaring
+`Content-Length: -1` followed by a 600 MB body streamed as fast as the server takes it, then
+280x280 drawings (what the page sends) from --clients clients, a new connection each, for
+--seconds. Prints one JSON line: the answers' status counts, the server's RSS before the load
+and its peak RSS (VmHWM: the whole run), for the Content-Length: -1 request its status (null:
+the connection closed or reset before an answer was read), seconds to the answer and how much of
+the body was sent before the server closed, and the drawings answered per second.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def digit_png(side: int) -> bytes:
 
 def post(port: int, body: bytes, timeout: float = 300) -> int:
     head = (
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+        "POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         connection.sendall(head.encode() + body)
@@ -95,6 +98,23 @@ def minus_one_length(port: int, body_bytes: int) -> dict:
     }
 
 
+def requests_per_second(port: int, body: bytes, clients: int, seconds: float) -> float:
+    """Drawings answered 200 per second by `clients` clients sending them one after another."""
+    answered, end = [0] * clients, time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        while time.monotonic() < end:
+            answered[i] += post(port, body) == 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return round(sum(answered) / (time.monotonic() - start), 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,10 +123,13 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--side", type=int, default=4096)
     parser.add_argument("--body-mb", type=int, default=600, help="body sent with Content-Length: -1")
+    parser.add_argument("--clients", type=int, default=4, help="clients sending drawings at once")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long they send them")
+    parser.add_argument("--serve-script", default=str(REPO_ROOT / "scripts" / "serve.py"))
     args = parser.parse_args()
     command = [
         sys.executable,
-        str(REPO_ROOT / "scripts" / "serve.py"),
+        args.serve_script,
         "--workdir",
         args.workdir,
         "--port",
@@ -138,6 +161,7 @@ def main() -> int:
         seconds = time.monotonic() - start
         peak = rss_mb(server.pid, "VmHWM")
         refused = minus_one_length(port, args.body_mb << 20)
+        drawings_per_s = requests_per_second(port, digit_png(280), args.clients, args.seconds)
         result = {
             "benchmark": "serve_load",
             "concurrent": args.concurrent,
@@ -147,6 +171,8 @@ def main() -> int:
             "rss_before_mb": round(rss_before, 1),
             "peak_rss_mb": round(peak, 1),
             "content_length_minus_1": refused,
+            "drawings_per_s": drawings_per_s,
+            "clients": args.clients,
             "rss_after_mb": round(rss_mb(server.pid, "VmRSS"), 1),
             "peak_rss_after_mb": round(rss_mb(server.pid, "VmHWM"), 1),
         }

@@ -3,15 +3,16 @@
     python scripts/convert.py from-torch model/net_20.pth --workdir checkpoints/tutorial
     python scripts/convert.py to-torch --workdir checkpoints/recipe --out lenet.safetensors
 
-from-torch: a file the tutorial wrote (`torch.save(net, ...)`, the whole MyLeNet pickled), a
-state_dict of the same network, or a .safetensors file becomes a checkpoint of the recipe's
-model in WORKDIR, which evaluate.py, predict.py and serve.py read like their own. The pickle is
-read without PyTorch and without running it: a file naming anything a LeNet checkpoint does
-not need is refused. The epoch defaults to the number ending the file name (net_20.pth: 20).
+from-torch: a file the tutorial wrote (`torch.save(net, ...)`, the whole MyLeNet pickled), its
+state_dict (keys model.1.weight ... model.10.bias), or a .safetensors file becomes a checkpoint
+of the recipe's model in WORKDIR, which evaluate.py, predict.py and serve.py read like their
+own. The pickle is read without PyTorch and without running it: a file naming anything those
+files do not need is refused. The epoch (and step) default to those a to-torch .safetensors
+file records, else to the number ending the file name (net_20.pth: 20, step 20 x 938).
 
-to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict, keys
-model.1.weight ... model.10.bias: .safetensors (no PyTorch needed), or .pt / .pth (torch.save;
-needs PyTorch). In PyTorch: `MyLeNet().load_state_dict(safetensors.torch.load_file(FILE))`.
+to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict:
+.safetensors (no PyTorch needed; its metadata records the epoch and step), or .pt / .pth
+(torch.save; needs PyTorch). In PyTorch: `MyLeNet().load_state_dict(safetensors.torch.load_file(FILE))`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def main(argv: list[str]) -> int:
     importing.add_argument(
         "--epoch",
         type=int,
-        help="the epoch to store it as (default: the number ending the file name, else 1)",
+        help="the epoch to store it as, 0 to 2289428 (default: the file's own, else the number ending"
+        " its name, else 1)",
     )
     exporting = commands.add_parser("to-torch", help="a checkpoint -> a PyTorch state_dict file")
     exporting.add_argument("--workdir", required=True, help="the training run's workdir")

@@ -6,24 +6,30 @@ Other clients POST an image to /predict (raw, or as a form upload) and get JSON:
 
     curl -F file=@digit.png http://127.0.0.1:8000/predict
 
-The server has bounds (body size, decoded pixels, images processed at once, connections, idle
-time: see lenet_jax/serve.py); a refused request gets {"error": "..."} with its HTTP status.
+The app is lenet_jax/serve.py's Starlette app under uvicorn, with bounds (body size, decoded
+pixels, images processed at once, connections, time to send headers and body: docs/serving.md);
+a refused request gets {"error": "..."} with its HTTP status.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import signal
 import socket
 import sys
 
 from lenet_jax import cli
 from lenet_jax.predict import load_predictor, quiet_pil_warnings
-from lenet_jax.serve import MAX_PREDICTIONS, make_server
+from lenet_jax.serve import MAX_PREDICTIONS, create_app, uvicorn_server
 
 
 def listen_error(host: str, port: int, error: OSError) -> str:
     """Why the server cannot listen, naming the flag to change."""
     reason = error.strerror or str(error)
+    if error.errno and not isinstance(error, socket.gaierror):  # without create_server's addition
+        reason = os.strerror(error.errno)
     if isinstance(error, socket.gaierror):
         return f"cannot resolve --host {host} ({reason}): give an address such as 127.0.0.1 or 0.0.0.0"
     if error.errno == errno.EADDRNOTAVAIL:
@@ -61,24 +67,24 @@ def main(argv: list[str]) -> int:
     cli.quiet_library_logs()
     cli.enable_compilation_cache()
     quiet_pil_warnings()
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed form is the client's 400
     predictor = load_predictor(args.workdir, args.epoch)
+    app = create_app(predictor=predictor, max_predictions=args.max_predictions, debug=args.debug)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     try:
-        server = make_server(
-            predictor, args.host, args.port, max_predictions=args.max_predictions, debug=args.debug
-        )
+        listener = socket.create_server((args.host, args.port), family=family)
     except OSError as e:
         raise cli.ConfigError(listen_error(args.host, args.port, e)) from e
-    with server:
-        print(
-            f"Serving epoch {predictor.epoch} of {args.workdir} at "
-            f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.server_port}/ "
-            "(Ctrl-C stops)",
-            flush=True,
-        )
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("Stopped.", flush=True)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    port = listener.getsockname()[1]
+    print(
+        f"Serving epoch {predictor.epoch} of {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)",
+        flush=True,
+    )
+    # uvicorn stops on SIGINT or SIGTERM, then raises it again: the default action ends the
+    # process (a shell says 130 or 143) without JAX's teardown at exit (over a second here).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    uvicorn_server(app, log_level="info" if args.debug else "warning").run(sockets=[listener])
     return 0
 
 
