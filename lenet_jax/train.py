@@ -93,6 +93,16 @@ class Trainer:
         config = self.config.to_record(self.from_python)
         return {"config": config, "optimizer_source": source, "provenance": provenance()}
 
+    @property
+    def program(self) -> Trainer:
+        """0.2's `trainer.program`, one more version: the trainer itself (`epoch_calls`, calls)."""
+        message = "Trainer.program is deprecated: use trainer.epoch_calls and trainer.train_call"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return self
+
+    def __call__(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
+        return self.train_call(state, indices, count)  # 0.2's program(state, indices, count)
+
     def diverged_hint(self) -> str:
         if self.from_python:
             return "lower the learning rate of the optimizer passed to train_and_evaluate"

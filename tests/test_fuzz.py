@@ -845,7 +845,7 @@ FAULT_CASES = {
             mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
         ),
         4,
-        "no checkpoint was changed",
+        "the checkpoint of epoch 2 is intact and the run resumes from it",
     ),
 }
 
@@ -906,7 +906,7 @@ TFDS_CACHE_DAMAGE = {
     "unreadable even prepared anew": (
         lambda d, mp: mp.setattr(
             "lenet_jax.data._split_arrays",
-            lambda builder, split: (_ for _ in ()).throw(
+            lambda builder, split, *options: (_ for _ in ()).throw(
                 RuntimeError("ArrayRecord file should be at least 64KB big")
             ),
         ),

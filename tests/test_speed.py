@@ -60,6 +60,10 @@ def test_epoch_calls_cover_the_epoch_once_with_a_padded_last_call():
     trainer = make_trainer(TINY, random_split(80, 0), steps_per_call=2)  # 5 steps per epoch
     calls = list(trainer.epoch_calls(1))
     assert [count for _, count in calls] == [2, 2, 1]
+    with pytest.warns(DeprecationWarning, match="Trainer.program is deprecated"):  # 0.2's name
+        assert [count for _, count in trainer.program.epoch_calls(1)] == [2, 2, 1]
+    with pytest.warns(DeprecationWarning, match="use lenet_jax.workdir.clear_run"):
+        from lenet_jax.train import clear_run  # noqa: F401 - 0.1's name
     rows = np.concatenate([np.asarray(indices) for indices, _ in calls])
     assert rows.shape == (6, 16) and (rows[5] == -1).all()  # one skipped padding step
     np.testing.assert_array_equal(np.sort(rows[:5].ravel()), np.arange(80))
