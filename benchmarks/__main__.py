@@ -26,6 +26,8 @@ ratios from one run, not seconds across runs or machines.
   ends are reported apart (jax.monitoring's compile events), and so is the race's make-up: each
   side's running speed (ms per step after lenet-jax's first call, after the twin's first step)
   and what starting costs lenet-jax (its first call less those steps at its running speed).
+  `--list-programs`: a line per program lenet-jax compiles (its trace, lower and compile seconds,
+  and whether before the first call ended); with --warm-cache, compile is the read from disk.
 - augmentation-cost: epochs of a preset (default best) with and without its distortions.
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -196,14 +199,25 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (`running` set): set-up, init and the training call."""
+    training program's first call has run (`running` set: set-up, init and the training call),
+    and every program the run makes, by name (`programs`: for --list-programs)."""
 
     def __init__(self):
-        self.running, self.seconds = False, dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+        self.running, self.seconds, self.programs = False, self._zero(), {}
 
-    def __call__(self, event: str, duration: float, **_) -> None:
-        if event in COMPILE_EVENTS and not self.running:
+    @staticmethod
+    def _zero() -> dict[str, float]:
+        return dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+
+    def __call__(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
+        if event not in COMPILE_EVENTS:
+            return
+        running = self.running
+        if not running:
             self.seconds[COMPILE_EVENTS[event]] += duration
+        name = re.sub(r"^jit\((.*)\)$|^jit_(.*)$", r"\1\2", fun_name)  # lowering says jit(<function>)
+        row = self.programs.setdefault(name, {"before_first_call": not running, **self._zero()})
+        row[COMPILE_EVENTS[event]] = round(row[COMPILE_EVENTS[event]] + duration, 3)
 
     def __enter__(self):
         jax.monitoring.register_event_duration_secs_listener(self)
@@ -224,6 +238,7 @@ def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int,
         **row,
         "first_call_seconds": round(first_call_seconds, 3),
         "first_call_compilation_seconds": {k: round(v, 3) for k, v in compilation.seconds.items()},
+        "programs": [{"program": name, **stages} for name, stages in compilation.programs.items()],
         "steps_per_call": trainer.steps_per_call,
         "ms_per_step": ms_per_step(row, first_call_seconds, trainer.steps_per_call),
     }
@@ -304,6 +319,9 @@ def time_to_99(args: argparse.Namespace) -> None:
         config = preset.replace(seed=seed)
         jax.clear_caches()  # every seed compiles from scratch (or reads the disk cache: --warm-cache)
         jax_row = jax_time_to_accuracy(config, dataset, args.evals_per_epoch, args.target)
+        programs = jax_row.pop("programs")
+        for program in programs if args.list_programs else []:
+            emit({"impl": "lenet-jax", "seed": seed, **program})
         results["lenet-jax"].append(jax_row)
         emit({"impl": "lenet-jax", "seed": seed, "result": jax_row})
         for threads in args.torch_threads if torch_ok else []:
@@ -464,6 +482,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--warm-cache", action="store_true", help="read compiled programs from a warm disk cache"
     )
     run.add_argument("--no-torch", action="store_true", help="time lenet-jax only")
+    run.add_argument(
+        "--list-programs", action="store_true", help="a line per program compiled: name, seconds per stage"
+    )
     run = commands.add_parser(
         "augmentation-cost", parents=[common], help="a preset with and without distortions"
     )

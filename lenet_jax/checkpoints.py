@@ -32,6 +32,7 @@ from lenet_jax.config import Config
 from lenet_jax.errors import CheckpointError, ConfigError
 from lenet_jax.library_logs import helper_threads_quiet_on_failure, quiet
 from lenet_jax.model import init_params, model_from_config
+from lenet_jax.small_files import FileRefused, check_small_file
 from lenet_jax.steps import TrainState
 from lenet_jax.workdir import CHECKPOINT_SUBDIR
 
@@ -41,6 +42,9 @@ ITEMS = ("params", "train_state", "meta", EMA_ITEM)
 # 3: `speed` in the config, instead of conv_impl and steps_per_call (0.3.0).
 FORMAT_VERSION = 3
 LEGACY_CUSTOM_OPTIMIZER = "custom (passed from Python)"  # version 1's optimizer_source
+# The JSON files orbax reads whole: of a checkpoint, and of each of its items (`meta`'s is the meta).
+CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
+ITEM_JSON_FILES = ("metadata", "_METADATA", "_sharding")
 # Room left beyond twice the arrays' bytes before a save is attempted (metadata, JSON files).
 SAVE_MARGIN = 2**20
 
@@ -87,6 +91,7 @@ class Checkpoints:
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: pass the --workdir of a training run")
+        self._check_step_metadata()
         with quiet():  # orbax warns about read_only=True, which is what is asked for
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
@@ -99,6 +104,22 @@ class Checkpoints:
                 cleanup_tmp_directories=not read_only,
             )
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def _check_step_metadata(self) -> None:
+        """CheckpointError naming the epoch whose step metadata orbax would read whole when it
+        lists the epochs (a link to /dev/zero, a 4 GiB file): before orbax reads any."""
+        folders = self.directory.iterdir() if self.directory.is_dir() else []
+        for folder in sorted(f for f in folders if f.name.isdigit() and f.is_dir()):
+            try:
+                check_small_file(folder / CHECKPOINT_METADATA)
+            except FileNotFoundError:
+                pass
+            except (OSError, FileRefused) as e:
+                reason = str(e).removeprefix(str(folder / CHECKPOINT_METADATA)).strip()
+                raise CheckpointError(
+                    f"the checkpoint of epoch {folder.name} is damaged (its {CHECKPOINT_METADATA} {reason}): "
+                    f"move {folder} out of {self.directory} to use the other epochs"
+                ) from None
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -211,8 +232,23 @@ class Checkpoints:
                 "optimizer or version; use the settings it was made with (its config.json)"
             )
 
+    def _check_small_files(self, epoch: int, items) -> None:
+        """A damaged checkpoint error if one of the JSON files orbax reads whole (metadata,
+        the meta) is not a regular file or is larger than any a run writes."""
+        folder = self.directory / str(epoch)
+        names = [CHECKPOINT_METADATA] + [f"{item}/{name}" for item in items for name in ITEM_JSON_FILES]
+        for name in names:
+            try:
+                check_small_file(folder / name)
+            except FileNotFoundError:
+                pass  # orbax says what is missing
+            except (OSError, FileRefused) as e:
+                reason = str(e).removeprefix(str(folder / name)).strip()
+                raise self._damaged(epoch, ValueError(f"its {name} {reason}")) from None
+
     def _restore(self, epoch: int, **items: ocp.args.CheckpointArgs) -> Any:
         self._check_epoch(epoch)
+        self._check_small_files(epoch, items)
         for item, args in items.items():
             if isinstance(args, ocp.args.StandardRestore):
                 self._check_fits(epoch, item, args.item)

@@ -9,11 +9,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lenet_jax.config import DEFAULT_PRESET, PRESETS, Config, field_types, get_preset
-from lenet_jax.errors import ConfigError, LenetError, TrainingInterrupted, storage_error, storage_fault
+from lenet_jax.errors import (
+    ConfigError,
+    LenetError,
+    TrainingInterrupted,
+    device_memory_asked,
+    out_of_memory_names,
+    storage_error,
+    storage_fault,
+)
 from lenet_jax.speed import (  # noqa: F401 - the scripts' names for them (0.2)
     CACHE_DIR_ENV,
     enable_compilation_cache,
@@ -103,6 +113,11 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
             if fault is None:
                 raise
             raise storage_error(fault, "the command stopped there") from e
+        except Exception as e:  # noqa: BLE001 - a device out of memory that no caller named
+            if device_memory_asked(e) is None:
+                raise
+            with out_of_memory_names("--batch-size or --eval-batch-size"):
+                raise
     except LenetError as e:
         if "--debug" in argv:
             raise
@@ -129,10 +144,24 @@ def run_summary(workdir, rows: list[dict]) -> str:
     return (
         f"Done: test accuracy {final['test_accuracy']:.4f} after epoch {final['epoch']} "
         f"(best {best['test_accuracy']:.4f}, epoch {best['epoch']}); checkpoints in {workdir}/checkpoints\n"
-        f"  evaluate: python scripts/evaluate.py --workdir {workdir}\n"
-        f"  predict:  python scripts/predict.py --workdir {workdir} IMAGE...\n"
-        f"  serve:    python scripts/serve.py --workdir {workdir}"
+        f"  evaluate: {command('evaluate')} --workdir {workdir}\n"
+        f"  predict:  {command('predict')} --workdir {workdir} IMAGE...\n"
+        f"  serve:    {command('serve')} --workdir {workdir}"
     )
+
+
+def command(name: str) -> str:
+    """How to run another script as printed in a hint, so that it works pasted into a shell
+    without the venv active: this interpreter and scripts/NAME.py (paths relative to the
+    current folder when inside it), or the installed lenet-NAME command when there is no
+    scripts/ folder (an installed package)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    if not script.is_file():
+        return f"lenet-{name}"
+    here = Path.cwd()
+    paths = [Path(sys.executable), script]
+    shown = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in paths]
+    return shlex.join(shown)
 
 
 def quiet_library_logs() -> None:

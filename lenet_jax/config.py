@@ -29,6 +29,9 @@ INITS = INIT_SCHEMES  # 0.2's name
 REMOVED_FIELDS = ("conv_impl", "steps_per_call")
 # The fields that only build the optimizer: meaningless for a run given an optax optimizer.
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "grad_clip")
+# Beyond the runs anyone makes; keeps the step counter (int32) and metrics.jsonl bounded.
+MAX_EPOCHS = 10_000
+FLOAT32_MAX = 3.4028234663852886e38  # the device computes in float32: larger values overflow to inf
 FROM_PYTHON = "python"  # the `optimizer` recorded for a run given its optimizer from Python
 # The Config fields that switch augmentation on (all 0: none).
 AUGMENTATION_STRENGTHS = (
@@ -55,7 +58,7 @@ class Config:
 
     Run: `python scripts/train.py` (same as `--preset recipe`).
     Expected: the loss sits near 2.30 for the first ~1,300 steps (sigmoid + PyTorch init), then
-    falls; test accuracy ~98% after 20 epochs (see README, Results).
+    falls; test accuracy ~98% after 20 epochs (README, "Presets and results").
     """
 
     # Model.
@@ -213,11 +216,14 @@ def validate(config: Config) -> Config:
         need(value is None or isinstance(value, kind) or number, field.name, f"must be a {kind.__name__}")
         finite = kind is not float or value is None or math.isfinite(value)
         need(finite, field.name, "must be a finite number")
+        small = kind is not float or value is None or abs(value) <= FLOAT32_MAX
+        need(small, field.name, f"must be at most {FLOAT32_MAX:.3g} (a float32)")
     need(-(2**63) <= config.seed < 2**63, "seed", "must fit in 64 bits")
     for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         need(getattr(config, name) >= 1, name, "must be at least 1")
     for name in ("train_size", "keep"):
         need(getattr(config, name) is None or getattr(config, name) >= 1, name, "must be at least 1")
+    need(config.epochs <= MAX_EPOCHS, "epochs", f"must be at most {MAX_EPOCHS:,}")
     need(config.lr > 0, "lr", "must be greater than 0")
     need(config.grad_clip is None or config.grad_clip > 0, "grad_clip", "must be greater than 0")
     for name in ("momentum", "label_smoothing", "ema_decay"):
@@ -258,7 +264,7 @@ def fast() -> Config:
     evaluated. It serves the time-to-99% benchmark, so it was tuned on test accuracy; how it was
     chosen and what else was tried: docs/results.md.
     Run: `python scripts/train.py --preset fast` (or `scripts/benchmark.py time-to-99`)
-    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, Results).
+    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, "Presets and results").
     """
     return Config(
         activation="relu",
@@ -287,7 +293,7 @@ def best() -> Config:
     distortions on the device (Simard et al. 2003), 80 epochs. Chosen on a 5,000-image
     validation split, never on the test set (the validation figures: docs/results.md).
     Run: `python scripts/train.py --preset best`
-    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, Results).
+    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, "Presets and results").
     """
     return Config(
         activation="relu",

@@ -13,6 +13,7 @@ step sees one shape only, so it compiles once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -26,9 +27,11 @@ import numpy as np
 from lenet_jax import parallel
 from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
 from lenet_jax.library_logs import quiet
+from lenet_jax.small_files import check_small_file
 
 DATA_DIR_ENV = "LENET_DATA_DIR"
 PADDING_INDEX = -1
+MAX_ARRAYS_CACHE_BYTES = 2**28  # MNIST's training arrays are 47 MB
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, see Evaluator
@@ -122,6 +125,7 @@ def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
     if use_cache and cache.is_file():
         try:
+            check_small_file(cache, MAX_ARRAYS_CACHE_BYTES)
             with np.load(cache) as arrays:
                 return Split(np.asarray(arrays["images"]), np.asarray(arrays["labels"]))
         except Exception:  # noqa: BLE001 - BadZipFile, KeyError, ValueError...: decode again
@@ -197,6 +201,7 @@ def _prepared(config, array_cache: bool = True):
     for attempt in (1, 2):
         builder, preparing = None, False
         try:
+            _check_cache_json(mnist_idx.cache_dir(config))
             builder = _builder(config)  # reads the cache's dataset_info.json, if any
             if not builder.is_prepared():
                 preparing = True
@@ -233,6 +238,14 @@ def _prepared(config, array_cache: bool = True):
                     "folder"
                 ) from e
     raise AssertionError("unreachable")
+
+
+def _check_cache_json(cache: Path) -> None:
+    """FileRefused (read as a damaged cache) if a JSON file tfds reads whole is not a regular
+    file or is larger than tfds writes (lenet_jax.small_files)."""
+    for name in ("dataset_info.json", "features.json"):
+        with contextlib.suppress(FileNotFoundError):
+            check_small_file(cache / name)
 
 
 def _prepare(builder, config) -> None:

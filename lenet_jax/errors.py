@@ -8,14 +8,17 @@ Everything else is a bug and keeps its traceback.
 Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged;
 4 the machine refused a read or write (disk full, permission denied, read-only file system):
 nothing in the input is wrong, and rerunning the same command once it is fixed resumes;
-128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+5 the device ran out of memory (a batch too large for it); 128 + N stopped by signal N
+(130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 
 class LenetError(Exception):
@@ -56,6 +59,37 @@ class StorageError(LenetError):
     """The file system refused a write (or read): disk full, permission denied, read-only."""
 
     exit_code = 4
+
+
+class DeviceMemoryError(LenetError):
+    """The accelerator (or XLA:CPU) could not allocate what a jitted call needed."""
+
+    exit_code = 5
+
+
+def device_memory_asked(error: BaseException) -> str | None:
+    """"32.4 GB" (or "memory") if `error` is XLA's RESOURCE_EXHAUSTED out of memory; None for
+    anything else, a full disk (tensorstore's RESOURCE_EXHAUSTED) included."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
+        return None
+    asked = re.search(r"(\d+) bytes", text)
+    return f"{int(asked.group(1)) / 1e9:.1f} GB" if asked else "memory"
+
+
+@contextlib.contextmanager
+def out_of_memory_names(flag: str) -> Iterator[None]:
+    """Turns a device out-of-memory error inside the block into DeviceMemoryError (one line
+    naming `flag`, the setting to lower); the checkpoints already written stay as they were."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through
+        asked = device_memory_asked(e)
+        if asked is None:
+            raise
+        raise DeviceMemoryError(
+            f"the device ran out of memory (asked for {asked}): lower {flag}; what was saved is intact"
+        ) from e
 
 
 class TrainingInterrupted(LenetError):

@@ -19,6 +19,7 @@ import numpy as np
 from lenet_jax import parallel
 from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
 from lenet_jax.data import PADDING_INDEX, Dataset, Split, gather_batch, load_dataset, sequential_order
+from lenet_jax.errors import out_of_memory_names
 from lenet_jax.model import model_from_config
 from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
 from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
@@ -66,14 +67,19 @@ class Evaluator:
     def evaluate(self, params: Any, split: Split) -> dict[str, float]:
         """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count."""
         start = time.perf_counter()
-        images, labels = self._on_device(split)
-        order = sequential_order(len(split), self.batch_size)  # (batches, batch_size)
+        # A batch larger than the split is the split in one batch (the same numbers): the
+        # padding would only cost memory (--eval-batch-size 1000000: 32 GB).
+        devices = self.mesh.devices.size
+        batch = min(self.batch_size, -(-len(split) // devices) * devices)
+        order = sequential_order(len(split), batch)  # (batches, batch)
         padding = -len(order) % self.groups  # whole groups: pad with all-padding batches
-        order = np.concatenate([order, np.full((padding, self.batch_size), PADDING_INDEX, np.int32)])
-        calls = order if self.groups == 1 else order.reshape(-1, self.groups, self.batch_size)
-        # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
-        results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
-        results = parallel.host_value(results)
+        order = np.concatenate([order, np.full((padding, batch), PADDING_INDEX, np.int32)])
+        calls = order if self.groups == 1 else order.reshape(-1, self.groups, batch)
+        with out_of_memory_names(f"--eval-batch-size (now {self.batch_size})"):
+            images, labels = self._on_device(split)
+            # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
+            results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
+            results = parallel.host_value(results)
         counts = np.concatenate([np.ravel(r["count"]) for r in results])
         real = counts > 0  # all-padding batches are not batches
         losses = np.concatenate([np.ravel(r["loss"]) for r in results]).astype(np.float64)[real]

@@ -2,10 +2,10 @@
 
 `write_report(workdirs, out_dir, ...)` writes:
 - `curves.png`: train loss, test total loss and test accuracy per epoch, one line per workdir;
-- `confusion.png`: the 10x10 confusion matrix of the test set, with counts;
+- `confusion.png`: the 10x10 confusion matrix of the test set, with counts (log colour scale);
 - `mistakes.png`: the most confidently misclassified test digits, true and predicted labels;
 - `per_class.png` and `per_class.json`: precision and recall of each digit;
-- `filters.png`: the first convolution's 6 filters.
+- `filters.png`: the first convolution's 6 filters, with their colour scale.
 The model-based figures use the first workdir's checkpoint (newest, or `epoch`).
 """
 
@@ -20,7 +20,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.colors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet_jax.data import load_dataset  # noqa: E402
@@ -60,9 +62,13 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         epochs = [row["epoch"] for row in rows]
         for ax, key in zip(axes, ("train_loss", "test_total_loss", "test_accuracy"), strict=True):
             ax.plot(epochs, [row[key] for row in rows], marker="o", label=name)
-    for ax, title in zip(axes, ("train loss (epoch mean)", "test total loss", "test accuracy"), strict=True):
+    titles = ("train loss (epoch mean)", "test total loss", "test accuracy")
+    ylabels = ("mean cross-entropy per batch", "sum of per-batch mean losses", "fraction correct")
+    for ax, title, ylabel in zip(axes, titles, ylabels, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
         ax.grid(alpha=0.3)
     axes[2].legend()
     fig.tight_layout()
@@ -72,7 +78,9 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(np.log1p(matrix), cmap="Blues")
+    # Log colours: the diagonal's ~1,000s would otherwise wash out the few mistakes.
+    shown = ax.imshow(matrix + 1, cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=1))
+    fig.colorbar(shown, ax=ax, label="count + 1 (log scale)")
     threshold = np.log1p(matrix).max() / 2
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if np.log1p(count) > threshold else "black"
@@ -124,11 +132,12 @@ def plot_filters(kernel: np.ndarray, path: Path) -> None:
     fig, axes = plt.subplots(1, filters.shape[-1], figsize=(2 * filters.shape[-1], 2.3))
     limit = np.abs(filters).max()
     for i, ax in enumerate(np.ravel(axes)):
-        ax.imshow(filters[..., i], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        shown = ax.imshow(filters[..., i], cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(f"filter {i}")
         ax.axis("off")
     fig.suptitle("conv1 filters (red +, blue -)")
     fig.tight_layout()
+    fig.colorbar(shown, ax=list(np.ravel(axes)), label="weight", shrink=0.8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

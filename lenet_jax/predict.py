@@ -297,7 +297,9 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
             found.problems.append((str(item), f"{reason}: give image files or a directory of them"))
             continue
         except OSError as e:
-            found.problems.append((str(item), f"cannot use it ({e.strerror or one_line(e)})"))
+            reason = e.strerror or one_line(e)  # a symlink loop, a denied folder on the way
+            fix = "give image files or a directory of them"
+            found.problems.append((str(item), f"cannot use it ({reason}): {fix}"))
             continue
         kind = file_kind(mode)
         if kind is None:

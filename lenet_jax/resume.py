@@ -58,7 +58,11 @@ def start_state(
     # The older ones only for their metrics rows: a damaged one blocks nothing.
     metas = {**checkpoints.readable_metas(epochs[:-1], note=say), epochs[-1]: newest}
     if epochs[-1] >= trainer.config.epochs:
-        say(f"Already complete: {trainer.config.epochs} epochs trained (raise --epochs to train more)")
+        done = trainer.config.epochs
+        say(
+            f"Already complete: {done} epoch{'s' if done != 1 else ''} trained (to train more, raise "
+            "epochs: --epochs N, or epochs=N in Python)"
+        )
     else:
         say(f"Resuming from the checkpoint of epoch {epochs[-1]} (step {newest['step']})")
     if trainer.from_python:

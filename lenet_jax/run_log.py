@@ -25,6 +25,7 @@ from lenet_jax.workdir import (
     read_config,
     read_metrics,
     salvage_logs,
+    scan_metrics,
     write_config,
 )
 
@@ -184,7 +185,8 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
     note(line) is told when rows were rebuilt from the checkpoints. LenetError if there are
     neither rows nor checkpoints.
     """
-    rows = {row["epoch"]: row for row in read_metrics(workdir)}
+    rows, problem = scan_metrics(Path(workdir) / METRICS_FILE)
+    rows = {row["epoch"]: row for row in rows}
     rebuilt = []
     for epoch, meta in _checkpoint_metas(workdir).items():
         if epoch not in rows and is_row(meta.get("metrics")):
@@ -196,8 +198,9 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
             "workdir of a training run"
         )
     if rebuilt and note is not None:
+        why = f"{problem}: it " if problem else ""
         note(
-            f"note: {Path(workdir) / METRICS_FILE} lacks epoch(s) {', '.join(map(str, rebuilt))}; "
+            f"note: {Path(workdir) / METRICS_FILE} {why}lacks epoch(s) {', '.join(map(str, rebuilt))}; "
             "read them from the checkpoints"
         )
     return [rows[epoch] for epoch in sorted(rows)]

@@ -346,7 +346,7 @@ def import_torch_checkpoint(
     from lenet_jax.checkpoints import Checkpoints
     from lenet_jax.config import Config
     from lenet_jax.provenance import provenance
-    from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, write_config
+    from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, workdir_lock, write_config
 
     path = Path(path).expanduser().resolve()
     weights = read_torch_weights(path)
@@ -363,10 +363,12 @@ def import_torch_checkpoint(
               "contents": weights.contents}  # fmt: skip
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
     meta = {"epoch": epoch, "step": step, **record, "dataset": IMPORTED_DATASET}
-    with Checkpoints(workdir) as checkpoints:
-        checkpoints.save(epoch, state, {**meta, "metrics": {}, "source": source, "provenance": provenance()})
-    if not (workdir / CONFIG_FILE).is_file():
-        write_config(workdir, {**record, "source": source})
+    meta = {**meta, "metrics": {}, "source": source, "provenance": provenance()}
+    with workdir_lock(workdir):  # never into a run that is training there
+        with Checkpoints(workdir) as checkpoints:
+            checkpoints.save(epoch, state, meta)
+        if not (workdir / CONFIG_FILE).is_file():
+            write_config(workdir, {**record, "source": source})
     return ImportResult(workdir=workdir, epoch=epoch, step=step, source=source)
 
 

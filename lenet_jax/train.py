@@ -21,8 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from lenet_jax import parallel, speed, steps
-from lenet_jax.augment import augmentation_from_config, make_augment
+from lenet_jax import augment, errors, parallel, speed, steps
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import Split, epoch_calls, gather_batch, load_dataset
@@ -33,7 +32,7 @@ from lenet_jax.optimizers import build_optimizer, current_learning_rate
 from lenet_jax.provenance import provenance
 from lenet_jax.resume import start_state
 from lenet_jax.run_log import RunLog, format_epoch
-from lenet_jax.workdir import RunGuard
+from lenet_jax.workdir import RunGuard, workdir_lock
 
 
 @dataclasses.dataclass
@@ -82,7 +81,8 @@ class Trainer:
 
     def train_call(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
         """Trains on the first `count` batches of `indices`; the losses stay on the device."""
-        return self.call(state, self.images, self.labels, indices, np.int32(count))
+        with errors.out_of_memory_names(f"--batch-size (now {self.config.batch_size})"):
+            return self.call(state, self.images, self.labels, indices, np.int32(count))
 
     @functools.cached_property  # once a run: a Python optimizer's costs an eval_shape of init
     def record(self) -> dict[str, Any]:
@@ -142,19 +142,23 @@ def make_trainer(
     steps_per_call: training steps per jitted call with speed "auto" (None: the backend's)."""
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
+    if config.batch_size > len(train):  # one padded batch: memory for nothing
+        size, wanted = len(train), config.batch_size
+        message = f"batch_size {wanted} is larger than the {size:,} training images: use {size} or less"
+        raise errors.ConfigError(message, field="batch_size")
     steps_per_epoch = -(-len(train) // config.batch_size)
     model = model_from_config(config, speed.conv_block(config.speed))
     from_python = optimizer is not None
     if optimizer is None:
         optimizer = build_optimizer(config, steps_per_epoch)
-    augment = make_augment(augmentation_from_config(config))
+    augmentation = augment.make_augment(augment.augmentation_from_config(config))
     per_call = speed.steps_per_call(config.speed, steps_per_epoch, steps_per_call)
     options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
     if config.speed == "plain":  # augmentation inside the step
-        call = plain_train_call(steps.make_train_step(model, optimizer, augment, **options), mesh)
+        call = plain_train_call(steps.make_train_step(model, optimizer, augmentation, **options), mesh)
     else:
         train_step = steps.make_train_step(model, optimizer, **options)  # augmentation: speed's
-        call = speed.train_call(train_step, augment, mesh, per_call, config.speed)
+        call = speed.train_call(train_step, augmentation, mesh, per_call, config.speed)
     # All randomness flows from the seed: key -> params and the step rng, shuffle_key -> orders.
     key = jax.random.PRNGKey(config.seed)
     shuffle_key = jax.random.split(key)[1]  # as in 0.1 and 0.2: the same epoch orders
@@ -207,9 +211,13 @@ def train_and_evaluate(
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    # The guard puts an old run back and says what is intact if anything fails; the signals
-    # stop the loop between two calls, with a message saying where it resumes.
-    with RunGuard(workdir) as guard, StopSignals(saved=lambda: guard.saved) as stop:
+    # The guard puts an old run back and says what is intact if anything fails; the lock keeps
+    # one process per workdir; the signals stop the loop between two calls, saying where it resumes.
+    with (
+        RunGuard(workdir) as guard,
+        workdir_lock(guard.workdir, main),
+        StopSignals(lambda: guard.saved) as stop,
+    ):
         workdir = guard.workdir
         # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
         cache = speed.array_cache(config.speed)

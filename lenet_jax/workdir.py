@@ -4,6 +4,7 @@
     WORKDIR/metrics.jsonl     one JSON row per finished epoch
     WORKDIR/tensorboard/      TensorBoard events (the tutorial's tags)
     WORKDIR/checkpoints/<N>/  epoch N's orbax checkpoint (lenet_jax.checkpoints)
+    WORKDIR/.lock             held by the one process training there (`workdir_lock`)
 
 The checkpoints are the truth: each one's meta holds its epoch's metrics row, so the logs can
 always be rebuilt from them. Nothing here deletes a run that is intact.
@@ -11,18 +12,28 @@ always be rebuilt from them. Nothing here deletes a run that is intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lenet_jax.config import Config
 from lenet_jax.errors import ConfigError, LenetError, storage_error, storage_fault
+from lenet_jax.small_files import FileRefused, read_small_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one process per workdir is then up to the user
+    fcntl = None
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 TENSORBOARD_SUBDIR = "tensorboard"
 CHECKPOINT_SUBDIR = "checkpoints"
 RUN_FILES = (CHECKPOINT_SUBDIR, TENSORBOARD_SUBDIR, METRICS_FILE, CONFIG_FILE)
@@ -86,6 +97,46 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
             f"workdir {workdir} is not writable ({e.strerror or e}): pass a --workdir you can write to"
         ) from e
     return path
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
+    """Holds WORKDIR/.lock while a process writes a run there (training, a convert into it).
+
+    An flock, which the OS releases when the process dies however it dies: a killed run never
+    blocks the next one. A second writer is refused at once with LenetError naming the holder
+    (the PID and host written into the file). Readers (evaluate, predict, serve) take no lock:
+    orbax writes each checkpoint into a temporary folder and renames it when complete.
+    enabled=False (processes other than 0 of a multi-process run): does nothing.
+    """
+    if not enabled or fcntl is None:
+        yield
+        return
+    path = workdir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LenetError(
+                f"{workdir} is in use by {holder}: wait until that run ends (or stop it), or pass "
+                "another --workdir"
+            ) from None
+        # The holder before may have removed the file between our open and our lock: ours is
+        # then a lock on nothing. Locked and still the file at that path: it is ours.
+        if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # removed while locked: a fresh workdir stays clean
+            os.unlink(path)
+        os.close(fd)
 
 
 def set_aside(workdir: Path) -> Path | None:
@@ -176,24 +227,28 @@ def clear_run(workdir: str | os.PathLike) -> None:
     training script instead sets them aside until the new run has a checkpoint)."""
     path = Path(workdir).expanduser().resolve()
     if path.is_dir():
-        remove_set_aside(set_aside(path))
+        with workdir_lock(path):  # never a run that is training
+            remove_set_aside(set_aside(path))
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The per-epoch rows of a workdir's metrics.jsonl; lines that are not rows (a line cut by
     a crash, foreign data) are skipped. Empty if there is no readable file."""
-    return _scan_metrics(Path(workdir) / METRICS_FILE)[0]
+    return scan_metrics(Path(workdir) / METRICS_FILE)[0]
 
 
-def _scan_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """(the valid rows, whether anything else was there)."""
+def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(the valid rows, what else was there: None if nothing). A file that is not a regular
+    one or is larger than a run writes is not read (lenet_jax.small_files)."""
     try:
-        text = path.read_text(errors="replace")
+        text = read_small_file(path)
     except FileNotFoundError:
-        return [], False
-    except OSError:  # a directory, unreadable
-        return [], True
-    rows, damaged = [], False
+        return [], None
+    except FileRefused as e:  # /dev/zero, a FIFO, absurdly large
+        return [], str(e).removeprefix(f"{path} ")
+    except OSError as e:  # a directory, unreadable
+        return [], f"cannot be read ({e.strerror or e})"
+    rows, damaged = [], None
     for line in text.splitlines():
         try:
             row = json.loads(line)
@@ -202,7 +257,7 @@ def _scan_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
         if is_row(row):
             rows.append(row)
         elif line.strip():
-            damaged = True
+            damaged = "has lines that are not metrics rows"
     return rows, damaged
 
 
@@ -227,7 +282,7 @@ def salvage_logs(workdir: Path) -> list[str]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     checks = {
         CONFIG_FILE: lambda p: p.is_file() and _is_json_object(p),
-        METRICS_FILE: lambda p: p.is_file() and not _scan_metrics(p)[1],
+        METRICS_FILE: lambda p: p.is_file() and not scan_metrics(p)[1],
         TENSORBOARD_SUBDIR: lambda p: p.is_dir(),
     }
     notes = []
@@ -244,8 +299,8 @@ def salvage_logs(workdir: Path) -> list[str]:
 
 def _is_json_object(path: Path) -> bool:
     try:
-        return isinstance(json.loads(path.read_text()), dict)
-    except (OSError, ValueError):
+        return isinstance(json.loads(read_small_file(path)), dict)
+    except (OSError, ValueError):  # FileRefused is a ValueError
         return False
 
 
@@ -254,8 +309,8 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
     later versions nest it under "config", beside "optimizer_source" and "provenance")."""
     path = Path(workdir) / CONFIG_FILE
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        saved = json.loads(read_small_file(path))
+    except (OSError, ValueError) as e:  # FileRefused is a ValueError
         raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run") from e
     return saved.get("config", saved) if isinstance(saved, dict) else {}
 

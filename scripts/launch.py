@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
+MAX_PROCESSES = 1024  # each is a Python process with JAX: more would only exhaust the machine
 GRACE_SECONDS = 10  # after a failure: SIGTERM the others, then SIGKILL after this long
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line and exit code 2, like the other scripts (lenet_jax.cli is
+    not imported: the launcher starts in milliseconds and needs no JAX)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def free_port() -> int:
@@ -51,15 +61,12 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-processes", type=int, required=True)
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then scripts/train.py flags")
     args = parser.parse_args()
-    if args.num_processes < 1:
-        print("error: --num-processes must be at least 1", file=sys.stderr)
-        return 2
+    if not 1 <= args.num_processes <= MAX_PROCESSES:
+        parser.error(f"--num-processes must be 1 to {MAX_PROCESSES}, not {args.num_processes}")
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     coordinator = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -10,11 +10,18 @@ from benchmarks.__main__ import main
 @pytest.mark.e2e
 def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys):
     # The smoke preset never reaches 99%: the run goes to its last epoch and says so.
-    argv = ["time-to-99", "--data-dir", str(mnist_dir), "--preset", "smoke", "--seeds", "0"]
-    assert main([*argv, "--evals-per-epoch", "2", "--no-torch"]) == 0
+    argv = ["time-to-99", "--data-dir", str(mnist_dir), "--preset", "smoke", "--set", "epochs=1"]
+    assert main([*argv, "--seeds", "0", "--evals-per-epoch", "2", "--no-torch", "--list-programs"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    # --list-programs: each program once, by name; those compiled were traced and lowered first,
+    # training's before its first call ended, evaluation's after.
+    programs = [line for line in lines if "program" in line]
+    assert len({p["program"] for p in programs}) == len(programs)
+    compiled = [p for p in programs if p["compile"] > 0]
+    assert all(p["trace"] > 0 and p["lower"] > 0 for p in compiled)
+    assert {p["before_first_call"] for p in compiled} == {True, False}
     evals = [line for line in lines if "test_accuracy" in line]
-    assert [e["epoch"] for e in evals] == [0.5, 1.0, 1.5, 2.0]  # 32 steps an epoch, 16 a call
+    assert [e["epoch"] for e in evals] == [0.5, 1.0]  # 32 steps an epoch, 16 a call
     assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(evals, evals[1:], strict=False))
     summary = lines[-1]
     assert summary["summary"] == "time to 99%" and summary["epochs_reached"] == [None]

@@ -91,12 +91,20 @@ def snapshot(root: Path) -> dict[str, object]:
     if not root.exists():
         return {}
     if root.is_file():
-        return {".": root.read_bytes()}
+        return {".": _contents(root)}
     tree: dict[str, object] = {}
     for path in sorted(root.rglob("*")):
         key = str(path.relative_to(root))
-        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else path.read_bytes()
+        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
     return tree
+
+
+def _contents(path: Path) -> object:
+    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
+    info = path.stat()
+    if not path.is_file() or info.st_size > 2**26:
+        return ("not read", info.st_mode, info.st_size)
+    return path.read_bytes()
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
@@ -261,6 +269,11 @@ DATA_CASES = {
         "--train-size 1000 is larger than",
     ),
     "--validation-size takes all": (lambda d: None, ["--validation-size", "96"], "leaves no training images"),
+    "--batch-size above the split": (
+        lambda d: None,
+        ["--batch-size", "1000000000"],
+        "--batch-size 1000000000 is larger than the 64 training images: use 64 or less",
+    ),
     "folder missing": (lambda d: shutil.rmtree(d), [], "does not exist: pass --data-dir"),
     "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), [], "is not a directory"),
     "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), [], "cannot be resolved"),
@@ -334,6 +347,13 @@ FLAG_CASES = {
     "lr inf": ("train.py", ["--lr", "inf"], "--lr must be a finite number, not inf"),
     "lr nan": ("train.py", ["--lr", "nan"], "--lr must be a finite number, not nan"),
     "lr zero": ("train.py", ["--lr", "0"], "--lr must be greater than 0"),
+    "lr beyond float32 (no numpy warnings first)": (
+        "train.py",
+        ["--lr", "1e308"],
+        "--lr must be at most 3.4e+38 (a float32), not 1e+308",
+    ),
+    "rotate beyond float32": ("train.py", ["--augment-rotate=1e39"], "--augment-rotate must be at most"),
+    "epochs beyond the bound": ("train.py", ["--epochs", "1000000000000"], "--epochs must be at most 10,000"),
     "weight decay inf": ("train.py", ["--weight-decay", "inf"], "--weight-decay must be a finite number"),
     "translate inf": (
         "train.py",
@@ -562,6 +582,24 @@ CHECKPOINT_CASES = {
     "restart without force": Case(
         lambda r: None, "train.py", _resume("--restart"), message="already holds checkpoints (epochs 1, 2)"
     ),
+    "meta 4 GiB, sparse": Case(
+        lambda r: os.truncate(_meta(r, 2), 4 * 2**30),
+        "evaluate.py",
+        _evaluate(),
+        message="damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)",
+    ),
+    "checkpoint metadata a link to /dev/zero": Case(
+        lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
+        "evaluate.py",
+        _evaluate(),
+        message="damaged (its _CHECKPOINT_METADATA is not a regular file)",
+    ),
+    "eval batch size 10^9 in the meta, evaluate": Case(
+        lambda r: _edit_meta(r, 2, lambda m: {**m, "config": {**m["config"], "eval_batch_size": 10**9}}),
+        "evaluate.py",
+        _evaluate(),
+        code=0,
+    ),
     # Not failures: an older damaged checkpoint blocks nothing; a newer one is only reported.
     "epoch 1 meta damaged, resume": Case(
         lambda r: _meta(r, 1).write_text("{not json"),
@@ -573,6 +611,11 @@ CHECKPOINT_CASES = {
         lambda r: _truncate_item(r, 1, "params"), "evaluate.py", _evaluate(), code=0
     ),
 }
+
+
+def _to_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
 
 
 def _fill(argv, **values):
@@ -620,6 +663,11 @@ LOG_DAMAGE = {
     "config garbage": lambda r: (r / "config.json").write_text("{garbage"),
     "config a list": lambda r: (r / "config.json").write_text("[1]"),
     "config a directory": lambda r: _as_directory(r / "config.json"),
+    "metrics a link to /dev/zero": lambda r: _to_dev_zero(_metrics(r)),
+    "metrics 4 GiB, sparse": lambda r: os.truncate(_metrics(r), 4 * 2**30),
+    "metrics a FIFO": lambda r: (_metrics(r).unlink(), os.mkfifo(_metrics(r))),
+    "config a link to /dev/zero": lambda r: _to_dev_zero(r / "config.json"),
+    "config 4 GiB, sparse": lambda r: os.truncate(r / "config.json", 4 * 2**30),
     "tensorboard a file": lambda r: (shutil.rmtree(r / "tensorboard"), (r / "tensorboard").write_text("x")),
     "event file garbage": lambda r: [p.write_bytes(b"garbage") for p in (r / "tensorboard").iterdir()],
 }
@@ -634,9 +682,10 @@ def _kept(run: Path, before: dict[str, object]) -> None:
             assert value in contents, f"{key}'s bytes were lost"
 
 
+REPORT_DAMAGE = ("metrics cut mid-line", "metrics a link to /dev/zero", "metrics 4 GiB, sparse")
 WORKDIR_CASES = (
     [("resume", damage) for damage in LOG_DAMAGE]  # training reads (and repairs) them all
-    + [("report", "metrics cut mid-line")]
+    + [("report", damage) for damage in REPORT_DAMAGE]
     + [("results", damage) for damage in LOG_DAMAGE if damage.startswith(("metrics", "config"))]
 )
 
@@ -648,7 +697,8 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
     LOG_DAMAGE[damage](run)
     before, checkpoints = snapshot(run), snapshot(run / "checkpoints")
     if command == "resume":
-        code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
+        with _python_memory_below(2**26):  # never a copy of what a file claims to hold
+            code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
         assert code == 0 and err == "", err
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
         assert json.loads((run / "config.json").read_text())["config"]["seed"] == 0
@@ -657,17 +707,34 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
         _kept(run, before)
     else:
         argv = ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"]
-        code, out, err = run_cli(
-            capsys,
-            "evaluate.py" if command == "report" else "results.py",
-            *(argv if command == "report" else [run]),
-        )
-        assert code == 0 and "Traceback" not in err and err.count("\n") <= 1, err
+        with _python_memory_below(2**26):
+            code, out, err = run_cli(
+                capsys,
+                "evaluate.py" if command == "report" else "results.py",
+                *(argv if command == "report" else [run]),
+            )
+        assert code == 0 and "Traceback" not in err, err
+        assert len([line for line in err.splitlines() if not line.startswith("Report for")]) <= 1, err
         assert snapshot(run) == before  # read only
         if command == "report":
             assert (tmp_path / "report" / "curves.png").is_file()
         else:
             assert json.loads(out.splitlines()[0])["epochs"] == 2
+
+
+@contextlib.contextmanager
+def _python_memory_below(limit: int):
+    """Python's allocations inside the block peak below `limit` bytes (tracemalloc: the reads of
+    the logs; the process's RSS is measured by test_unbounded_logs_keep_a_small_process)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        yield
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, f"Python allocated {peak / 2**20:.0f} MiB"
 
 
 def _loop(tmp: Path) -> Path:
@@ -735,6 +802,111 @@ def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
     else:
         argv = [workdir]
     check(capsys, script, argv, 2, message, unchanged=[run, empty])
+
+
+WORKDIR_IN_USE = {
+    # name: (script, argv, exit code, message); the run's workdir held by another process
+    "a second trainer": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 2, "is in use by PID"),
+    "restart --force": ("train.py", train_argv("{run}", "{data}", "--restart", "--force"), 2, "is in use by"),
+    "convert into it": (
+        "convert.py",
+        ["from-torch", REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth", "--workdir", "{run}"],
+        2,
+        "wait until that run ends (or stop it), or pass another --workdir",
+    ),
+    "evaluate reads it": ("evaluate.py", _evaluate(), 0, ""),
+    "a killed holder's lock": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 0, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
+def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
+    """One writer per workdir: while a process holds the lock, a trainer, a --restart or a
+    convert into it is refused at once and changes nothing; readers go on; the lock of a
+    process that was killed blocks nothing (the OS released it)."""
+    import subprocess
+
+    from lenet_jax.workdir import workdir_lock
+
+    script, argv, code, message = WORKDIR_IN_USE[case]
+    if script == "convert.py":  # a workdir a convert would take: an empty one
+        run = tmp_path / "new"
+        run.mkdir()
+    argv = _fill(argv, run=run, data=data)
+    if case == "a killed holder's lock":
+        hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+        hold += "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'PID 1 on elsewhere'); os.kill(os.getpid(), 9)"
+        assert subprocess.run([sys.executable, "-c", hold]).returncode == -signal.SIGKILL
+        got, out, err = run_cli(capsys, script, *argv)
+        assert got == 0 and err == "", err
+        assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
+        return
+    with workdir_lock(run):
+        if code:
+            _, err = check(capsys, script, argv, code, message, unchanged=[run])
+            assert f"PID {os.getpid()} on {socket.gethostname()}" in err  # the holder
+        else:
+            got, out, err = run_cli(capsys, script, *argv)
+            assert got == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert not (run / ".lock").exists()  # removed by its holder
+
+
+def test_a_half_written_epoch_is_never_read(capsys, run, data):
+    """orbax writes an epoch into a temporary folder renamed when complete: a reader while
+    training sees the epochs before it, never a half-written one."""
+    partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+    shutil.copytree(run / "checkpoints" / "2", partial)
+    _truncate_item(run, partial.name, "params")
+    before = snapshot(run)
+    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
+    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert snapshot(run) == before  # a reader cleans nothing up: the writer's folder stays
+
+
+def test_unbounded_logs_keep_a_small_process(run, tmp_path):
+    """A 4 GiB sparse metrics.jsonl, config.json a link to /dev/zero, an epoch's meta a 4 GiB
+    sparse file: results.py reads the run around them and its whole process peaks below
+    300 MB of RSS (it grew until killed, 6 GiB, before)."""
+    import subprocess
+
+    os.truncate(_metrics(run), 4 * 2**30)
+    _to_dev_zero(run / "config.json")
+    os.truncate(_meta(run, 1), 4 * 2**30)
+    # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
+    measure = (
+        "import re, runpy, sys; from lenet_jax import cli; "
+        "code = cli.run(runpy.run_path(sys.argv[1])['main'], sys.argv[2:]); "
+        "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "open(sys.argv[2] + '.rss', 'w').write(peak); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["epochs"] == 2  # epoch 2 from its checkpoint
+    peak = int(Path(f"{run}.rss").read_text()) / 1024  # kB
+    assert peak < 300, f"peak RSS {peak:.0f} MB"
+
+
+@pytest.mark.parametrize("value,message", [("abc", "invalid int value: 'abc'"), ("0", "must be 1 to 1024")])
+def test_fuzz_launch_flags(value, message):
+    """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        REPO_ROOT / "scripts/launch.py",
+        "--num-processes",
+        value,
+        "--",
+        "--epochs",
+        "1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert_one_line(done.stderr, done.returncode, 2, message)
 
 
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
@@ -840,6 +1012,16 @@ FAULT_CASES = {
         4,
         "cannot be written; free some space",
     ),
+    "device out of memory, training": (
+        lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
+        5,
+        "the device ran out of memory (asked for 85.9 GB): lower --batch-size (now 32)",
+    ),
+    "device out of memory, evaluation": (
+        lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
+        5,
+        "the device ran out of memory (asked for 85.9 GB): lower --eval-batch-size (now 64)",
+    ),
     "setting a damaged log aside, denied": (
         lambda mp: (
             mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
@@ -848,6 +1030,14 @@ FAULT_CASES = {
         "the checkpoint of epoch 2 is intact and the run resumes from it",
     ),
 }
+
+
+def _device_oom(*args, **kwargs):
+    """XLA's own RESOURCE_EXHAUSTED: a 64 GiB buffer, which the test machine cannot give."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda: jnp.zeros(2**36 + 2**34, jnp.uint8))()
 
 
 def _failing_replace(original, pattern, code):

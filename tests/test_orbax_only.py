@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,13 +60,24 @@ def workdir_with_two_epochs(tmp_path):
     return workdir
 
 
-def test_orbax_only_snippet_reads_the_newest_params(workdir_with_two_epochs, tmp_path, monkeypatch, capsys):
+def test_orbax_only_snippet_reads_the_newest_params(
+    workdir_with_two_epochs, tmp_path, monkeypatch, capsys, caplog
+):
+    from absl import logging as absl_logging
+
     code = snippet()
     assert "lenet_jax" not in code
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, str(SNIPPET_FILE), "exec"), namespace)
+    previous = absl_logging.get_verbosity()  # scripts run in this process may have set ERROR
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        with caplog.at_level("WARNING"):
+            exec(compile(code, str(SNIPPET_FILE), "exec"), namespace)
+    finally:
+        absl_logging.set_verbosity(previous)
 
+    assert [r.getMessage()[:80] for r in caplog.records] == []  # e.g. "Metadata file does not exist"
     assert capsys.readouterr().out.split() == ["2", "sigmoid", "(5,", "5,", "1,", "6)"]
     assert namespace["meta"]["epoch"] == 2
     params = namespace["params"]
@@ -73,7 +85,5 @@ def test_orbax_only_snippet_reads_the_newest_params(workdir_with_two_epochs, tmp
     assert expected.epoch == 2
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(expected.params))
     assert type(params) is dict and all(type(layer) is dict for layer in params.values())
-    leaves = jax.tree_util.tree_leaves
-    for got, want in zip(leaves(params), leaves(expected.params), strict=True):
-        assert type(got) is np.ndarray
-        np.testing.assert_array_equal(got, np.asarray(want))
+    assert all(type(leaf) is np.ndarray for leaf in jax.tree_util.tree_leaves(params))
+    chex.assert_trees_all_equal(params, dict(expected.params))

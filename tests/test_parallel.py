@@ -3,6 +3,7 @@
 import signal
 import time
 
+import chex
 import jax
 import numpy as np
 import psutil
@@ -64,10 +65,8 @@ def test_two_processes_match_one(mnist_dir, tmp_path):
         )
         == 0
     )
-    params_two = jax.tree_util.tree_leaves(restore_params(tmp_path / "two", 2).params)
-    params_one = jax.tree_util.tree_leaves(restore_params(tmp_path / "one", 2).params)
-    for a, b in zip(params_two, params_one, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0)
+    params_two, params_one = (restore_params(tmp_path / run, 2).params for run in ("two", "one"))
+    chex.assert_trees_all_close(params_two, params_one, atol=1e-4, rtol=0)
     rows_two, rows_one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
     assert [r["step"] for r in rows_two] == [30, 60]
     for a, b in zip(rows_two, rows_one, strict=True):

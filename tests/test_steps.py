@@ -1,5 +1,6 @@
 """The pure steps: masking makes a padded batch equal to the smaller batch it stands for."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,12 +31,7 @@ def test_padded_batch_gives_the_same_update_as_the_small_batch():
     small_state, small = step(state, batch_of(5))
     padded_state, padded = step(state, batch_of(5, pad_to=16))
     np.testing.assert_allclose(small["loss"], padded["loss"], rtol=1e-6)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(small_state.params),
-        jax.tree_util.tree_leaves(padded_state.params),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(small_state.params, padded_state.params, rtol=1e-5, atol=1e-7)
     assert int(small_state.step) == 1
 
 
@@ -45,8 +41,7 @@ def test_train_step_is_pure_and_deterministic():
     step = jax.jit(make_train_step(model, optimizer))
     a, _ = step(state, batch_of(8))
     b, _ = step(state, batch_of(8))
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_eval_step_counts_only_real_images():
@@ -80,19 +75,14 @@ def test_ema_follows_the_params_with_the_ramped_decay():
     model, optimizer = LeNet(), optax.sgd(0.5)
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0), ema=True)
     assert create_train_state(model, optimizer, jax.random.PRNGKey(0)).ema_params is None
-    for x, y in zip(leaves(state.ema_params), leaves(state.params), strict=True):
-        np.testing.assert_array_equal(x, y)  # starts at the initial weights
+    chex.assert_trees_all_equal(state.ema_params, state.params)  # starts at the initial weights
     step = jax.jit(make_train_step(model, optimizer, ema_decay=0.999))
     new, _ = step(state, batch_of(8))
     d = float(ema_decay_at(jnp.int32(0), 0.999))
     assert d == np.float32(0.1)  # the ramp: min(0.999, 1/10) at step 0
-    for e, p0, p1 in zip(leaves(new.ema_params), leaves(state.params), leaves(new.params), strict=True):
-        np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+    expected = jax.tree_util.tree_map(lambda p0, p1: d * p0 + (1 - d) * p1, state.params, new.params)
+    chex.assert_trees_all_close(new.ema_params, expected, rtol=1e-5, atol=1e-7)
     assert float(ema_decay_at(jnp.int32(100_000), 0.999)) == np.float32(0.999)
-
-
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
 def test_ema_without_an_averaged_state_is_a_clear_error():
@@ -120,5 +110,4 @@ def test_run_steps_equals_separate_steps_and_skips_padding_rows():
     assert losses.shape == (4,) and float(losses[3]) == 0.0
     np.testing.assert_allclose(losses[:3], expected, rtol=1e-6)
     assert int(scanned.step) == 3
-    for a, b in zip(leaves(scanned), leaves(state), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(scanned, state, rtol=1e-5, atol=1e-7)

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         print(
             f"Imported {args.file} ({result.source['contents']}, sha256 {result.source['sha256'][:12]}) "
             f"as epoch {result.epoch} of {result.workdir}; evaluate it with: "
-            f"python scripts/evaluate.py --workdir {args.workdir} --epoch {result.epoch}"
+            f"{cli.command('evaluate')} --workdir {args.workdir} --epoch {result.epoch}"
         )
     else:
         result = export_torch_checkpoint(args.workdir, args.out, args.epoch, args.force)

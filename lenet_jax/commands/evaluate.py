@@ -63,7 +63,9 @@ def main(argv: list[str]) -> int:
         from lenet_jax.figures import write_report  # matplotlib only when asked for
 
         report = write_report([args.workdir, *args.compare], args.report, args.epoch, args.data_dir)
-        print(f"Report for epoch {report['epoch']} written to {args.report}: {', '.join(report['files'])}")
+        files = ", ".join(report["files"])
+        # stderr: stdout stays the one JSON line
+        print(f"Report for epoch {report['epoch']} written to {args.report}: {files}", file=sys.stderr)
     return 0
 
 

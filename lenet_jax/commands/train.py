@@ -25,8 +25,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run-name", help="names the default workdir (default: the preset's name)")
     parser.add_argument(
         "--data-dir",
-        help="folder with the four MNIST-format IDX files, gzipped or not (default: "
-        "$LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
+        help="folder with the four MNIST-format IDX files train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped (.gz) or not "
+        "(default: $LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
     )
     parser.add_argument(
         "--restart",

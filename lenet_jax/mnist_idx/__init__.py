@@ -117,9 +117,10 @@ def check_download_possible() -> None:
 
 def _refuse_download(error: BaseException):
     reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    names = ", ".join(name for pair in idx.SPLIT_FILES.values() for name in pair)
     raise DataError(
         f"could not download MNIST ({reason}): offline? pass --data-dir DIR "
-        "(or set LENET_DATA_DIR) with the four IDX files"
+        f"(or set LENET_DATA_DIR) with the four IDX files ({names}; .gz or not)"
     ) from error
 
 

@@ -1,0 +1,62 @@
+"""Reading the small files of a run (metrics.jsonl, config.json, checkpoint metas, the tfds
+cache's JSON) with a size cap and a line cap checked before reading.
+
+A damaged or foreign file (a 4 GiB sparse file, a link to /dev/zero, a FIFO) then costs no
+memory and never blocks: it is refused with FileRefused, a ValueError, which callers treat like
+any unreadable file (set aside and rebuilt, or one line).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+# Far above what a run writes (a metrics row is ~0.5 KB, a meta ~10 KB), far below a memory problem.
+MAX_BYTES = 16 * 2**20
+MAX_LINES = 100_000
+
+
+class FileRefused(ValueError):
+    """A file that is not a regular file, or larger than its cap: left unread."""
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _open_small(path: str | os.PathLike, max_bytes: int) -> int:
+    """A read-only descriptor of path, once it is known to be a regular file of at most
+    max_bytes. O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused(f"{os.fspath(path)} is not a regular file")
+        if info.st_size > max_bytes:
+            raise FileRefused(f"{os.fspath(path)} is {_size(info.st_size)}, more than {_size(max_bytes)}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_small_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> None:
+    """FileRefused unless path is a regular file of at most max_bytes (for files a library
+    reads); OSError if it cannot be opened; nothing read."""
+    os.close(_open_small(path, max_bytes))
+
+
+def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, max_lines: int = MAX_LINES) -> str:
+    """The text of a regular file of at most max_bytes and max_lines (undecodable bytes
+    replaced); FileRefused otherwise, OSError if it cannot be read."""
+    with os.fdopen(_open_small(path, max_bytes), "rb") as file:
+        data = file.read(max_bytes + 1)  # bounded even if the file grows meanwhile
+    if len(data) > max_bytes:
+        raise FileRefused(f"{os.fspath(path)} is more than {_size(max_bytes)}")
+    if data.count(b"\n") > max_lines:
+        raise FileRefused(f"{os.fspath(path)} has more than {max_lines:,} lines")
+    return data.decode("utf-8", errors="replace")
