@@ -132,6 +132,14 @@ def plain_train_call(train_step, mesh) -> Any:
     return train_call
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one small program, not several eager ones
+def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """All randomness flows from the seed: PRNGKey(seed) makes the params (as model.init with it
+    in a notebook) and the step key; its split's second key each epoch's order (as 0.1, 0.2)."""
+    key = jax.random.PRNGKey(seed)
+    return key, jax.random.split(key)[1]
+
+
 def make_trainer(
     config: Config,
     train: Split,
@@ -159,9 +167,7 @@ def make_trainer(
     else:
         train_step = steps.make_train_step(model, optimizer, **options)  # augmentation: speed's
         call = speed.train_call(train_step, augmentation, mesh, per_call, config.speed)
-    # All randomness flows from the seed: key -> params and the step rng, shuffle_key -> orders.
-    key = jax.random.PRNGKey(config.seed)
-    shuffle_key = jax.random.split(key)[1]  # as in 0.1 and 0.2: the same epoch orders
+    key, shuffle_key = root_keys(config.seed)
     groups = speed.eval_groups(config.speed, config.eval_batch_size)
     evaluator = Evaluator(model, config.eval_batch_size, groups)
     images, labels = (parallel.put_replicated(array, mesh) for array in (train.images, train.labels))
