@@ -4,6 +4,8 @@
     python -m benchmarks speed --data-dir DIR       # the recipe: s/epoch, lenet-jax / PyTorch
     python -m benchmarks time-to-99 --data-dir DIR  # --preset fast against its PyTorch twin
     python -m benchmarks augmentation-cost --data-dir DIR
+    python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
+    python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
 (`python scripts/benchmark.py ...` is the same.) The dataset is loaded once per run. Every
 contender gets an untimed warm-up, then they alternate, so that all see the same machine: ratios
@@ -45,6 +47,7 @@ from typing import Any
 
 import jax
 
+from benchmarks import robustness
 from lenet_jax import cli
 from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_preset
 from lenet_jax.data import Dataset, load_dataset
@@ -490,13 +493,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     run.add_argument("--preset", default="best")
     run.add_argument("--rounds", type=int, default=5)
+    robustness.add_parser(commands)
+    run = commands.add_parser("device-check", parents=[common], help="what is open about this backend")
+    run.add_argument("--quick", action="store_true", help="every check in tiny form (the CPU test)")
+    run.add_argument("--out", help="also write the JSON lines (and runs.log) in this folder")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.quiet_library_logs()
-    {"speed": speed, "time-to-99": time_to_99, "augmentation-cost": augmentation_cost}[args.command](args)
+    if args.command == "device-check":
+        from benchmarks import device_check
+
+        return device_check.run(args)
+    commands = {"speed": speed, "time-to-99": time_to_99, "augmentation-cost": augmentation_cost}
+    commands["robustness"] = robustness.robustness
+    commands[args.command](args)
     return 0
 
 

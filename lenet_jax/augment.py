@@ -3,7 +3,10 @@
 Each image gets its own random affine transform (translation, rotation, scale, shear) and, if
 enabled, an elastic distortion (Simard, Steinkraus & Platt 2003: a random displacement field,
 smoothed by a Gaussian of width sigma and scaled so that its largest displacement is alpha),
-applied by bilinear resampling with zeros outside the image. The key comes from the step's rng
+applied by bilinear resampling with zeros outside the image. Then, if enabled, the pen and the
+scanner (`_pen_and_scan`): stroke width (grey-level dilation or erosion), blur, resolution loss
+(down- then up-sampling) and ink gamma, each of random strength per image, as real digits differ
+from MNIST's thin sharp pen. The key comes from the step's rng
 (`steps.augmentation_key`: fold_in(state.rng, state.step)), so augmentation is deterministic
 per seed and a resumed run replays it exactly. All strengths 0: no augmentation at all.
 
@@ -28,7 +31,10 @@ from jax import lax
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Strengths: translate in pixels, rotate and shear in degrees, scale as a fraction
-    (0.1: zoom in [0.9, 1.1]), elastic alpha in pixels with smoothing sigma in pixels."""
+    (0.1: zoom in [0.9, 1.1]), elastic alpha in pixels with smoothing sigma in pixels; stroke:
+    the largest growth of stroke radius in pixels (thinning: up to half as much); blur: the largest Gaussian
+    sigma in pixels; lowres: the largest down-sampling factor less 1 (1: down to half size);
+    gamma: ink gamma up to exp(+-gamma) (darker or fainter stroke edges)."""
 
     translate: float = 0.0
     rotate: float = 0.0
@@ -36,10 +42,22 @@ class Augmentation:
     shear: float = 0.0
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
+    stroke: float = 0.0
+    blur: float = 0.0
+    lowres: float = 0.0
+    gamma: float = 0.0
+
+    @property
+    def geometric(self) -> bool:
+        return any((self.translate, self.rotate, self.scale, self.shear, self.elastic_alpha))
+
+    @property
+    def pen(self) -> bool:
+        return any((self.stroke, self.blur, self.lowres, self.gamma))
 
     @property
     def enabled(self) -> bool:
-        return any((self.translate, self.rotate, self.scale, self.shear, self.elastic_alpha))
+        return self.geometric or self.pen
 
 
 def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
@@ -127,6 +145,78 @@ def _source_coordinates(key: jax.Array, batch: int, h: int, w: int, aug: Augment
     return rows, cols
 
 
+def _stroke_width(images: jax.Array, radius: jax.Array, levels: int) -> jax.Array:
+    """images (B, H, W) with strokes grown (radius > 0: grey-level dilation, a 3x3 max filter per
+    pixel of radius) or thinned (< 0: erosion, min filter); a fractional radius blends the two
+    nearest whole ones, so the width varies smoothly."""
+    window = lambda x, op, init: lax.reduce_window(x, init, op, (1, 3, 3), (1, 1, 1), "SAME")  # noqa: E731
+    grown, thinned = [images], [images]
+    for _ in range(levels):
+        grown.append(window(grown[-1], lax.max, -jnp.inf))
+        thinned.append(window(thinned[-1], lax.min, jnp.inf))
+    stack = jnp.stack(thinned[:0:-1] + grown)  # radius -levels .. +levels, (2 levels + 1, B, H, W)
+    position = jnp.clip(radius + levels, 0, 2 * levels)
+    low = jnp.minimum(jnp.floor(position), 2 * levels - 1).astype(jnp.int32)
+    frac = (position - low)[:, None, None]
+    pick = lambda i: jnp.take_along_axis(stack, i[None, :, None, None], axis=0)[0]  # noqa: E731
+    return pick(low) * (1 - frac) + pick(low + 1) * frac
+
+
+def _blur_matrices(sigma: jax.Array, size: int) -> jax.Array:
+    """(B, size, size) row-normalised Gaussian smoothing matrices, one per sigma (0: identity)."""
+    offsets = jnp.arange(size, dtype=jnp.float32)
+    d = offsets[:, None] - offsets[None, :]
+    g = jnp.exp(-0.5 * (d[None] / jnp.maximum(sigma, 1e-3)[:, None, None]) ** 2)
+    return g / g.sum(axis=2, keepdims=True)
+
+
+def _lowres_matrices(factor: jax.Array, size: int) -> jax.Array:
+    """(B, size, size) matrices that average boxes of `factor` pixels (a scan at 1/factor the
+    resolution) and interpolate back linearly (enlarging it again); factor 1: identity."""
+    pixels = jnp.arange(size, dtype=jnp.float32)
+    f = factor[:, None, None]
+    # Down: coarse pixel j covers [j f, (j + 1) f); its value is the mean of what it covers.
+    overlap = jnp.minimum(pixels[None, None, :] + 1, (pixels[None, :, None] + 1) * f) - jnp.maximum(
+        pixels[None, None, :], pixels[None, :, None] * f
+    )
+    down = jnp.maximum(overlap, 0.0) / f  # (B, coarse j, fine k)
+    # Up: fine pixel i sits at coarse coordinate (i + 0.5) / f - 0.5; linear interpolation.
+    coarse = (pixels[None, :, None] + 0.5) / f - 0.5
+    up = jnp.maximum(0.0, 1.0 - jnp.abs(jnp.maximum(coarse, 0.0) - pixels[None, None, :]))  # (B, i, j)
+    return up @ down
+
+
+def _pen_and_scan(key: jax.Array, images: jax.Array, aug: Augmentation) -> jax.Array:
+    """images (B, H, W) in [0, 1] drawn with another pen and scanned: for a random half of them,
+    a random stroke radius, blur, resolution loss and gamma each; each image's brightest pixel is
+    then brought back to its old value, as `lenet_jax.predict.preprocess` scales ink to full."""
+    batch, h, w = images.shape
+    # Half the images keep MNIST's pen: with every image changed, MNIST error rose ~0.4 points
+    # on the validation split (docs/results.md).
+    k_which, k_strength = jax.random.split(key)
+    u = jax.random.uniform(k_strength, (batch, 4))
+    changed = jax.random.bernoulli(k_which, 0.5, (batch,))
+    out = images
+    if aug.stroke:
+        # Thinning up to half the strength only: MNIST's strokes are thin, more erases them.
+        radius = jnp.where(changed, (1.5 * u[:, 0] - 0.5) * aug.stroke, 0.0)
+        out = _stroke_width(out, radius, math.ceil(aug.stroke))
+    if aug.blur or aug.lowres:
+        if h != w:
+            raise ValueError(f"blur and lowres need square images, not {h}x{w}")
+        rows = jnp.broadcast_to(jnp.eye(h, dtype=out.dtype), (batch, h, h))
+        if aug.blur:
+            rows = _blur_matrices(jnp.where(changed, u[:, 1] * aug.blur, 0.0), h)
+        if aug.lowres:
+            rows = _lowres_matrices(1 + jnp.where(changed, u[:, 2] * aug.lowres, 0.0), h) @ rows
+        out = rows @ out @ jnp.swapaxes(rows, 1, 2)
+    if aug.gamma:
+        gamma = jnp.exp(jnp.where(changed, (2 * u[:, 3] - 1) * aug.gamma, 0.0))
+        out = jnp.maximum(out, 0.0) ** gamma[:, None, None]
+    peak = out.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, out * (images.max(axis=(1, 2), keepdims=True) / jnp.maximum(peak, 1e-6)), out)
+
+
 def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     """key, images (B, H, W, 1) float -> augmented images; None when all strengths are 0.
 
@@ -138,13 +228,18 @@ def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Arra
 
     def augment(key: jax.Array, images: jax.Array) -> jax.Array:
         batch, h, w, _ = images.shape
-        k_affine, k_elastic = jax.random.split(key)
-        rows, cols = _source_coordinates(k_affine, batch, h, w, aug)
-        if aug.elastic_alpha:
-            field = _elastic_field(k_elastic, batch, h, w, aug)
-            rows = rows + field[:, 0].reshape(batch, -1)
-            cols = cols + field[:, 1].reshape(batch, -1)
-        return _bilinear(images[..., 0], rows, cols).reshape(batch, h, w, 1)
+        out = images[..., 0]
+        if aug.geometric:
+            k_affine, k_elastic = jax.random.split(key)
+            rows, cols = _source_coordinates(k_affine, batch, h, w, aug)
+            if aug.elastic_alpha:
+                field = _elastic_field(k_elastic, batch, h, w, aug)
+                rows = rows + field[:, 0].reshape(batch, -1)
+                cols = cols + field[:, 1].reshape(batch, -1)
+            out = _bilinear(out, rows, cols).reshape(batch, h, w)
+        if aug.pen:  # its own key, folded: the geometric draws stay what they were before it
+            out = _pen_and_scan(jax.random.fold_in(key, 2), out, aug)
+        return out[..., None]
 
     return augment
 
@@ -158,4 +253,8 @@ def augmentation_from_config(config) -> Augmentation:
         shear=config.augment_shear,
         elastic_alpha=config.elastic_alpha,
         elastic_sigma=config.elastic_sigma,
+        stroke=config.augment_stroke,
+        blur=config.augment_blur,
+        lowres=config.augment_lowres,
+        gamma=config.augment_gamma,
     )

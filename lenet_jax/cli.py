@@ -166,8 +166,11 @@ def command(name: str) -> str:
 
 def quiet_library_logs() -> None:
     """Silences absl INFO/WARNING chatter and tfds progress bars on the console."""
-    import tensorflow_datasets as tfds
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:  # a --data-dir-only machine (lenet_jax.data reads the files directly)
+        return
     tfds.disable_progress_bar()

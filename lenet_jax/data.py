@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lenet_jax import parallel
+from lenet_jax import idx, parallel
 from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
 from lenet_jax.library_logs import quiet
 from lenet_jax.small_files import check_small_file
@@ -165,14 +166,21 @@ def load_dataset(
 
 def _load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
     """The full train and test splits and their tfds name, prepared through tfds on first use."""
+    missing = _missing_for_tfds()
+    if folder is not None and missing:
+        # No tfds path here (array-record has no wheel for the platform, or a machine set up
+        # without tfds, e.g. a GPU image): the same arrays, read from the files each run.
+        source, splits = idx.read_folder(folder)
+        return Split(*splits["train"]), Split(*splits["test"]), source
+    if missing == "tensorflow-datasets":
+        raise DataError(
+            "downloading MNIST needs tensorflow-datasets, which is not installed: pip install "
+            "tensorflow-datasets, or pass --data-dir DIR (or set LENET_DATA_DIR) with the four IDX files"
+        )
     from lenet_jax import mnist_idx
 
     if folder is None:
         mnist_idx.require_array_record()  # the download goes through tfds's array_record files
-    elif not mnist_idx.array_record_available():
-        # No array-record wheel for this platform: the same arrays, read from the files each run.
-        source, splits = mnist_idx.read_local(folder)
-        return Split(*splits["train"]), Split(*splits["test"]), source
     config = _config(folder)
     # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
     # processes preparing into one cache directory collide.
@@ -187,6 +195,15 @@ def _load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, 
             builder = _builder(config)
             train, test = (_split_arrays(builder, split, array_cache) for split in ("train", "test"))
     return train, test, f"{builder.name}/{builder.builder_config.name}"
+
+
+def _missing_for_tfds() -> str | None:
+    """The package that the tfds path lacks here, if any (tfds itself first)."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        return "tensorflow-datasets"
+    from lenet_jax import mnist_idx
+
+    return None if mnist_idx.array_record_available() else "array-record"
 
 
 def _prepared(config, array_cache: bool = True):

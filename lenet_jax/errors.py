@@ -45,8 +45,7 @@ class CheckpointError(LenetError):
 
 
 class ConversionError(LenetError):
-    """A PyTorch file that cannot (or must not) be converted, or a checkpoint that cannot be
-    exported to PyTorch."""
+    """A PyTorch file that cannot (or must not) be imported, or a checkpoint that cannot be exported."""
 
 
 class DivergedError(LenetError):
@@ -68,7 +67,7 @@ class DeviceMemoryError(LenetError):
 
 
 def device_memory_asked(error: BaseException) -> str | None:
-    """"32.4 GB" (or "memory") if `error` is XLA's RESOURCE_EXHAUSTED out of memory; None for
+    """What XLA's RESOURCE_EXHAUSTED out of memory asked for ("32.4 GB", or "memory"); None for
     anything else, a full disk (tensorstore's RESOURCE_EXHAUSTED) included."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
@@ -119,16 +118,12 @@ def storage_fault(error: BaseException | None) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in STORAGE_FAULTS:
             return error
-        # tensorstore (orbax's array writer) reports a failed write as a ValueError whose
-        # message ends "... No space left on device [os_error_code='28']".
         # C++ libraries report one in their own exception types: tensorstore (orbax's array
         # writer) as "... No space left on device [os_error_code='28']", array_record (tfds's
         # writer) as "write() failed: No space left on device".
         if not isinstance(error, OSError):
             code = re.search(r"os_error_code='(\d+)'", str(error))
-            codes = (
-                [int(code.group(1))] if code else [c for c in STORAGE_FAULTS if os.strerror(c) in str(error)]
-            )
+            codes = [int(code[1])] if code else [c for c in STORAGE_FAULTS if os.strerror(c) in str(error)]
             if codes and codes[0] in STORAGE_FAULTS:
                 return OSError(codes[0], os.strerror(codes[0]))
         error = error.__cause__ or error.__context__

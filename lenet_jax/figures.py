@@ -40,40 +40,38 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
 
 
 def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
-    """Precision, recall and support of each digit from a confusion matrix."""
-    rows = []
-    for digit in range(NUM_CLASSES):
-        predicted, actual = matrix[:, digit].sum(), matrix[digit].sum()
-        rows.append(
-            {
-                "digit": digit,
-                "precision": float(matrix[digit, digit] / predicted) if predicted else 0.0,
-                "recall": float(matrix[digit, digit] / actual) if actual else 0.0,
-                "support": int(actual),
-            }
-        )
-    return rows
+    """Precision, recall and support of each digit from a confusion matrix (0.0 where undefined)."""
+    correct, predicted, actual = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    precision = np.divide(correct, predicted, out=np.zeros(len(matrix)), where=predicted > 0)
+    recall = np.divide(correct, actual, out=np.zeros(len(matrix)), where=actual > 0)
+    return [
+        {"digit": d, "precision": float(precision[d]), "recall": float(recall[d]), "support": int(actual[d])}
+        for d in range(len(matrix))
+    ]
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """runs: name -> its metrics rows (`lenet_jax.run_log.read_rows`)."""
+    panels = (
+        ("train_loss", "train loss (epoch mean)", "mean cross-entropy per batch"),
+        ("test_total_loss", "test total loss", "sum of per-batch mean losses"),
+        ("test_accuracy", "test accuracy", "fraction correct"),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, rows in runs.items():
-        epochs = [row["epoch"] for row in rows]
-        for ax, key in zip(axes, ("train_loss", "test_total_loss", "test_accuracy"), strict=True):
-            ax.plot(epochs, [row[key] for row in rows], marker="o", label=name)
-    titles = ("train loss (epoch mean)", "test total loss", "test accuracy")
-    ylabels = ("mean cross-entropy per batch", "sum of per-batch mean losses", "fraction correct")
-    for ax, title, ylabel in zip(axes, titles, ylabels, strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+    for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
+        for name, rows in runs.items():
+            ax.plot([row["epoch"] for row in rows], [row[key] for row in rows], marker="o", label=name)
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
         ax.grid(alpha=0.3)
     axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, path: Path) -> None:
@@ -85,14 +83,9 @@ def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if np.log1p(count) > threshold else "black"
         ax.text(col, row, str(count), ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(NUM_CLASSES))
-    ax.set_yticks(range(NUM_CLASSES))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES), xlabel="predicted", ylabel="true")
     ax.set_title(f"confusion matrix ({matrix.trace()} / {matrix.sum()} correct)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) -> None:
@@ -109,9 +102,7 @@ def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) ->
             f"true {labels[i]}, pred {predictions[i]}\n{probabilities[i, predictions[i]]:.0%}", fontsize=8
         )
     fig.suptitle("most confidently misclassified test digits")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_per_class(scores: list[dict[str, Any]], path: Path) -> None:
@@ -121,9 +112,7 @@ def plot_per_class(scores: list[dict[str, Any]], path: Path) -> None:
     table = ax.table(cellText=cells, colLabels=["digit", "precision", "recall", "support"], loc="center")
     table.scale(1, 1.3)
     ax.set_title("per-class precision and recall (test set)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_filters(kernel: np.ndarray, path: Path) -> None:
@@ -149,16 +138,14 @@ def write_report(
     data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Writes the report files into out_dir; returns the per-class scores and file names.
-
-    Everything is read and computed before the first file is written: a report that fails
-    leaves nothing behind."""
+    Everything is read and computed first: a report that fails leaves nothing behind."""
     out = Path(out_dir)
     paths = [Path(w) for w in workdirs]
     note = lambda line: print(line, file=sys.stderr)  # noqa: E731
     runs = {}
     for path in paths:
         runs[str(path) if path.name in runs else path.name] = read_rows(path, note)  # legend names
-    predictor = load_predictor(paths[0], epoch)
+    predictor = load_predictor(paths[0], epoch, tta=False)  # the report matches the logged accuracy
     test = load_dataset(data_dir).test
     probabilities = predictor.predict_mnist(test.images)
     try:

@@ -135,6 +135,19 @@ def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
     return find_idx_file(data_dir, images_stem), find_idx_file(data_dir, labels_stem)
 
 
+def local_config_name(digest: str) -> str:
+    """The tfds config of a folder's files (`lenet_jax.mnist_idx`), named by their content."""
+    return f"idx_{digest[:16]}"
+
+
+def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The source name and the (images, labels) of each split that the tfds path serves for
+    data_dir, read straight from the files: the path used where tfds cannot be."""
+    name = local_config_name(check_and_fingerprint(data_dir))
+    splits = {split: read_pair(*split_paths(data_dir, split)) for split in SPLIT_FILES}
+    return f"mnist_idx/{name}", splits
+
+
 def check_and_fingerprint(data_dir: Path) -> str:
     """Validates the four files of data_dir and returns the sha256 of their decompressed bytes.
 
@@ -149,16 +162,11 @@ def check_and_fingerprint(data_dir: Path) -> str:
             "pointing at the folder with the four IDX files"
         )
     digest = hashlib.sha256()
-    for split in SPLIT_FILES:
-        images_path, labels_path = split_paths(data_dir, split)
-        images_bytes, labels_bytes = _read_bytes(images_path), _read_bytes(labels_path)
-        _check_pair(
-            parse_images(images_bytes, images_path),
-            parse_labels(labels_bytes, labels_path),
-            images_path,
-            labels_path,
-        )
-        for stem, data in zip(SPLIT_FILES[split], (images_bytes, labels_bytes), strict=True):
+    for split, stems in SPLIT_FILES.items():
+        paths = split_paths(data_dir, split)
+        raw_images, raw_labels = (_read_bytes(path) for path in paths)
+        _check_pair(parse_images(raw_images, paths[0]), parse_labels(raw_labels, paths[1]), *paths)
+        for stem, data in zip(stems, (raw_images, raw_labels), strict=True):
             digest.update(stem.encode())
             digest.update(data)
     return digest.hexdigest()

@@ -8,25 +8,18 @@ API silences them only around its own calls (`quiet()`), leaving the user's logg
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import sys
 import threading
 
-
-class _BelowError(logging.Filter):
-    """Drops records below ERROR logged by the threads it was installed for."""
-
-    def __init__(self):
-        super().__init__()
-        self.threads: dict[int, int] = {}  # thread id -> nesting depth
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or record.thread not in self.threads
+_QUIET = collections.Counter()  # thread id -> how many quiet() blocks it is in
+_QUIET_LOCK = threading.Lock()
 
 
-_FILTER = _BelowError()
+def _below_error_outside_quiet(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not _QUIET[record.thread]
 
 
 @contextlib.contextmanager
@@ -34,19 +27,16 @@ def quiet():
     """absl's (tfds's, orbax's) INFO and WARNING records of this thread are dropped inside."""
     logger = logging.getLogger("absl")
     me = threading.get_ident()
-    with _FILTER._lock:
-        if not _FILTER.threads:
-            logger.addFilter(_FILTER)
-        _FILTER.threads[me] = _FILTER.threads.get(me, 0) + 1
+    with _QUIET_LOCK:
+        logger.addFilter(_below_error_outside_quiet)  # once: addFilter skips a filter it holds
+        _QUIET[me] += 1
     try:
         yield
     finally:
-        with _FILTER._lock:
-            _FILTER.threads[me] -= 1
-            if not _FILTER.threads[me]:
-                del _FILTER.threads[me]
-            if not _FILTER.threads:
-                logger.removeFilter(_FILTER)
+        with _QUIET_LOCK:
+            _QUIET[me] -= 1
+            if not _QUIET.total():
+                logger.removeFilter(_below_error_outside_quiet)
 
 
 class _HoldNewThreads(logging.Filter):
@@ -77,50 +67,37 @@ def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
     hold = _HoldNewThreads({t.ident for t in before if t.ident is not None})
     logger.addFilter(hold)
     previous_hook = sys.unraisablehook
-    sys.unraisablehook = _ClosedLoopCallbacks(previous_hook)
+
+    def closed_loop_hook(unraisable) -> None:
+        """Drops one report: tensorstore's threads completing the writes of a failed save call
+        back into its event loop, already closed ("Event loop is closed")."""
+        error = unraisable.exc_value
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (closed_loop and threading.current_thread() is not threading.main_thread()):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = closed_loop_hook
     try:
         yield
     except BaseException:
         hold.dropping = True  # both stay installed: helpers may still report after this returns
-        _drop_unretrieved_storage_faults()
+        # The writes that failed in turn are garbage-collected later, and asyncio then logs each
+        # one's exception: a full disk already reported.
+        logging.getLogger("asyncio").addFilter(_not_an_unretrieved_storage_fault)
         for thread in [t for t in threading.enumerate() if t not in before]:
             thread.join(timeout=join_timeout)
         hold.held.clear()
         raise
-    if isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
+    if sys.unraisablehook is closed_loop_hook:
         sys.unraisablehook = previous_hook
     logger.removeFilter(hold)
     for record in hold.held:
         logger.handle(record)
 
 
-class _ClosedLoopCallbacks:
-    """An unraisablehook that drops one report: tensorstore's threads completing the writes of
-    a failed save call back into its event loop, already closed ("Event loop is closed")."""
+def _not_an_unretrieved_storage_fault(record: logging.LogRecord) -> bool:
+    """False for asyncio's "exception was never retrieved" records of storage faults."""
+    from lenet_jax.errors import storage_fault
 
-    def __init__(self, previous):
-        self.previous = previous
-
-    def __call__(self, unraisable) -> None:
-        error = unraisable.exc_value
-        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-        if not (closed_loop and threading.current_thread() is not threading.main_thread()):
-            self.previous(unraisable)
-
-
-class _UnretrievedStorageFault(logging.Filter):
-    """Drops asyncio's "exception was never retrieved" records of storage faults."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from lenet_jax.errors import storage_fault
-
-        exception = record.exc_info[1] if record.exc_info else None
-        return not ("never retrieved" in str(record.msg) and storage_fault(exception) is not None)
-
-
-def _drop_unretrieved_storage_faults() -> None:
-    """The writes of a failed save that failed in turn are garbage-collected later, and asyncio
-    then logs each one's exception: a full disk already reported."""
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _UnretrievedStorageFault) for f in logger.filters):
-        logger.addFilter(_UnretrievedStorageFault())
+    exception = record.exc_info[1] if record.exc_info else None
+    return not ("never retrieved" in str(record.msg) and storage_fault(exception) is not None)

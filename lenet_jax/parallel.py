@@ -25,12 +25,8 @@ DATA_AXIS = "data"
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Joins a multi-process run (jax.distributed), with gloo collectives on CPU.
-
-    All three None: jax.distributed.initialize() auto-detects the cluster (SLURM, Open MPI,
-    Cloud TPU, ...). Must run before anything touches a JAX device. Bad values, and a cluster
-    that cannot be joined, raise ConfigError naming the flags.
-    """
+    """Joins a multi-process run (jax.distributed), with gloo collectives on CPU; all three None:
+    jax detects the cluster (SLURM, Open MPI, Cloud TPU, ...). Call before anything uses a device."""
     explicit = (coordinator, num_processes, process_id)
     if any(value is not None for value in explicit) and not all(value is not None for value in explicit):
         raise ConfigError(
@@ -51,8 +47,7 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
                 f"--coordinator host {host!r} cannot be resolved ({e.strerror or e}): pass process 0's "
                 "host name or IP address"
             ) from None
-    # The CPU backend needs a collectives implementation for cross-process reductions (this
-    # setting only concerns the CPU client, so it is harmless on GPU machines).
+    # The CPU backend needs one for cross-process reductions; it concerns the CPU client only.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -60,12 +55,9 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         )
     except Exception as e:  # noqa: BLE001 - jax raises ValueError/RuntimeError/XlaRuntimeError
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        how = (
-            "check --coordinator"
-            if coordinator
-            else "outside a detected cluster (SLURM, Open MPI, ...), pass --coordinator, "
-            "--num-processes and --process-id instead of --distributed"
-        )
+        how = "check --coordinator" if coordinator else (
+            "outside a detected cluster (SLURM, Open MPI, ...), pass --coordinator, --num-processes "
+            "and --process-id instead of --distributed")  # fmt: skip
         raise ConfigError(f"could not join the multi-process run ({reason}): {how}") from None
 
 
@@ -106,29 +98,24 @@ def check_batch_size(batch_size: int, mesh: Mesh, flag: str = "--batch-size") ->
         )
 
 
+def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The global array of a host-identical x: each process puts only its own devices' shards."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     """A host-identical pytree (same on every process) as replicated global arrays."""
-    sharding = replicated(mesh)
     if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree_util.tree_map(put, tree)
+        return jax.device_put(tree, replicated(mesh))
+    return jax.tree_util.tree_map(lambda x: _global_array(np.asarray(x), replicated(mesh)), tree)
 
 
 def global_batch(indices: np.ndarray, mesh: Mesh) -> Any:
-    """The global index array of a step, as jit takes it.
-
-    One process: the numpy array itself (jit places it by its in_shardings, no extra work per
-    step). Several: each process builds only its devices' shards from the same global indices.
-    """
+    """The global index array of a step, as jit takes it; with one process the numpy array
+    itself (jit places it by its in_shardings, no extra work per step)."""
     if jax.process_count() == 1:
         return indices
-    sharding = batch_sharded(mesh, indices.ndim)
-    return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
+    return _global_array(indices, batch_sharded(mesh, indices.ndim))
 
 
 def with_sharding(abstract: Any, sharding: Any) -> Any:

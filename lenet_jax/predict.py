@@ -12,6 +12,7 @@ callable from images (arrays or file paths) to probabilities.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -39,7 +40,18 @@ DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
 CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
 INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is background noise
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
-PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once
+PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once ...
+SMALL_BATCH = 32  # ... or twice: a few images (a page's drawing) are padded to 32 only, not 256
+# MNIST's digits all have >= 28 pixels at quarter strength or more (a thin mouse-drawn "1" ~20,
+# two specks on a large page 2): below 10 it is not a digit.
+MIN_INK_PIXELS = 10
+# Test-time augmentation: the probabilities are the mean over these views of each image (shifts
+# in pixels, zooms about the centre); on benchmarks/robustness.py it helps real-looking digits.
+TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+TTA_ZOOMS = (0.9, 1.1)
+# Below this top probability the answer is marked unsure; chosen on the validation split
+# (docs/results.md, "Handwriting").
+UNSURE_BELOW = 0.6
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
@@ -137,8 +149,13 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     dx = int(round(CANVAS / 2 - (xs * canvas).sum() / total))
     dy = int(np.clip(dy, -top, CANVAS - top - digit.shape[0]))
     dx = int(np.clip(dx, -left, CANVAS - left - digit.shape[1]))
-    canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
-    return np.clip(canvas, 0, 255).round().astype(np.uint8)[..., None]
+    canvas = np.clip(np.roll(canvas, (dy, dx), axis=(0, 1)), 0, 255).round().astype(np.uint8)
+    if np.count_nonzero(canvas >= 64) < MIN_INK_PIXELS:
+        raise NoInkError(
+            "too little ink to make a digit (specks, or a tiny digit on a large image): "
+            "give a picture of one handwritten digit, drawn large"
+        )
+    return canvas[..., None]
 
 
 def one_line(error: BaseException) -> str:
@@ -352,18 +369,49 @@ def quiet_pil_warnings() -> None:
     warnings.filterwarnings("ignore", module="PIL")
 
 
+def verdict(probabilities: Sequence[float] | np.ndarray, threshold: float = UNSURE_BELOW) -> dict[str, Any]:
+    """One image's answer from its 10 probabilities: the digit, its probability, whether it is
+    unsure (top probability below threshold) and the runner-up with its probability."""
+    p = np.asarray(probabilities, np.float64)
+    first, second = (int(d) for d in np.argsort(-p, kind="stable")[:2])
+    return {
+        "prediction": first,
+        "probability": float(p[first]),
+        "unsure": bool(p[first] < threshold),
+        "runner_up": second,
+        "runner_up_probability": float(p[second]),
+    }
+
+
+def _views(images: jax.Array) -> jax.Array:
+    """(V * B, 28, 28, 1): the images, shifted by TTA_SHIFTS, and zoomed by TTA_ZOOMS."""
+    views = [images] + [jnp.roll(images, shift, axis=(1, 2)) for shift in TTA_SHIFTS]
+    centre = jnp.full(2, CANVAS / 2)
+    for zoom in TTA_ZOOMS:
+        scale = jnp.full(2, zoom)
+        views.append(
+            jax.image.scale_and_translate(images, images.shape, (1, 2), scale, centre * (1 - scale), "linear")
+        )
+    return jnp.concatenate(views)
+
+
 class Predictor:
-    """Probabilities of the 10 digits for images; one jitted forward pass, batched."""
+    """Probabilities of the 10 digits for images; one jitted forward pass, batched.
 
-    def __init__(self, model: Any, params: Any, epoch: int | None = None):
-        self.params, self.epoch = params, epoch
+    tta (default on): the mean of the probabilities over a few shifted and zoomed views of each
+    image (TTA_SHIFTS, TTA_ZOOMS), all in the same call."""
 
-        # Jitted once for PREDICT_BATCH images: inputs are padded to it, so any number of images
-        # reuses the same compilation. uint8 in, scaled on the device as in training.
-        @jax.jit
-        def probabilities(params, images):
-            logits = model.apply({"params": params}, images.astype(jnp.float32) / 255.0)
-            return jax.nn.softmax(logits)
+    def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
+        self.params, self.epoch, self.tta = params, epoch, tta
+
+        # Jitted for PREDICT_BATCH (or SMALL_BATCH) images: inputs are padded to it, so any number
+        # of images reuses one of two compilations. uint8 in, scaled on the device as in training.
+        @functools.partial(jax.jit, static_argnums=2)
+        def probabilities(params, images, tta):
+            images = images.astype(jnp.float32) / 255.0
+            views = _views(images) if tta else images
+            probs = jax.nn.softmax(model.apply({"params": params}, views))
+            return probs.reshape(-1, *images.shape[:1], probs.shape[-1]).mean(axis=0)
 
         self._probabilities = probabilities
 
@@ -377,11 +425,12 @@ class Predictor:
     def predict_mnist(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 10) for already MNIST-formatted uint8 images (N, 28, 28, 1)."""
         out = []
-        for start in range(0, len(images), PREDICT_BATCH):
-            chunk = images[start : start + PREDICT_BATCH]
-            padded = np.zeros((PREDICT_BATCH, CANVAS, CANVAS, 1), np.uint8)
+        size = SMALL_BATCH if len(images) <= SMALL_BATCH else PREDICT_BATCH
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            padded = np.zeros((size, CANVAS, CANVAS, 1), np.uint8)
             padded[: len(chunk)] = chunk
-            out.append(np.asarray(self._probabilities(self.params, padded))[: len(chunk)])
+            out.append(np.asarray(self._probabilities(self.params, padded, self.tta))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
     def __call__(self, images: Sequence[np.ndarray | str | os.PathLike]) -> np.ndarray:
@@ -390,7 +439,7 @@ class Predictor:
         return self.predict_mnist(self.preprocessed(arrays))
 
 
-def load_predictor(workdir: str | os.PathLike, epoch: int | None = None) -> Predictor:
+def load_predictor(workdir: str | os.PathLike, epoch: int | None = None, tta: bool = True) -> Predictor:
     """The predictor of one epoch's checkpoint in workdir (newest by default)."""
     restored = load_weights(workdir, epoch)
-    return Predictor(model_from_config(restored.config), restored.params, restored.epoch)
+    return Predictor(model_from_config(restored.config), restored.params, restored.epoch, tta)

@@ -29,10 +29,14 @@ from lenet_jax.workdir import (
     write_config,
 )
 
-with torch_blocked():  # lenet_jax.speed says why
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-    from tensorboardX.proto.summary_pb2 import Summary
+try:
+    with torch_blocked():  # lenet_jax.speed says why
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
+except ImportError:  # not installed (e.g. a GPU image): metrics.jsonl alone, RunLog says so
+    EventsWriter = None
+NO_TENSORBOARD = "note: tensorboardX is not installed: this run logs to metrics.jsonl only"
 
 # TensorBoard tags. The first three are the PyTorch tutorial's.
 TAG_TRAIN_LOSS = "Train Loss"
@@ -117,7 +121,11 @@ class RunLog:
         self.rows = [rows[epoch] for epoch in sorted(rows)]
         self._write_rows(self.rows)
         self._epochs = set(rows)
-        self.tensorboard = EventFile(workdir / TENSORBOARD_SUBDIR, purge_step=resume_step or None)
+        self.tensorboard = None
+        if EventsWriter is None:
+            print(NO_TENSORBOARD, flush=True)
+        else:
+            self.tensorboard = EventFile(workdir / TENSORBOARD_SUBDIR, purge_step=resume_step or None)
         for row in missing:
             self._scalars(row)
 
@@ -127,7 +135,7 @@ class RunLog:
         os.replace(tmp, self.metrics_path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.enabled:
+        if self.enabled and self.tensorboard is not None:
             self.tensorboard.scalar(tag, value, step)
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -139,7 +147,8 @@ class RunLog:
             f.flush()
             os.fsync(f.fileno())
         self._epochs.add(row["epoch"])
-        self.tensorboard.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def train_loss(self, step: int, loss: float) -> None:
         self.scalar(TAG_TRAIN_LOSS, loss, step)
@@ -161,7 +170,7 @@ class RunLog:
             self.scalar(TAG_LEARNING_RATE, row["learning_rate"], row["step"])
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tensorboard is not None:
             self.tensorboard.close()
 
     # A context manager: the event file is closed on every exit.

@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from importlib.resources import files
 
-import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +39,7 @@ from lenet_jax.predict import (
     one_line,
     preprocess,
     read_image,
+    verdict,
 )
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything absurd
@@ -142,11 +142,12 @@ def upload_kind(content_type: str) -> str:
 async def read_body(request: Request, seconds: float) -> bytes:
     """The body, refused from its Content-Length before it is read, cut at the cap if chunked."""
     declared = request.headers.get("content-length")
-    if declared is None and "chunked" not in request.headers.get("transfer-encoding", "").lower():
-        raise HTTPException(411, "Content-Length is required (or Transfer-Encoding: chunked)")
-    if declared is not None and not (declared.isascii() and declared.isdigit()):
+    if declared is None:
+        if "chunked" not in request.headers.get("transfer-encoding", "").lower():
+            raise HTTPException(411, "Content-Length is required (or Transfer-Encoding: chunked)")
+    elif not (declared.isascii() and declared.isdigit()):
         raise HTTPException(400, f"Content-Length must be a number of bytes, not {declared[:40]!r}")
-    if declared is not None and int(declared) > MAX_BODY_BYTES:
+    elif int(declared) > MAX_BODY_BYTES:
         raise HTTPException(413, f"body of {int(declared):,} bytes is {TOO_LARGE}")
     body = bytearray()
     try:
@@ -179,23 +180,23 @@ async def uploaded_image(request: Request, kind: str, body: bytes) -> bytes:
 
 
 def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
-    """The /predict JSON of an image's bytes; HTTPException (status, one line) if it is unusable."""
+    """The /predict JSON of an image's bytes: the digit, the 10 probabilities and the 28x28 image
+    the model saw; HTTPException (status, one line) if it is unusable."""
     try:
         seen = preprocess(read_image(image, max_pixels))
     except ImageTooLargeError as e:
         raise HTTPException(413, f"{e}: send a smaller image") from e
     except ImageError as e:  # not an image at all (400), or a damaged one or one without ink (422)
         raise HTTPException(400 if isinstance(e, UnreadableImageError) else 422, str(e)) from e
-    return answer(seen, predictor.predict_mnist(seen[None])[0])
-
-
-def answer(seen: np.ndarray, probabilities: np.ndarray) -> dict:
-    """The /predict JSON (the one place its fields are made): the digit, the 10 probabilities and
-    the 28x28 image the model saw."""
+    probabilities = predictor.predict_mnist(seen[None])[0]
+    answer = verdict(probabilities)  # the digit, and whether it is unsure (with the runner-up)
     return {
-        "prediction": int(np.argmax(probabilities)),
+        "prediction": answer["prediction"],
         "probabilities": [round(float(p), 6) for p in probabilities],
         "input": seen[..., 0].tolist(),
+        "unsure": answer["unsure"],
+        "runner_up": answer["runner_up"],
+        "runner_up_probability": round(answer["runner_up_probability"], 6),
     }
 
 

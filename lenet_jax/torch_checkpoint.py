@@ -1,16 +1,14 @@
 """PyTorch files of the tutorial's LeNet: read them safely, import them, export ours back.
 
-The tutorial saves `torch.save(net, "model/net_N.pth")`: a zip archive whose `data.pkl` pickles
-the whole `MyLeNet`, each tensor's bytes in a `data/<key>` record. `torch.load` of such a file
-runs whatever its pickle names; here a restricted unpickler (the `find_class` allow-list of
-Python's pickle docs) allows only the names that file or a `state_dict` of it needs, maps them
-to inert stand-ins, and builds numpy arrays from the records (`persistent_load`). Anything else
-(`os.system`, another layer class) is refused before it is called; PyTorch need not be
-installed. `.safetensors` files are read and written with the `safetensors` package.
+`torch.save(net, PATH)` writes a zip archive whose `data.pkl` pickles the whole MyLeNet, each
+tensor's bytes in a `data/<key>` record. `torch.load` runs whatever that pickle names; here a
+restricted unpickler (the `find_class` allow-list of Python's pickle docs) allows only the names
+the tutorial's file or its state_dict needs, as inert stand-ins, and refuses anything else before
+it is called, so PyTorch need not be installed. `.safetensors` files use the `safetensors` package.
 
-Layouts: PyTorch's conv weights are OIHW and Flax's kernels HWIO; `Linear` weights are (out, in)
-and `Dense` kernels (in, out); PyTorch flattens the conv features C,H,W where `LeNet` flattens
-H,W,C, so the first Dense kernel's rows are permuted. `scripts/convert.py` is the command line.
+Layouts: PyTorch's conv weights are OIHW, Flax's kernels HWIO; `Linear` weights are (out, in),
+`Dense` kernels (in, out); PyTorch flattens the conv features C,H,W where `LeNet` flattens H,W,C,
+so the first Dense kernel's rows are permuted. `scripts/convert.py` is the command line.
 """
 
 from __future__ import annotations
@@ -54,15 +52,6 @@ _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PA
 # ---------------------------------------------------------------------------------------------
 # torch.save's zip archives, read without running their pickle.
 
-_STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16"}
-# The classes pickled by torch.save(net) of the tutorial's MyLeNet (its model.py, or __main__).
-_MODULE_CLASSES = {
-    ("torch.nn.modules.container", "Sequential"), ("torch.nn.modules.conv", "Conv2d"),
-    ("torch.nn.modules.activation", "Sigmoid"), ("torch.nn.modules.pooling", "AvgPool2d"),
-    ("torch.nn.modules.flatten", "Flatten"), ("torch.nn.modules.linear", "Linear"),
-    *((owner, name) for owner in ("model", "__main__") for name in ("MyLeNet", "Reshape")),
-}  # fmt: skip
-
 
 class _Module:
     """An allowed torch.nn.Module, inert: the attribute dict its pickle sets, nothing run."""
@@ -77,19 +66,33 @@ class _Module:
 def _rebuild_tensor(storage, offset, size, stride, *_) -> np.ndarray:
     """The contiguous tensor of `size` at `offset` in storage (as torch.save writes parameters)."""
     ints = isinstance(size, tuple) and all(type(n) is int and n >= 0 for n in (offset, *size))
-    if not (isinstance(storage, np.ndarray) and ints and stride == _contiguous(size)):
+    contiguous = ints and stride == tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
+    if not (isinstance(storage, np.ndarray) and contiguous):
         raise ConversionError(f"malformed tensor in the pickle: size {size}, stride {stride}")
-    if offset + math.prod(size) > len(storage):
+    end = offset + math.prod(size)
+    if end > len(storage):
         raise ConversionError(f"malformed tensor in the pickle: size {size} reaches past its storage")
-    return storage[offset : offset + math.prod(size)].reshape(size).copy()
+    return storage[offset:end].reshape(size).copy()
 
 
-def _contiguous(size: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
-
-
-def _rebuild_parameter(data, *_) -> np.ndarray:
-    return data
+_STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16"}
+# The classes pickled by torch.save(net) of the tutorial's MyLeNet (its model.py, or __main__).
+_MODULE_CLASSES = (
+    ("torch.nn.modules.container", "Sequential"), ("torch.nn.modules.conv", "Conv2d"),
+    ("torch.nn.modules.activation", "Sigmoid"), ("torch.nn.modules.pooling", "AvgPool2d"),
+    ("torch.nn.modules.flatten", "Flatten"), ("torch.nn.modules.linear", "Linear"),
+    *((owner, name) for owner in ("model", "__main__") for name in ("MyLeNet", "Reshape")),
+)  # fmt: skip
+# Every name the unpickler resolves, and what to.
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("__builtin__", "set"): set,  # protocol 2 names builtins the Python 2 way
+    ("builtins", "set"): set,
+    **{("torch", name): dtype for name, dtype in _STORAGE_DTYPES.items()},
+    **{key: type(key[1], (_Module,), {"class_name": ".".join(key)}) for key in _MODULE_CLASSES},
+}  # fmt: skip
 
 
 class _Unpickler(pickle.Unpickler):
@@ -98,19 +101,8 @@ class _Unpickler(pickle.Unpickler):
         self._archive, self._prefix, self._byteorder, self._source = archive, prefix, byteorder, source
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = {
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("__builtin__", "set"): set,  # protocol 2 names builtins the Python 2 way
-            ("builtins", "set"): set,
-        }
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if (module, name) in _MODULE_CLASSES:
-            return type(name, (_Module,), {"class_name": f"{module}.{name}"})
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
         raise ConversionError(
             f"refusing {self._source}: its pickle names {module}.{name}, which a PyTorch file of the "
             "tutorial's LeNet (its MyLeNet or its state_dict) never needs; nothing in the file was "
@@ -147,22 +139,20 @@ _PICKLE_ERRORS = (
 )  # fmt: skip
 
 
-def read_torch_pickle(path: str | os.PathLike) -> Any:
+def _read_archive(path: Path, head: bytes) -> Any:
     """The object torch.save pickled at path, read without running it (tensors as numpy)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        damaged = f.read(2) == b"PK"
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pickles) != 1:
                 raise ConversionError(f"{path} is not a torch.save archive: {_STATE_DICT_HINT}")
-            prefix = pickles[0][: -len("data.pkl")]
+            prefix = pickles[0].removesuffix("data.pkl")
             byteorder = "little"
             if f"{prefix}byteorder" in archive.namelist():
                 byteorder = _open_record(archive, f"{prefix}byteorder", path).read().decode("ascii").strip()
             return _Unpickler(archive, prefix, byteorder, path).load()
     except zipfile.BadZipFile:
+        damaged = head.startswith(b"PK")
         what = "is damaged (truncated?)" if damaged else "is neither a torch.save archive nor safetensors"
         raise ConversionError(f"{path} {what}: pass the .pth file torch.save wrote") from None
     except _PICKLE_ERRORS as e:
@@ -210,11 +200,10 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
             try:
                 with safetensors.safe_open(path, framework="np") as f:
                     tensors = {key: f.get_tensor(key) for key in f.keys()}
-                    metadata = f.metadata() or {}
+                    return TorchWeights(tensors, "safetensors", "state_dict", f.metadata() or {})
             except (safetensors.SafetensorError, ValueError) as e:
                 raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
-            return TorchWeights(tensors, "safetensors", "state_dict", metadata)
-        obj = read_torch_pickle(path)
+        obj = _read_archive(path, head)
     except OSError as e:
         raise ConversionError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
     if isinstance(obj, _Module):
@@ -228,6 +217,26 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
 
 # ---------------------------------------------------------------------------------------------
 # Between MyLeNet's state_dict and LeNet's params.
+
+
+def _kernel(layer: str, weight: np.ndarray) -> np.ndarray:
+    """A PyTorch weight of `layer` as its Flax kernel."""
+    if weight.ndim == 4:
+        return weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if layer == "dense1":  # its inputs from PyTorch's C,H,W flatten order to our H,W,C
+        weight = weight.reshape(-1, *CONV_FEATURES).transpose(0, 2, 3, 1).reshape(len(weight), -1)
+    return weight.T  # (out, in) -> (in, out)
+
+
+def _weight(layer: str, kernel: np.ndarray) -> np.ndarray:
+    """A Flax kernel of `layer` as its PyTorch weight: `_kernel` undone."""
+    if kernel.ndim == 4:
+        return kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    weight = kernel.T
+    if layer == "dense1":
+        c, h, w = CONV_FEATURES
+        weight = weight.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(len(weight), -1)
+    return weight
 
 
 def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLike = "the file") -> dict:
@@ -253,39 +262,21 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
             f"{source} is not the tutorial's LeNet: its state_dict has keys MyLeNet does not have "
             f"({', '.join(extra[:6])})"
         )
-    w = {ours: state_dict[f"{prefix}.weight"].astype(np.float32) for ours, prefix, _ in LAYERS}
-    c, h, wd = CONV_FEATURES
-    kernels = {
-        "conv1": w["conv1"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
-        "conv2": w["conv2"].transpose(2, 3, 1, 0),
-        # (out, C*H*W) -> (H*W*C, out): the rows in our H,W,C flatten order
-        "dense1": w["dense1"].reshape(-1, c, h, wd).transpose(2, 3, 1, 0).reshape(c * h * wd, -1),
-        "dense2": w["dense2"].T,
-        "dense3": w["dense3"].T,
-    }
-    return {
-        ours: {"kernel": np.ascontiguousarray(kernels[ours]),
-               "bias": state_dict[f"{prefix}.bias"].astype(np.float32)}
-        for ours, prefix, _ in LAYERS
-    }  # fmt: skip
+    params = {}
+    for ours, prefix, _ in LAYERS:
+        kernel = np.ascontiguousarray(_kernel(ours, state_dict[f"{prefix}.weight"].astype(np.float32)))
+        params[ours] = {"kernel": kernel, "bias": state_dict[f"{prefix}.bias"].astype(np.float32)}
+    return params
 
 
 def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
     """The tutorial MyLeNet's state_dict (keys model.1.weight, ...; float32) from LeNet's params."""
     if sorted(params) != sorted(ours for ours, _, _ in LAYERS):
         raise ConversionError(f"the checkpoint's params have layers {sorted(params)}, not LeNet's")
-    k = {ours: np.asarray(params[ours]["kernel"], np.float32) for ours, _, _ in LAYERS}
-    c, h, w = CONV_FEATURES
-    weights = {
-        "conv1": k["conv1"].transpose(3, 2, 0, 1),  # HWIO -> OIHW
-        "conv2": k["conv2"].transpose(3, 2, 0, 1),
-        "dense1": k["dense1"].reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * h * w),
-        "dense2": k["dense2"].T,
-        "dense3": k["dense3"].T,
-    }
     state_dict = {}
     for ours, prefix, _ in LAYERS:
-        state_dict[f"{prefix}.weight"] = np.ascontiguousarray(weights[ours])
+        kernel = np.asarray(params[ours]["kernel"], np.float32)
+        state_dict[f"{prefix}.weight"] = np.ascontiguousarray(_weight(ours, kernel))
         state_dict[f"{prefix}.bias"] = np.array(params[ours]["bias"], np.float32)  # writable, for torch
     return state_dict
 
@@ -296,18 +287,10 @@ def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class ImportResult:
-    """Where import_torch_checkpoint wrote the checkpoint, and the source it recorded."""
-
     workdir: Path
     epoch: int
     step: int
-    source: dict[str, Any]
-
-
-def epoch_from_name(path: str | os.PathLike) -> int | None:
-    """The epoch in a file name as the tutorial writes them (net_3.pth -> 3), else None."""
-    match = re.search(r"(\d+)$", Path(path).stem)
-    return int(match.group(1)) if match else None
+    source: dict[str, Any]  # the file, its sha256, format and contents, as the checkpoint's meta records
 
 
 def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tuple[int, int]:
@@ -321,7 +304,9 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
                 f"between 0 and {MAX_EPOCH}"
             )
         return epoch, step
-    epoch = (epoch_from_name(path) or 1) if epoch is None else epoch
+    if epoch is None:
+        number = re.search(r"(\d+)$", path.stem)  # the tutorial's net_3.pth: 3
+        epoch = int(number[1] if number else 0) or 1
     if not 0 <= epoch <= MAX_EPOCH:
         raise ConversionError(
             f"--epoch must be between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer), "
@@ -335,13 +320,11 @@ def import_torch_checkpoint(
 ) -> ImportResult:
     """Writes the tutorial's weights in `path` as epoch `epoch` of a checkpoint in `workdir`.
 
-    The checkpoint is complete, like one of training: the recipe's config (the tutorial's
-    model and optimizer), a fresh optimizer state, the imported params, and a meta recording
-    the source file and its sha256. epoch defaults to the one a file written by
-    export_torch_checkpoint records (with its step), else to the number ending the file name
-    (net_3.pth: 3), else 1; the step to epoch x 938 (the tutorial's batches per epoch). A
-    workdir holding checkpoints is refused unless an epoch it does not hold is given; nothing
-    is overwritten. A run resumed from it trains on this project's data.
+    The checkpoint is complete, like one of training: the recipe's config, a fresh optimizer
+    state, the imported params, and a meta recording the source file and its sha256. The epoch
+    defaults as `_epoch_and_step` says; its step is epoch x 938 (the tutorial's batches per epoch)
+    unless the file records one. A workdir holding checkpoints takes only an epoch it does not
+    hold; nothing is overwritten.
     """
     from lenet_jax.checkpoints import Checkpoints
     from lenet_jax.config import Config
@@ -419,12 +402,10 @@ def _imported_state(config: Any, params: Any, step: int) -> Any:
 
 @dataclasses.dataclass
 class ExportResult:
-    """What export_torch_checkpoint wrote: the file, the epoch, its format, averaged weights."""
-
     out: Path
     epoch: int
-    format: str
-    averaged: bool
+    format: str  # "safetensors", "pt" or "pth"
+    averaged: bool  # the run's moving average of the weights
 
 
 def export_torch_checkpoint(

@@ -67,6 +67,10 @@ def test_negative_strength_is_refused():
         Config().replace(augment_rotate=-1)
     with pytest.raises(ConfigError, match="augment_scale must be below 1"):
         Config().replace(augment_scale=1.5)
+    with pytest.raises(ConfigError, match="--augment-blur must be >= 0"):
+        Config().replace(augment_blur=-1)
+    with pytest.raises(ConfigError, match="--augment-stroke must be at most 3"):
+        Config().replace(augment_stroke=4)
 
 
 def test_bilinear_sampling_matches_map_coordinates():
@@ -94,3 +98,71 @@ def test_elastic_field_strength_and_smoothness():
     corr = np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1]
     assert corr > 0.9
     assert abs(field.mean()) < 0.5  # zero-mean noise: no systematic drift
+
+
+def bar(width=2):
+    """A vertical bar, `width` pixels wide, in a 28x28 image (B=1, H, W)."""
+    image = np.zeros((1, 28, 28), np.float32)
+    image[0, 6:22, 13 : 13 + width] = 1.0
+    return jnp.asarray(image)
+
+
+def ink_width(image) -> float:
+    return float(np.asarray(image)[0, 14].sum())  # the ink across the bar's middle row
+
+
+def test_stroke_width_grows_and_thins_strokes():
+    from lenet_jax.augment import _stroke_width
+
+    image = bar(4)
+    widths = {r: ink_width(_stroke_width(image, jnp.asarray([r]), 2)) for r in (-1, -0.5, 0, 0.5, 1, 2)}
+    assert widths[0] == 4 and widths[1] == 6 and widths[2] == 8 and widths[-1] == 2  # a pixel a side
+    assert widths[-1] < widths[-0.5] < widths[0] < widths[0.5] < widths[1]  # fractions blend
+
+
+def test_blur_softens_an_edge_and_keeps_the_ink():
+    from lenet_jax.augment import _blur_matrices
+
+    image = bar(4)
+    blurred = _blur_matrices(jnp.asarray([1.5]), 28) @ image @ _blur_matrices(jnp.asarray([1.5]), 28).mT
+    row = np.asarray(blurred)[0, 14]
+    assert np.abs(np.diff(row)).max() < 0.5  # the edge was a step of 1
+    assert np.count_nonzero(row > 0.01) > 8  # ink spread beyond the 4 pixels
+    np.testing.assert_allclose(float(blurred.sum()), float(image.sum()), rtol=1e-3)
+    np.testing.assert_allclose(_blur_matrices(jnp.asarray([0.0]), 5)[0], np.eye(5), atol=1e-6)
+
+
+def test_lowres_loses_fine_detail_and_is_the_identity_at_factor_1():
+    from lenet_jax.augment import _lowres_matrices
+
+    np.testing.assert_allclose(_lowres_matrices(jnp.asarray([1.0]), 28)[0], np.eye(28), atol=1e-6)
+    stripes = np.zeros((1, 28, 28), np.float32)
+    stripes[0, :, ::2] = 1.0  # the finest detail there is: 1-pixel stripes
+    scan = _lowres_matrices(jnp.asarray([2.0]), 28)[0]
+    out = np.asarray(stripes[0] @ scan.T)[:, 2:-2]
+    assert np.ptp(out) < 0.1 and abs(out.mean() - 0.5) < 0.05  # averaged away to grey
+
+
+def test_pen_and_scan_varies_per_image_and_keeps_the_peak():
+    images = strokes()
+    out = make_augment(Augmentation(stroke=1, blur=1, lowres=1, gamma=0.5))(jax.random.PRNGKey(0), images)
+    np.testing.assert_allclose(out.max(axis=(1, 2, 3)), images.max(axis=(1, 2, 3)), rtol=1e-5)
+    ink = np.asarray(out.sum(axis=(1, 2, 3)) / images.sum(axis=(1, 2, 3)))
+    assert np.ptp(ink) > 0.1, ink  # each image drawn with its own pen
+
+
+def test_gamma_keeps_paper_and_full_ink_and_moves_the_greys():
+    ramp = jnp.tile(jnp.linspace(0, 1, 28)[None, None, :, None], (8, 28, 1, 1))
+    out = np.asarray(make_augment(Augmentation(gamma=0.7))(jax.random.PRNGKey(1), ramp))
+    np.testing.assert_allclose(out[:, :, 0], 0, atol=1e-6)
+    np.testing.assert_allclose(out[:, :, -1], 1, atol=1e-5)
+    middle = out[:, 0, 14, 0]
+    assert middle.min() < 0.48 < 0.56 < middle.max()  # darker and fainter greys across the batch
+
+
+def test_pen_augmentation_leaves_the_geometric_draws_as_they_were():
+    # Adding the pen to `best`'s distortions does not change which distortion each image gets.
+    geometric = Augmentation(translate=2, rotate=15)
+    a = make_augment(geometric)(jax.random.PRNGKey(4), strokes())
+    b = make_augment(Augmentation(translate=2, rotate=15, gamma=1e-9))(jax.random.PRNGKey(4), strokes())
+    np.testing.assert_allclose(a, b, atol=1e-5)

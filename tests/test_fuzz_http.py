@@ -137,7 +137,7 @@ CASES = [
     ("octet-stream body", request(body=GOOD, content_type="application/octet-stream"), 200, None, {}),
     ("query string", request(path="/predict?mode=fast", body=GOOD), 200, None, {}),
     ("4096x4096 (the cap)", request(body=big_digit()), 200, None, {}),
-    ("sparse ink", request(body=sparse_ink()), 200, None, {}),
+    ("sparse ink", request(body=sparse_ink()), 422, "too little ink", {}),
     ("palette, transparent index", request(body=drawing_in_mode("P+transparency")), 200, None, {}),
     ("text/plain", request(body=GOOD, content_type="text/plain"), 415, "Content-Type must be one of", {}),
     ("no Content-Type", request(body=GOOD, content_type=None), 415, "not none", {}),

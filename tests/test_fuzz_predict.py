@@ -84,7 +84,7 @@ def fifo(root: Path) -> list[str]:
 TOO_LARGE = r"over the limit of 16,777,216 pixels \(4096x4096\): scale it down, or raise --max-pixels"
 # (id, maker of the inputs, extra flags, exit code, regex of the one stderr line or None)
 CASES = [
-    ("sparse ink in 3x100000", file("sparse.png", sparse_ink), [], 0, None),
+    ("sparse ink in 3x100000", file("sparse.png", sparse_ink), [], 2, r"sparse.png: too little ink"),
     (
         "zTXt decompression bomb",
         file("bomb.png", ztxt_bomb),

@@ -54,9 +54,61 @@ def test_every_mode_and_transparency_reads_as_the_same_drawing(mode):
     assert np.abs(preprocess(read_image(drawing_in_mode(mode))).astype(int) - reference).max() <= 1
 
 
-def test_sparse_ink_makes_a_digit_not_a_nan():
-    out = preprocess(read_image(sparse_ink()))
-    assert out.dtype == np.uint8 and out.max() == 255  # both dots, brought back to full strength
+def test_sparse_ink_is_refused_not_guessed():
+    with pytest.raises(NoInkError, match="too little ink"):
+        preprocess(read_image(sparse_ink()))
+    specks = np.full((3000, 3000), 255, np.uint8)  # issue 26: predicted "5 (0.120)" before
+    specks[100:103, 200:203] = specks[2500:2504, 2800:2804] = 0
+    with pytest.raises(NoInkError, match="too little ink"):
+        preprocess(specks)
+
+
+def test_verdict_marks_low_confidence_unsure_with_the_runner_up():
+    from lenet_jax.predict import UNSURE_BELOW, verdict
+
+    probs = np.full(10, 0.11 / 8)
+    probs[7], probs[1] = 0.48, 0.41
+    assert verdict(probs) == {
+        "prediction": 7,
+        "probability": pytest.approx(0.48),
+        "unsure": True,
+        "runner_up": 1,
+        "runner_up_probability": pytest.approx(0.41),
+    }
+    sure = np.eye(10)[3] * 0.9 + 0.01
+    assert verdict(sure)["unsure"] is False and verdict(sure)["prediction"] == 3
+    assert verdict(sure, threshold=0.95)["unsure"] is True and 0.5 < UNSURE_BELOW < 1
+
+
+def test_predict_text_line_says_unsure():
+    from lenet_jax.commands.predict import json_row, text_line
+
+    probs = np.full(10, 0.11 / 8, np.float32)
+    probs[7], probs[1] = 0.48, 0.41
+    assert text_line("a.png", probs) == "a.png: 7? (unsure: 7 0.48, 1 0.41)"
+    sure = np.eye(10, dtype=np.float32)[3] * 0.9 + 0.01
+    assert text_line("b.png", sure) == "b.png: 3  (3: 0.910, 0: 0.010, 1: 0.010)"
+    row = json.loads(json_row("a.png", probs))
+    assert row["prediction"] == 7 and row["unsure"] is True and row["runner_up"] == 1
+    assert row["runner_up_probability"] == pytest.approx(0.41)
+
+
+def test_test_time_views_are_shifts_and_zooms_of_the_image():
+    import jax.numpy as jnp
+
+    from lenet_jax.predict import TTA_SHIFTS, TTA_ZOOMS, _views
+
+    image = np.zeros((1, 28, 28, 1), np.float32)
+    image[0, 8:20, 12:16] = 1.0
+    views = np.asarray(_views(jnp.asarray(image)))[..., 0]
+    assert views.shape == (1 + len(TTA_SHIFTS) + len(TTA_ZOOMS), 28, 28)
+    np.testing.assert_array_equal(views[0], image[0, ..., 0])
+    ys, xs = np.indices((28, 28))
+    centre = lambda v: np.asarray([(ys * v).sum(), (xs * v).sum()]) / v.sum()  # noqa: E731
+    for view, shift in zip(views[1:], TTA_SHIFTS, strict=False):
+        np.testing.assert_allclose(centre(view) - centre(views[0]), shift, atol=1e-4)
+    sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(TTA_SHIFTS) :]]
+    assert sizes[0] < np.count_nonzero(views[0] > 0.5) < sizes[1]  # zoomed out, zoomed in
 
 
 @pytest.mark.parametrize(
@@ -120,6 +172,7 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
         row = by_name[f"{i}.png"]
         assert len(row["probabilities"]) == 10 and abs(sum(row["probabilities"]) - 1) < 1e-3
         assert row["prediction"] == int(np.argmax(row["probabilities"]))
+        assert isinstance(row["unsure"], bool) and row["runner_up"] != row["prediction"]
     correct = sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5))
     assert correct >= 4
 

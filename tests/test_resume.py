@@ -22,6 +22,7 @@ TRAIN = ["--preset", "smoke", "--train-size", "640", "--batch-size", "16", "--lo
 RUNS = {  # kind of run -> flags over TRAIN
     "plain": [],
     "augmented": ["--augment-rotate", "10", "--elastic-alpha", "1.5"],
+    "pen": ["--augment-stroke", "1", "--augment-blur", "1", "--augment-lowres", "1", "--augment-gamma", ".5"],
     "averaged": ["--ema-decay", "0.9"],
 }
 STOPS = {  # kind of stop -> (signal, point of tests/helpers/signal_self.py), all in epoch 2
@@ -34,6 +35,7 @@ CASES = [
     ("plain", "sigterm"),
     ("plain", "sigkill-in-save"),
     ("augmented", "sigkill"),
+    ("pen", "sigkill"),
     ("averaged", "sigterm"),
 ]
 SIGNAL_SELF = Path(__file__).parent / "helpers" / "signal_self.py"

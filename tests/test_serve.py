@@ -20,6 +20,7 @@ from PIL import Image
 
 from lenet_jax import cli
 from lenet_jax.data import load_dataset
+from lenet_jax.predict import UNSURE_BELOW
 from lenet_jax.serve import create_app, uvicorn_server
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +77,11 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
     assert answer["prediction"] == test.labels[0] == 7
     assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     assert np.asarray(answer["input"]).shape == (28, 28)
+    # The verdict of predict.py: sure or not, and the runner-up with its probability.
+    second = int(np.argsort(answer["probabilities"])[-2])
+    assert answer["unsure"] is (max(answer["probabilities"]) < UNSURE_BELOW)
+    assert answer["runner_up"] == second
+    assert answer["runner_up_probability"] == answer["probabilities"][second]
 
 
 @pytest.mark.skipif(

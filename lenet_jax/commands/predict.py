@@ -5,8 +5,11 @@
 
 Any size, colour or grey, dark ink on light paper or light on dark, transparent or not: each
 image is preprocessed the way MNIST was made (lenet_jax.predict.preprocess). Prints the
-predicted digit and the top-3 probabilities per image; --json prints one object per image with
-`path`, `prediction` and `probabilities` (10 floats). An image that cannot be used (no ink, not
+predicted digit and the top-3 probabilities per image, or, when the top probability is low, the
+digit marked unsure with the runner-up ("7? (unsure: 7 0.48, 1 0.41)"); --json prints one object
+per image with `path`, `prediction`, `probabilities` (10 floats), `unsure`, `runner_up` and
+`runner_up_probability`. Probabilities are the mean over a few shifted and zoomed views of the
+image (lenet_jax.predict.TTA_SHIFTS, TTA_ZOOMS). An image that cannot be used (no ink, not
 an image, damaged, over --max-pixels: checked from its header, before decoding) gets its own
 one-line reason instead, and the others still get their predictions; the exit code is then 2.
 Entries of a directory that are not regular files (named pipes, sockets, ...) are skipped with
@@ -32,6 +35,7 @@ from lenet_jax.predict import (
     pixel_limit,
     preprocess,
     quiet_pil_warnings,
+    verdict,
 )
 
 
@@ -82,21 +86,34 @@ def main(argv: list[str]) -> int:
             failed(path, str(e))
     probabilities = predictor.predict_mnist(np.stack([image for _, image in ready])) if ready else []
     for (path, _), probs in zip(ready, probabilities, strict=True):
-        prediction = int(np.argmax(probs))
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "path": str(path),
-                        "prediction": prediction,
-                        "probabilities": [round(float(p), 6) for p in probs],
-                    }
-                )
-            )
-        else:
-            top = np.argsort(probs)[::-1][:3]
-            print(f"{path}: {prediction}  (" + ", ".join(f"{d}: {probs[d]:.3f}" for d in top) + ")")
+        print(json_row(path, probs) if args.json else text_line(path, probs))
     return 2 if failures else 0
+
+
+def json_row(path: object, probs: np.ndarray) -> str:
+    answer = verdict(probs)
+    return json.dumps(
+        {
+            "path": str(path),
+            "prediction": answer["prediction"],
+            "probabilities": [round(float(p), 6) for p in probs],
+            "unsure": answer["unsure"],
+            "runner_up": answer["runner_up"],
+            "runner_up_probability": round(answer["runner_up_probability"], 6),
+        }
+    )
+
+
+def text_line(path: object, probs: np.ndarray) -> str:
+    """'a.png: 7  (7: 0.998, 1: 0.001, 2: 0.000)', or 'a.png: 7? (unsure: 7 0.48, 1 0.41)'."""
+    answer = verdict(probs)
+    if answer["unsure"]:
+        return (
+            f"{path}: {answer['prediction']}? (unsure: {answer['prediction']} {answer['probability']:.2f}, "
+            f"{answer['runner_up']} {answer['runner_up_probability']:.2f})"
+        )
+    top = np.argsort(-np.asarray(probs), kind="stable")[:3]
+    return f"{path}: {answer['prediction']}  (" + ", ".join(f"{d}: {probs[d]:.3f}" for d in top) + ")"
 
 
 def console() -> None:

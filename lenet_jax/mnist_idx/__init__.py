@@ -12,7 +12,7 @@ Configs:
 
 tfds writes `array_record` files with the array-record package, which has wheels for Linux and
 macOS on Apple silicon only. Elsewhere (`array_record_available()` is False) a local folder is
-read straight from its IDX files (`read_local`) and the download path is refused in one line.
+read straight from its IDX files (`idx.read_folder`) and the download path is refused in one line.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def local_config(data_dir: Path) -> IdxConfig:
     """The config serving the IDX files in data_dir (validated while preparing)."""
     digest = idx.check_and_fingerprint(data_dir)
     return IdxConfig(
-        name=f"idx_{digest[:16]}",
+        name=idx.local_config_name(digest),
         description=f"IDX files from {data_dir} (sha256 {digest})",
         source_dir=str(data_dir),
     )
@@ -69,14 +69,6 @@ def require_array_record() -> None:
             f"(Linux and Apple-silicon macOS only): download the four IDX files from {MNIST_URL} "
             "and pass their folder with --data-dir DIR (or set LENET_DATA_DIR)"
         )
-
-
-def read_local(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The name and the (images, labels) of each split that the tfds path serves for data_dir,
-    read straight from the IDX files: the path used where array-record is not installed."""
-    config = local_config(data_dir)
-    splits = {split: idx.read_pair(*idx.split_paths(data_dir, split)) for split in idx.SPLIT_FILES}
-    return f"{MnistIdx.name}/{config.name}", splits
 
 
 def _first_hop(url: str) -> tuple[str, int, str]:
