@@ -368,10 +368,10 @@ FLAG_CASES = {
     "epochs 1.5": ("train.py", ["--epochs", "1.5"], "expected int, got '1.5'"),
     "batch size -1": ("train.py", ["--batch-size", "-1"], "--batch-size must be at least 1"),
     "eval batch size 0": ("train.py", ["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
-    "steps per call 0": ("train.py", ["--steps-per-call", "0"], "--steps-per-call must be at least 1"),
+    "speed": ("train.py", ["--speed", "fastest"], "--speed must be one of auto, plain"),
     "train size 0": ("train.py", ["--train-size", "0"], "--train-size must be at least 1"),
     "keep 0": ("train.py", ["--keep", "0"], "--keep must be at least 1"),
-    "optimizer": ("train.py", ["--optimizer", "adamax2"], "unknown optimizer 'adamax2'"),
+    "optimizer": ("train.py", ["--optimizer", "adamax2"], "--optimizer must be one of sgd, momentum"),
     "activation": ("train.py", ["--activation", "gelu"], "--activation must be one of sigmoid, tanh, relu"),
     "preset": ("train.py", ["--preset", "turbo"], "unknown preset 'turbo'"),
     "unknown flag": ("train.py", ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
@@ -1013,9 +1013,9 @@ FAULT_CASES = {
         "cannot be written; free some space",
     ),
     "device out of memory, training": (
-        lambda mp: mp.setattr("lenet_jax.program.TrainProgram._compile", lambda *a: _device_oom),
+        lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
         5,
-        "the device ran out of memory (asked for 85.9 GB): lower --batch-size (now 32) or --steps-per-call",
+        "the device ran out of memory (asked for 85.9 GB): lower --batch-size (now 32)",
     ),
     "device out of memory, evaluation": (
         lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
@@ -1027,7 +1027,7 @@ FAULT_CASES = {
             mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
         ),
         4,
-        "no checkpoint was changed",
+        "the checkpoint of epoch 2 is intact and the run resumes from it",
     ),
 }
 
@@ -1096,7 +1096,7 @@ TFDS_CACHE_DAMAGE = {
     "unreadable even prepared anew": (
         lambda d, mp: mp.setattr(
             "lenet_jax.data._split_arrays",
-            lambda builder, split: (_ for _ in ()).throw(
+            lambda builder, split, *options: (_ for _ in ()).throw(
                 RuntimeError("ArrayRecord file should be at least 64KB big")
             ),
         ),
