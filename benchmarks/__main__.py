@@ -101,28 +101,12 @@ class JaxEpochs:
         return self.trainer.evaluator.evaluate(evaluated_params(self.state), self.dataset.test)
 
 
-class TorchEpochs:
+def torch_reference(dataset: Dataset, threads: int):
     """The PyTorch reference at a given thread count (set before each of its epochs)."""
+    from benchmarks.torch_lenet import TorchTrainer
 
-    def __init__(self, dataset: Dataset, threads: int):
-        from benchmarks.torch_lenet import TorchTrainer
-
-        self.name, self.threads = f"pytorch-{threads}t", threads
-        self.trainer = TorchTrainer(
-            dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels
-        )
-
-    def train_epoch(self) -> float:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.trainer.train_epoch()
-
-    def evaluate(self) -> dict:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.trainer.evaluate()
+    arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
+    return TorchTrainer(*arrays, threads=threads)
 
 
 def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
@@ -157,7 +141,7 @@ def speed(args: argparse.Namespace) -> None:
     contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
     if args.jax_plain:
         contenders.append(JaxEpochs("lenet-jax-plain", config.replace(speed="plain"), dataset))
-    contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
+    contenders += [torch_reference(dataset, threads) for threads in args.torch_threads]
     times = interleave(contenders, args.rounds, len(dataset.train))
     evals = {}
     for contender in contenders:

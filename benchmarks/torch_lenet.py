@@ -19,15 +19,19 @@ from lenet_jax.config import get_preset
 
 
 class TorchTrainer:
-    """Trains and evaluates the reference model on arrays held in memory."""
+    """Trains and evaluates the reference model on arrays held in memory, at `threads` threads
+    (set before each epoch and evaluation: benchmarks interleave thread counts)."""
 
-    def __init__(self, train_images, train_labels, test_images, test_labels, seed: int = 0):
+    def __init__(self, train_images, train_labels, test_images, test_labels, seed=0, threads=None):
+        self.threads = threads or torch.get_num_threads()
+        self.name = f"pytorch-{self.threads}t"
         self.twin = PresetTwin(
             get_preset("recipe").replace(seed=seed), train_images, train_labels, test_images, test_labels
         )
 
     def train_epoch(self) -> float:
         """One shuffled pass over the training set; returns seconds."""
+        torch.set_num_threads(self.threads)
         start = time.perf_counter()
         for images, labels in self.twin.epoch_batches():
             self.twin.train_step(images, labels)
@@ -36,6 +40,7 @@ class TorchTrainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Accuracy and total loss (sum of per-batch mean losses) over 64-image test batches."""
+        torch.set_num_threads(self.threads)
         start = time.perf_counter()
         correct, total_loss = 0, 0.0
         for x, y in zip(self.twin.test_x.split(64), self.twin.test_y.split(64), strict=True):
@@ -55,8 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    trainer = TorchTrainer(*load_idx(args.data_dir))  # numpy-only IDX reader: no JAX in this process
+    trainer = TorchTrainer(*load_idx(args.data_dir), threads=args.threads)  # load_idx: numpy, no JAX
     for epoch in range(1, args.epochs + 1):
         seconds = trainer.train_epoch()
         print(f"epoch {epoch}: {seconds:.2f} s, test {trainer.evaluate()}")
