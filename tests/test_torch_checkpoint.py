@@ -290,6 +290,9 @@ def test_metadata_step_is_kept_and_an_epoch_of_its_own_resets_it(tmp_path):
     weights.metadata["step"] = str(2**31)
     with pytest.raises(ConversionError, match="records epoch 20, step 2147483648, beyond a 32-bit step"):
         _epoch_and_step(weights, path, None)
+    for absurd in ("9" * 5000, "\u0663"):  # not what export writes: ignored, the name's epoch (7) holds
+        weights.metadata["epoch"] = absurd
+        assert _epoch_and_step(weights, path, None) == (7, 7 * 938)
 
 
 def test_safetensors_written_by_lenet_jax_0_2_read_back():
