@@ -163,10 +163,7 @@ def data(tmp_path_factory) -> Path:
 def trained_once(data, tmp_path_factory) -> Path:
     """A 2-epoch run of the smoke preset on the synthetic data (copied by `run`)."""
     workdir = tmp_path_factory.mktemp("fuzz-run") / "run"
-    code = cli.run(
-        script_main("train.py"), [*TRAIN, "--epochs", "2", "--workdir", str(workdir), "--data-dir", str(data)]
-    )
-    assert code == 0
+    assert cli.run(script_main("train.py"), [str(a) for a in train_argv(workdir, data)]) == 0
     return workdir
 
 
@@ -701,12 +698,8 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
         "open(sys.argv[2] + '.rss', 'w').write(peak); sys.exit(code)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["epochs"] == 2  # epoch 2 from its checkpoint
     peak = int(Path(f"{run}.rss").read_text()) / 1024  # kB
@@ -718,15 +711,8 @@ def test_fuzz_launch_flags(value, message):
     """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
     import subprocess
 
-    command = [
-        sys.executable,
-        REPO_ROOT / "scripts/launch.py",
-        "--num-processes",
-        value,
-        "--",
-        "--epochs",
-        "1",
-    ]
+    launch = REPO_ROOT / "scripts/launch.py"
+    command = [sys.executable, launch, "--num-processes", value, "--", "--epochs", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert_one_line(done.stderr, done.returncode, 2, message)
 
@@ -962,9 +948,9 @@ def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
     """A real process: SIGTERM twice inside epoch 2's checkpoint write. One `stopped:` line with
     the resume hint, exit 143, no orbax traceback at exit; epoch 1 intact, and the same command
     resumes."""
-    helper = Path(__file__).parent / "helpers" / "signal_during_save.py"
+    helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
-    stopped = start_python(helper, "SIGTERM", 2, *argv)
+    stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
     _, err = stopped.communicate(timeout=300)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert err == (
@@ -989,17 +975,7 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     from lenet_jax.data import load_dataset
     from lenet_jax.resume import PLATEAU_NOTE
 
-    argv = [
-        *TRAIN,
-        "--preset",
-        "recipe",
-        "--init",
-        "torch",
-        "--epochs",
-        "1",
-        "--workdir",
-        tmp_path / "recipe",
-    ]
+    argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
     code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)
     assert code == 0 and err == "" and out.count(PLATEAU_NOTE) == 1
     previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR
