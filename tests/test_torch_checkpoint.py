@@ -219,11 +219,8 @@ def test_imported_checkpoint_is_complete_and_says_where_it_came_from(imported):
     assert {"epoch", "step", "config", "dataset", "optimizer_source", "metrics"} <= set(meta)
     assert Config.from_dict(meta["config"]) == Config() and read_config(imported) == Config().to_record()
     assert meta["optimizer_source"] == {"kind": "config"} and "provenance" in meta
-    assert sorted(p.name for p in (imported / "checkpoints" / "3").iterdir() if p.is_dir()) == [
-        "meta",
-        "params",
-        "train_state",
-    ]
+    items = sorted(p.name for p in (imported / "checkpoints" / "3").iterdir() if p.is_dir())
+    assert items == ["meta", "params", "train_state"]
 
 
 def test_predict_uses_the_imported_checkpoint(imported, first_test_images, tmp_path, capsys):
@@ -262,12 +259,8 @@ def test_export_then_import_is_bit_identical_and_keeps_epoch_and_step(imported, 
     assert run_cli(capsys, "convert.py", "to-torch", "--workdir", run, "--out", out) == (0, "")
     tensors = safetensors.numpy.load_file(out)
     chex.assert_trees_all_equal(tensors, read_torch_weights(NET).state_dict)  # the tutorial's own
-    assert read_torch_weights(out).metadata == {
-        "format": "pt",
-        "source": str(run),
-        "epoch": "5",
-        "step": "4690",
-    }
+    metadata = {"format": "pt", "source": str(run), "epoch": "5", "step": "4690"}
+    assert read_torch_weights(out).metadata == metadata
 
     assert run_cli(capsys, "convert.py", "from-torch", out, "--workdir", tmp_path / "back") == (0, "")
     chex.assert_trees_all_equal(restore_params(run).params, restore_params(tmp_path / "back").params)
