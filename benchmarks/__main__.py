@@ -15,9 +15,10 @@ ratios from one run, not seconds across runs or machines.
 
 - speed: the recipe (sigmoid LeNet, SGD 0.05, batch 64, 60,000 images), lenet-jax's training
   loop (`lenet_jax.train.train_epoch`) against `benchmarks.torch_lenet` (the tutorial's loop with
-  the data preloaded); `--jax-conv xla` and `--jax-xla-defaults` add lenet-jax variants.
+  the data preloaded); `--speed plain` times lenet-jax without its speed tricks (lenet_jax.speed),
+  `--jax-plain` adds that as a second lenet-jax contender.
 - time-to-99: per seed, the preset's training through lenet-jax's public loop API
-  (`make_trainer`, `program.epoch_calls`, `program(...)`), evaluated `--evals-per-epoch` times an
+  (`make_trainer`, `trainer.epoch_calls`, `trainer.train_call`), evaluated `--evals-per-epoch` times an
   epoch (after the call passing each interval), against the preset's PyTorch twin
   (`benchmarks.torch_presets`: the same algorithm) evaluated at the same steps. Seconds of
   training until the test accuracy first reaches 99%: lenet-jax's from before its set-up (its
@@ -52,7 +53,7 @@ from lenet_jax.config import AUGMENTATION_STRENGTHS, Config, field_types, get_pr
 from lenet_jax.data import Dataset, load_dataset
 from lenet_jax.errors import ConfigError
 from lenet_jax.provenance import cpu_description
-from lenet_jax.speed import xla_defaults
+from lenet_jax.speed import SPEEDS
 from lenet_jax.steps import evaluated_params
 from lenet_jax.train import make_trainer, train_epoch
 
@@ -92,7 +93,7 @@ class JaxEpochs:
 
     def train_epoch(self) -> float:
         self.epoch += 1
-        step = (self.epoch - 1) * self.trainer.program.steps_per_epoch
+        step = (self.epoch - 1) * self.trainer.steps_per_epoch
         self.state, _, seconds = train_epoch(self.trainer, self.state, self.epoch, step)
         return seconds
 
@@ -152,14 +153,10 @@ def faster_torch(times: dict[str, list[float]]) -> str:
 
 def speed(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data_dir)
-    config = get_preset("recipe")
+    config = get_preset("recipe").replace(speed=args.speed)
     contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
-    contenders += [
-        JaxEpochs(f"lenet-jax-{impl}", config.replace(conv_impl=impl), dataset) for impl in args.jax_conv
-    ]
-    if args.jax_xla_defaults:
-        with xla_defaults():  # programs built inside keep XLA's default options
-            contenders.append(JaxEpochs("lenet-jax-xla-defaults", config, dataset))
+    if args.jax_plain:
+        contenders.append(JaxEpochs("lenet-jax-plain", config.replace(speed="plain"), dataset))
     contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
     times = interleave(contenders, args.rounds, len(dataset.train))
     evals = {}
@@ -181,6 +178,7 @@ def speed(args: argparse.Namespace) -> None:
         "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
         "pytorch_compared": peer,
         "ratio_jax_to_pytorch": spread(ratios),
+        "speed": args.speed,
         "eval_images_per_second": evals,
         "rounds": args.rounds,
         **machine(),
@@ -204,11 +202,11 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (set-up, init and the training program), and every
-    program the run makes, by name (`programs`: for --list-programs)."""
+    training program's first call has run (`running` set: set-up, init and the training call),
+    and every program the run makes, by name (`programs`: for --list-programs)."""
 
     def __init__(self):
-        self.program, self.seconds, self.programs = None, self._zero(), {}
+        self.running, self.seconds, self.programs = False, self._zero(), {}
 
     @staticmethod
     def _zero() -> dict[str, float]:
@@ -217,7 +215,7 @@ class FirstCallCompilation:
     def __call__(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
         if event not in COMPILE_EVENTS:
             return
-        running = self.program is not None and self.program.first_call_done is not None
+        running = self.running
         if not running:
             self.seconds[COMPILE_EVENTS[event]] += duration
         name = re.sub(r"^jit\((.*)\)$|^jit_(.*)$", r"\1\2", fun_name)  # lowering says jit(<function>)
@@ -235,18 +233,17 @@ class FirstCallCompilation:
 def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int, target: float) -> dict:
     """Trains `config` through the public loop API until the test accuracy reaches `target`;
     seconds from before the set-up (compilation included), evaluation excluded."""
-    wall_start, start = time.time(), time.perf_counter()
+    start = time.perf_counter()
     with FirstCallCompilation() as compilation:
         trainer = make_trainer(config, dataset.train)
-        program = compilation.program = trainer.program
-        row, first_call_train_seconds = _train_until(trainer, dataset, evals_per_epoch, target, start)
+        row, first_call_seconds = _train_until(trainer, dataset, evals_per_epoch, target, start, compilation)
     return {
         **row,
-        "first_call_seconds": round(program.first_call_done - wall_start, 3),
+        "first_call_seconds": round(first_call_seconds, 3),
         "first_call_compilation_seconds": {k: round(v, 3) for k, v in compilation.seconds.items()},
         "programs": [{"program": name, **stages} for name, stages in compilation.programs.items()],
-        "steps_per_call": program.steps_per_call,
-        "ms_per_step": ms_per_step(row, first_call_train_seconds, program.steps_per_call),
+        "steps_per_call": trainer.steps_per_call,
+        "ms_per_step": ms_per_step(row, first_call_seconds, trainer.steps_per_call),
     }
 
 
@@ -257,18 +254,19 @@ def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | No
     return round(1000 * (row["train_seconds"] - first_seconds) / steps, 3) if steps > 0 else None
 
 
-def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float):
+def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float, compilation):
     """(the row of the last evaluation, training seconds when the first call had run)."""
-    config, program, evaluating = trainer.config, trainer.program, 0.0
-    every = max(1, program.steps_per_epoch // evals_per_epoch)
+    config, evaluating, steps_per_epoch = trainer.config, 0.0, trainer.steps_per_epoch
+    every = max(1, steps_per_epoch // evals_per_epoch)
     state, step, row = trainer.new_state(), 0, {}
     for epoch in range(1, config.epochs + 1):
-        for indices, count in program.epoch_calls(epoch):
+        for indices, count in trainer.epoch_calls(epoch):
             first, step = step + 1, step + count
-            state, _ = program(state, indices, count)
-            if first == 1:  # the first call returns once it has run (TrainProgram blocks on it)
-                first_call_train_seconds = time.perf_counter() - start
-            if step // every == (first - 1) // every and step % program.steps_per_epoch:
+            state, _ = trainer.train_call(state, indices, count)
+            if first == 1:  # the first call has run once its result is ready
+                jax.block_until_ready(state)
+                first_call_train_seconds, compilation.running = time.perf_counter() - start, True
+            if step // every == (first - 1) // every and step % steps_per_epoch:
                 continue  # no evaluation point in this call
             jax.block_until_ready(state)
             train_seconds = time.perf_counter() - start - evaluating
@@ -276,7 +274,7 @@ def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float,
             accuracy = trainer.evaluator.evaluate(evaluated_params(state), dataset.test)["accuracy"]
             evaluating += time.perf_counter() - began
             row = {
-                "epoch": round(step / program.steps_per_epoch, 3),
+                "epoch": round(step / steps_per_epoch, 3),
                 "step": step,
                 "train_seconds": round(train_seconds, 3),
                 "test_accuracy": accuracy,
@@ -312,7 +310,7 @@ def twin_time_to_accuracy(
 
 
 def time_to_99(args: argparse.Namespace) -> None:
-    preset = preset_config(args)
+    preset = preset_config(args).replace(speed=args.speed)
     full = load_dataset(args.data_dir)  # once: the twin picks its training split from it too
     dataset = full.subset(preset.validation_size, preset.train_size)
     data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
@@ -361,6 +359,7 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
         "mean_start_seconds": mean_start_seconds(jax_rows),
         "median_ms_per_step": {name: median_ms(rows) for name, rows in results.items()},
         "compilation_cache": "warm" if args.warm_cache else "cold",
+        "speed": getattr(args, "speed", "auto"),
         "evals_per_epoch": args.evals_per_epoch,
         **machine(),
     }
@@ -471,12 +470,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     common.add_argument("--data-dir", default=os.environ.get("LENET_DATA_DIR"), help="MNIST IDX folder")
     common.add_argument("--torch-threads", type=int, nargs="*", default=[1, 2], help="PyTorch thread counts")
     common.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    common.add_argument(
+        "--speed", choices=SPEEDS, default="auto", help="lenet-jax's speed setting (plain: no speed tricks)"
+    )
     run = commands.add_parser("speed", parents=[common], help="the recipe's s/epoch against PyTorch")
     run.add_argument("--rounds", type=int, default=5, help="timed epochs of each contender, alternating")
-    run.add_argument("--jax-conv", nargs="*", default=[], help="also time lenet-jax with these conv impls")
-    run.add_argument(
-        "--jax-xla-defaults", action="store_true", help="also time it without the XLA:CPU options"
-    )
+    run.add_argument("--jax-plain", action="store_true", help="also time lenet-jax with --speed plain")
     run = commands.add_parser("time-to-99", parents=[common], help="a preset against its PyTorch twin")
     run.add_argument("--preset", default="fast")
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

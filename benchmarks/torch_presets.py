@@ -59,7 +59,7 @@ TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
 LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's default
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 # Config fields that change nothing in a twin (how lenet-jax computes or reports, not what).
-NOT_ALGORITHM = frozenset({"conv_impl", "steps_per_call", "eval_batch_size", "log_every", "keep", "seed"})
+NOT_ALGORITHM = frozenset({"speed", "eval_batch_size", "log_every", "keep", "seed"})
 
 
 class UnsupportedConfig(ValueError):

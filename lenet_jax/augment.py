@@ -13,7 +13,7 @@ per seed and a resumed run replays it exactly. All strengths 0: no augmentation 
 Cost: the whole batch is transformed at once (one random draw, two plain matrix products for
 the smoothing, one gather of 2x2 windows) rather than vmapping a per-image function, which is
 cheaper on XLA:CPU (docs/results.md has the figures). The training program runs it as its own
-jitted program (`lenet_jax.program`), where it costs less than inside the training step's.
+jitted program (`lenet_jax.speed.train_call`), where it costs less than inside the training step's.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +38,9 @@ from lenet_jax.workdir import CHECKPOINT_SUBDIR
 
 EMA_ITEM = "ema_params"
 ITEMS = ("params", "train_state", "meta", EMA_ITEM)
-# 1: lenet-jax 0.1.0 (no version in the meta); 2: optimizer source and provenance recorded.
-FORMAT_VERSION = 2
+# 1: lenet-jax 0.1.0 (no version in the meta); 2: optimizer source and provenance recorded;
+# 3: `speed` in the config, instead of conv_impl and steps_per_call (0.3.0).
+FORMAT_VERSION = 3
 LEGACY_CUSTOM_OPTIMIZER = "custom (passed from Python)"  # version 1's optimizer_source
 # The JSON files orbax reads whole: of a checkpoint, and of each of its items (`meta`'s is the meta).
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
@@ -312,23 +312,31 @@ class Checkpoints:
 
 
 def upgrade_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
-    """A meta of any earlier format version in the current one; a newer version is refused."""
+    """A meta of any earlier format version in the current one, its config with every field of
+    this version (new ones at their defaults); a newer version is refused."""
     version = meta.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where} has format version {version}, newer than this lenet-jax reads "
             f"({FORMAT_VERSION}): upgrade lenet-jax"
         )
+    source = meta.get("optimizer_source")
     if version == 1:  # 0.1.0 recorded a Python optimizer's run with the config's optimizer fields
-        from_python = meta.get("optimizer_source") == LEGACY_CUSTOM_OPTIMIZER
-        config = Config.from_dict(meta["config"])
-        meta = {
-            **meta,
-            "format_version": FORMAT_VERSION,
-            "config": config.to_record(from_python),
-            "optimizer_source": {"kind": "python" if from_python else "config"},
-        }
-    return meta
+        source = {"kind": "python" if source == LEGACY_CUSTOM_OPTIMIZER else "config"}
+    record = dict(meta["config"])
+    if version < 3:  # 0.2's execution fields: both at their "off" values meant the plain program
+        plain = record.get("conv_impl") == "xla" and record.get("steps_per_call") == 1
+        record["speed"] = "plain" if plain else "auto"
+    try:
+        config = Config.from_dict(record)
+    except ConfigError as e:
+        raise CheckpointError(
+            f"{where} records a config this lenet-jax cannot use ({e}): it was made by another "
+            "version, or its meta is damaged"
+        ) from None
+    from_python = isinstance(source, dict) and source.get("kind") == "python"
+    upgraded = {"format_version": FORMAT_VERSION, "config": config.to_record(from_python)}
+    return {**meta, **upgraded, "optimizer_source": source}
 
 
 @dataclasses.dataclass
@@ -359,14 +367,7 @@ def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged:
                     f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
                 )
         meta = checkpoints.restore_meta(epoch)
-        try:
-            config = Config.from_dict(meta["config"])
-        except ConfigError as e:  # its message names flags: say which fields instead
-            fields = re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), str(e))
-            raise CheckpointError(
-                f"the checkpoint of epoch {epoch} in {checkpoints.directory} records a config this "
-                f"lenet-jax cannot use ({fields}): it was made by another version, or its meta is damaged"
-            ) from None
+        config = Config.from_dict(meta["config"])
         model = model_from_config(config)
         # Restore target from eval_shape: the params' shapes and dtypes without running init,
         # placed on this process's devices (whatever mesh the training run had).

@@ -24,6 +24,11 @@ from lenet_jax.errors import (
     storage_error,
     storage_fault,
 )
+from lenet_jax.speed import (  # noqa: F401 - the scripts' names for them (0.2)
+    CACHE_DIR_ENV,
+    enable_compilation_cache,
+    limit_malloc_arenas,
+)
 
 
 def flag_name(field_name: str) -> str:
@@ -116,8 +121,12 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except LenetError as e:
         if "--debug" in argv:
             raise
+        message = str(e)
+        field = getattr(e, "field", None)  # a ConfigError names a Config field: say its flag
+        if field and message.startswith(field):
+            message = flag_name(field) + message[len(field) :]
         # A stop the user asked for (Ctrl-C, SIGTERM) is a notice, not an error.
-        print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {e}", file=sys.stderr)
+        print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # outside training (which handles SIGINT itself)
         print("stopped: interrupted (nothing was being written)", file=sys.stderr)
@@ -153,48 +162,6 @@ def command(name: str) -> str:
     paths = [Path(sys.executable), script]
     shown = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in paths]
     return shlex.join(shown)
-
-
-CACHE_DIR_ENV = "LENET_JAX_CACHE_DIR"
-
-
-def enable_compilation_cache() -> None:
-    """Keeps XLA's compiled programs on disk, so a second launch skips compilation.
-
-    Compiling the train step, eval step and init takes seconds on a small CPU; with JAX's
-    persistent cache only the first run of a given model/config/JAX version pays it. The cache
-    lives in $LENET_JAX_CACHE_DIR (default ~/.cache/lenet_jax/xla); set it to "" to disable.
-    """
-    import os
-
-    import jax
-
-    path = os.environ.get(CACHE_DIR_ENV, os.path.expanduser("~/.cache/lenet_jax/xla"))
-    if path:
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
-# glibc gives each thread that allocates concurrently a malloc arena of its own, up to 8 per
-# core; XLA's and orbax's thread pools fill several, each keeping freed memory. Two arenas lower
-# the peak RSS at the same wall time (docs/performance.md).
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
-
-
-def limit_malloc_arenas() -> None:
-    """Caps glibc's malloc arenas at MALLOC_ARENAS for the threads created from now on (call it
-    first thing in a script). No-op off glibc or where $MALLOC_ARENA_MAX already decides."""
-    import ctypes
-    import os
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # no mallopt in this process's C library: keep its default
-        pass
 
 
 def quiet_library_logs() -> None:

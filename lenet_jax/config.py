@@ -13,18 +13,20 @@ import functools
 import json
 import math
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from lenet_jax.errors import ConfigError
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu")
-POOLS = ("avg", "max")
-INITS = ("torch", "flax")
-SCHEDULES = ("constant", "cosine", "warmup-cosine")
-CONV_IMPLS = ("auto", "xla", "toeplitz")
-# The names of lenet_jax.optimizers.OPTIMIZERS (a test checks that the two agree).
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lion")
+# The choices of each field live with what they compute; validate() checks against them.
+from lenet_jax.model import ACTIVATIONS, INIT_SCHEMES, POOLS
+from lenet_jax.optimizers import OPTIMIZERS, SCHEDULES
+from lenet_jax.speed import SPEEDS
+
+INITS = INIT_SCHEMES  # 0.2's name
+# Fields of lenet-jax 0.2 that are now execution choices of `speed` (lenet_jax.speed), not config.
+REMOVED_FIELDS = ("conv_impl", "steps_per_call")
 # The fields that only build the optimizer: meaningless for a run given an optax optimizer.
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "grad_clip")
 # Beyond the runs anyone makes; keeps the step counter (int32) and metrics.jsonl bounded.
@@ -45,13 +47,12 @@ AUGMENTATION_STRENGTHS = (
 )
 
 
-def _field(
-    default: Any, help: str, choices: tuple[str, ...] | None = None, old_name: str | None = None
-) -> Any:
+def _field(default: Any, help: str, choices: Any = None, old_name: str | None = None) -> Any:
     """A dataclass field that carries its command-line help (and choices) as metadata; old_name:
     what lenet-jax 0.1.0 called it (still accepted as a flag and in saved configs)."""
     return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "old_name": old_name}
+        default=default,
+        metadata={"help": help, "choices": tuple(choices) if choices else None, "old_name": old_name},
     )
 
 
@@ -82,13 +83,6 @@ class Config:
         INITS,
         old_name="init",
     )
-    conv_impl: str = _field(
-        "auto",
-        "how convolutions are computed (same parameters and math): 'xla' = lax.conv, "
-        "'toeplitz' = one matrix product per conv (faster on CPU), 'auto' = toeplitz on CPU, "
-        "xla elsewhere",
-        CONV_IMPLS,
-    )
 
     # Data.
     validation_size: int = _field(0, "hold out the last N training images as a validation split (0: none)")
@@ -118,11 +112,6 @@ class Config:
     eval_batch_size: int = _field(
         64, "evaluation batch size; the test total loss is the sum of per-batch mean losses"
     )
-    steps_per_call: int | None = _field(
-        None,
-        "training steps per jitted call, a lax.scan over that many batches on the device (same "
-        "numbers, less per-step overhead; default: per backend, see lenet_jax.speed)",
-    )
     seed: int = _field(0, "seed of every random choice: initialisation, shuffling")
     optimizer: str = _field("sgd", "optimizer (lenet_jax.optimizers.OPTIMIZERS)", OPTIMIZERS)
     lr: float = _field(0.05, "peak learning rate")
@@ -140,6 +129,14 @@ class Config:
         "in each checkpoint and evaluated instead of the raw weights (0: none)",
     )
 
+    # Execution: the same function either way (lenet_jax.speed); may change on resume.
+    speed: str = _field(
+        "auto",
+        "'auto': the speed tricks of lenet_jax.speed where the backend gains from them; 'plain': "
+        "the tutorial's program as written (lax.conv, one step per jitted call, no caches)",
+        SPEEDS,
+    )
+
     # Logging and checkpoints.
     log_every: int = _field(100, "print and log the training loss every N steps")
     keep: int | None = _field(None, "keep only the newest N epoch checkpoints (default: all)")
@@ -154,6 +151,15 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated (0.1.0's field names accepted too)."""
+        for name in REMOVED_FIELDS:
+            if name in changes:
+                changes.pop(name)
+                warnings.warn(
+                    f"Config.{name} is gone since lenet-jax 0.3 (ignored): speed='plain' turns every "
+                    "speed trick off",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
         for field in dataclasses.fields(self):
             if field.metadata.get("old_name") in changes:
                 changes[field.name] = changes.pop(field.metadata["old_name"])
@@ -187,6 +193,8 @@ class Config:
             old = field.metadata.get("old_name")
             if old in values and field.name not in values:
                 values[field.name] = values.pop(old)
+        for name in REMOVED_FIELDS:  # a 0.2 config: now execution choices (lenet_jax.speed)
+            values.pop(name, None)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -206,70 +214,38 @@ def field_types() -> dict[str, type]:
 
 
 def validate(config: Config) -> Config:
-    """Checks every field's value; raises ConfigError naming the field and the fix."""
+    """Checks every field's value; raises ConfigError naming the field (cli.run: its flag)."""
 
-    def need(ok: bool, message: str) -> None:
+    def need(ok: bool, field: str, message: str) -> None:
         if not ok:
-            raise ConfigError(message)
+            raise ConfigError(f"{field} {message}, not {getattr(config, field)!r}", field=field)
 
     types = field_types()
     for field in dataclasses.fields(config):
-        choices = field.metadata.get("choices")
-        value = getattr(config, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if choices and value not in choices:
-            if field.name == "optimizer":
-                raise ConfigError(f"unknown optimizer {value!r}: choose one of {', '.join(choices)}")
-            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
-        if (
-            value is not None
-            and not isinstance(value, types[field.name])
-            and not (types[field.name] is float and isinstance(value, int) and not isinstance(value, bool))
-        ):
-            raise ConfigError(f"{flag} must be a {types[field.name].__name__}, not {value!r}")
-        if types[field.name] is float and value is not None and not math.isfinite(value):
-            raise ConfigError(f"{flag} must be a finite number, not {value}")
-        if types[field.name] is float and value is not None and abs(value) > FLOAT32_MAX:
-            raise ConfigError(f"{flag} must be at most {FLOAT32_MAX:.3g} (a float32), not {value:g}")
-    need(-(2**63) <= config.seed < 2**63, f"--seed must fit in 64 bits, not {config.seed}")
-    need(config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}")
-    need(config.epochs <= MAX_EPOCHS, f"--epochs must be at most {MAX_EPOCHS:,}, not {config.epochs}")
-    need(config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}")
-    need(
-        config.eval_batch_size >= 1,
-        f"--eval-batch-size must be at least 1, not {config.eval_batch_size}",
-    )
-    need(
-        config.steps_per_call is None or config.steps_per_call >= 1,
-        f"--steps-per-call must be at least 1, not {config.steps_per_call}",
-    )
-    need(config.lr > 0, f"--lr must be greater than 0, not {config.lr}")
-    need(0 <= config.momentum < 1, f"--momentum must be in [0, 1), not {config.momentum}")
-    need(config.weight_decay >= 0, f"--weight-decay must be >= 0, not {config.weight_decay}")
-    need(config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, not {config.warmup_epochs}")
-    need(
-        config.grad_clip is None or config.grad_clip > 0,
-        f"--grad-clip must be greater than 0, not {config.grad_clip}",
-    )
-    need(
-        0 <= config.label_smoothing < 1,
-        f"--label-smoothing must be in [0, 1), not {config.label_smoothing}",
-    )
-    need(0 <= config.ema_decay < 1, f"--ema-decay must be in [0, 1), not {config.ema_decay}")
-    need(config.validation_size >= 0, "--validation-size must be >= 0")
-    need(
-        config.train_size is None or config.train_size >= 1,
-        f"--train-size must be at least 1, not {config.train_size}",
-    )
-    for name in AUGMENTATION_STRENGTHS:
-        flag = "--" + name.replace("_", "-")
-        need(getattr(config, name) >= 0, f"{flag} must be >= 0, not {getattr(config, name)}")
-    need(config.augment_scale < 1, f"--augment-scale must be below 1, not {config.augment_scale}")
-    need(config.augment_stroke <= 3, f"--augment-stroke must be at most 3, not {config.augment_stroke}")
-    need(config.augment_lowres <= 3, f"--augment-lowres must be at most 3, not {config.augment_lowres}")
-    need(config.elastic_sigma > 0, f"--elastic-sigma must be greater than 0, not {config.elastic_sigma}")
-    need(config.log_every >= 1, f"--log-every must be at least 1, not {config.log_every}")
-    need(config.keep is None or config.keep >= 1, f"--keep must be at least 1, not {config.keep}")
+        choices, value, kind = field.metadata.get("choices"), getattr(config, field.name), types[field.name]
+        need(not choices or value in choices, field.name, f"must be one of {', '.join(choices or ())}")
+        number = kind is float and isinstance(value, int) and not isinstance(value, bool)
+        need(value is None or isinstance(value, kind) or number, field.name, f"must be a {kind.__name__}")
+        finite = kind is not float or value is None or math.isfinite(value)
+        need(finite, field.name, "must be a finite number")
+        small = kind is not float or value is None or abs(value) <= FLOAT32_MAX
+        need(small, field.name, f"must be at most {FLOAT32_MAX:.3g} (a float32)")
+    need(-(2**63) <= config.seed < 2**63, "seed", "must fit in 64 bits")
+    for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        need(getattr(config, name) >= 1, name, "must be at least 1")
+    for name in ("train_size", "keep"):
+        need(getattr(config, name) is None or getattr(config, name) >= 1, name, "must be at least 1")
+    need(config.epochs <= MAX_EPOCHS, "epochs", f"must be at most {MAX_EPOCHS:,}")
+    need(config.lr > 0, "lr", "must be greater than 0")
+    need(config.grad_clip is None or config.grad_clip > 0, "grad_clip", "must be greater than 0")
+    for name in ("momentum", "label_smoothing", "ema_decay"):
+        need(0 <= getattr(config, name) < 1, name, "must be in [0, 1)")
+    for name in ("weight_decay", "warmup_epochs", "validation_size", *AUGMENTATION_STRENGTHS):
+        need(getattr(config, name) >= 0, name, "must be >= 0")
+    need(config.augment_scale < 1, "augment_scale", "must be below 1")
+    for name in ("augment_stroke", "augment_lowres"):
+        need(getattr(config, name) <= 3, name, "must be at most 3")
+    need(config.elastic_sigma > 0, "elastic_sigma", "must be greater than 0")
     return config
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import shutil
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lenet_jax import host_random, idx, parallel
+from lenet_jax import idx, parallel
 from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
 from lenet_jax.library_logs import quiet
 from lenet_jax.small_files import check_small_file
@@ -115,16 +116,15 @@ def _builder(config):
     return mnist_idx.MnistIdx(config=config, file_format="array_record")
 
 
-def _split_arrays(builder, split: str) -> Split:
-    """One prepared split as arrays, decoded once through tfds.data_source and then cached.
+def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
+    """One prepared split as arrays, decoded through tfds.data_source.
 
-    Decoding 60,000 records through the data source takes seconds; the arrays are saved next to
-    the prepared dataset (`arrays-<split>.npz`), so later runs load them in milliseconds. The
-    cache is written atomically; where the tfds directory is read-only it is simply skipped.
-    An unreadable cache file is decoded again.
+    use_cache: keep the arrays next to the prepared dataset (`arrays-<split>.npz`, lenet_jax.speed
+    says why), written atomically; skipped where the tfds directory is read-only; an unreadable
+    cache file is decoded again.
     """
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
-    if cache.is_file():
+    if use_cache and cache.is_file():
         try:
             check_small_file(cache, MAX_ARRAYS_CACHE_BYTES)
             with np.load(cache) as arrays:
@@ -135,6 +135,8 @@ def _split_arrays(builder, split: str) -> Split:
     records = source.__getitems__(list(range(len(source))))
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.asarray([r["label"] for r in records], np.int32)
+    if not use_cache:
+        return Split(images, labels)
     try:
         tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, images=images, labels=labels)
@@ -148,6 +150,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     validation_size: int = 0,
     train_size: int | None = None,
+    array_cache: bool = True,
 ) -> Dataset:
     """Loads train and test splits through tfds, preparing them on first use.
 
@@ -155,12 +158,13 @@ def load_dataset(
     $LENET_DATA_DIR, and failing that downloads the official MNIST files as tfds does.
     validation_size: hold out the last N training images as a validation split.
     train_size: then keep only the first N of the remaining training images.
+    array_cache: keep the decoded arrays beside tfds's files (lenet_jax.speed.array_cache).
     """
-    train, test, source = _load_splits(resolve_data_dir(data_dir))
+    train, test, source = _load_splits(resolve_data_dir(data_dir), array_cache)
     return Dataset(train, test, None, source).subset(validation_size, train_size)
 
 
-def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
+def _load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
     """The full train and test splits and their tfds name, prepared through tfds on first use."""
     missing = _missing_for_tfds()
     if folder is not None and missing:
@@ -184,12 +188,12 @@ def _load_splits(folder: Path | None) -> tuple[Split, Split, str]:
     # every local folder, "no dataset_info.json" before preparing one).
     if parallel.is_main_process():
         with quiet():
-            builder, train, test = _prepared(config)
+            builder, train, test = _prepared(config, array_cache)
     parallel.barrier("dataset prepared")
     if not parallel.is_main_process():
         with quiet():
             builder = _builder(config)
-            train, test = _split_arrays(builder, "train"), _split_arrays(builder, "test")
+            train, test = (_split_arrays(builder, split, array_cache) for split in ("train", "test"))
     return train, test, f"{builder.name}/{builder.builder_config.name}"
 
 
@@ -202,7 +206,7 @@ def _missing_for_tfds() -> str | None:
     return None if mnist_idx.array_record_available() else "array-record"
 
 
-def _prepared(config):
+def _prepared(config, array_cache: bool = True):
     """(builder, train, test) of a config, preparing its tfds dataset first if needed.
 
     The prepared dataset is derived data: one that cannot be read (a damaged file, a crash
@@ -220,7 +224,7 @@ def _prepared(config):
                 preparing = True
                 _prepare(builder, config)
                 preparing = False
-            return builder, _split_arrays(builder, "train"), _split_arrays(builder, "test")
+            return builder, *(_split_arrays(builder, split, array_cache) for split in ("train", "test"))
         except LenetError:
             raise
         except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache
@@ -296,13 +300,25 @@ def epoch_order(key: np.ndarray | jax.Array, epoch: int, num_examples: int, batc
 
     The permutation is drawn from fold_in(key, epoch), so it depends on nothing but the seed and
     the epoch number: a resumed run replays exactly the order an uninterrupted one would see.
-    It is computed once per epoch on the host, as numpy, so the training loop slices rows
-    without touching the device.
+    It is read to the host once per epoch, so the training loop slices rows without syncing.
     """
-    # = jax.random.permutation(jax.random.fold_in(key, epoch), n), computed by numpy: the same
-    # values, without compiling a program for them at start-up (lenet_jax.host_random).
-    perm = host_random.permutation(host_random.fold_in(key, epoch), num_examples)
-    return _pad_to_batches(perm, batch_size)
+    return _pad_to_batches(np.asarray(_permutation(key, epoch, num_examples)), batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # one small program, compiled once per size
+def _permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
+def epoch_calls(key: jax.Array, epoch: int, num_examples: int, batch_size: int, per_call: int):
+    """(indices (per_call, batch_size), count) of each training call of an epoch: its shuffled
+    batches, per_call a call, the last call padded with rows of PADDING_INDEX (skipped steps)."""
+    order = epoch_order(key, epoch, num_examples, batch_size)
+    calls = -(-len(order) // per_call)
+    padded = np.full((calls * per_call, batch_size), PADDING_INDEX, np.int32)
+    padded[: len(order)] = order
+    for call in range(calls):
+        yield padded[call * per_call : (call + 1) * per_call], min(per_call, len(order) - call * per_call)
 
 
 def sequential_order(num_examples: int, batch_size: int) -> np.ndarray:

@@ -28,7 +28,12 @@ class LenetError(Exception):
 
 
 class ConfigError(LenetError):
-    """An invalid configuration value or flag."""
+    """An invalid configuration value or flag. field: the Config field the message starts with,
+    if any (the scripts print it as its flag: lenet_jax.cli.run)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(LenetError):

@@ -21,32 +21,32 @@ from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - R
 from lenet_jax.data import PADDING_INDEX, Dataset, Split, gather_batch, load_dataset, sequential_order
 from lenet_jax.errors import out_of_memory_names
 from lenet_jax.model import model_from_config
+from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
 from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
 
 restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoints.load_weights)
 
-# Images per device call (whole logical batches): the per-batch metrics are those of one call
-# per batch (up to float rounding in the products), with far fewer dispatches; larger groups
-# outgrow the CPU's cache.
-GROUP_IMAGES = 1024
-
 
 class Evaluator:
-    """Evaluates params of one model on splits, with one jitted step compiled once per shape."""
+    """Evaluates params of one model on splits, with one jitted step compiled once per shape.
 
-    def __init__(self, model: Any, batch_size: int):
-        self.batch_size = batch_size
+    groups: batches per device call (lenet_jax.speed.eval_groups); the metrics stay per batch.
+    """
+
+    def __init__(self, model: Any, batch_size: int, groups: int = 1):
+        self.batch_size, self.groups = batch_size, groups
         self.mesh = parallel.data_mesh()
         parallel.check_batch_size(batch_size, self.mesh, "--eval-batch-size")
-        eval_step = make_eval_step(model)
+        eval_step = make_eval_step(model) if groups == 1 else grouped(make_eval_step(model))
         replicated = parallel.replicated(self.mesh)
+        indices_sharding = parallel.batch_sharded(self.mesh, 1 if groups == 1 else 2)  # (B,) or (G, B)
 
-        # Jitted: gather (on device) + forward + metrics of `groups` batches. The split's arrays
-        # are arguments, not constants, so evaluating another split reuses the compilation.
-        # Sharded like training: each device evaluates its slice of every batch.
+        # Jitted: gather (on device) + forward + metrics. The split's arrays are arguments, not
+        # constants, so evaluating another split reuses the compilation. Sharded like training:
+        # each device evaluates its slice of every batch.
         @functools.partial(
             jax.jit,
-            in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(self.mesh, 2)),
+            in_shardings=(replicated, replicated, replicated, indices_sharding),
             out_shardings=replicated,
         )
         def step_on_indices(params, images, labels, indices):
@@ -71,21 +71,18 @@ class Evaluator:
         # padding would only cost memory (--eval-batch-size 1000000: 32 GB).
         devices = self.mesh.devices.size
         batch = min(self.batch_size, -(-len(split) // devices) * devices)
-        groups = max(1, GROUP_IMAGES // batch)
         order = sequential_order(len(split), batch)  # (batches, batch)
-        padding = -len(order) % groups  # whole groups: pad with all-padding batches
+        padding = -len(order) % self.groups  # whole groups: pad with all-padding batches
         order = np.concatenate([order, np.full((padding, batch), PADDING_INDEX, np.int32)])
+        calls = order if self.groups == 1 else order.reshape(-1, self.groups, batch)
         with out_of_memory_names(f"--eval-batch-size (now {self.batch_size})"):
             images, labels = self._on_device(split)
             # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
-            results = [
-                self._step(params, images, labels, parallel.global_batch(group, self.mesh))
-                for group in order.reshape(-1, groups, batch)
-            ]
+            results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
             results = parallel.host_value(results)
-        counts = np.concatenate([r["count"] for r in results])
+        counts = np.concatenate([np.ravel(r["count"]) for r in results])
         real = counts > 0  # all-padding batches are not batches
-        losses = np.concatenate([r["loss"] for r in results]).astype(np.float64)[real]
+        losses = np.concatenate([np.ravel(r["loss"]) for r in results]).astype(np.float64)[real]
         correct = int(sum(int(r["correct"].sum()) for r in results))
         count = int(counts.sum())
         return {
@@ -123,17 +120,21 @@ def evaluate_checkpoint(
     epoch: int | None = None,
     data_dir: str | os.PathLike | None = None,
     averaged: bool = True,
+    speed: str = "auto",
 ) -> dict[str, Any]:
     """Evaluates one epoch's checkpoint (newest by default) on the whole test set.
 
     The model and eval batch size come from the config stored in the checkpoint, so the numbers
     equal those training logged for that epoch (its averaged weights when it kept an average;
-    averaged=False: the raw weights, logged as raw_test_*).
+    averaged=False: the raw weights, logged as raw_test_*). speed: "auto" or "plain"
+    (lenet_jax.speed), the same numbers up to float rounding.
     """
     restored = load_weights(workdir, epoch, averaged)
-    model = model_from_config(restored.config)
-    evaluator = Evaluator(model, restored.config.eval_batch_size)
-    test = evaluator.evaluate(restored.params, load_dataset(data_dir).test)
+    model = model_from_config(restored.config, conv_block(speed))
+    batch_size = restored.config.eval_batch_size
+    evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size))
+    dataset = load_dataset(data_dir, array_cache=array_cache(speed))
+    test = evaluator.evaluate(restored.params, dataset.test)
     return {
         "epoch": restored.epoch,
         "step": restored.meta["step"],

@@ -1,4 +1,4 @@
-"""LeNet in flax.linen, with the tutorial's graph as the default.
+"""LeNet in flax.linen: the PyTorch tutorial's graph.
 
 Input is NHWC, (N, 28, 28, 1) float32 in [0, 1]; output is (N, 10) logits.
 Default graph: conv 6@5x5 pad 2 -> sigmoid -> avg-pool 2/2 -> conv 16@5x5 valid -> sigmoid ->
@@ -7,7 +7,6 @@ avg-pool 2/2 -> flatten (5*5*16) -> Dense 120 -> Dense 84 -> Dense 10, 61,706 pa
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,18 +15,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lenet_jax import idx, toeplitz
-from lenet_jax.config import Config
-from lenet_jax.speed import resolve_conv_impl
+from lenet_jax import idx
 
 NUM_CLASSES = idx.NUM_CLASSES
 IMAGE_SHAPE = (idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1)
 
-ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+# The choices of each model field, with what they compute (config.py validates against these).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,
     "tanh": nn.tanh,
     "relu": nn.relu,
 }
+POOLS = {"avg": nn.avg_pool, "max": nn.max_pool}
+INIT_SCHEMES = ("torch", "flax")  # PyTorch's default initialisation, or Flax's
 
 
 def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
@@ -45,63 +45,34 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
     return init
 
 
-def xla_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """A stride-1 NHWC convolution through lax.conv_general_dilated (cuDNN on GPU)."""
-    pads = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+class ConvBlock(nn.Conv):
+    """LeNet's unit, the tutorial's Conv2d -> activation -> 2x2 stride-2 pooling, as one layer.
 
-
-CONV_FNS = {"xla": xla_conv, "toeplitz": toeplitz.toeplitz_conv}
-
-
-def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
-    """2x2 stride-2 pooling as a reshape + reduction (H and W even, as in LeNet).
-
-    Same values as nn.avg_pool / nn.max_pool; XLA fuses the reshape form with its neighbours,
-    where reduce_window (what those use) is a separate, slower loop on CPU.
-    """
-    n, h, w, c = x.shape
-    windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
-
-
-class ConvBlock(nn.Module):
-    """LeNet's unit: stride-1 convolution (+ bias) -> activation -> 2x2 stride-2 pooling.
-
-    The parameters are nn.Conv's (kernel (kh, kw, in, out), bias) whatever `impl` computes the
-    convolution, so checkpoints are interchangeable: 'xla' is the graph as written (lax.conv),
-    'toeplitz' the same function as matrix products, faster on a CPU (lenet_jax.toeplitz).
+    It is an nn.Conv (parameters `kernel` (kh, kw, in, out) and `bias`) followed by the rest, so
+    a block computing the same function another way keeps every checkpoint's names and shapes.
     """
 
-    features: int
-    kernel_size: int
-    padding: int
-    activation: str
-    pool: str
-    impl: str
-    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-    bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+    activation: str = "sigmoid"
+    pool: str = "avg"
 
-    @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        bias = self.param("bias", self.bias_init, (self.features,))
-        act = ACTIVATION_FNS[self.activation]
-        if self.impl == "toeplitz" and self.pool == "max":  # speed: pools before bias + act (exact)
-            return toeplitz.conv_max_pool_act(x, kernel, bias, self.padding, act)
-        return pool_2x2(act(CONV_FNS[self.impl](x, kernel, self.padding) + bias), self.pool)
+        x = ACTIVATIONS[self.activation](super().__call__(x))
+        return POOLS[self.pool](x, window_shape=(2, 2), strides=(2, 2))
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as in the PyTorch tutorial, with the usual variations as options."""
+    """LeNet-5 as in the PyTorch tutorial, with the usual variations as options.
+
+    block: the class of the two conv blocks, ConvBlock or a drop-in with its parameters
+    (lenet_jax.speed picks a faster one for the CPU; the model never asks the backend).
+    """
 
     activation: str = "sigmoid"
     pool: str = "avg"
     dense_activation: bool = False
     feature_norm: bool = False
     init_scheme: str = "torch"
-    conv_impl: str = "auto"
+    block: type[ConvBlock] = ConvBlock
 
     def _initializers(self, fan_in: int) -> dict[str, Any]:
         if self.init_scheme == "torch":
@@ -110,31 +81,31 @@ class LeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        act = ACTIVATION_FNS[self.activation]
-        block = functools.partial(
-            ConvBlock, activation=self.activation, pool=self.pool, impl=resolve_conv_impl(self.conv_impl)
-        )
-        x = block(6, 5, 2, **self._initializers(x.shape[-1] * 25), name="conv1")(x)
-        x = block(16, 5, 0, **self._initializers(6 * 25), name="conv2")(x)
+        def block(features: int, padding: int, fan_in: int, name: str) -> ConvBlock:
+            options = {"activation": self.activation, "pool": self.pool, **self._initializers(fan_in)}
+            return self.block(features, (5, 5), padding=padding, name=name, **options)
+
+        x = block(6, 2, 25 * x.shape[-1], "conv1")(x)  # (N, 14, 14, 6)
+        x = block(16, 0, 25 * 6, "conv2")(x)  # (N, 5, 5, 16)
         if self.feature_norm:  # over each image's 5x5x16 features; scale and offset per channel
             x = nn.LayerNorm(reduction_axes=(1, 2, 3), name="feature_norm")(x)
         x = x.reshape((x.shape[0], -1))  # (N, 5*5*16), flattened in HWC order
         for i, width in enumerate((120, 84)):
             x = nn.Dense(width, **self._initializers(x.shape[-1]), name=f"dense{i + 1}")(x)
             if self.dense_activation:
-                x = act(x)
+                x = ACTIVATIONS[self.activation](x)
         return nn.Dense(NUM_CLASSES, **self._initializers(x.shape[-1]), name="dense3")(x)
 
 
-def model_from_config(config: Config) -> LeNet:
-    """The LeNet that a config describes."""
+def model_from_config(config: Any, block: type[ConvBlock] = ConvBlock) -> LeNet:
+    """The LeNet that a config (lenet_jax.config.Config) describes."""
     return LeNet(
         activation=config.activation,
         pool=config.pool,
         dense_activation=config.dense_activation,
         feature_norm=config.feature_norm,
         init_scheme=config.init_scheme,
-        conv_impl=config.conv_impl,
+        block=block,
     )
 
 

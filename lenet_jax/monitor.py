@@ -1,4 +1,4 @@
-"""What the training loop watches between its jitted calls: the losses, stop signals, progress.
+"""What the training loop watches between its jitted calls: the losses and stop signals.
 
 None of it touches the device except `LossMonitor`, which reads the losses only when a step to
 log (or the epoch's end) needs them, so the loop never waits on the device in between.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,27 +20,39 @@ from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
 class LossMonitor:
-    """The step losses of one epoch: held on the device, read every `every` steps on the host.
+    """The step losses of one epoch: held on the device, read every `every` steps on the host
+    and printed then (`show`: with a progress bar on a terminal, plain lines otherwise).
 
     Reading them only then keeps the loop from waiting on the device, and still names the exact
-    step where the loss first became NaN or infinite.
+    step where the loss first became NaN or infinite. A context manager (the bar is closed).
     """
 
-    def __init__(self, step: int, epoch: int, every: int, diverged_hint: str):
+    def __init__(self, step: int, epoch: int, every: int, diverged_hint: str, steps: int = 0, show=False):
         self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
         self.pending: list[tuple[jax.Array, int]] = []
         self.losses: list[float] = []  # the epoch's losses read so far
+        self.show, self._bar = show, None
+        if show and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, unit="step")
 
     def add(self, losses: jax.Array, count: int) -> list[tuple[int, float]]:
-        """One call's losses (the first `count` are real steps); returns the (step, loss) pairs
-        to log now: those of the steps that are multiples of `every`."""
+        """One call's losses (the first `count` are real steps); returns (and prints) the
+        (step, loss) pairs to log now: those of the steps that are multiples of `every`."""
         self.pending.append((losses, count))
         first, self.step = self.step + 1, self.step + count
+        if self._bar is not None:
+            self._bar.update(count)
         logged = range(-(-first // self.every) * self.every, self.step + 1, self.every)
         if not logged:
             return []
         values = self.flush()  # values[-1] is the loss of step self.step
-        return [(s, float(values[len(values) - 1 - (self.step - s)])) for s in logged]
+        pairs = [(s, float(values[len(values) - 1 - (self.step - s)])) for s in logged]
+        for s, loss in pairs if self.show else ():
+            line = f"step {s}: train loss {loss:.4f}"
+            self._bar.write(line) if self._bar is not None else print(line, flush=True)
+        return pairs
 
     def flush(self) -> np.ndarray:
         """Reads the pending losses, raises DivergedError on a non-finite one, returns them."""
@@ -52,20 +65,32 @@ class LossMonitor:
             step = self.step - len(values) + 1 + int(bad[0])
             raise DivergedError(
                 f"the training loss became {values[bad[0]]} at step {step} (epoch {self.epoch}): "
-                "training diverged; " + self.diverged_hint
+                f"training diverged; {self.diverged_hint}. Last good checkpoint: "
+                + (f"epoch {self.epoch - 1}" if self.epoch > 1 else "none yet")
             )
         self.pending = []
         self.losses.extend(values.tolist())
         return values
 
+    def __enter__(self) -> LossMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (a Python bool
-    read per call costs nothing), so a stop never interrupts a call or a checkpoint write half-way.
-    A second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (`check`), so a
+    stop never interrupts a call or a checkpoint write half-way. A second signal stops at once;
+    leaving the context, that becomes the user's message too.
 
-    def __init__(self):
+    saved(): the newest epoch with a checkpoint (0: none), where a rerun resumes from.
+    """
+
+    def __init__(self, saved: Callable[[], int | None] = lambda: 0):
         self.received: int | None = None
+        self.saved = saved
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
@@ -73,74 +98,29 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = signum
 
+    def check(self, step: int, epoch: int) -> None:
+        """TrainingInterrupted if a signal came: the run stops before step + 1."""
+        if self.received is not None:
+            raise self._stopped(f"received: stopped before step {step + 1} (epoch {epoch})", epoch - 1)
+
+    def _stopped(self, what: str, saved: int) -> TrainingInterrupted:
+        signum = self.received or signal.SIGINT
+        where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
+        return TrainingInterrupted(
+            f"{signal.Signals(signum).name} {what}; rerun the same command to resume {where}",
+            exit_code=128 + signum,
+        )
+
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal() works only there
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-class Stopped(Exception):
-    """A stop signal arrived before step `step` + 1 (raised between calls)."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(signum, step)
-        self.signum, self.step = signum, step
-
-    def as_interruption(self, epoch: int, last_good_epoch: int) -> TrainingInterrupted:
-        """The user's message: where it stopped and how to resume."""
-        name = signal.Signals(self.signum).name
-        where = f"from the checkpoint of epoch {last_good_epoch}" if last_good_epoch else "from the start"
-        return TrainingInterrupted(
-            f"{name} received: stopped before step {self.step + 1} (epoch {epoch}); rerun the same "
-            f"command to resume {where}",
-            exit_code=128 + self.signum,
-        )
-
-    @staticmethod
-    def second_signal(signum: int | None, epoch: int, saved: int | None) -> TrainingInterrupted:
-        """A second SIGINT/SIGTERM while an epoch was evaluated, saved or logged."""
-        signum = signum or signal.SIGINT
-        where = f"from the checkpoint of epoch {saved}" if saved else "from the start"
-        return TrainingInterrupted(
-            f"{signal.Signals(signum).name} received twice: stopped at once in epoch {epoch} (its "
-            f"checkpoint {'was' if saved == epoch else 'was not'} written); rerun the same command to "
-            f"resume {where}",
-            exit_code=128 + signum,
-        )
-
-
-class Progress:
-    """A per-epoch progress bar on a terminal; plain lines otherwise (logs, CI); silent if not
-    enabled (processes other than 0, the benchmark)."""
-
-    def __init__(self, total: int, epoch: int, enabled: bool = True):
-        self._bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
-
-    def update(self, steps: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(steps)
-
-    def write(self, line: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if isinstance(error, KeyboardInterrupt):  # a second signal: stopped wherever it was
+            saved = self.saved() or 0
+            what = f"received twice: stopped at once in epoch {saved + 1} (its checkpoint was not written)"
+            raise self._stopped(what, saved) from None

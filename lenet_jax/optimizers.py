@@ -9,14 +9,14 @@ makes one from the config's name and hyperparameters. Every registered optimizer
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optax
 
-from lenet_jax.config import Config
-from lenet_jax.errors import ConfigError
+if TYPE_CHECKING:  # config.py validates against the names here
+    from lenet_jax.config import Config
 
-Factory = Callable[[optax.ScalarOrSchedule, Config], optax.GradientTransformation]
+Factory = Callable[[optax.ScalarOrSchedule, "Config"], optax.GradientTransformation]
 
 
 def _coupled_decay(inner: optax.GradientTransformation, config: Config):
@@ -42,19 +42,24 @@ OPTIMIZERS: dict[str, Factory] = {
 }
 
 
+def _warmup_cosine(config: Config, total: int, steps_per_epoch: int) -> optax.Schedule:
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
+    )
+
+
+# name -> (config, total steps, steps per epoch) -> the learning rate at each step, peaking at config.lr.
+SCHEDULES: dict[str, Callable[[Config, int, int], optax.Schedule]] = {
+    "constant": lambda config, total, per_epoch: optax.constant_schedule(config.lr),
+    "cosine": lambda config, total, per_epoch: optax.cosine_decay_schedule(config.lr, decay_steps=total),
+    "warmup-cosine": _warmup_cosine,
+}
+
+
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     """The config's schedule, peaking at config.lr, over config.epochs * steps_per_epoch steps."""
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "constant":
-        return optax.constant_schedule(config.lr)
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, decay_steps=total)
-    if config.schedule == "warmup-cosine":
-        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-        return optax.warmup_cosine_decay_schedule(
-            0.0, config.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
-        )
-    raise ConfigError(f"--schedule must be one of constant, cosine, warmup-cosine, not {config.schedule!r}")
+    return SCHEDULES[config.schedule](config, config.epochs * steps_per_epoch, steps_per_epoch)
 
 
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:

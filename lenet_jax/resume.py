@@ -15,7 +15,7 @@ import jax
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.errors import LenetError
 from lenet_jax.model import count_params
-from lenet_jax.workdir import check_resumable
+from lenet_jax.workdir import check_resumable, is_row
 
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
@@ -34,16 +34,16 @@ def _on_plateau(trainer: Any) -> bool:
 
 def start_state(
     trainer: Any, checkpoints: Checkpoints, dataset_source: str, resume: bool, say
-) -> tuple[Any, dict]:
-    """The state to start from (fresh, or the newest checkpoint's) and the checkpoints' metas
-    by epoch; says which (`say`). trainer: a lenet_jax.train.Trainer."""
+) -> tuple[Any, list[dict]]:
+    """The state to start from (fresh, or the newest checkpoint's) and the checkpoints' metrics
+    rows, oldest first; says which (`say`). trainer: a lenet_jax.train.Trainer."""
     epochs = checkpoints.epochs()
     devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
     say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
     if not epochs:
         if _on_plateau(trainer):
             say(PLATEAU_NOTE)
-        return trainer.new_state(), {}
+        return trainer.new_state(), []
     if not resume:
         raise LenetError(
             f"{checkpoints.directory.parent} already holds checkpoints (epochs "
@@ -70,4 +70,11 @@ def start_state(
             "The optimizer passed from Python has the state structure of the checkpoint's; "
             "its hyperparameters cannot be checked"
         )
-    return state, metas
+    saved_speed = newest["config"]["speed"]
+    if saved_speed != trainer.config.speed:
+        say(
+            f"Note: the checkpoint trained with --speed {saved_speed}, this run with "
+            f"{trainer.config.speed}: the same function, but not bit-identical to an uninterrupted run"
+        )
+    rows = [meta.get("metrics") for _, meta in sorted(metas.items())]
+    return state, [row for row in rows if is_row(row)]

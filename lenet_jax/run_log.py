@@ -11,46 +11,29 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lenet_jax.errors import LenetError
+from lenet_jax.speed import torch_blocked
 from lenet_jax.workdir import (
     METRICS_FILE,
     TENSORBOARD_SUBDIR,
     is_row,
     read_config,
     read_metrics,
+    salvage_logs,
     scan_metrics,
+    write_config,
 )
 
-
-def _import_tensorboardx():
-    """tensorboardX, imported without torch.
-
-    tensorboardX imports torch whenever it is installed (to recognise torch tensors, which this
-    project never logs): with torch present that costs seconds of start-up and ~100 MB of RSS.
-    A None entry in sys.modules makes that `import torch` fail fast, as if absent; it is removed
-    again right after, so torch stays importable.
-    """
-    blocked = "torch" not in sys.modules
-    if blocked:
-        sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
+try:
+    with torch_blocked():  # lenet_jax.speed says why
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
         from tensorboardX.proto.summary_pb2 import Summary
-    finally:
-        if blocked:
-            del sys.modules["torch"]
-    return EventsWriter, Event, SessionLog, Summary
-
-
-try:
-    EventsWriter, Event, SessionLog, Summary = _import_tensorboardx()
 except ImportError:  # not installed (e.g. a GPU image): metrics.jsonl alone, RunLog says so
     EventsWriter = None
 NO_TENSORBOARD = "note: tensorboardX is not installed: this run logs to metrics.jsonl only"
@@ -118,17 +101,25 @@ class RunLog:
         resume_epoch: int = 0,
         checkpoint_rows: list[dict[str, Any]] = (),
         enabled: bool = True,
+        record: dict[str, Any] | None = None,
+        note: Callable[[str], Any] = print,
     ):
         # Disabled (processes other than 0 of a multi-process run): every method does nothing.
         self.enabled = enabled
         self._epochs: set[int] = set()
+        self.rows = list(checkpoint_rows)  # every epoch's row, oldest first
         if not enabled:
             return
+        for line in salvage_logs(workdir):  # damaged logs set aside, so that they block nothing
+            note(line)
+        if record is not None:
+            write_config(workdir, record)
         self.metrics_path = workdir / METRICS_FILE
         rows = {row["epoch"]: row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch}
         missing = [row for row in checkpoint_rows if row["epoch"] not in rows]
         rows.update({row["epoch"]: row for row in missing})
-        self._write_rows([rows[epoch] for epoch in sorted(rows)])
+        self.rows = [rows[epoch] for epoch in sorted(rows)]
+        self._write_rows(self.rows)
         self._epochs = set(rows)
         self.tensorboard = None
         if EventsWriter is None:
@@ -159,8 +150,12 @@ class RunLog:
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
+    def train_loss(self, step: int, loss: float) -> None:
+        self.scalar(TAG_TRAIN_LOSS, loss, step)
+
     def log_epoch(self, row: dict[str, Any]) -> None:
         """An epoch's row to TensorBoard and metrics.jsonl."""
+        self.rows.append(row)
         self._scalars(row)
         self.epoch(row)
 

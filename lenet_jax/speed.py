@@ -1,95 +1,223 @@
-"""The speed machinery's one seam: which fast path the default backend gets.
+"""Every speed trick of lenet-jax, each named once with why, and the one switch for all of them.
 
-Three tricks make the training step fast on a CPU, each chosen here per backend (the figures
-behind each choice are in docs/performance.md) and each switched off by a config field:
-- convolutions as one matrix product (`lenet_jax.toeplitz`): `conv_impl` ('xla' turns it off);
-- several training steps per jitted call, a lax.scan (`lenet_jax.program`): `steps_per_call`
-  (1 turns it off);
-- XLA:CPU compiler options for the training programs: CPU_OPTIONS (off with `xla_defaults()`).
-Every trick computes the same function; the tests bound the float differences.
+`Config.speed` (`--speed`): "auto" uses the tricks below where the backend gains from them;
+"plain" runs the tutorial's program as written: nn.Conv through lax.conv, one training step per
+jitted call with augmentation inside the step, one evaluation batch per call, XLA's default
+options, no caches of our own. Both compute the same function (a test bounds the float
+differences); a run resumed under the other setting is not bit-identical to an uninterrupted one.
+The measurements behind each trick: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-# XLA:CPU's YNNPACK fusions run this step's small products slower than XLA's own emitters.
+from lenet_jax import parallel
+from lenet_jax.data import gather_batch
+from lenet_jax.model import ConvBlock
+from lenet_jax.steps import augmentation_key
+from lenet_jax.toeplitz import ToeplitzBlock
+
+SPEEDS = ("auto", "plain")
+
+# The per-backend choices of "auto". `python -m benchmarks device-check` prints a row to put here.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"conv": "toeplitz", "steps_per_call": 16, "measured": "2-vCPU Xeon, docs/performance.md"},
+    "gpu": {"conv": "xla", "steps_per_call": 64, "measured": "not measured"},
+}
+OTHER_BACKENDS = "gpu"  # TPU, Metal...: the GPU's row, not measured either
+
+
+def defaults() -> dict[str, Any]:
+    """The DEFAULTS row of the default backend."""
+    return DEFAULTS.get(jax.default_backend(), DEFAULTS[OTHER_BACKENDS])
+
+
+# 1. Convolutions as matrix products (lenet_jax.toeplitz): XLA:CPU's convolutions for LeNet's tiny
+#    channel counts (1->6, 6->16) run far below matmul speed; with max-pooling before the bias
+#    and activation (exact, 4x fewer values) and pooling as a reshape (fused, not reduce_window).
+def conv_block(speed: str) -> type:
+    """The conv block class LeNet is built with: model.ConvBlock, or its Toeplitz drop-in."""
+    return ToeplitzBlock if speed == "auto" and defaults()["conv"] == "toeplitz" else ConvBlock
+
+
+# 2. Several training steps per jitted call, a lax.scan: dispatch and argument handling are paid
+#    once per call, not per step.
+def steps_per_call(speed: str, steps_per_epoch: int, override: int | None = None) -> int:
+    """Training steps per jitted call: 1 when plain, else the backend's (or override)."""
+    if speed == "plain":
+        return 1
+    return max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
+
+
+def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) -> tuple[Any, jax.Array]:
+    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan;
+    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one shape, one
+    compilation. Same numbers as separate calls of step_fn (a test checks, bit for bit on CPU)."""
+    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if steps == 1:  # 3. one step without a loop: in one XLA:CPU gives lax.conv's gradients slow layouts
+        state, metrics = step_fn(state, jax.tree_util.tree_map(lambda x: x[0], xs))
+        return state, metrics["loss"].astype(jnp.float32)[None]
+
+    def one(state, row):
+        i, x = row
+
+        def real(state):
+            state, metrics = step_fn(state, x)
+            return state, metrics["loss"].astype(jnp.float32)
+
+        return jax.lax.cond(i < count, real, lambda state: (state, jnp.zeros((), jnp.float32)), state)
+
+    return jax.lax.scan(one, state, (jnp.arange(steps), xs))
+
+
+# 4. XLA:CPU options for the training programs: its YNNPACK fusions run this step's small products
+#    slower than XLA's own emitters.
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-# Steps per jitted call by (backend, conv_impl). XLA's convolutions on CPU stay at one step per
-# call: inside a loop XLA:CPU picks slow layouts for their gradients (jax-ml/jax#12868).
-STEPS_PER_CALL = {("cpu", "toeplitz"): 16, ("cpu", "xla"): 1}
-STEPS_PER_CALL_ELSEWHERE = 64  # not measured: no accelerator was lent to this project yet
 
-_use_defaults = False  # set by xla_defaults()
-
-
-@dataclasses.dataclass(frozen=True)
-class Speed:
-    """The fast paths a run uses: resolved, so a log or a test can say exactly what ran."""
-
-    conv_impl: str  # 'toeplitz' or 'xla'
-    steps_per_call: int
-    compiler_options: dict[str, str]
-
-
-def choose(conv_impl: str = "auto", steps_per_call: int | None = None) -> Speed:
-    """The per-backend choice, in one function: 'auto' and None take the measured defaults."""
-    conv_impl = resolve_conv_impl(conv_impl)
-    backend = jax.default_backend()
-    if steps_per_call is None:
-        steps_per_call = STEPS_PER_CALL.get((backend, conv_impl), STEPS_PER_CALL_ELSEWHERE)
-    return Speed(conv_impl, steps_per_call, training_compiler_options())
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-    """'auto' -> Toeplitz products on CPU, XLA's convolutions (cuDNN on GPU) elsewhere."""
-    if conv_impl != "auto":
-        return conv_impl
-    return "toeplitz" if jax.default_backend() == "cpu" else "xla"
-
-
-def default_steps_per_call(conv_impl: str) -> int:
-    """Training steps per jitted call for the default backend and a resolved conv_impl."""
-    return choose(conv_impl).steps_per_call
-
-
-def training_compiler_options() -> dict[str, str]:
-    """The options for the default backend: CPU_OPTIONS on CPU, if this jaxlib knows them."""
-    if _use_defaults or jax.default_backend() != "cpu" or not _cpu_options_supported():
+def compiler_options(speed: str) -> dict[str, str]:
+    """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them; else XLA's defaults."""
+    if speed == "plain" or jax.default_backend() != "cpu" or not _cpu_options_supported():
         return {}
     return dict(CPU_OPTIONS)
 
 
-@contextlib.contextmanager
-def xla_defaults() -> Iterator[None]:
-    """Within it training_compiler_options() is empty: a program built inside keeps XLA's
-    defaults for good (the benchmark's comparison uses it)."""
-    global _use_defaults
-    previous, _use_defaults = _use_defaults, True
-    try:
-        yield
-    finally:
-        _use_defaults = previous
-
-
 @functools.cache
 def _cpu_options_supported() -> bool:
-    """The option is experimental in XLA: a jaxlib that does not know it rejects it at compile
-    time, so it is tried once on a tiny program and dropped (with a debug log) if rejected."""
+    """The option is experimental: a jaxlib that does not know it rejects it at compile time, so
+    it is tried once on a tiny program and dropped (with a debug log) if rejected."""
     try:
-        # Lowered from a shape: an array argument would be one more program to compile.
-        jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(
-            jax.ShapeDtypeStruct((2,), jnp.float32)
-        ).compile()
+        spec = jax.ShapeDtypeStruct((2,), jnp.float32)  # lowered from a shape: nothing to run
+        jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(spec).compile()
     except Exception as error:  # noqa: BLE001 - any rejection means: do without
         logging.getLogger(__name__).debug("XLA:CPU options %s not supported: %s", CPU_OPTIONS, error)
         return False
     return True
+
+
+def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps: int, speed: str) -> Callable:
+    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto":
+    tricks 2-5. train_step: the step without augmentation (augment is applied here)."""
+    replicated = parallel.replicated(mesh)
+    per_step = parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
+    ndims = {"image": 5, "label": 2, "mask": 2}
+    batches_sharding = {name: parallel.batch_sharded(mesh, ndim, axis=1) for name, ndim in ndims.items()}
+    jit = functools.partial(jax.jit, compiler_options=compiler_options(speed))
+
+    # The gather happens inside the scan, per step: no float copy of all the call's batches.
+    @functools.partial(
+        jit,
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, replicated, per_step, replicated),
+        out_shardings=(replicated, replicated),
+    )
+    def train_on_indices(state, images, labels, indices, count):
+        step_on_indices = lambda s, rows: train_step(s, gather_batch(images, labels, rows))  # noqa: E731
+        return run_steps(step_on_indices, state, indices, count)
+
+    if augment is None:
+        return train_on_indices
+
+    # 5. Augmentation as a jitted program of its own before the training call: cheaper on XLA:CPU
+    #    than inside the step's program. Each batch gets the key its step would draw; lax.map, not
+    #    vmap: less memory traffic per batch.
+    @functools.partial(
+        jit, in_shardings=(replicated, replicated, replicated, per_step), out_shardings=batches_sharding
+    )
+    def augmented_batches(state, images, labels, indices):
+        batches = jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
+        keys = jax.vmap(functools.partial(augmentation_key, state))(jnp.arange(len(indices)))
+        return {**batches, "image": jax.lax.map(lambda a: augment(*a), (keys, batches["image"]))}
+
+    @functools.partial(
+        jit,
+        donate_argnums=0,
+        in_shardings=(replicated, batches_sharding, replicated),
+        out_shardings=(replicated, replicated),
+    )
+    def train_on_batches(state, batches, count):
+        return run_steps(train_step, state, batches, count)
+
+    # No host sync in between: the second call is queued on the first one's output.
+    return lambda state, images, labels, indices, count: train_on_batches(
+        state, augmented_batches(state, images, labels, indices), count
+    )
+
+
+# 6. Evaluation batches grouped into one device call of ~1024 images: bigger products, fewer
+#    dispatches; the metrics stay per batch (larger groups outgrow the CPU's cache).
+EVAL_GROUP_IMAGES = 1024
+
+
+def eval_groups(speed: str, batch_size: int) -> int:
+    """Evaluation batches per device call."""
+    return 1 if speed == "plain" else max(1, EVAL_GROUP_IMAGES // batch_size)
+
+
+def grouped(eval_step: Callable) -> Callable:
+    """eval_step over a leading group axis of the batch: metrics per batch, shape (groups,)."""
+    return jax.vmap(eval_step, in_axes=(None, 0))
+
+
+# 7. XLA's persistent compilation cache: only a machine's first launch compiles (seconds on a
+#    small CPU); $LENET_JAX_CACHE_DIR, default ~/.cache/lenet_jax/xla, "" disables it.
+CACHE_DIR_ENV = "LENET_JAX_CACHE_DIR"
+
+
+def enable_compilation_cache(speed: str = "auto") -> None:
+    """Keeps compiled programs on disk (not when plain)."""
+    path = os.environ.get(CACHE_DIR_ENV, os.path.expanduser("~/.cache/lenet_jax/xla"))
+    if path and speed == "auto":
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+# 8. Two glibc malloc arenas: XLA's and orbax's thread pools otherwise fill up to 8 per core, each
+#    keeping freed memory; two lower the peak RSS at the same wall time.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def limit_malloc_arenas() -> None:
+    """Caps glibc's malloc arenas for the threads created from now on (call it first thing in a
+    script). No-op off glibc or where $MALLOC_ARENA_MAX already decides."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # no mallopt in this process's C library: keep its default
+        pass
+
+
+# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.data): decoding
+#    60,000 records through tfds takes seconds, loading the arrays milliseconds.
+def array_cache(speed: str) -> bool:
+    return speed == "auto"
+
+
+# 10. tensorboardX imported without torch (lenet_jax.run_log): it imports torch whenever that is
+#     installed, seconds of start-up and ~100 MB for tensors this project never logs.
+@contextlib.contextmanager
+def torch_blocked() -> Iterator[None]:
+    """Within it `import torch` fails fast, as if absent; importable again after."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if blocked:
+            del sys.modules["torch"]

@@ -43,31 +43,23 @@ class TrainState:
     ema_params: Any = None
 
 
-# Compiled for a program that runs once: no backend optimisation (XLA:CPU would spend seconds
-# optimising the threefry generators of a program that runs in milliseconds) and no XLA:CPU
-# fusion emitters (their set-up per kernel, for hundreds of small kernels, ~0.3 s; other
-# backends ignore an xla_cpu_ option). Same values bit for bit (tests/test_steps.py);
-# docs/performance.md has the compile times.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
 # Jitted: run eagerly, init would dispatch (and compile) each of its many small ops one by one.
 # The model and the optimizer are static (hashed by identity), the key is traced.
-@functools.partial(jax.jit, static_argnums=(0, 1, 3), compiler_options=INIT_COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
 def create_train_state(
     model: nn.Module, optimizer: optax.GradientTransformation, key: jax.typing.ArrayLike, ema: bool = False
 ) -> TrainState:
-    """A fresh state: params from `key`'s first split, the step rng from its second.
+    """A fresh state: params = model.init(key, ...) (what a notebook's init with the same key
+    gives), the step rng from the key's first split.
 
     ema: keep an average of the weights too (it starts equal to the initial params).
     """
-    init_key, step_key = jax.random.split(key)
-    params = init_params(model, init_key)
+    params = init_params(model, key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        rng=step_key,
+        rng=jax.random.split(key)[0],
         ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None,
     )
 
@@ -155,27 +147,15 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], Metrics]:
-    """The pure evaluation step: mean loss over the batch's real images, and their counts.
-
-    The batch may carry a leading group axis, (G, B, ...): then the model runs once on all G*B
-    images (bigger, faster products) and the metrics come per group of B, shape (G,), exactly
-    as G separate calls would give them.
-    """
-
-    def metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
-        return {
-            "loss": masked_cross_entropy(logits, labels, mask),
-            "correct": jnp.sum(correct).astype(jnp.int32),
-            "count": jnp.sum(mask).astype(jnp.int32),
-        }
+    """The pure evaluation step: mean loss over the batch's real images, and their counts."""
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
-        images = batch["image"]
-        if images.ndim == 4:
-            return metrics(model.apply({"params": params}, images), batch["label"], batch["mask"])
-        groups, size = images.shape[:2]
-        logits = model.apply({"params": params}, images.reshape(groups * size, *images.shape[2:]))
-        return jax.vmap(metrics)(logits.reshape(groups, size, -1), batch["label"], batch["mask"])
+        logits = model.apply({"params": params}, batch["image"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
+        return {
+            "loss": masked_cross_entropy(logits, batch["label"], batch["mask"]),
+            "correct": jnp.sum(correct).astype(jnp.int32),
+            "count": jnp.sum(batch["mask"]).astype(jnp.int32),
+        }
 
     return eval_step

@@ -1,17 +1,19 @@
 """Convolutions as matrix products ("Toeplitz" form): LeNet's conv blocks, faster on a CPU.
 
-Same parameters and the same function as `lax.conv` + pooling (the tests compare them); used by
-`model.ConvBlock` when `speed.choose` picks conv_impl 'toeplitz' (the default on CPU). A reader
-of the model needs none of this: `conv_impl='xla'` computes the tutorial's graph as written.
+`ToeplitzBlock` has the parameters and computes the function of `model.ConvBlock` (the tests
+compare them); `lenet_jax.speed` swaps it in on a CPU. A reader of the model needs none of this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lenet_jax.model import ACTIVATIONS, ConvBlock
 
 
 def toeplitz_conv(
@@ -82,6 +84,14 @@ def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
     return y.reshape(n, h, blocks * width, c)
 
 
+def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
+    """2x2 stride-2 pooling as a reshape + reduction (H and W even, as in LeNet): the values of
+    nn.avg_pool / nn.max_pool; XLA:CPU fuses this form with its neighbours, not reduce_window."""
+    n, h, w, c = x.shape
+    windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
+
+
 def conv_max_pool_act(
     x: jax.Array,
     kernel: jax.Array,
@@ -98,7 +108,22 @@ def conv_max_pool_act(
     if can_pool_layout(x.shape[1], x.shape[2], padding, kernel.shape[0]):
         pooled = max_pool_2x2_from_pool_layout(toeplitz_conv(x, kernel, padding, pool_layout=True))
     else:
-        y = toeplitz_conv(x, kernel, padding)
-        n, h, w, c = y.shape
-        pooled = y.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        pooled = pool_2x2(toeplitz_conv(x, kernel, padding), "max")
     return activation(pooled + bias)
+
+
+class ToeplitzBlock(ConvBlock):
+    """model.ConvBlock's parameters and function, its convolution as one matrix product (and
+    max-pooling before the bias and activation: exact, on 4x fewer values)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # nn.Conv's parameters, created in its order (kernel, then bias): the same initial values.
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        padding = self.padding[0][0] if isinstance(self.padding, (tuple, list)) else self.padding
+        activation = ACTIVATIONS[self.activation]
+        if self.pool == "max":
+            return conv_max_pool_act(x, kernel, bias, padding, activation)
+        return pool_2x2(activation(toeplitz_conv(x, kernel, padding) + bias), self.pool)

@@ -1,86 +1,88 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Per epoch: shuffle (from the seed and the epoch number), train on every batch, evaluate on the
-test set (and the validation split if any), log, checkpoint. A workdir that already holds
-checkpoints is resumed from the newest one.
-
-Where the JAX decisions are: the pure steps in `lenet_jax.steps`; what is jitted, donated and
-kept on the device in `lenet_jax.program`; the per-backend fast paths in `lenet_jax.speed`.
+Set up (data, model, optimizer, the jitted step), restore the newest checkpoint or init, then per
+epoch: train on every batch (in an order drawn from the seed and the epoch), evaluate on the
+test set (and the validation split if any), log, checkpoint. The pure steps are in
+`lenet_jax.steps`; `lenet_jax.speed` holds what `--speed auto` does differently.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
-import signal
 import time
+import warnings
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
 
-from lenet_jax import host_random, parallel
-from lenet_jax.augment import augmentation_from_config, make_augment
+from lenet_jax import augment, errors, parallel, speed, steps
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
-from lenet_jax.data import Dataset, Split, load_dataset, num_batches
-from lenet_jax.errors import DivergedError
+from lenet_jax.data import Split, epoch_calls, gather_batch, load_dataset
 from lenet_jax.evaluation import Evaluator, evaluate_state
-from lenet_jax.model import LeNet, model_from_config
-from lenet_jax.monitor import LossMonitor, Progress, Stopped, StopSignals
+from lenet_jax.model import model_from_config
+from lenet_jax.monitor import LossMonitor, StopSignals
 from lenet_jax.optimizers import build_optimizer, current_learning_rate
-from lenet_jax.program import TrainProgram
 from lenet_jax.provenance import provenance
 from lenet_jax.resume import start_state
-from lenet_jax.run_log import TAG_TRAIN_LOSS, RunLog, format_epoch
-from lenet_jax.speed import choose
-from lenet_jax.steps import TrainState, create_train_state, make_train_step
-from lenet_jax.workdir import (  # noqa: F401 - clear_run, prepare_workdir: re-exported (0.1.0)
-    RunGuard,
-    check_resumable,
-    clear_run,
-    is_row,
-    prepare_workdir,
-    read_metrics,
-    salvage_logs,
-    workdir_lock,
-    write_config,
-)
+from lenet_jax.run_log import RunLog, format_epoch
+from lenet_jax.workdir import RunGuard, workdir_lock
 
 
 @dataclasses.dataclass
 class TrainResult:
     """What a run ends with: the final state and the per-epoch metric rows of the whole run."""
 
-    state: TrainState
+    state: steps.TrainState
     metrics: list[dict[str, Any]]
 
 
 @dataclasses.dataclass
 class Trainer:
     """What a run sets up once (`make_trainer`, used by the loop, the benchmark and the tests):
-    the model, the optimizer, the compiled training program, the evaluator."""
+    the model, the optimizer, the jitted training call and the training data on the device."""
 
     config: Config
-    model: LeNet
+    model: nn.Module
     optimizer: optax.GradientTransformation
     from_python: bool  # the optimizer was passed in, not built from the config's fields
-    program: TrainProgram
     evaluator: Evaluator
-    init_key: np.ndarray | jax.Array  # a raw key (numpy uint32[2] with threefry)
+    key: jax.Array  # PRNGKey(seed): the params (as model.init(key) in a notebook), then the step rng
+    shuffle_key: jax.Array  # each epoch's order
+    steps_per_epoch: int
+    steps_per_call: int
+    mesh: Any
+    images: jax.Array
+    labels: jax.Array
+    call: Any  # jitted (state, images, labels, indices (steps, B), count) -> (state, losses)
 
-    def new_state(self) -> TrainState:
+    def new_state(self) -> steps.TrainState:
         """A fresh state from the seed, replicated over the run's devices."""
-        state = create_train_state(self.model, self.optimizer, self.init_key, self.config.averages_weights)
-        return parallel.put_replicated(state, self.program.mesh)
+        state = steps.create_train_state(self.model, self.optimizer, self.key, self.config.averages_weights)
+        return parallel.put_replicated(state, self.mesh)
 
-    def abstract_state(self) -> TrainState:
+    def abstract_state(self) -> steps.TrainState:
         """Shapes, dtypes and shardings of the state, without running init (a restore target)."""
         ema = self.config.averages_weights
-        abstract = create_train_state.eval_shape(self.model, self.optimizer, self.init_key, ema)
-        return parallel.with_sharding(abstract, parallel.replicated(self.program.mesh))
+        abstract = steps.create_train_state.eval_shape(self.model, self.optimizer, self.key, ema)
+        return parallel.with_sharding(abstract, parallel.replicated(self.mesh))
+
+    def epoch_calls(self, epoch: int):
+        """(indices, count) of each training call of `epoch`, in order."""
+        size, per_call = self.config.batch_size, self.steps_per_call
+        for rows, count in epoch_calls(self.shuffle_key, epoch, len(self.labels), size, per_call):
+            yield parallel.global_batch(rows, self.mesh), count
+
+    def train_call(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
+        """Trains on the first `count` batches of `indices`; the losses stay on the device."""
+        with errors.out_of_memory_names(f"--batch-size (now {self.config.batch_size})"):
+            return self.call(state, self.images, self.labels, indices, np.int32(count))
 
     @functools.cached_property  # once a run: a Python optimizer's costs an eval_shape of init
     def record(self) -> dict[str, Any]:
@@ -88,7 +90,18 @@ class Trainer:
         source = {"kind": "config"}
         if self.from_python:  # the structure of its state: a repr of optax functions says nothing
             source = {"kind": "python", "state": describe(self.abstract_state().opt_state)}
-        return {"config": self.config.to_record(self.from_python), "optimizer_source": source}
+        config = self.config.to_record(self.from_python)
+        return {"config": config, "optimizer_source": source, "provenance": provenance()}
+
+    @property
+    def program(self) -> Trainer:
+        """0.2's `trainer.program`, one more version: the trainer itself (`epoch_calls`, calls)."""
+        message = "Trainer.program is deprecated: use trainer.epoch_calls and trainer.train_call"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return self
+
+    def __call__(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
+        return self.train_call(state, indices, count)  # 0.2's program(state, indices, count)
 
     def diverged_hint(self) -> str:
         if self.from_python:
@@ -97,47 +110,88 @@ class Trainer:
         return f"lower --lr (now {self.config.lr:g}){clip}"
 
 
+def plain_train_call(train_step, mesh) -> Any:
+    """One training step per jitted call: `(state, images, labels, indices (1, B), count)`.
+
+    The training images stay on the device as uint8; each call gathers its batch inside jit.
+    The state is donated (updated in place); batches are sharded over the devices, the rest is
+    replicated, so XLA all-reduces the gradients (with one device nothing changes).
+    """
+    replicated = parallel.replicated(mesh)
+
+    @functools.partial(
+        jax.jit,
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 2), replicated),
+        out_shardings=(replicated, replicated),
+    )
+    def train_call(state, images, labels, indices, count):
+        state, metrics = train_step(state, gather_batch(images, labels, indices[0]))
+        return state, metrics["loss"][None]
+
+    return train_call
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one small program, not several eager ones
+def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """All randomness flows from the seed: PRNGKey(seed) makes the params (as model.init with it
+    in a notebook) and the step key; its split's second key each epoch's order (as 0.1, 0.2)."""
+    key = jax.random.PRNGKey(seed)
+    return key, jax.random.split(key)[1]
+
+
 def make_trainer(
-    config: Config, train: Split, optimizer: optax.GradientTransformation | None = None
+    config: Config,
+    train: Split,
+    optimizer: optax.GradientTransformation | None = None,
+    steps_per_call: int | None = None,
 ) -> Trainer:
-    """The one set-up of a run. optimizer: any optax transformation; None builds the config's."""
-    model = model_from_config(config)
+    """The one set-up of a run. optimizer: any optax transformation; None builds the config's.
+    steps_per_call: training steps per jitted call with speed "auto" (None: the backend's)."""
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    if config.batch_size > len(train):  # one padded batch: memory for nothing
+        size, wanted = len(train), config.batch_size
+        message = f"batch_size {wanted} is larger than the {size:,} training images: use {size} or less"
+        raise errors.ConfigError(message, field="batch_size")
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    model = model_from_config(config, speed.conv_block(config.speed))
     from_python = optimizer is not None
     if optimizer is None:
-        optimizer = build_optimizer(config, num_batches(len(train), config.batch_size))
-    # All randomness flows from the seed: init_key -> params and per-step rng, shuffle_key -> each
-    # epoch's order. = jax.random.split(jax.random.PRNGKey(seed)), by numpy: nothing to compile.
-    init_key, shuffle_key = host_random.split(host_random.prng_key(config.seed))
-    train_step = make_train_step(
-        model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
-    )
-    augment = make_augment(augmentation_from_config(config))
-    speed = choose(config.conv_impl, config.steps_per_call)  # the per-backend fast paths
-    program = TrainProgram(train_step, speed, train, config.batch_size, shuffle_key, augment)
-    evaluator = Evaluator(model, config.eval_batch_size)
-    return Trainer(config, model, optimizer, from_python, program, evaluator, init_key)
+        optimizer = build_optimizer(config, steps_per_epoch)
+    augmentation = augment.make_augment(augment.augmentation_from_config(config))
+    per_call = speed.steps_per_call(config.speed, steps_per_epoch, steps_per_call)
+    options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
+    if config.speed == "plain":  # augmentation inside the step
+        call = plain_train_call(steps.make_train_step(model, optimizer, augmentation, **options), mesh)
+    else:
+        train_step = steps.make_train_step(model, optimizer, **options)  # augmentation: speed's
+        call = speed.train_call(train_step, augmentation, mesh, per_call, config.speed)
+    key, shuffle_key = root_keys(config.seed)
+    groups = speed.eval_groups(config.speed, config.eval_batch_size)
+    evaluator = Evaluator(model, config.eval_batch_size, groups)
+    images, labels = (parallel.put_replicated(array, mesh) for array in (train.images, train.labels))
+    fields = (evaluator, key, shuffle_key, steps_per_epoch, per_call, mesh, images, labels, call)
+    return Trainer(config, model, optimizer, from_python, *fields)
 
 
-def train_epoch(trainer: Trainer, state: TrainState, epoch: int, step: int, log=None, stop=None):
+def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int, log=None, stop=None):
     """Trains one epoch from `state` (at step `step`); returns (state, losses, seconds).
 
     log(step, loss) gets every config.log_every-th step's loss (also printed, with a progress
     bar on a terminal); without it the epoch runs silently. stop (StopSignals) is checked
     between calls. Raises DivergedError on a non-finite loss.
     """
-    program = trainer.program
-    monitor = LossMonitor(step, epoch, trainer.config.log_every, trainer.diverged_hint())
+    every, hint, show = trainer.config.log_every, trainer.diverged_hint(), log is not None
     start = time.perf_counter()
-    with Progress(program.steps_per_epoch, epoch, enabled=log is not None) as progress:
-        for indices, count in program.epoch_calls(epoch):
-            if stop is not None and stop.received is not None:  # between calls, never inside one
-                raise Stopped(stop.received, monitor.step)
-            state, losses = program(state, indices, count)  # runs `count` steps on the device
-            progress.update(count)
-            for logged_step, loss in monitor.add(losses, count):
-                progress.write(f"step {logged_step}: train loss {loss:.4f}")
-                if log is not None:
-                    log(logged_step, loss)
+    with LossMonitor(step, epoch, every, hint, trainer.steps_per_epoch, show) as monitor:
+        for indices, count in trainer.epoch_calls(epoch):
+            if stop is not None:
+                stop.check(monitor.step, epoch)  # between calls, never inside one
+            state, losses = trainer.train_call(state, indices, count)  # `count` steps on the device
+            logged = monitor.add(losses, count)  # read from the device only when a step is logged
+            for logged_step, loss in logged if show else ():
+                log(logged_step, loss)
         monitor.flush()
         jax.block_until_ready(state)
     return state, monitor.losses, time.perf_counter() - start
@@ -163,90 +217,57 @@ def train_and_evaluate(
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    # RunGuard: a failure puts back, cleans up, says what is intact; the lock: one process per workdir
-    with RunGuard(workdir) as guard, workdir_lock(guard.workdir, main):
+    # The guard puts an old run back and says what is intact if anything fails; the lock keeps
+    # one process per workdir; the signals stop the loop between two calls, saying where it resumes.
+    with (
+        RunGuard(workdir) as guard,
+        workdir_lock(guard.workdir, main),
+        StopSignals(lambda: guard.saved) as stop,
+    ):
         workdir = guard.workdir
         # The data first: a bad --data-dir fails before anything with a thread (orbax) is opened.
-        dataset = load_dataset(data_dir, config.validation_size, config.train_size)
+        cache = speed.array_cache(config.speed)
+        dataset = load_dataset(data_dir, config.validation_size, config.train_size, array_cache=cache)
         trainer = make_trainer(config, dataset.train, optimizer)
         say(f"Data {dataset.describe()}", flush=True)
         if replace and not resume and main:
             guard.set_aside_old_run()  # only now that the data and the settings are checked
         parallel.barrier("workdir ready")
-        for note in salvage_logs(workdir) if main else []:
-            say(note)
         with Checkpoints(workdir, keep=config.keep) as checkpoints:
-            state, metas = start_state(trainer, checkpoints, dataset.source, resume, say)
-            guard.saved = start_epoch = max(metas, default=0)
-            if main:
-                write_config(workdir, {**trainer.record, "provenance": provenance()})
+            state, rows = start_state(trainer, checkpoints, dataset.source, resume, say)
+            guard.saved = start_epoch = max((row["epoch"] for row in rows), default=0)
             step = int(parallel.host_value(state.step))  # the host's copy: reading state.step syncs
-            rows = [meta["metrics"] for meta in metas.values() if is_row(meta.get("metrics"))]
-            with RunLog(workdir, step, start_epoch, rows, enabled=main) as log, StopSignals() as stop:
-                run = _Run(trainer, dataset, checkpoints, log if main else None, stop, guard, say)
+            # The logs: damaged ones set aside, config.json written, metrics.jsonl completed.
+            record = trainer.record
+            with RunLog(workdir, step, start_epoch, rows, enabled=main, record=record, note=say) as log:
+                log_loss = log.train_loss if main else None
                 for epoch in range(start_epoch + 1, config.epochs + 1):
-                    state, step = run.epoch(state, epoch, step, first=epoch == start_epoch + 1)
-    return TrainResult(state=state, metrics=read_metrics(workdir))
+                    state, losses, seconds = train_epoch(trainer, state, epoch, step, log_loss, stop)
+                    lr = parallel.host_value(current_learning_rate(state.opt_state))
+                    step = int(parallel.host_value(state.step))
+                    row = {
+                        "epoch": epoch,
+                        "step": step,
+                        "train_loss": float(np.mean(losses)),  # mean of the per-batch mean losses
+                        "learning_rate": None if lr is None else float(lr),
+                        "train_seconds": seconds,
+                        "images_per_second": len(dataset.train) / seconds,
+                        **evaluate_state(trainer.evaluator, state, dataset),
+                    }
+                    say(format_epoch(row), flush=True)
+                    # The checkpoint first (its meta holds the row), then the logs: a crash in
+                    # between is repaired on resume from the checkpoint's meta.
+                    meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
+                    checkpoints.save(epoch, state, {**meta, **trainer.record})
+                    guard.checkpointed(epoch)  # the old run of --restart --force can go now
+                    log.log_epoch(row)
+    return TrainResult(state=state, metrics=log.rows)
 
 
-@dataclasses.dataclass
-class _Run:
-    """What each epoch of train_and_evaluate works with."""
-
-    trainer: Trainer
-    dataset: Dataset
-    checkpoints: Checkpoints
-    log: RunLog | None
-    stop: StopSignals
-    guard: RunGuard
-    say: Any
-
-    def epoch(self, state: TrainState, epoch: int, step: int, first: bool) -> tuple[TrainState, int]:
-        """Trains, evaluates, checkpoints and logs `epoch` (first: the first one this process runs)."""
-        try:
-            state, row = _epoch(self.trainer, state, epoch, step, self.dataset, self.log, self.stop, first)
-            self.say(format_epoch(row), flush=True)
-            # The checkpoint first (its meta holds the row), then the logs: a crash in between is
-            # repaired on resume from the checkpoint's meta.
-            meta = {"epoch": epoch, "step": row["step"], "dataset": self.dataset.source, "metrics": row}
-            self.checkpoints.save(epoch, state, {**meta, **self.trainer.record, "provenance": provenance()})
-            self.guard.checkpointed(epoch)  # the old run of --restart --force can go now
-            if self.log is not None:
-                self.log.log_epoch(row)
-        except KeyboardInterrupt:  # a second signal outside a training call
-            raise Stopped.second_signal(self.stop.received, epoch, self.guard.saved) from None
-        return state, row["step"]
-
-
-def _epoch(trainer: Trainer, state: TrainState, epoch: int, step: int, dataset: Dataset, log, stop, first):
-    """One epoch trained and evaluated: (state, the epoch's metrics row)."""
-    log_loss = None if log is None else (lambda s, loss: log.scalar(TAG_TRAIN_LOSS, loss, s))
-    try:
-        state, losses, seconds = train_epoch(trainer, state, epoch, step, log_loss, stop)
-    except Stopped as stopped:
-        raise stopped.as_interruption(epoch, epoch - 1) from None
-    except DivergedError as e:
-        raise DivergedError(
-            f"{e}. Last good checkpoint: {f'epoch {epoch - 1}' if epoch > 1 else 'none yet'}"
-        ) from None
-    except KeyboardInterrupt:  # a second signal: stopped at once, inside a call
-        raise Stopped(stop.received or signal.SIGINT, step).as_interruption(epoch, epoch - 1) from None
-    lr = parallel.host_value(current_learning_rate(state.opt_state))
-    row = {
-        "epoch": epoch,
-        "step": int(parallel.host_value(state.step)),
-        "train_loss": float(np.mean(losses)),  # mean of the epoch's per-batch mean losses
-        "learning_rate": None if lr is None else float(lr),
-        "train_seconds": seconds,
-        "images_per_second": len(dataset.train) / seconds,
-    }
-    if first:  # launch -> first call done: imports, data, compilation
-        row["seconds_to_first_step"] = trainer.program.first_call_done - _process_start_time()
-    row.update(evaluate_state(trainer.evaluator, state, dataset))
-    return state, row
-
-
-def _process_start_time() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
+def __getattr__(name: str) -> Any:
+    """lenet-jax 0.1's names here, one more version: they live in lenet_jax.workdir."""
+    if name in ("clear_run", "prepare_workdir"):
+        message = f"lenet_jax.train.{name} is deprecated: use lenet_jax.workdir.{name}"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("lenet_jax.workdir"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

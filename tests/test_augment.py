@@ -63,13 +63,13 @@ def test_translation_moves_the_centre_of_mass_by_at_most_the_strength():
 
 
 def test_negative_strength_is_refused():
-    with pytest.raises(ConfigError, match="--augment-rotate must be >= 0"):
+    with pytest.raises(ConfigError, match="augment_rotate must be >= 0"):
         Config().replace(augment_rotate=-1)
-    with pytest.raises(ConfigError, match="--augment-scale must be below 1"):
+    with pytest.raises(ConfigError, match="augment_scale must be below 1"):
         Config().replace(augment_scale=1.5)
-    with pytest.raises(ConfigError, match="--augment-blur must be >= 0"):
+    with pytest.raises(ConfigError, match="augment_blur must be >= 0"):
         Config().replace(augment_blur=-1)
-    with pytest.raises(ConfigError, match="--augment-stroke must be at most 3"):
+    with pytest.raises(ConfigError, match="augment_stroke must be at most 3"):
         Config().replace(augment_stroke=4)
 
 

@@ -43,7 +43,7 @@ def test_bad_arguments_are_one_line(capsys):
     from lenet_jax import cli
 
     assert cli.run(main, ["time-to-99", "--set", "lr=-1"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --set lr=-1: --lr must be greater than 0, not -1.0"
+    assert capsys.readouterr().err.strip() == "error: --set lr=-1: lr must be greater than 0, not -1.0"
     assert cli.run(main, ["sped"]) == 2 and "invalid choice: 'sped'" in capsys.readouterr().err
 
 

@@ -13,7 +13,13 @@ from lenet_jax.evaluation import evaluate_checkpoint
 from lenet_jax.predict import load_predictor
 from lenet_jax.train import train_and_evaluate
 
-FIXTURE = Path(__file__).parent / "fixtures" / "workdir_v0_1"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "workdir_v0_1"
+# version -> (what its epoch 1 logged: accuracy, total loss; the config that resumes it).
+WRITTEN = {
+    "0_1": (0.1135, 381.8274738788605, dict(preset="smoke", ema_decay=0.9, optimizer="momentum")),
+    "0_2": (0.2991, 319.28083872795105, dict(preset="fast", schedule="constant", lr=0.05, speed="plain")),
+}
 
 
 @pytest.fixture
@@ -22,15 +28,21 @@ def old_workdir(tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_0_1_workdir_evaluates_to_what_it_logged_predicts_and_resumes(old_workdir, mnist_dir):
+@pytest.mark.parametrize("version", WRITTEN)
+def test_an_old_workdir_evaluates_predicts_and_resumes(version, tmp_path, mnist_dir, capsys):
+    old_workdir = Path(shutil.copytree(FIXTURES / f"workdir_v{version}", tmp_path / "run"))
+    accuracy, total_loss, settings = WRITTEN[version]
     result = evaluate_checkpoint(old_workdir, data_dir=mnist_dir)
-    assert result["averaged_weights"] and result["test_accuracy"] == 0.1135
-    assert result["test_total_loss"] == pytest.approx(381.8274738788605, rel=1e-6)
+    assert result["averaged_weights"] and result["test_accuracy"] == accuracy
+    assert result["test_total_loss"] == pytest.approx(total_loss, rel=1e-6)
     probabilities = load_predictor(old_workdir).predict_mnist(np.zeros((2, 28, 28, 1), np.uint8))
     assert np.shape(probabilities) == (2, 10)
 
-    config = get_preset("smoke").replace(train_size=256, epochs=2, ema_decay=0.9, optimizer="momentum")
+    settings = dict(settings)
+    config = get_preset(settings.pop("preset")).replace(train_size=256, epochs=2, **settings)
     resumed = train_and_evaluate(config, old_workdir, data_dir=mnist_dir)
+    other_speed = "Note: the checkpoint trained with --speed auto, this run with plain: the same function"
+    assert (other_speed in capsys.readouterr().out) == (config.speed == "plain")
     assert [row["epoch"] for row in resumed.metrics] == [1, 2]
     with Checkpoints(old_workdir, read_only=True) as checkpoints:
         assert checkpoints.restore_meta(2)["format_version"] == FORMAT_VERSION

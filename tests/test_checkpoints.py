@@ -38,7 +38,7 @@ def test_a_python_optimizer_is_recorded_as_such_with_its_state_structure(adam_ru
     assert saved["provenance"]["backend"] == "cpu" and saved["provenance"]["cpu"]
     with Checkpoints(adam_run, read_only=True) as checkpoints:
         meta = checkpoints.restore_meta(1)
-    assert meta["format_version"] == 2 and meta["optimizer_source"] == saved["optimizer_source"]
+    assert meta["format_version"] == 3 and meta["optimizer_source"] == saved["optimizer_source"]
     assert meta["config"] == saved["config"] and meta["provenance"]["versions"]["jax"] == jax.__version__
 
 

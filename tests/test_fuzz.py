@@ -291,10 +291,10 @@ FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts wit
     "epochs 1.5": ("--epochs 1.5", "expected int, got '1.5'"),
     "batch size -1": ("--batch-size -1", "--batch-size must be at least 1"),
     "eval batch size 0": ("--eval-batch-size 0", "--eval-batch-size must be at least 1"),
-    "steps per call 0": ("--steps-per-call 0", "--steps-per-call must be at least 1"),
+    "speed": ("--speed fastest", "--speed must be one of auto, plain"),
     "train size 0": ("--train-size 0", "--train-size must be at least 1"),
     "keep 0": ("--keep 0", "--keep must be at least 1"),
-    "optimizer": ("--optimizer adamax2", "unknown optimizer 'adamax2'"),
+    "optimizer": ("--optimizer adamax2", "--optimizer must be one of sgd, momentum"),
     "activation": ("--activation gelu", "--activation must be one of sigmoid, tanh, relu"),
     "preset": ("--preset turbo", "unknown preset 'turbo'"),
     "unknown flag": ("--bogus-flag", "unrecognized arguments: --bogus-flag"),
@@ -799,14 +799,14 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
     "workdir probe, disk full": (
         _writes_fail(r"\.write-test-", errno.ENOSPC), 4, "cannot be written; free some space"),
     "device out of memory, training": (
-        lambda mp: mp.setattr("lenet_jax.program.TrainProgram._compile", lambda *a: _device_oom),
-        5, f"{OOM}--batch-size (now 32) or --steps-per-call"),
+        lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
+        5, f"{OOM}--batch-size (now 32)"),
     "device out of memory, evaluation": (
         lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
         5, f"{OOM}--eval-batch-size (now 64)"),
     "setting a damaged log aside, denied": (
         lambda mp: mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
-        4, "no checkpoint was changed"),
+        4, "the checkpoint of epoch 2 is intact and the run resumes from it"),
 }
 # fmt: on
 
@@ -862,7 +862,7 @@ def _cut_test_records(folder: Path, monkeypatch) -> None:
         path.write_bytes(path.read_bytes()[:50])
 
 
-def _unreadable(builder, split):
+def _unreadable(builder, split, *options):
     raise RuntimeError("ArrayRecord file should be at least 64KB big")
 
 

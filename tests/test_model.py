@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lenet_jax.config import Config
-from lenet_jax.model import LeNet, count_params, init_params, model_from_config, pool_2x2
+from lenet_jax.model import ConvBlock, LeNet, count_params, init_params, model_from_config
+from lenet_jax.toeplitz import ToeplitzBlock, pool_2x2
 
 O0 = {"xla_backend_optimization_level": 0}  # init runs once: compiling it fast is what counts
 
@@ -56,7 +57,7 @@ def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
 
 def test_options_change_the_function_not_the_parameters():
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
-    params = init_params(LeNet(conv_impl="xla"), jax.random.PRNGKey(0))  # eager: fewer ops
+    params = init_params(LeNet(), jax.random.PRNGKey(0))  # eager: fewer ops
     outputs = {}
     for kwargs in (
         {},
@@ -65,14 +66,14 @@ def test_options_change_the_function_not_the_parameters():
         {"pool": "max"},
         {"dense_activation": True},
     ):
-        model = LeNet(conv_impl="xla", **kwargs)
+        model = LeNet(**kwargs)
         assert (
             count_params(jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0)))
             == 61_706
         )
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
     # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
-    normed = LeNet(conv_impl="xla", feature_norm=True)
+    normed = LeNet(feature_norm=True)
     normed_params = init_params(normed, jax.random.PRNGKey(0))
     assert count_params(normed_params) == 61_706 + 32
     assert {k: v.shape for k, v in normed_params["feature_norm"].items()} == {"scale": (16,), "bias": (16,)}
@@ -87,22 +88,19 @@ def test_options_change_the_function_not_the_parameters():
             assert not np.allclose(values[i], values[j])
 
 
-@pytest.mark.parametrize("impl", ["toeplitz", "xla"])
-def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(impl):
+@pytest.mark.parametrize("block", [ConvBlock, ToeplitzBlock])
+def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(block):
     # conv1 of one image computed by hand: lax.conv + bias -> relu -> 2x2 max-pool.
-    model = LeNet(activation="relu", pool="max", conv_impl=impl)
-    params = init_params(model, jax.random.PRNGKey(0))
+    params = init_params(LeNet(activation="relu", pool="max"), jax.random.PRNGKey(0))["conv1"]
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
     conv1 = (
         jax.lax.conv_general_dilated(
-            x, params["conv1"]["kernel"], (1, 1), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x, params["kernel"], (1, 1), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        + params["conv1"]["bias"]
+        + params["bias"]
     )
     expected = jnp.maximum(conv1, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
-    got = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])[1][
-        "intermediates"
-    ]["conv1"]["__call__"][0]
+    got = block(6, (5, 5), padding=2, activation="relu", pool="max").apply({"params": params}, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -110,3 +108,21 @@ def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(impl):
 def test_pool_2x2_equals_flax_pooling(kind, reference):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 3))
     np.testing.assert_allclose(pool_2x2(x, kind), reference(x, (2, 2), strides=(2, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("init_scheme", ["torch", "flax"])
+def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_path):
+    # LeNet(...).init(jax.random.PRNGKey(seed), x), as a notebook writes it, is the run's start.
+    import optax
+
+    from lenet_jax.data import Split
+    from lenet_jax.train import make_trainer
+
+    config = Config(init_scheme=init_scheme, seed=3, feature_norm=True)
+    train = Split(np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32))
+    state = make_trainer(config, train, optax.sgd(0.1)).new_state()
+    model = LeNet(init_scheme=init_scheme, feature_norm=True)
+    expected = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 28, 28, 1)))["params"]
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(expected), leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from lenet_jax.model import LeNet
-from lenet_jax.program import scan_steps
+from lenet_jax.speed import run_steps
 from lenet_jax.steps import create_train_state, make_eval_step, make_train_step
 
 
@@ -86,7 +86,6 @@ def test_ema_follows_the_params_with_the_ramped_decay():
 
 
 def test_ema_without_an_averaged_state_is_a_clear_error():
-    import pytest
 
     model, optimizer = LeNet(), optax.sgd(0.5)
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
@@ -94,7 +93,7 @@ def test_ema_without_an_averaged_state_is_a_clear_error():
         jax.jit(make_train_step(model, optimizer, ema_decay=0.9))(state, batch_of(4))
 
 
-def test_scan_steps_equals_separate_steps_and_skips_padding_rows():
+def test_run_steps_equals_separate_steps_and_skips_padding_rows():
     # One lax.scan call over 4 batches, of which the first 3 are real: same state and losses as
     # 3 separate jitted steps; the padding row changes nothing and reports loss 0.
     model, optimizer = LeNet(activation="relu", pool="max"), optax.sgd(0.05, momentum=0.9)
@@ -102,7 +101,7 @@ def test_scan_steps_equals_separate_steps_and_skips_padding_rows():
     train_step = make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.9)
     batches = [batch_of(8, seed=seed) for seed in range(4)]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
-    scanned, losses = jax.jit(lambda s, b, n: scan_steps(train_step, s, b, n))(state, stacked, 3)
+    scanned, losses = jax.jit(lambda s, b, n: run_steps(train_step, s, b, n))(state, stacked, 3)
     step = jax.jit(train_step)
     expected = []
     for batch in batches[:3]:
@@ -112,18 +111,3 @@ def test_scan_steps_equals_separate_steps_and_skips_padding_rows():
     np.testing.assert_allclose(losses[:3], expected, rtol=1e-6)
     assert int(scanned.step) == 3
     chex.assert_trees_all_close(scanned, state, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("init_scheme", ["torch", "flax"])
-def test_init_compiler_options_change_no_bit_of_the_initial_state(init_scheme):
-    # The options only make init compile faster: plain O0 (as 0.1 and 0.2 compiled it) gives the
-    # same state bit for bit, so every run's numbers stay where they were.
-    model, optimizer = LeNet(init_scheme=init_scheme, feature_norm=True), optax.sgd(0.1, momentum=0.9)
-    o0 = jax.jit(
-        create_train_state.__wrapped__,
-        static_argnums=(0, 1, 3),
-        compiler_options={"xla_backend_optimization_level": 0},
-    )
-    key = jax.random.PRNGKey(3)
-    expected, got = o0(model, optimizer, key, True), create_train_state(model, optimizer, key, True)
-    chex.assert_trees_all_equal(got, expected)

@@ -21,6 +21,7 @@ from lenet_jax import augment as jax_augment
 from lenet_jax.config import Config, get_preset
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.optimizers import build_optimizer, learning_rate_schedule
+from lenet_jax.speed import conv_block
 from lenet_jax.steps import create_train_state, ema_decay_at, make_train_step
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "torch_twins"
@@ -36,8 +37,9 @@ def config_of(kind, name):
 
 
 def start_weights(config, seed):
-    """make_fixture's weights for this config's model (shapes from lenet-jax's init)."""
-    model = model_from_config(config)
+    """make_fixture's weights for this config's model (shapes from lenet-jax's init), the model
+    with the blocks --speed auto computes with (Toeplitz products on a CPU)."""
+    model = model_from_config(config, conv_block(config.speed))
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
     return model, make.weights(jax.tree_util.tree_map(lambda a: a.shape, abstract), seed)
 

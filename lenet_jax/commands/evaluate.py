@@ -13,6 +13,7 @@ import sys
 
 from lenet_jax import cli
 from lenet_jax.evaluation import evaluate_checkpoint
+from lenet_jax.speed import SPEEDS
 
 
 def main(argv: list[str]) -> int:
@@ -42,14 +43,20 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="evaluate the raw weights of a run that kept a moving average (--ema-decay)",
     )
+    parser.add_argument(
+        "--speed",
+        choices=SPEEDS,
+        default="auto",
+        help="'plain': the model as written, no speed tricks (same numbers up to float rounding)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     if args.compare and not args.report:
         raise cli.ConfigError("--compare only goes with --report")
     cli.quiet_library_logs()
-    cli.enable_compilation_cache()
+    cli.enable_compilation_cache(args.speed)
     result = evaluate_checkpoint(
-        args.workdir, epoch=args.epoch, data_dir=args.data_dir, averaged=not args.raw_weights
+        args.workdir, args.epoch, args.data_dir, averaged=not args.raw_weights, speed=args.speed
     )
     print(json.dumps(result))
     if args.report:

@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
-    cli.enable_compilation_cache()
+    cli.enable_compilation_cache(config.speed)
     if parallel.is_main_process():
         print(f"Workdir: {workdir}")
     result = train_and_evaluate(
