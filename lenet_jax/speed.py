@@ -5,7 +5,8 @@
 jitted call with augmentation inside the step, one evaluation batch per call, XLA's default
 options, no caches of our own. Both compute the same function (a test bounds the float
 differences); a run resumed under the other setting is not bit-identical to an uninterrupted one.
-The measurements behind each trick: docs/performance.md.
+Two process-wide tricks (8, 10) are set before any config is read and stay on under "plain":
+they change memory and start-up, never a number. The measurements: docs/performance.md.
 """
 
 from __future__ import annotations

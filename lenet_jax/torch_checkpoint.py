@@ -296,7 +296,9 @@ class ImportResult:
 def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tuple[int, int]:
     """The epoch (given, else the file's metadata or name, else 1) and its step, both bounded."""
     written = {k: weights.metadata.get(k, "") for k in ("epoch", "step")}  # by export_torch_checkpoint
-    if all(v.isdecimal() for v in written.values()) and epoch in (None, int(written["epoch"])):
+    # ASCII digits, at most 19 (an int64): anything else is not what export wrote, and is ignored.
+    recorded = all(v.isascii() and v.isdigit() and len(v) <= 19 for v in written.values())
+    if recorded and epoch in (None, int(written["epoch"])):
         epoch, step = int(written["epoch"]), int(written["step"])
         if epoch > MAX_EPOCH or step > MAX_STEP:
             raise ConversionError(

@@ -29,77 +29,52 @@ def encode(image: Image.Image | np.ndarray, format: str = "PNG", **options) -> b
     return buffer.getvalue()
 
 
-def ink_mask() -> np.ndarray:
-    return digit_like() < 128
+INK = digit_like() < 128
+GREY = np.where(INK, 0, 255).astype(np.uint8)
+ON_CLEAR = np.stack([np.zeros_like(GREY)] * 3 + [np.where(INK, 255, 0).astype(np.uint8)], -1)  # RGBA
+
+
+def _palette() -> Image.Image:
+    """Index 0: transparent (black in the palette), 1: black ink."""
+    palette = Image.frombytes("P", (INK.shape[1], INK.shape[0]), INK.astype(np.uint8).tobytes())
+    palette.putpalette([0, 0, 0] * 256)
+    return palette
+
+
+def _on_colour() -> bytes:
+    """Paper of a colour marked transparent (L+transparency: of a grey)."""
+    rgb = np.stack([GREY] * 3, -1)
+    rgb[~INK] = (10, 20, 30)
+    return encode(rgb, transparency=(10, 20, 30))
+
+
+# fmt: off
+DRAWINGS = {  # the digit_like drawing (black ink; paper white or transparent) as a file of one kind
+    "L": lambda: encode(GREY),
+    "RGBA": lambda: encode(ON_CLEAR),
+    "P+transparency": lambda: encode(_palette(), transparency=0),
+    "GIF+transparency": lambda: encode(_palette(), "GIF", transparency=0),
+    "LA": lambda: encode(Image.fromarray(np.stack([np.zeros_like(GREY), ON_CLEAR[..., 3]], -1), "LA")),
+    "PA": lambda: encode(Image.fromarray(ON_CLEAR).convert("PA"), "TIFF"),
+    "RGB+transparency": _on_colour,
+    "L+transparency": lambda: encode(np.where(INK, 0, 7).astype(np.uint8), transparency=7),
+    "I;16": lambda: encode(Image.fromarray(GREY.astype(np.uint16) * 257)),
+    "I;16+transparency": lambda: encode(
+        Image.fromarray(np.where(INK, 0, 1234).astype(np.uint16)), transparency=1234),
+    "1": lambda: encode(Image.fromarray(GREY).convert("1")),
+    "CMYK": lambda: encode(Image.fromarray(GREY).convert("CMYK"), "TIFF"),
+    "CMYK JPEG": lambda: encode(Image.fromarray(GREY).convert("CMYK"), "JPEG", quality=95),
+    "F": lambda: encode(Image.fromarray(GREY.astype(np.float32) / 255), "TIFF"),
+    "RGB JPEG": lambda: encode(np.stack([GREY] * 3, -1), "JPEG", quality=95),
+    "BMP": lambda: encode(GREY, "BMP"),
+    "WebP": lambda: encode(GREY, "WEBP", lossless=True),
+}
+# fmt: on
+MODES = tuple(DRAWINGS)
 
 
 def drawing_in_mode(name: str) -> bytes:
-    """The digit_like drawing (black ink; paper white or transparent) as a file of one kind."""
-    ink = ink_mask()
-    grey = np.where(ink, 0, 255).astype(np.uint8)
-    transparent_paper = np.stack([np.zeros_like(grey)] * 3 + [np.where(ink, 255, 0).astype(np.uint8)], -1)
-    if name == "L":
-        return encode(grey)
-    if name == "RGBA":
-        return encode(transparent_paper)
-    if name == "P+transparency":  # index 0: transparent (black in the palette), 1: black ink
-        palette = Image.frombytes("P", (ink.shape[1], ink.shape[0]), ink.astype(np.uint8).tobytes())
-        palette.putpalette([0, 0, 0] * 256)
-        return encode(palette, transparency=0)
-    if name == "GIF+transparency":
-        palette = Image.frombytes("P", (ink.shape[1], ink.shape[0]), ink.astype(np.uint8).tobytes())
-        palette.putpalette([0, 0, 0] * 256)
-        return encode(palette, "GIF", transparency=0)
-    if name == "LA":
-        return encode(Image.fromarray(np.stack([np.zeros_like(grey), transparent_paper[..., 3]], -1), "LA"))
-    if name == "PA":
-        return encode(Image.fromarray(transparent_paper).convert("PA"), "TIFF")
-    if name == "RGB+transparency":  # paper is a colour marked transparent
-        rgb = np.stack([grey] * 3, -1)
-        rgb[~ink] = (10, 20, 30)
-        return encode(rgb, transparency=(10, 20, 30))
-    if name == "L+transparency":  # paper is a grey marked transparent
-        return encode(np.where(ink, 0, 7).astype(np.uint8), transparency=7)
-    if name == "I;16":
-        return encode(Image.fromarray(grey.astype(np.uint16) * 257))
-    if name == "I;16+transparency":
-        return encode(Image.fromarray(np.where(ink, 0, 1234).astype(np.uint16)), transparency=1234)
-    if name == "1":
-        return encode(Image.fromarray(grey).convert("1"))
-    if name == "CMYK":
-        return encode(Image.fromarray(grey).convert("CMYK"), "TIFF")
-    if name == "CMYK JPEG":
-        return encode(Image.fromarray(grey).convert("CMYK"), "JPEG", quality=95)
-    if name == "F":
-        return encode(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")
-    if name == "RGB JPEG":
-        return encode(np.stack([grey] * 3, -1), "JPEG", quality=95)
-    if name == "BMP":
-        return encode(grey, "BMP")
-    if name == "WebP":
-        return encode(grey, "WEBP", lossless=True)
-    raise ValueError(name)
-
-
-MODES = (
-    "L",
-    "RGBA",
-    "P+transparency",
-    "GIF+transparency",
-    "LA",
-    "PA",
-    "RGB+transparency",
-    "L+transparency",
-    "I;16",
-    "I;16+transparency",
-    "1",
-    "CMYK",
-    "CMYK JPEG",
-    "F",
-    "RGB JPEG",
-    "BMP",
-    "WebP",
-)
+    return DRAWINGS[name]()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

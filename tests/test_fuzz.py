@@ -13,19 +13,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
 import re
-import runpy
 import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_idx_dir, start_python, write_idx
@@ -39,24 +39,16 @@ TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 # ---- helpers ----
 
 
-_SCRIPTS: dict[str, Callable] = {}
-_FLAGS: dict[str, set[str]] = {}
+script_main = functools.cache(conftest.script_main)
 
 
-def script_main(name: str):
-    if name not in _SCRIPTS:
-        _SCRIPTS[name] = runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
-    return _SCRIPTS[name]
-
-
+@functools.cache
 def script_flags(name: str) -> set[str]:
     """The options a script accepts, read from its --help."""
-    if name not in _FLAGS:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-            script_main(name)(["--help"])  # the options part of the help reads the same whatever prog is
-        _FLAGS[name] = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
-    return _FLAGS[name]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        script_main(name)(["--help"])  # the options part of the help reads the same whatever prog is
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
 
 
 def assert_flags_exist(script: str, message: str, argv=()) -> None:
@@ -171,10 +163,7 @@ def data(tmp_path_factory) -> Path:
 def trained_once(data, tmp_path_factory) -> Path:
     """A 2-epoch run of the smoke preset on the synthetic data (copied by `run`)."""
     workdir = tmp_path_factory.mktemp("fuzz-run") / "run"
-    code = cli.run(
-        script_main("train.py"), [*TRAIN, "--epochs", "2", "--workdir", str(workdir), "--data-dir", str(data)]
-    )
-    assert code == 0
+    assert cli.run(script_main("train.py"), [str(a) for a in train_argv(workdir, data)]) == 0
     return workdir
 
 
@@ -190,126 +179,79 @@ def train_argv(workdir, data, *more) -> list:
 # ---- family: data ----
 
 
-def _replace_gz(folder: Path, stem: str, content: bytes, compress: bool = False) -> None:
+TI, TL, EI, EL = (
+    f"{s}-ubyte" for s in "train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1".split()
+)
+
+
+def _idx(folder: Path, stem: str, shape, magic: int = 0x803, fill: int = 0) -> Path:
+    return write_idx(folder / stem, np.full(shape, fill, np.uint8), magic)
+
+
+def _raw(folder: Path, stem: str, content: bytes) -> None:
+    """stem.gz replaced by an uncompressed stem holding `content`."""
     (folder / f"{stem}.gz").unlink()
-    (folder / (f"{stem}.gz" if compress else stem)).write_bytes(content)
+    (folder / stem).write_bytes(content)
 
 
-DATA_CASES = {
-    # name: (damage the data folder, extra flags, message)
-    "missing file": (
-        lambda d: (d / "train-labels-idx1-ubyte.gz").unlink(),
-        [],
-        "has no train-labels-idx1-ubyte[.gz]",
-    ),
+def _empty_split(folder: Path, images: str, labels: str) -> None:
+    _idx(folder, images, (0, 28, 28)), _idx(folder, labels, 0, 0x801)
+
+
+# fmt: off
+DATA_CASES = {  # name: (damage the data folder, message, extra flags)
+    "missing file": (lambda d: (d / f"{TL}.gz").unlink(), f"has no {TL}[.gz]"),
     "wrong magic": (
-        lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((96, 28, 28), np.uint8), 0x801),
-        [],
-        "has magic number 0x00000801, expected 0x00000803",
+        lambda d: _idx(d, TI, (96, 28, 28), 0x801), "has magic number 0x00000801, expected 0x00000803"
     ),
     "truncated gzip": (
-        lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(
-            (d / "t10k-images-idx3-ubyte.gz").read_bytes()[:300]
-        ),
-        [],
+        lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]),
         "the file is damaged, download it again",
     ),
     "not gzip at all": (
-        lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x00" * 64),
-        [],
-        "the file is damaged, download it again",
+        lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), "the file is damaged, download it again"
     ),
-    "empty file": (lambda d: _replace_gz(d, "t10k-labels-idx1-ubyte", b""), [], "not even a header"),
+    "empty file": (lambda d: _raw(d, EL, b""), "not even a header"),
     "header promises more": (
-        lambda d: _replace_gz(
-            d, "t10k-images-idx3-ubyte", np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)
-        ),
-        [],
+        lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
         "its header promises 50 images but it holds 1",
     ),
-    "counts disagree": (
-        lambda d: write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(39, np.uint8), 0x801),
-        [],
-        "has 40 images but t10k-labels-idx1-ubyte.gz has 39 labels",
-    ),
-    "not 28x28": (
-        lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((96, 32, 32), np.uint8), 0x803),
-        [],
-        "holds 32x32 images, expected 28x28",
-    ),
-    "label out of range": (
-        lambda d: write_idx(d / "train-labels-idx1-ubyte", np.full(96, 10, np.uint8), 0x801),
-        [],
-        "has label 10 at index 0, outside 0-9",
-    ),
-    "labels file as images": (
-        lambda d: shutil.copy(d / "train-labels-idx1-ubyte.gz", d / "train-images-idx3-ubyte.gz"),
-        [],
-        "expected 0x00000803",
-    ),
-    "0 test images": (
-        lambda d: (
-            write_idx(d / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8), 0x803),
-            write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8), 0x801),
-        ),
-        [],
-        "t10k-images-idx3-ubyte.gz holds no images",
-    ),
-    "0 training images": (
-        lambda d: (
-            write_idx(d / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8), 0x803),
-            write_idx(d / "train-labels-idx1-ubyte", np.zeros(0, np.uint8), 0x801),
-        ),
-        [],
-        "train-images-idx3-ubyte.gz holds no images",
-    ),
-    "--train-size above the split": (
-        lambda d: None,
-        ["--train-size", "1000"],
-        "--train-size 1000 is larger than",
-    ),
-    "--validation-size takes all": (lambda d: None, ["--validation-size", "96"], "leaves no training images"),
+    "counts disagree": (lambda d: _idx(d, EL, 39, 0x801), f"has 40 images but {EL}.gz has 39 labels"),
+    "not 28x28": (lambda d: _idx(d, TI, (96, 32, 32)), "holds 32x32 images, expected 28x28"),
+    "label out of range": (lambda d: _idx(d, TL, 96, 0x801, fill=10), "has label 10 at index 0, outside 0-9"),
+    "labels file as images": (lambda d: shutil.copy(d / f"{TL}.gz", d / f"{TI}.gz"), "expected 0x00000803"),
+    "0 test images": (lambda d: _empty_split(d, EI, EL), f"{EI}.gz holds no images"),
+    "0 training images": (lambda d: _empty_split(d, TI, TL), f"{TI}.gz holds no images"),
+    "--train-size above the split": (lambda d: None, "--train-size 1000 is larger than", "--train-size=1000"),
+    "--validation-size takes all": (lambda d: None, "leaves no training images", "--validation-size", "96"),
     "--batch-size above the split": (
         lambda d: None,
-        ["--batch-size", "1000000000"],
         "--batch-size 1000000000 is larger than the 64 training images: use 64 or less",
+        "--batch-size", "1000000000",
     ),
-    "folder missing": (lambda d: shutil.rmtree(d), [], "does not exist: pass --data-dir"),
-    "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), [], "is not a directory"),
-    "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), [], "cannot be resolved"),
-    "folder empty": (lambda d: [p.unlink() for p in d.iterdir()], [], "has no train-images-idx3-ubyte[.gz]"),
+    "folder missing": (lambda d: shutil.rmtree(d), "does not exist: pass --data-dir"),
+    "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
+    "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), "cannot be resolved"),
+    "folder empty": (lambda d: [p.unlink() for p in d.iterdir()], f"has no {TI}[.gz]"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_fuzz_data(capsys, tmp_path, case):
-    damage, flags, message = DATA_CASES[case]
+    damage, message, *flags = DATA_CASES[case]
     folder = make_idx_dir(tmp_path / "data")
     damage(folder)
-    workdir = tmp_path / "new" / "run"
-    check(
-        capsys,
-        "train.py",
-        [*TRAIN, "--workdir", workdir, "--data-dir", folder, *flags],
-        2,
-        message,
-        unchanged=[folder],
-        absent=[tmp_path / "new"],  # the workdir the run would have created
-    )
+    argv = [*TRAIN, "--workdir", tmp_path / "new" / "run", "--data-dir", folder, *flags]
+    check(capsys, "train.py", argv, 2, message, unchanged=[folder], absent=[tmp_path / "new"])
 
 
 def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, data):
     """LENET_DATA_DIR pointing nowhere; no data folder at all, offline; evaluate.py with bad
     data (its workdir untouched)."""
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path / "nowhere"))
-    check(
-        capsys,
-        "train.py",
-        [*TRAIN, "--workdir", tmp_path / "w1"],
-        2,
-        "(or LENET_DATA_DIR)",
-        absent=[tmp_path / "w1"],
-    )
+    w1, w2 = tmp_path / "w1", tmp_path / "w2"
+    check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
 
     monkeypatch.delenv("LENET_DATA_DIR")
     tfds_data_dir(monkeypatch, tmp_path / "tfds")
@@ -318,113 +260,73 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
         raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
 
     monkeypatch.setattr(socket, "create_connection", offline)
-    out, _ = check(
-        capsys,
-        "train.py",
-        [*TRAIN, "--workdir", tmp_path / "w2"],
-        2,
-        "offline? pass --data-dir DIR",
-        absent=[tmp_path / "w2", tmp_path / "tfds"],
-    )
+    message = "offline? pass --data-dir DIR"
+    out, _ = check(capsys, "train.py", [*TRAIN, "--workdir", w2], 2, message, absent=[w2, tmp_path / "tfds"])
     assert "Downloading and preparing" not in out and "Preparing" not in out
-    check(
-        capsys,
-        "evaluate.py",
-        ["--workdir", run, "--data-dir", tmp_path / "nowhere"],
-        2,
-        "does not exist",
-        unchanged=[run],
-    )
+    argv = ["--workdir", run, "--data-dir", tmp_path / "nowhere"]
+    check(capsys, "evaluate.py", argv, 2, "does not exist", unchanged=[run])
 
 
 # ---- family: flags ----
 
-FLAG_CASES = {
-    # name: (script, argv, message)
-    "seed too large": ("train.py", ["--seed", "99999999999999999999999"], "--seed must fit in 64 bits"),
-    "seed too small": ("train.py", ["--seed", "-99999999999999999999999"], "--seed must fit in 64 bits"),
-    "seed not a number": ("train.py", ["--seed", "1e3"], "expected int, got '1e3'"),
-    "lr inf": ("train.py", ["--lr", "inf"], "--lr must be a finite number, not inf"),
-    "lr nan": ("train.py", ["--lr", "nan"], "--lr must be a finite number, not nan"),
-    "lr zero": ("train.py", ["--lr", "0"], "--lr must be greater than 0"),
+# fmt: off
+FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts with another script), message)
+    "seed too large": ("--seed 99999999999999999999999", "--seed must fit in 64 bits"),
+    "seed too small": ("--seed -99999999999999999999999", "--seed must fit in 64 bits"),
+    "seed not a number": ("--seed 1e3", "expected int, got '1e3'"),
+    "lr inf": ("--lr inf", "--lr must be a finite number, not inf"),
+    "lr nan": ("--lr nan", "--lr must be a finite number, not nan"),
+    "lr zero": ("--lr 0", "--lr must be greater than 0"),
     "lr beyond float32 (no numpy warnings first)": (
-        "train.py",
-        ["--lr", "1e308"],
-        "--lr must be at most 3.4e+38 (a float32), not 1e+308",
-    ),
-    "rotate beyond float32": ("train.py", ["--augment-rotate=1e39"], "--augment-rotate must be at most"),
-    "epochs beyond the bound": ("train.py", ["--epochs", "1000000000000"], "--epochs must be at most 10,000"),
-    "weight decay inf": ("train.py", ["--weight-decay", "inf"], "--weight-decay must be a finite number"),
-    "translate inf": (
-        "train.py",
-        ["--augment-translate", "inf"],
-        "--augment-translate must be a finite number",
-    ),
-    "momentum 1": ("train.py", ["--momentum", "1"], "--momentum must be in [0, 1)"),
-    "label smoothing 1": ("train.py", ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
-    "ema decay -1": ("train.py", ["--ema-decay", "-1"], "--ema-decay must be in [0, 1)"),
-    "grad clip -1": ("train.py", ["--grad-clip", "-1"], "--grad-clip must be greater than 0"),
-    "epochs 0": ("train.py", ["--epochs", "0"], "--epochs must be at least 1"),
-    "epochs 1.5": ("train.py", ["--epochs", "1.5"], "expected int, got '1.5'"),
-    "batch size -1": ("train.py", ["--batch-size", "-1"], "--batch-size must be at least 1"),
-    "eval batch size 0": ("train.py", ["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
-    "speed": ("train.py", ["--speed", "fastest"], "--speed must be one of auto, plain"),
-    "train size 0": ("train.py", ["--train-size", "0"], "--train-size must be at least 1"),
-    "keep 0": ("train.py", ["--keep", "0"], "--keep must be at least 1"),
-    "optimizer": ("train.py", ["--optimizer", "adamax2"], "--optimizer must be one of sgd, momentum"),
-    "activation": ("train.py", ["--activation", "gelu"], "--activation must be one of sigmoid, tanh, relu"),
-    "preset": ("train.py", ["--preset", "turbo"], "unknown preset 'turbo'"),
-    "unknown flag": ("train.py", ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    "force alone": ("train.py", ["--force"], "--force only goes with --restart"),
+        "--lr 1e308", "--lr must be at most 3.4e+38 (a float32), not 1e+308"),
+    "rotate beyond float32": ("--augment-rotate=1e39", "--augment-rotate must be at most"),
+    "epochs beyond the bound": ("--epochs 1000000000000", "--epochs must be at most 10,000"),
+    "weight decay inf": ("--weight-decay inf", "--weight-decay must be a finite number"),
+    "translate inf": ("--augment-translate inf", "--augment-translate must be a finite number"),
+    "momentum 1": ("--momentum 1", "--momentum must be in [0, 1)"),
+    "label smoothing 1": ("--label-smoothing 1", "--label-smoothing must be in [0, 1)"),
+    "ema decay -1": ("--ema-decay -1", "--ema-decay must be in [0, 1)"),
+    "grad clip -1": ("--grad-clip -1", "--grad-clip must be greater than 0"),
+    "epochs 0": ("--epochs 0", "--epochs must be at least 1"),
+    "epochs 1.5": ("--epochs 1.5", "expected int, got '1.5'"),
+    "batch size -1": ("--batch-size -1", "--batch-size must be at least 1"),
+    "eval batch size 0": ("--eval-batch-size 0", "--eval-batch-size must be at least 1"),
+    "speed": ("--speed fastest", "--speed must be one of auto, plain"),
+    "train size 0": ("--train-size 0", "--train-size must be at least 1"),
+    "keep 0": ("--keep 0", "--keep must be at least 1"),
+    "optimizer": ("--optimizer adamax2", "--optimizer must be one of sgd, momentum"),
+    "activation": ("--activation gelu", "--activation must be one of sigmoid, tanh, relu"),
+    "preset": ("--preset turbo", "unknown preset 'turbo'"),
+    "unknown flag": ("--bogus-flag", "unrecognized arguments: --bogus-flag"),
+    "force alone": ("--force", "--force only goes with --restart"),
     "distributed with coordinator": (
-        "train.py",
-        ["--distributed", "--coordinator", "h:1"],
-        "--distributed takes no --coordinator",
-    ),
-    "process id alone": ("train.py", ["--process-id", "1"], "give all of --coordinator, --num-processes"),
+        "--distributed --coordinator h:1", "--distributed takes no --coordinator"),
+    "process id alone": ("--process-id 1", "give all of --coordinator, --num-processes"),
     "num processes 0": (
-        "train.py",
-        ["--coordinator", "localhost:1234", "--num-processes", "0", "--process-id", "0"],
-        "--num-processes must be at least 1",
-    ),
+        "--coordinator localhost:1234 --num-processes 0 --process-id 0",
+        "--num-processes must be at least 1"),
     "process id out of range": (
-        "train.py",
-        ["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "5"],
-        "--process-id must be in 0..1, not 5",
-    ),
+        "--coordinator localhost:1234 --num-processes 2 --process-id 5",
+        "--process-id must be in 0..1, not 5"),
     "coordinator without port": (
-        "train.py",
-        ["--coordinator", "notahost", "--num-processes", "1", "--process-id", "0"],
-        "--coordinator must be HOST:PORT",
-    ),
-    "coordinator port 70000": (
-        "train.py",
-        ["--coordinator", "localhost:70000", "--num-processes", "1", "--process-id", "0"],
-        "--coordinator must be HOST:PORT with a port in 1-65535",
-    ),
-    "coordinator host unknown": (
-        "train.py",
-        ["--coordinator", "notahost.invalid:1234", "--num-processes", "2", "--process-id", "1"],
-        "--coordinator host 'notahost.invalid' cannot be resolved",
-    ),
-    "evaluate without --workdir": ("evaluate.py", [], "the following arguments are required: --workdir"),
-    "evaluate --epoch text": (
-        "evaluate.py",
-        ["--workdir", "x", "--epoch", "last"],
-        "invalid int value: 'last'",
-    ),
-    "evaluate --compare alone": (
-        "evaluate.py",
-        ["--workdir", "x", "--compare", "y"],
-        "--compare only goes with --report",
-    ),
-    "results without workdirs": ("results.py", [], "the following arguments are required: workdirs"),
+        "--coordinator notahost --num-processes 1 --process-id 0", "--coordinator must be HOST:PORT"),
+    "coordinator port 70000": ("--coordinator localhost:70000 --num-processes 1 --process-id 0",
+        "--coordinator must be HOST:PORT with a port in 1-65535"),
+    "coordinator host unknown": ("--coordinator notahost.invalid:1234 --num-processes 2 --process-id 1",
+        "--coordinator host 'notahost.invalid' cannot be resolved"),
+    "evaluate without --workdir": ("evaluate.py", "the following arguments are required: --workdir"),
+    "evaluate --epoch text": ("evaluate.py --workdir x --epoch last", "invalid int value: 'last'"),
+    "evaluate --compare alone": ("evaluate.py --workdir x --compare y", "--compare only goes with --report"),
+    "results without workdirs": ("results.py", "the following arguments are required: workdirs"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(FLAG_CASES))
 def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
-    script, argv, message = FLAG_CASES[case]
+    argv, message = FLAG_CASES[case]
+    argv = argv.split()
+    script = argv.pop(0) if argv[0].endswith(".py") else "train.py"
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host, *args, **kwargs):  # an unknown name, without waiting for a resolver
@@ -474,143 +376,78 @@ def _truncate_item(run: Path, epoch: int, item: str) -> None:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
-@dataclass
-class Case:
-    damage: Callable[[Path], object]
-    script: str
-    argv: list = field(default_factory=list)
-    code: int = 2
-    message: str = ""
+def _cut(epoch, item="params"):
+    return lambda run: _truncate_item(run, epoch, item)
+
+
+def _meta_is(text, epoch=2):
+    return lambda run: _meta(run, epoch).write_text(text)
+
+
+def _edit(edit):
+    return lambda run: _edit_meta(run, 2, edit)
+
+
+def _without(key):
+    return _edit(lambda m: {k: v for k, v in m.items() if k != key})
+
+
+def _config_with(**fields):
+    return _edit(lambda m: {**m, "config": {**m["config"], **fields}})
+
+
+def _nothing(run):
+    pass
 
 
 def _evaluate(*more):
-    return ["--workdir", "{run}", "--data-dir", "{data}", *more]
+    return ["evaluate.py", "--workdir", "{run}", "--data-dir", "{data}", *more]
 
 
 def _resume(*more, epochs=3):
-    return [*TRAIN, "--epochs", str(epochs), "--workdir", "{run}", "--data-dir", "{data}", *more]
+    return ["train.py", *TRAIN, "--epochs", str(epochs), "--workdir", "{run}", "--data-dir", "{data}", *more]
 
 
-CHECKPOINT_CASES = {
-    "params truncated, evaluate": Case(
-        lambda r: _truncate_item(r, 2, "params"),
-        "evaluate.py",
-        _evaluate(),
-        message="the checkpoint of epoch 2 is damaged",
-    ),
-    "params truncated, resume": Case(
-        lambda r: _truncate_item(r, 2, "params"),
-        "train.py",
-        _resume(),
-        message="the checkpoint of epoch 2 is damaged",
-    ),
-    "params missing": Case(
-        lambda r: shutil.rmtree(r / "checkpoints/2/params"),
-        "evaluate.py",
-        _evaluate(),
-        message="no params in it",
-    ),
-    "train_state missing, resume": Case(
-        lambda r: shutil.rmtree(r / "checkpoints/2/train_state"),
-        "train.py",
-        _resume(),
-        message="no train_state in it",
-    ),
-    "meta garbage": Case(
-        lambda r: _meta(r, 2).write_text("{not json"), "evaluate.py", _evaluate(), message="is damaged"
-    ),
-    "meta a list": Case(
-        lambda r: _meta(r, 2).write_text("[1, 2]"), "evaluate.py", _evaluate(), message="is damaged"
-    ),
-    "meta without config": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {k: v for k, v in m.items() if k != "config"}),
-        "evaluate.py",
-        _evaluate(),
-        message="its meta lacks the config or the step",
-    ),
-    "meta without step, resume": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {k: v for k, v in m.items() if k != "step"}),
-        "train.py",
-        _resume(),
-        message="its meta lacks the config or the step",
-    ),
-    "meta from a newer version": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {**m, "format_version": 99}),
-        "evaluate.py",
-        _evaluate(),
-        message="has format version 99, newer than this lenet-jax reads",
-    ),
-    "meta config invalid": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {**m, "config": {**m["config"], "epochs": -1}}),
-        "evaluate.py",
-        _evaluate(),
-        message="records a config this lenet-jax cannot use (epochs must be at least 1",
-    ),
-    "meta config from another version": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {**m, "config": {**m["config"], "wings": 2}}),
-        "evaluate.py",
-        _evaluate(),
-        message="unknown config fields ['wings']",
-    ),
-    "epoch that does not exist": Case(
-        lambda r: None, "evaluate.py", _evaluate("--epoch", "5"), message="available epochs: 1, 2"
-    ),
-    "only epoch 1 damaged": Case(
-        lambda r: _truncate_item(r, 1, "params"),
-        "evaluate.py",
-        _evaluate("--epoch", "1"),
-        message="no earlier epoch is there to fall back to",
-    ),
-    "no checkpoints": Case(
-        lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()],
-        "evaluate.py",
-        _evaluate(),
-        message="has no checkpoints: train first",
-    ),
-    "damaged, with a report": Case(
-        lambda r: _meta(r, 2).write_text("{not json"),
-        "evaluate.py",
-        _evaluate("--report", "{tmp}/report"),
-        message="the checkpoint of epoch 2 is damaged",
-    ),
-    "other settings, resume": Case(
-        lambda r: None,
-        "train.py",
-        _resume("--optimizer", "adam"),
-        message="optimizer: checkpoint 'sgd', now 'adam'",
-    ),
-    "restart without force": Case(
-        lambda r: None, "train.py", _resume("--restart"), message="already holds checkpoints (epochs 1, 2)"
-    ),
-    "meta 4 GiB, sparse": Case(
-        lambda r: os.truncate(_meta(r, 2), 4 * 2**30),
-        "evaluate.py",
-        _evaluate(),
-        message="damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)",
-    ),
-    "checkpoint metadata a link to /dev/zero": Case(
+EV, TR = _evaluate(), _resume()
+# fmt: off
+CHECKPOINT_CASES = {  # name: (damage, script and argv ({run} {data} {tmp} filled in), message; None: exit 0)
+    "params truncated, evaluate": (_cut(2), EV, "the checkpoint of epoch 2 is damaged"),
+    "params truncated, resume": (_cut(2), TR, "the checkpoint of epoch 2 is damaged"),
+    "params missing": (lambda r: shutil.rmtree(r / "checkpoints/2/params"), EV, "no params in it"),
+    "train_state missing, resume": (
+        lambda r: shutil.rmtree(r / "checkpoints/2/train_state"), TR, "no train_state in it"),
+    "meta garbage": (_meta_is("{not json"), EV, "is damaged"),
+    "meta a list": (_meta_is("[1, 2]"), EV, "is damaged"),
+    "meta without config": (_without("config"), EV, "its meta lacks the config or the step"),
+    "meta without step, resume": (_without("step"), TR, "its meta lacks the config or the step"),
+    "meta from a newer version": (
+        _edit(lambda m: {**m, "format_version": 99}), EV,
+        "has format version 99, newer than this lenet-jax reads"),
+    "meta config invalid": (
+        _config_with(epochs=-1), EV, "records a config this lenet-jax cannot use (epochs must be at least 1"),
+    "meta config from another version": (_config_with(wings=2), EV, "unknown config fields ['wings']"),
+    "epoch that does not exist": (_nothing, _evaluate("--epoch", "5"), "available epochs: 1, 2"),
+    "only epoch 1 damaged": (_cut(1), _evaluate("--epoch", "1"), "no earlier epoch is there to fall back to"),
+    "no checkpoints": (
+        lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
+        "has no checkpoints: train first"),
+    "damaged, with a report": (
+        _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
+    "other settings, resume": (
+        _nothing, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
+    "restart without force": (_nothing, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
+    "meta 4 GiB, sparse": (
+        lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
+        "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
+    "checkpoint metadata a link to /dev/zero": (
         lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
-        "evaluate.py",
-        _evaluate(),
-        message="damaged (its _CHECKPOINT_METADATA is not a regular file)",
-    ),
-    "eval batch size 10^9 in the meta, evaluate": Case(
-        lambda r: _edit_meta(r, 2, lambda m: {**m, "config": {**m["config"], "eval_batch_size": 10**9}}),
-        "evaluate.py",
-        _evaluate(),
-        code=0,
-    ),
+        EV, "damaged (its _CHECKPOINT_METADATA is not a regular file)"),
+    "eval batch size 10^9 in the meta, evaluate": (_config_with(eval_batch_size=10**9), EV, None),
     # Not failures: an older damaged checkpoint blocks nothing; a newer one is only reported.
-    "epoch 1 meta damaged, resume": Case(
-        lambda r: _meta(r, 1).write_text("{not json"),
-        "train.py",
-        _resume(epochs=2),
-        code=0,
-    ),
-    "epoch 1 damaged, evaluate newest": Case(
-        lambda r: _truncate_item(r, 1, "params"), "evaluate.py", _evaluate(), code=0
-    ),
+    "epoch 1 meta damaged, resume": (_meta_is("{not json", epoch=1), _resume(epochs=2), None),
+    "epoch 1 damaged, evaluate newest": (_cut(1), EV, None),
 }
+# fmt: on
 
 
 def _to_dev_zero(path: Path) -> None:
@@ -624,16 +461,14 @@ def _fill(argv, **values):
 
 @pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
 def test_fuzz_checkpoints(capsys, tmp_path, run, data, case):
-    spec = CHECKPOINT_CASES[case]
-    spec.damage(run)
-    argv = _fill(spec.argv, run=run, data=data, tmp=tmp_path)
-    if spec.code:
-        check(
-            capsys, spec.script, argv, spec.code, spec.message, unchanged=[run], absent=[tmp_path / "report"]
-        )
+    damage, argv, message = CHECKPOINT_CASES[case]
+    damage(run)
+    script, *argv = _fill(argv, run=run, data=data, tmp=tmp_path)
+    if message:
+        check(capsys, script, argv, 2, message, unchanged=[run], absent=[tmp_path / "report"])
         return
     before = snapshot(run / "checkpoints")
-    code, out, err = run_cli(capsys, spec.script, *argv)
+    code, out, err = run_cli(capsys, script, *argv)
     assert code == 0 and "Traceback" not in err and err.count("\n") <= 1, err
     assert snapshot(run / "checkpoints") == before
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
@@ -737,55 +572,41 @@ def _python_memory_below(limit: int):
     assert peak < limit, f"Python allocated {peak / 2**20:.0f} MiB"
 
 
-def _loop(tmp: Path) -> Path:
+def _loop(run: Path, tmp: Path) -> Path:
     (tmp / "loop").symlink_to(tmp / "loop")
     return tmp / "loop"
 
 
-def _file(tmp: Path) -> Path:
+def _file(run: Path, tmp: Path) -> Path:
     (tmp / "file").write_text("x")
     return tmp / "file"
 
 
-def _empty(tmp: Path) -> Path:
+def _empty(run: Path, tmp: Path) -> Path:
     (tmp / "empty").mkdir()
     return tmp / "empty"
 
 
-WORKDIR_FAILURES = {
-    # name: (the workdir to pass, from (the trained run, tmp_path); script; more argv; message)
-    "restart --force, bad data": (
-        lambda r, t: r,
-        "train.py",
-        ["--restart", "--force", "--data-dir", "{tmp}/nonexistent"],
-        "does not exist",
-    ),
-    "restart --force, 0 images": (
-        lambda r, t: r,
-        "train.py",
-        ["--restart", "--force", "--data-dir", "{tmp}/empty-data"],
-        "holds no images",
-    ),
-    "restart --force, a bad flag": (
-        lambda r, t: r,
-        "train.py",
-        ["--restart", "--force", "--lr", "inf", "--data-dir", "{data}"],
-        "--lr must be",
-    ),
-    "symlink loop, train": (
-        lambda r, t: _loop(t),
-        "train.py",
-        ["--data-dir", "{data}"],
-        "cannot be resolved",
-    ),
-    "symlink loop, evaluate": (lambda r, t: _loop(t), "evaluate.py", [], "cannot be resolved"),
-    "symlink loop, results": (lambda r, t: _loop(t), "results.py", [], "not the workdir of"),
-    "a file": (lambda r, t: _file(t), "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "under a file": (lambda r, t: _file(t) / "run", "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "empty, evaluate": (lambda r, t: _empty(t), "evaluate.py", [], "does not exist: pass the --workdir"),
-    "empty, results": (lambda r, t: _empty(t), "results.py", [], "not the workdir of a training run"),
+def _run(run: Path, tmp: Path) -> Path:
+    return run
+
+
+RESTART = ["--restart", "--force", "--data-dir"]
+# fmt: off
+WORKDIR_FAILURES = {  # name: (the workdir, from (the trained run, tmp_path); script; more argv; message)
+    "restart --force, bad data": (_run, "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
+    "restart --force, 0 images": (_run, "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
+    "restart --force, a bad flag": (_run, "train.py", [*RESTART, "{data}", "--lr", "inf"], "--lr must be"),
+    "symlink loop, train": (_loop, "train.py", ["--data-dir", "{data}"], "cannot be resolved"),
+    "symlink loop, evaluate": (_loop, "evaluate.py", [], "cannot be resolved"),
+    "symlink loop, results": (_loop, "results.py", [], "not the workdir of"),
+    "a file": (_file, "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "under a file": (lambda *rt: _file(*rt) / "run", "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "empty, evaluate": (_empty, "evaluate.py", [], "does not exist: pass the --workdir"),
+    "empty, results": (_empty, "results.py", [], "not the workdir of a training run"),
     "missing, results": (lambda r, t: t / "nowhere", "results.py", [], "not the workdir of a training run"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_FAILURES))
@@ -804,19 +625,17 @@ def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
     check(capsys, script, argv, 2, message, unchanged=[run, empty])
 
 
-WORKDIR_IN_USE = {
-    # name: (script, argv, exit code, message); the run's workdir held by another process
-    "a second trainer": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 2, "is in use by PID"),
-    "restart --force": ("train.py", train_argv("{run}", "{data}", "--restart", "--force"), 2, "is in use by"),
-    "convert into it": (
-        "convert.py",
-        ["from-torch", REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth", "--workdir", "{run}"],
-        2,
-        "wait until that run ends (or stop it), or pass another --workdir",
-    ),
-    "evaluate reads it": ("evaluate.py", _evaluate(), 0, ""),
-    "a killed holder's lock": ("train.py", train_argv("{run}", "{data}", "--epochs", "3"), 0, ""),
+NET = REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth"
+# fmt: off
+WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's workdir held by another process
+    "a second trainer": (TR, 2, "is in use by PID"),
+    "restart --force": (_resume("--restart", "--force", epochs=2), 2, "is in use by"),
+    "convert into it": (["convert.py", "from-torch", NET, "--workdir", "{run}"], 2,
+        "wait until that run ends (or stop it), or pass another --workdir"),
+    "evaluate reads it": (EV, 0, ""),
+    "a killed holder's lock": (TR, 0, ""),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
@@ -828,11 +647,11 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
 
     from lenet_jax.workdir import workdir_lock
 
-    script, argv, code, message = WORKDIR_IN_USE[case]
-    if script == "convert.py":  # a workdir a convert would take: an empty one
+    argv, code, message = WORKDIR_IN_USE[case]
+    if argv[0] == "convert.py":  # a workdir a convert would take: an empty one
         run = tmp_path / "new"
         run.mkdir()
-    argv = _fill(argv, run=run, data=data)
+    script, *argv = _fill(argv, run=run, data=data)
     if case == "a killed holder's lock":
         hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
         hold += "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'PID 1 on elsewhere'); os.kill(os.getpid(), 9)"
@@ -879,12 +698,8 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
         "open(sys.argv[2] + '.rss', 'w').write(peak); sys.exit(code)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "-c", measure, REPO_ROOT / "scripts/results.py", run]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["epochs"] == 2  # epoch 2 from its checkpoint
     peak = int(Path(f"{run}.rss").read_text()) / 1024  # kB
@@ -896,15 +711,8 @@ def test_fuzz_launch_flags(value, message):
     """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
     import subprocess
 
-    command = [
-        sys.executable,
-        REPO_ROOT / "scripts/launch.py",
-        "--num-processes",
-        value,
-        "--",
-        "--epochs",
-        "1",
-    ]
+    launch = REPO_ROOT / "scripts/launch.py"
+    command = [sys.executable, launch, "--num-processes", value, "--", "--epochs", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert_one_line(done.stderr, done.returncode, 2, message)
 
@@ -951,85 +759,56 @@ TENSORSTORE_ENOSPC = ValueError(
     "No space left on device [os_error_code='28']"
 )
 
-FAULT_CASES = {
-    # name: (inject the fault, exit code, message); each hits the resume of a 2-epoch run to 3
+
+def _writes_fail(pattern, code):
+    return lambda mp: fail_writes(mp, pattern, code)
+
+
+def _orbax_fails(error, item="meta"):
+    return lambda mp: _orbax_fault(mp, error, item)
+
+
+ENOSPC, EACCES = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EACCES, "Permission denied")
+INTACT = "the checkpoint of epoch 2 is intact and the run resumes from it; "
+OOM = "the device ran out of memory (asked for 85.9 GB): lower "
+# fmt: off
+FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the resume of a 2-epoch run to 3
     "checkpoint save, disk full": (
-        lambda mp: _orbax_fault(mp, OSError(errno.ENOSPC, "No space left on device")),
-        4,
-        "(No space left on device): the checkpoint of epoch 2 is intact and the run resumes from it; "
-        "free some space",
-    ),
+        _orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
     "checkpoint save, permission denied": (
-        lambda mp: _orbax_fault(mp, OSError(errno.EACCES, "Permission denied")),
-        4,
-        "(Permission denied): the checkpoint of epoch 2 is intact and the run resumes from it; "
-        "fix the permissions",
-    ),
+        _orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
     "checkpoint arrays, disk full (tensorstore)": (
-        lambda mp: _orbax_fault(mp, TENSORSTORE_ENOSPC, "params"),
-        4,
-        "(No space left on device): the checkpoint of epoch 2",
-    ),
+        _orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
+        "(No space left on device): the checkpoint of epoch 2"),
     "checkpoint, no room left": (_no_room, 4, "MiB free, the checkpoint of epoch 3 needs about"),
-    "checkpoint, second Ctrl-C": (
-        lambda mp: _orbax_fault(mp, KeyboardInterrupt()),
-        130,
+    "checkpoint, second Ctrl-C": (_orbax_fails(KeyboardInterrupt()), 130,
         "stopped at once in epoch 3 (its checkpoint was not written); rerun the same command to resume "
-        "from the checkpoint of epoch 2",
-    ),
+        "from the checkpoint of epoch 2"),
     "metrics append, disk full": (
-        lambda mp: fail_writes(mp, r"metrics\.jsonl$", errno.ENOSPC),
-        4,
-        "the checkpoint of epoch 3 is intact",
-    ),
+        _writes_fail(r"metrics\.jsonl$", errno.ENOSPC), 4, "the checkpoint of epoch 3 is intact"),
     "metrics append, permission denied": (
-        lambda mp: fail_writes(mp, r"metrics\.jsonl$", errno.EACCES),
-        4,
-        "metrics.jsonl (Permission denied)",
-    ),
+        _writes_fail(r"metrics\.jsonl$", errno.EACCES), 4, "metrics.jsonl (Permission denied)"),
     "metrics rewrite, disk full": (
-        lambda mp: fail_writes(mp, r"metrics\.jsonl\.tmp$", errno.ENOSPC),
-        4,
-        "the checkpoint of epoch 2 is intact",
-    ),
+        _writes_fail(r"metrics\.jsonl\.tmp$", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "config write, disk full": (
-        lambda mp: fail_writes(mp, r"config\.json\.tmp$", errno.ENOSPC),
-        4,
-        "config.json.tmp (No space left on device)",
-    ),
+        _writes_fail(r"config\.json\.tmp$", errno.ENOSPC), 4, "config.json.tmp (No space left on device)"),
     "config write, read-only": (
-        lambda mp: fail_writes(mp, r"config\.json\.tmp$", errno.EROFS),
-        4,
-        "use a writable file system",
-    ),
+        _writes_fail(r"config\.json\.tmp$", errno.EROFS), 4, "use a writable file system"),
     "tensorboard, disk full": (
-        lambda mp: fail_writes(mp, r"tfevents", errno.ENOSPC),
-        4,
-        "the checkpoint of epoch 2 is intact",
-    ),
+        _writes_fail("tfevents", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "workdir probe, disk full": (
-        lambda mp: fail_writes(mp, r"\.write-test-", errno.ENOSPC),
-        4,
-        "cannot be written; free some space",
-    ),
+        _writes_fail(r"\.write-test-", errno.ENOSPC), 4, "cannot be written; free some space"),
     "device out of memory, training": (
         lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
-        5,
-        "the device ran out of memory (asked for 85.9 GB): lower --batch-size (now 32)",
-    ),
+        5, f"{OOM}--batch-size (now 32)"),
     "device out of memory, evaluation": (
         lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
-        5,
-        "the device ran out of memory (asked for 85.9 GB): lower --eval-batch-size (now 64)",
-    ),
+        5, f"{OOM}--eval-batch-size (now 64)"),
     "setting a damaged log aside, denied": (
-        lambda mp: (
-            mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
-        ),
-        4,
-        "the checkpoint of epoch 2 is intact and the run resumes from it",
-    ),
+        lambda mp: mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
+        4, "the checkpoint of epoch 2 is intact and the run resumes from it"),
 }
+# fmt: on
 
 
 def _device_oom(*args, **kwargs):
@@ -1077,34 +856,29 @@ def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
-TFDS_CACHE_DAMAGE = {
-    # name: (damage the prepared folder (or patch), expected code, text in stdout or stderr)
+def _cut_test_records(folder: Path, monkeypatch) -> None:
+    (folder / "arrays-test.npz").unlink()
+    for path in folder.glob("*test.array_record*"):
+        path.write_bytes(path.read_bytes()[:50])
+
+
+def _unreadable(builder, split, *options):
+    raise RuntimeError("ArrayRecord file should be at least 64KB big")
+
+
+SHORT = "(ArrayRecord file should be at least 64KB big)"
+# fmt: off
+TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code, text in stdout or stderr)
     "arrays cache garbage": (lambda d, mp: (d / "arrays-train.npz").write_bytes(b"PK\x03\x04garbage"), 0, ""),
-    "array_record cut short": (
-        lambda d, mp: [
-            (p.write_bytes(p.read_bytes()[:50]), (d / "arrays-test.npz").unlink())
-            for p in d.glob("*test.array_record*")
-        ],
-        0,
-        "was damaged (ArrayRecord file should be at least 64KB big); preparing it again",
-    ),
+    "array_record cut short": (_cut_test_records, 0, f"was damaged {SHORT}; preparing it again"),
     "dataset_info.json garbage": (
-        lambda d, mp: (d / "dataset_info.json").write_text("{garbage"),
-        0,
-        "preparing it again",
-    ),
+        lambda d, mp: (d / "dataset_info.json").write_text("{garbage"), 0, "preparing it again"),
     "unreadable even prepared anew": (
-        lambda d, mp: mp.setattr(
-            "lenet_jax.data._split_arrays",
-            lambda builder, split, *options: (_ for _ in ()).throw(
-                RuntimeError("ArrayRecord file should be at least 64KB big")
-            ),
-        ),
-        2,
-        "cannot be read (ArrayRecord file should be at least 64KB big), even prepared anew: delete it",
-    ),
+        lambda d, mp: mp.setattr("lenet_jax.data._split_arrays", _unreadable), 2,
+        f"cannot be read {SHORT}, even prepared anew: delete it"),
     "disk full while preparing": (None, 4, "to the tfds cache"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))
@@ -1138,24 +912,11 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
 
 def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
     """evaluate.py --report: a full disk, a report folder that is a file."""
-    (tmp_path / "file").write_text("x")
-    check(
-        capsys,
-        "evaluate.py",
-        ["--workdir", run, "--data-dir", data, "--report", tmp_path / "file"],
-        2,
-        "cannot create the report folder",
-        unchanged=[run, tmp_path / "file"],
-    )
+    argv, file = ["--workdir", run, "--data-dir", data, "--report"], _file(run, tmp_path)
+    check(capsys, "evaluate.py", [*argv, file], 2, "cannot create the report folder", unchanged=[run, file])
     fail_writes(monkeypatch, r"\.png$", errno.ENOSPC)
-    check(
-        capsys,
-        "evaluate.py",
-        ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"],
-        4,
-        "curves.png (No space left on device): the command stopped there; free some space",
-        unchanged=[run],
-    )
+    message = "curves.png (No space left on device): the command stopped there; free some space"
+    check(capsys, "evaluate.py", [*argv, tmp_path / "report"], 4, message, unchanged=[run])
 
 
 # ---- beyond one-liners ----
@@ -1187,9 +948,9 @@ def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
     """A real process: SIGTERM twice inside epoch 2's checkpoint write. One `stopped:` line with
     the resume hint, exit 143, no orbax traceback at exit; epoch 1 intact, and the same command
     resumes."""
-    helper = Path(__file__).parent / "helpers" / "signal_during_save.py"
+    helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
-    stopped = start_python(helper, "SIGTERM", 2, *argv)
+    stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
     _, err = stopped.communicate(timeout=300)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert err == (
@@ -1214,17 +975,7 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     from lenet_jax.data import load_dataset
     from lenet_jax.resume import PLATEAU_NOTE
 
-    argv = [
-        *TRAIN,
-        "--preset",
-        "recipe",
-        "--init",
-        "torch",
-        "--epochs",
-        "1",
-        "--workdir",
-        tmp_path / "recipe",
-    ]
+    argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
     code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)
     assert code == 0 and err == "" and out.count(PLATEAU_NOTE) == 1
     previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR

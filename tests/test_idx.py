@@ -23,62 +23,54 @@ def test_reads_gzipped_and_plain_files(tmp_path, compress):
     assert len(idx.read_pair(*idx.split_paths(folder, "test"))[1]) == 5
 
 
-def test_missing_directory(tmp_path):
-    with pytest.raises(DataError, match="does not exist.*--data-dir"):
-        idx.check_and_fingerprint(tmp_path / "nowhere")
+def _written(folder, shape, magic=0x803, compress=True, cut=None):
+    """An IDX file of zeros in folder; cut: its bytes kept, as a slice end."""
+    path = write_idx(folder / "x", np.zeros(shape, np.uint8), magic, compress)
+    path.write_bytes(path.read_bytes()[:cut])
+    return path
 
 
-def test_missing_file(tmp_path):
-    folder = make_idx_dir(tmp_path)
-    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match="no t10k-labels-idx1-ubyte"):
-        idx.split_paths(folder, "test")
+def _without_test_labels(folder):
+    (make_idx_dir(folder) / "t10k-labels-idx1-ubyte.gz").unlink()
+    return idx.split_paths(folder, "test")
 
 
-def test_wrong_magic_number(tmp_path):
-    path = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8), 0x801)
-    with pytest.raises(DataError, match="magic number 0x00000801, expected 0x00000803"):
-        idx.read_images(path)
-
-
-def test_truncated_images(tmp_path):
-    path = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8), 0x803, compress=False)
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="truncated.*promises 3 images but it holds 2"):
-        idx.read_images(path)
-
-
-def test_truncated_gzip_stream(tmp_path):
-    path = write_idx(tmp_path / "x", np.zeros((30, 28, 28), np.uint8), 0x803)
-    path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(DataError, match="damaged"):
-        idx.read_images(path)
-
-
-def test_header_only_fragment(tmp_path):
-    path = tmp_path / "x"
-    path.write_bytes(b"\x00\x00")
-    with pytest.raises(DataError, match="truncated"):
-        idx.read_labels(path)
-
-
-def test_images_not_28x28(tmp_path):
-    path = write_idx(tmp_path / "x", np.zeros((3, 32, 32), np.uint8), 0x803)
-    with pytest.raises(DataError, match="32x32 images, expected 28x28"):
-        idx.read_images(path)
-
-
-def test_labels_outside_0_to_9(tmp_path):
-    path = write_idx(tmp_path / "x", np.asarray([1, 2, 12], np.uint8), 0x801)
-    with pytest.raises(DataError, match="label 12 at index 2"):
-        idx.read_labels(path)
-
-
-def test_counts_disagree(tmp_path):
-    folder = make_idx_dir(tmp_path, n_train=10)
+def _counts_disagree(folder):
+    make_idx_dir(folder, n_train=10)
     write_idx(folder / "train-labels-idx1-ubyte", np.zeros(9, np.uint8), 0x801)
-    with pytest.raises(DataError, match="10 images but .* 9 labels"):
-        idx.read_pair(*idx.split_paths(folder, "train"))
+    return idx.read_pair(*idx.split_paths(folder, "train"))
+
+
+def _fragment(folder):
+    (folder / "x").write_bytes(b"\x00\x00")
+    return idx.read_labels(folder / "x")
+
+
+# fmt: off
+MALFORMED = {  # name: (read what is made in a folder, the DataError's message (a regex))
+    "missing directory": (lambda t: idx.check_and_fingerprint(t / "nowhere"), "does not exist.*--data-dir"),
+    "missing file": (_without_test_labels, "no t10k-labels-idx1-ubyte"),
+    "wrong magic number": (
+        lambda t: idx.read_images(_written(t, (3, 28, 28), 0x801)),
+        "magic number 0x00000801, expected 0x00000803"),
+    "truncated images": (lambda t: idx.read_images(_written(t, (3, 28, 28), compress=False, cut=-100)),
+                         "truncated.*promises 3 images but it holds 2"),
+    "truncated gzip stream": (lambda t: idx.read_images(_written(t, (30, 28, 28), cut=40)), "damaged"),
+    "header only fragment": (_fragment, "truncated"),
+    "images not 28x28": (lambda t: idx.read_images(_written(t, (3, 32, 32))), "32x32 images, expected 28x28"),
+    "labels outside 0 to 9": (
+        lambda t: idx.read_labels(write_idx(t / "x", np.asarray([1, 2, 12], np.uint8), 0x801)),
+        "label 12 at index 2"),
+    "counts disagree": (_counts_disagree, "10 images but .* 9 labels"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_input_is_a_data_error_naming_the_problem(tmp_path, case):
+    read, message = MALFORMED[case]
+    with pytest.raises(DataError, match=message):
+        read(tmp_path)
 
 
 def test_fingerprint_depends_on_content(tmp_path):

@@ -155,7 +155,6 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
 
 @pytest.mark.e2e
 def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, capfd):
-
     test = load_dataset(mnist_dir).test
     folder = tmp_path / "digits"
     folder.mkdir()
@@ -192,17 +191,8 @@ def test_confusion_matrix_and_per_class_scores():
 
 @pytest.mark.e2e
 def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, capsys):
-    code, _ = run_cli(
-        capsys,
-        "evaluate.py",
-        "--workdir",
-        trained_run,
-        "--data-dir",
-        mnist_dir,
-        "--report",
-        tmp_path / "report",
-    )
-    assert code == 0
+    argv = ["--workdir", trained_run, "--data-dir", mnist_dir, "--report", tmp_path / "report"]
+    assert run_cli(capsys, "evaluate.py", *argv)[0] == 0
     for name in ("curves.png", "confusion.png", "mistakes.png", "per_class.png", "filters.png"):
         with Image.open(tmp_path / "report" / name) as image:
             assert image.size[0] > 300 and image.size[1] > 150

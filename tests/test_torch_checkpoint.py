@@ -219,11 +219,8 @@ def test_imported_checkpoint_is_complete_and_says_where_it_came_from(imported):
     assert {"epoch", "step", "config", "dataset", "optimizer_source", "metrics"} <= set(meta)
     assert Config.from_dict(meta["config"]) == Config() and read_config(imported) == Config().to_record()
     assert meta["optimizer_source"] == {"kind": "config"} and "provenance" in meta
-    assert sorted(p.name for p in (imported / "checkpoints" / "3").iterdir() if p.is_dir()) == [
-        "meta",
-        "params",
-        "train_state",
-    ]
+    items = sorted(p.name for p in (imported / "checkpoints" / "3").iterdir() if p.is_dir())
+    assert items == ["meta", "params", "train_state"]
 
 
 def test_predict_uses_the_imported_checkpoint(imported, first_test_images, tmp_path, capsys):
@@ -262,12 +259,8 @@ def test_export_then_import_is_bit_identical_and_keeps_epoch_and_step(imported, 
     assert run_cli(capsys, "convert.py", "to-torch", "--workdir", run, "--out", out) == (0, "")
     tensors = safetensors.numpy.load_file(out)
     chex.assert_trees_all_equal(tensors, read_torch_weights(NET).state_dict)  # the tutorial's own
-    assert read_torch_weights(out).metadata == {
-        "format": "pt",
-        "source": str(run),
-        "epoch": "5",
-        "step": "4690",
-    }
+    metadata = {"format": "pt", "source": str(run), "epoch": "5", "step": "4690"}
+    assert read_torch_weights(out).metadata == metadata
 
     assert run_cli(capsys, "convert.py", "from-torch", out, "--workdir", tmp_path / "back") == (0, "")
     chex.assert_trees_all_equal(restore_params(run).params, restore_params(tmp_path / "back").params)
@@ -290,6 +283,9 @@ def test_metadata_step_is_kept_and_an_epoch_of_its_own_resets_it(tmp_path):
     weights.metadata["step"] = str(2**31)
     with pytest.raises(ConversionError, match="records epoch 20, step 2147483648, beyond a 32-bit step"):
         _epoch_and_step(weights, path, None)
+    for absurd in ("9" * 5000, "\u0663"):  # not what export writes: ignored, the name's epoch (7) holds
+        weights.metadata["epoch"] = absurd
+        assert _epoch_and_step(weights, path, None) == (7, 7 * 938)
 
 
 def test_safetensors_written_by_lenet_jax_0_2_read_back():
@@ -417,47 +413,38 @@ def _view(path, offset, size, stride):
 
 LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + b"\0" * 100  # torch.save before 1.6
 CHECKPOINT = {"epoch": 3, "model_state_dict": random_state_dict()}
-REFUSALS = {  # name: (makes the file in folder d, a part of the one line)
-    "truncated": (lambda d: _write(d / "n.pth", NET.read_bytes()[:100_000]), "is damaged (truncated?)"),
-    "missing-key": (lambda d: _state_dict(d / "n.pth", {"model.4.bias": None}), "has no 'model.4.bias'"),
-    "mis-shaped": (
-        lambda d: _state_dict(d / "n.pth", {"model.8.weight": np.zeros((120, 256), "f4")}),
-        "'model.8.weight' has shape (120, 256), the tutorial's MyLeNet has (120, 400)",
-    ),
-    "extra-key": (
-        lambda d: _state_dict(d / "n.pth", {"model.11.weight": np.zeros(3, "f4")}),
-        "has keys MyLeNet does not have (model.11.weight)",
-    ),
+NOT_AN_ARCHIVE = "is neither a torch.save archive nor safetensors"
+# fmt: off
+REFUSALS = {  # name: (makes the file from a path p (n.pth in a temporary folder), a part of the one line)
+    "truncated": (lambda p: _write(p, NET.read_bytes()[:100_000]), "is damaged (truncated?)"),
+    "missing-key": (lambda p: _state_dict(p, {"model.4.bias": None}), "has no 'model.4.bias'"),
+    "mis-shaped": (lambda p: _state_dict(p, {"model.8.weight": np.zeros((120, 256), "f4")}),
+                   "'model.8.weight' has shape (120, 256), the tutorial's MyLeNet has (120, 400)"),
+    "extra-key": (lambda p: _state_dict(p, {"model.11.weight": np.zeros(3, "f4")}),
+                  "has keys MyLeNet does not have (model.11.weight)"),
     "another-network": (
-        lambda d: torch_save(d / "n.pth", {"fc1.weight": np.zeros((128, 784), "f4")}),
-        "has no 'model.1.weight'",
-    ),
+        lambda p: torch_save(p, {"fc1.weight": np.zeros((128, 784), "f4")}), "has no 'model.1.weight'"),
     "checkpoint-dict": (
-        lambda d: torch_save(d / "n.pth", CHECKPOINT),
-        "holds a dict (keys 'epoch', 'model_state_dict'), not a LeNet",
-    ),
-    "max-pool": (
-        lambda d: _module(d / "n.pth", 6, "pooling.MaxPool2d"),
-        "names torch.nn.modules.pooling.MaxPool2d",
-    ),
-    "relu": (lambda d: _module(d / "n.pth", 2, "activation.ReLU"), "names torch.nn.modules.activation.ReLU"),
-    "contains-itself": (lambda d: _self_containing_module(d / "n.pth"), "nested more than 8 deep"),
-    "strided-view": (lambda d: _view(d / "n.pth", 3, (2, 3), (1, 5)), "malformed tensor in the pickle"),
-    "past-storage": (lambda d: _view(d / "n.pth", 15, (2, 3), (3, 1)), "reaches past its storage"),
-    "legacy": (lambda d: _write(d / "n.pth", LEGACY), "is neither a torch.save archive nor safetensors"),
-    "text": (lambda d: _write(d / "n.pth", b"hello"), "is neither a torch.save archive nor safetensors"),
+        lambda p: torch_save(p, CHECKPOINT), "holds a dict (keys 'epoch', 'model_state_dict'), not a LeNet"),
+    "max-pool": (lambda p: _module(p, 6, "pooling.MaxPool2d"), "names torch.nn.modules.pooling.MaxPool2d"),
+    "relu": (lambda p: _module(p, 2, "activation.ReLU"), "names torch.nn.modules.activation.ReLU"),
+    "contains-itself": (_self_containing_module, "nested more than 8 deep"),
+    "strided-view": (lambda p: _view(p, 3, (2, 3), (1, 5)), "malformed tensor in the pickle"),
+    "past-storage": (lambda p: _view(p, 15, (2, 3), (3, 1)), "reaches past its storage"),
+    "legacy": (lambda p: _write(p, LEGACY), NOT_AN_ARCHIVE),
+    "text": (lambda p: _write(p, b"hello"), NOT_AN_ARCHIVE),
     "bad-safetensors": (
-        lambda d: _write(d / "n.safetensors", struct.pack("<Q", 2) + b"{x"),
-        "is not a valid safetensors file",
-    ),
-    "nothing": (lambda d: d / "nothing.pth", "does not exist"),
+        lambda p: _write(p.with_suffix(".safetensors"), struct.pack("<Q", 2) + b"{x"),
+        "is not a valid safetensors file"),
+    "nothing": (lambda p: p.with_name("nothing.pth"), "does not exist"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("name", REFUSALS)
 def test_what_is_not_the_tutorials_lenet_is_refused_in_one_line(tmp_path, capsys, name):
     make, message = REFUSALS[name]
-    assert message in refusal(tmp_path, capsys, make(tmp_path))
+    assert message in refusal(tmp_path, capsys, make(tmp_path / "n.pth"))
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,15 @@ POINT: `line:PREFIX`: once a stdout line starting with PREFIX is written (e.g. `
 at the same point every run, where a signal from outside would race the training.
 `save:EPOCH`: inside orbax's write of epoch EPOCH's `meta` item, after the checkpoint's other
 items may be on disk in orbax's temporary folder (what a power cut or an OOM kill leaves).
+`save-twice:EPOCH`: there, twice: the first asks for a stop, the second stops at once (what an
+impatient Ctrl-C Ctrl-C, or a scheduler's repeated SIGTERM, does during a save).
 """
 
 import os
 import runpy
 import signal
 import sys
+import time
 
 import orbax.checkpoint as ocp
 
@@ -33,18 +36,32 @@ class SignalAfterLine:
         return getattr(self.stream, name)
 
 
+def saving_epoch(directory) -> bool:
+    """directory is <workdir>/checkpoints/<epoch>.orbax-checkpoint-tmp-*/meta while unfinished."""
+    return os.path.basename(os.path.dirname(str(directory))).startswith(f"{where}.")
+
+
+original = ocp.JsonCheckpointHandler.async_save
 if kind == "line":
     sys.stdout = SignalAfterLine(sys.stdout, where)
-else:
-    original = ocp.JsonCheckpointHandler.async_save
+elif kind == "save":
 
     def async_save(self, directory, *args, **kwargs):
-        # directory is <workdir>/checkpoints/<epoch>.orbax-checkpoint-tmp-*/meta while unfinished.
-        if os.path.basename(os.path.dirname(str(directory))).startswith(f"{where}."):
+        if saving_epoch(directory):
             os.kill(os.getpid(), signum)
         return original(self, directory, *args, **kwargs)
 
     ocp.JsonCheckpointHandler.async_save = async_save
+else:
+
+    async def async_save_twice(self, directory, *args, **kwargs):
+        if saving_epoch(directory):
+            for _ in range(2):
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+        return await original(self, directory, *args, **kwargs)
+
+    ocp.JsonCheckpointHandler.async_save = async_save_twice
 
 script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "train.py")
 sys.argv = [script, *sys.argv[1:]]
