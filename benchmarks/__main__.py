@@ -101,12 +101,27 @@ class JaxEpochs:
         return self.trainer.evaluator.evaluate(evaluated_params(self.state), self.dataset.test)
 
 
-def torch_reference(dataset: Dataset, threads: int):
+class TorchEpochs:
     """The PyTorch reference at a given thread count (set before each of its epochs)."""
-    from benchmarks.torch_lenet import TorchTrainer
 
-    arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
-    return TorchTrainer(*arrays, threads=threads)
+    def __init__(self, dataset: Dataset, threads: int):
+        from benchmarks.torch_lenet import TorchTrainer
+
+        self.name, self.threads = f"pytorch-{threads}t", threads
+        arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
+        self.trainer = TorchTrainer(*arrays)
+
+    def train_epoch(self) -> float:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.trainer.train_epoch()
+
+    def evaluate(self) -> dict:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.trainer.evaluate()
 
 
 def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
@@ -141,7 +156,7 @@ def speed(args: argparse.Namespace) -> None:
     contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
     if args.jax_plain:
         contenders.append(JaxEpochs("lenet-jax-plain", config.replace(speed="plain"), dataset))
-    contenders += [torch_reference(dataset, threads) for threads in args.torch_threads]
+    contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
     times = interleave(contenders, args.rounds, len(dataset.train))
     evals = {}
     for contender in contenders:

@@ -36,8 +36,7 @@ from lenet_jax.train import make_trainer, train_and_evaluate, train_epoch
 
 SWEEP = (1, 16, 64, 256, "epoch")  # steps per call
 DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
-LEAN_CORE = hasattr(speed, "defaults")  # lenet-jax 0.3: Config.speed, the per-backend table
-TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds_to_first_step"}
+TIMING = {"train_seconds", "images_per_second", "eval_seconds"}
 
 
 def tiny_mnist(data_dir: str, folder: Path, train: int = 512, test: int = 500) -> str:
@@ -114,10 +113,7 @@ def fast_1_epoch(ctx) -> dict:
 
 def trainer_with(config, train, conv: str, steps_per_call: int):
     """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile) and
-    steps per call. LEAN_CORE False: lenet-jax 0.2, where both were Config fields (drop that
-    branch once the lean core, issue 22, has landed)."""
-    if not LEAN_CORE:
-        return make_trainer(config.replace(conv_impl=conv, steps_per_call=steps_per_call), train)
+    steps per call."""
     row = speed.defaults()
     saved, row["conv"] = row["conv"], conv
     try:
@@ -149,7 +145,7 @@ def steps_per_call(ctx) -> dict:
     ctx.best_conv = min(totals, key=lambda conv: min(totals[conv].values()))
     best = totals[ctx.best_conv]
     ctx.best_steps = min(n for n in values if best[n] <= 1.05 * min(best.values()))
-    plain = {name: ms_per_step(ctx, c.replace(speed="plain"), "xla", 1) for name, c in ctx.swept if LEAN_CORE}
+    plain = {name: ms_per_step(ctx, c.replace(speed="plain"), "xla", 1) for name, c in ctx.swept}
     return {
         "ms_per_step": {**table, "plain": plain},
         "steps_per_epoch": steps,
@@ -276,8 +272,7 @@ class Context:
         self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
         # --quick: fast alone, with this backend's conv alone
         self.swept = [("fast", self.fast)] if args.quick else [("recipe", self.recipe), ("fast", self.fast)]
-        default = speed.defaults()["conv"] if LEAN_CORE else speed.resolve_conv_impl("auto")
-        self.convs = [default] if args.quick else ["xla", "toeplitz"]
+        self.convs = [speed.defaults()["conv"]] if args.quick else ["xla", "toeplitz"]
         self.fast_state, self.best_steps, self.best_conv = None, None, None
 
 
