@@ -258,7 +258,7 @@ def train_and_evaluate(
                     # The checkpoint first (its meta holds the row), then the logs: a crash in
                     # between is repaired on resume from the checkpoint's meta.
                     meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
-                    checkpoints.save(epoch, state, {**meta, **trainer.record})
+                    checkpoints.save(epoch, state, {**meta, **record})
                     guard.checkpointed(epoch)  # the old run of --restart --force can go now
                     log.log_epoch(row)
     return TrainResult(state=state, metrics=log.rows)
