@@ -296,6 +296,9 @@ FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts wit
     "keep 0": ("--keep 0", "--keep must be at least 1"),
     "optimizer": ("--optimizer adamax2", "--optimizer must be one of sgd, momentum"),
     "activation": ("--activation gelu", "--activation must be one of sigmoid, tanh, relu"),
+    "pool": ("--pool min", "--pool must be one of avg, max"),
+    "schedule": ("--schedule step", "--schedule must be one of"),
+    "lr negative": ("--lr -0.1", "--lr must be greater than 0"),
     "preset": ("--preset turbo", "unknown preset 'turbo'"),
     "unknown flag": ("--bogus-flag", "unrecognized arguments: --bogus-flag"),
     "force alone": ("--force", "--force only goes with --restart"),
@@ -411,7 +414,8 @@ def _resume(*more, epochs=3):
 EV, TR = _evaluate(), _resume()
 # fmt: off
 CHECKPOINT_CASES = {  # name: (damage, script and argv ({run} {data} {tmp} filled in), message; None: exit 0)
-    "params truncated, evaluate": (_cut(2), EV, "the checkpoint of epoch 2 is damaged"),
+    "params truncated, evaluate": (_cut(2), EV, "): epoch 1 is the newest before it (evaluate.py --epoch 1"),
+    "params truncated, the older epoch evaluates": (_cut(2), _evaluate("--epoch", "1"), None),
     "params truncated, resume": (_cut(2), TR, "the checkpoint of epoch 2 is damaged"),
     "params missing": (lambda r: shutil.rmtree(r / "checkpoints/2/params"), EV, "no params in it"),
     "train_state missing, resume": (
