@@ -1,3 +1,4 @@
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,10 +68,8 @@ def test_options_change_the_function_not_the_parameters():
         {"dense_activation": True},
     ):
         model = LeNet(**kwargs)
-        assert (
-            count_params(jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0)))
-            == 61_706
-        )
+        shapes = jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0))
+        assert count_params(shapes) == 61_706
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
     # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
     normed = LeNet(feature_norm=True)
@@ -123,6 +122,4 @@ def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_
     state = make_trainer(config, train, optax.sgd(0.1)).new_state()
     model = LeNet(init_scheme=init_scheme, feature_norm=True)
     expected = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 28, 28, 1)))["params"]
-    leaves = jax.tree_util.tree_leaves
-    for a, b in zip(leaves(expected), leaves(state.params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(state.params, expected)

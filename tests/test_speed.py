@@ -19,10 +19,6 @@ from lenet_jax.train import make_trainer, train_epoch
 TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
 
 
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
-
-
 def random_split(n: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     return Split(rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n).astype(np.int32))
@@ -40,8 +36,7 @@ def test_auto_and_plain_train_and_evaluate_the_same_function():
     assert (auto.model.block, plain.model.block) == (ToeplitzBlock, ConvBlock)
     assert (auto.steps_per_call, plain.steps_per_call) == (3, 1)  # 3 steps per epoch
     start = auto.new_state()
-    for a, b in zip(leaves(start), leaves(plain.new_state()), strict=True):
-        np.testing.assert_array_equal(a, b)  # the same initial values from either block
+    chex.assert_trees_all_equal(start, plain.new_state())  # the same initial values from either block
     states = []
     for trainer in (auto, plain):
         state = jax.tree_util.tree_map(jnp.copy, start)
@@ -51,8 +46,7 @@ def test_auto_and_plain_train_and_evaluate_the_same_function():
     (state_a, losses_a, eval_a), (state_b, losses_b, eval_b) = states
     assert int(state_a.step) == int(state_b.step) == 6
     np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-    for a, b in zip(leaves(state_a), leaves(state_b), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(state_a, state_b, rtol=1e-4, atol=1e-5)
     assert eval_a["correct"] == eval_b["correct"] and eval_a["count"] == eval_b["count"] == 100
     np.testing.assert_allclose(eval_a["total_loss"], eval_b["total_loss"], rtol=1e-5)
 
@@ -96,8 +90,7 @@ def test_steps_per_call_changes_nothing_but_the_calls():
         assert [step for step, _ in logged] == [3, 6, 9, 12]
         np.testing.assert_allclose([v for _, v in logged], [v for _, v in reference_logged], rtol=1e-6)
         np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
-        for a, b in zip(leaves(state), leaves(reference), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(state, reference, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture
