@@ -38,17 +38,11 @@ def start_python(program, *args) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def run_script(name, *args, cwd=None) -> subprocess.CompletedProcess:
+def run_script(name, *args) -> subprocess.CompletedProcess:
     """scripts/NAME in a subprocess (for what only a real process shows: exit, signals)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    process = start_python(REPO_ROOT / "scripts" / name, *args)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def script_main(name):
@@ -99,11 +93,9 @@ def make_idx_dir(
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tfds_cache(tmp_path_factory):
-    """Every test prepares tfds datasets (and caches compiled programs) in temporary folders,
-    never the user's."""
+    """Every test prepares tfds datasets in a temporary folder (one per xdist worker), never the
+    user's."""
     os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-    os.environ["LENET_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
-    yield
 
 
 @pytest.fixture
@@ -148,8 +140,6 @@ def untrained_predictor():
     """A Predictor with random weights: for tests of input handling, which need no accuracy,
     no data and no checkpoint (weights drawn with numpy: initialising the model op by op
     compiles every op)."""
-    import jax
-
     from lenet_jax.config import Config
     from lenet_jax.model import init_params, model_from_config
     from lenet_jax.predict import Predictor

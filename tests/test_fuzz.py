@@ -674,18 +674,6 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
     assert not (run / ".lock").exists()  # removed by its holder
 
 
-def test_a_half_written_epoch_is_never_read(capsys, run, data):
-    """orbax writes an epoch into a temporary folder renamed when complete: a reader while
-    training sees the epochs before it, never a half-written one."""
-    partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
-    shutil.copytree(run / "checkpoints" / "2", partial)
-    _truncate_item(run, partial.name, "params")
-    before = snapshot(run)
-    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
-    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
-    assert snapshot(run) == before  # a reader cleans nothing up: the writer's folder stays
-
-
 def test_unbounded_logs_keep_a_small_process(run, tmp_path):
     """A 4 GiB sparse metrics.jsonl, config.json a link to /dev/zero, an epoch's meta a 4 GiB
     sparse file: results.py reads the run around them and its whole process peaks below
@@ -722,12 +710,18 @@ def test_fuzz_launch_flags(value, message):
 
 
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
-    """A half-written checkpoint (a crash mid-save) is cleaned up; a folder of the user's in
-    checkpoints/ is left alone; the run resumes."""
+    """A half-written checkpoint (a crash mid-save, or a save under way: orbax renames an epoch's
+    folder when complete) is never read: a reader sees the epochs before it and cleans nothing
+    up; the trainer removes it, leaves a folder of the user's in checkpoints/ alone, and resumes."""
     partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
     shutil.copytree(run / "checkpoints" / "2", partial)
+    _truncate_item(run, partial.name, "params")
     (run / "checkpoints" / "notes").mkdir()
     (run / "checkpoints" / "notes" / "mine.txt").write_text("mine")
+    before = snapshot(run)
+    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
+    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert snapshot(run) == before
     code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
     assert code == 0 and err == "", err
     assert not partial.exists() and (run / "checkpoints" / "notes" / "mine.txt").read_text() == "mine"
