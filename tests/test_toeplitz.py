@@ -74,9 +74,7 @@ def test_conv_implementations_give_the_same_model(activation, pool, feature_norm
         for block in ({"block": ToeplitzBlock}, {})
     )
     params = init_params(ref, jax.random.PRNGKey(0))
-    fast_params = init_params(fast, jax.random.PRNGKey(0))
-    for a, b in zip(jax.tree_util.tree_leaves(fast_params), jax.tree_util.tree_leaves(params), strict=True):
-        np.testing.assert_array_equal(a, b)  # the same parameters, the same initial values
+    chex.assert_trees_all_equal(init_params(fast, jax.random.PRNGKey(0)), params)  # the same start
 
     def loss(model, p):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), labels).mean()
