@@ -162,7 +162,8 @@ def test_unrolled_threefry_draws_the_same_bits_from_another_program():
     from jax._src.random import threefry2x32 as threefry
 
     def draw(key):
-        return jax.random.uniform(key, (400, 120)), jax.random.permutation(key, 1000), jax.random.split(key, 3)
+        uniform = jax.random.uniform(key, (400, 120))
+        return uniform, jax.random.permutation(key, 1000), jax.random.split(key, 3)
 
     key = jax.random.PRNGKey(7)
     mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_cpu_lowering_rule, platform="cpu")
