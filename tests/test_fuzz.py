@@ -368,27 +368,23 @@ def _meta(run: Path, epoch: int) -> Path:
     return run / "checkpoints" / str(epoch) / "meta" / "metadata"
 
 
-def _edit_meta(run: Path, epoch: int, edit: Callable[[dict], object]) -> None:
-    meta = json.loads(_meta(run, epoch).read_text())
-    _meta(run, epoch).write_text(json.dumps(edit(meta)))
-
-
 def _truncate_item(run: Path, epoch: int, item: str) -> None:
     for path in (run / "checkpoints" / str(epoch) / item).rglob("*"):
         if path.is_file():
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
-def _cut(epoch, item="params"):
-    return lambda run: _truncate_item(run, epoch, item)
+def _cut(epoch):
+    return lambda run: _truncate_item(run, epoch, "params")
 
 
 def _meta_is(text, epoch=2):
     return lambda run: _meta(run, epoch).write_text(text)
 
 
-def _edit(edit):
-    return lambda run: _edit_meta(run, 2, edit)
+def _edit(edit: Callable[[dict], object]):
+    """The meta of epoch 2 rewritten as edit(meta)."""
+    return lambda run: _meta(run, 2).write_text(json.dumps(edit(json.loads(_meta(run, 2).read_text()))))
 
 
 def _without(key):
@@ -397,10 +393,6 @@ def _without(key):
 
 def _config_with(**fields):
     return _edit(lambda m: {**m, "config": {**m["config"], **fields}})
-
-
-def _nothing(run):
-    pass
 
 
 def _evaluate(*more):
@@ -413,7 +405,7 @@ def _resume(*more, epochs=3):
 
 EV, TR = _evaluate(), _resume()
 # fmt: off
-CHECKPOINT_CASES = {  # name: (damage, script and argv ({run} {data} {tmp} filled in), message; None: exit 0)
+CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} filled in), message or None)
     "params truncated, evaluate": (_cut(2), EV, "): epoch 1 is the newest before it (evaluate.py --epoch 1"),
     "params truncated, the older epoch evaluates": (_cut(2), _evaluate("--epoch", "1"), None),
     "params truncated, resume": (_cut(2), TR, "the checkpoint of epoch 2 is damaged"),
@@ -430,7 +422,7 @@ CHECKPOINT_CASES = {  # name: (damage, script and argv ({run} {data} {tmp} fille
     "meta config invalid": (
         _config_with(epochs=-1), EV, "records a config this lenet-jax cannot use (epochs must be at least 1"),
     "meta config from another version": (_config_with(wings=2), EV, "unknown config fields ['wings']"),
-    "epoch that does not exist": (_nothing, _evaluate("--epoch", "5"), "available epochs: 1, 2"),
+    "epoch that does not exist": (None, _evaluate("--epoch", "5"), "available epochs: 1, 2"),
     "only epoch 1 damaged": (_cut(1), _evaluate("--epoch", "1"), "no earlier epoch is there to fall back to"),
     "no checkpoints": (
         lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
@@ -438,8 +430,8 @@ CHECKPOINT_CASES = {  # name: (damage, script and argv ({run} {data} {tmp} fille
     "damaged, with a report": (
         _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
     "other settings, resume": (
-        _nothing, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
-    "restart without force": (_nothing, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
+        None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
+    "restart without force": (None, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
     "meta 4 GiB, sparse": (
         lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
         "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
@@ -466,7 +458,8 @@ def _fill(argv, **values):
 @pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
 def test_fuzz_checkpoints(capsys, tmp_path, run, data, case):
     damage, argv, message = CHECKPOINT_CASES[case]
-    damage(run)
+    if damage:  # else the run as trained
+        damage(run)
     script, *argv = _fill(argv, run=run, data=data, tmp=tmp_path)
     if message:
         check(capsys, script, argv, 2, message, unchanged=[run], absent=[tmp_path / "report"])
