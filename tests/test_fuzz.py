@@ -349,14 +349,8 @@ def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
 
     previous = jax.config.jax_cpu_collectives_implementation
     try:
-        check(
-            capsys,
-            "train.py",
-            ["--workdir", tmp_path / "run", "--distributed"],
-            2,
-            "outside a detected cluster",
-            absent=[tmp_path / "run"],
-        )
+        argv = ["--workdir", tmp_path / "run", "--distributed"]
+        check(capsys, "train.py", argv, 2, "outside a detected cluster", absent=[tmp_path / "run"])
     finally:
         jax.config.update("jax_cpu_collectives_implementation", previous)
 

@@ -133,14 +133,8 @@ def test_training_with_and_without_the_options_agrees(preset):
         model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
     )
     key = jax.random.PRNGKey(0)
-    batches = [
-        {
-            "image": jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)),
-            "label": jnp.arange(32) % 10,
-            "mask": jnp.ones(32),
-        }
-        for i in range(20)
-    ]
+    images = [jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)) for i in range(20)]
+    batches = [{"image": image, "label": jnp.arange(32) % 10, "mask": jnp.ones(32)} for image in images]
     results = []
     for options in (speed.compiler_options("auto"), {}):
         jitted = jax.jit(step, compiler_options=options)

@@ -55,16 +55,11 @@ def test_toeplitz_conv_equals_lax_conv_with_gradients():
     chex.assert_trees_all_close(out_vjp(g), ref_vjp(g), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "activation,pool,feature_norm",
-    [
-        ("sigmoid", "avg", False),
-        ("relu", "max", False),
-        ("relu", "max", True),
-        ("sigmoid", "max", False),
-        ("tanh", "max", False),
-    ],
-)
+MODELS = [("sigmoid", "avg", False), ("relu", "max", False), ("relu", "max", True)]
+MODELS += [("sigmoid", "max", False), ("tanh", "max", False)]
+
+
+@pytest.mark.parametrize("activation,pool,feature_norm", MODELS)
 def test_conv_implementations_give_the_same_model(activation, pool, feature_norm):
     """The fast path changes no parameter and, up to float rounding, no result."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
