@@ -7,35 +7,26 @@
     python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
     python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
-(`python scripts/benchmark.py ...` is the same.) The dataset is loaded once per run. Every
-contender gets an untimed warm-up, then they alternate, so that all see the same machine: ratios
-are medians of per-round ratios, with their min and max. PyTorch runs at 1 and 2 threads and is
-compared at the faster one. The summary line names the CPU and its vector extensions: compare
-ratios from one run, not seconds across runs or machines.
+(`python scripts/benchmark.py ...` is the same.) Every contender gets an untimed warm-up, then they
+alternate: ratios are medians of per-round ratios, with their min and max. PyTorch runs at 1 and 2
+threads, compared at the faster. The summary names the CPU: compare ratios within one run.
 
-- speed: the recipe (sigmoid LeNet, SGD 0.05, batch 64, 60,000 images), lenet-jax's training
-  loop (`lenet_jax.train.train_epoch`) against `benchmarks.torch_lenet` (the tutorial's loop with
-  the data preloaded); `--speed plain` times lenet-jax without its speed tricks (lenet_jax.speed),
-  `--jax-plain` adds that as a second lenet-jax contender.
-- time-to-99: per seed, the preset's training through lenet-jax's public loop API
-  (`make_trainer`, `trainer.epoch_calls`, `trainer.train_call`), evaluated `--evals-per-epoch` times an
-  epoch (after the call passing each interval), against the preset's PyTorch twin
-  (`benchmarks.torch_presets`: the same algorithm) evaluated at the same steps. Seconds of
-  training until the test accuracy first reaches 99%: lenet-jax's from before its set-up (its
-  compilation included: every seed compiles from scratch, unless --warm-cache), evaluation
-  excluded on both sides. Both evaluate the weights the preset evaluates (its moving average).
-  The seconds lenet-jax spends tracing, lowering and compiling before its first training call
-  ends are reported apart (jax.monitoring's compile events), and so is the race's make-up: each
-  side's running speed (ms per step after lenet-jax's first call, after the twin's first step)
-  and what starting costs lenet-jax (its first call less those steps at its running speed).
-  `--list-programs`: a line per program lenet-jax compiles (its trace, lower and compile seconds,
-  and whether before the first call ended); with --warm-cache, compile is the read from disk.
+- speed: the recipe through `lenet_jax.train.train_epoch` against `benchmarks.torch_lenet`;
+  `--speed plain` times lenet-jax without its speed tricks, `--jax-plain` adds that as a contender.
+- time-to-99: per seed, the preset through `make_trainer`/`epoch_calls`/`train_call`, evaluated
+  `--evals-per-epoch` times an epoch (after the call passing each interval), against its PyTorch
+  twin (`benchmarks.torch_presets`) evaluated at the same steps: training seconds until the test
+  accuracy first reaches 99%, lenet-jax's from before its set-up (every seed compiles from scratch
+  unless --warm-cache), evaluation excluded. Also reported: the compile seconds before the first
+  call ends (jax.monitoring), each side's ms per step after its first call/step, and lenet-jax's
+  start (its first call less those steps). `--list-programs`: a line per program compiled.
 - augmentation-cost: epochs of a preset (default best) with and without its distortions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -83,6 +74,15 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def ratios(times: list[float], peer_times: list[float]) -> dict[str, float]:
+    """The spread of the per-round (or per-seed) ratios."""
+    return spread([a / b for a, b in zip(times, peer_times, strict=True)])
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
 class JaxEpochs:
     """lenet-jax's training loop, one epoch at a time."""
 
@@ -111,17 +111,11 @@ class TorchEpochs:
         arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
         self.trainer = TorchTrainer(*arrays)
 
-    def train_epoch(self) -> float:
+    def __getattr__(self, name: str):  # train_epoch and evaluate, at this contender's threads
         import torch
 
         torch.set_num_threads(self.threads)
-        return self.trainer.train_epoch()
-
-    def evaluate(self) -> dict:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.trainer.evaluate()
+        return getattr(self.trainer, name)
 
 
 def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
@@ -134,20 +128,13 @@ def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[flo
         for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
             seconds = contender.train_epoch()
             times[contender.name].append(seconds)
-            emit(
-                {
-                    "impl": contender.name,
-                    "round": r,
-                    "seconds_per_epoch": round(seconds, 3),
-                    "images_per_second": round(images / seconds),
-                }
-            )
+            row = {
+                "round": r,
+                "seconds_per_epoch": round(seconds, 3),
+                "images_per_second": round(images / seconds),
+            }
+            emit({"impl": contender.name, **row})
     return times
-
-
-def faster_torch(times: dict[str, list[float]]) -> str:
-    names = [name for name in times if name.startswith("pytorch")]
-    return min(names, key=lambda name: statistics.median(times[name]))
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -163,30 +150,21 @@ def speed(args: argparse.Namespace) -> None:
         contender.evaluate()  # warm-up
         result = contender.evaluate()
         evals[contender.name] = round(len(dataset.test) / result["seconds"])
-        emit(
-            {
-                "impl": contender.name,
-                "eval_images_per_second": evals[contender.name],
-                "test_accuracy": result["accuracy"],
-            }
-        )
-    peer = faster_torch(times)
-    ratios = [a / b for a, b in zip(times["lenet-jax"], times[peer], strict=True)]
+        row = {"eval_images_per_second": evals[contender.name], "test_accuracy": result["accuracy"]}
+        emit({"impl": contender.name, **row})
+    peer = min((n for n in times if n.startswith("pytorch")), key=lambda n: statistics.median(times[n]))
     summary = {
         "summary": "recipe speed",
-        "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
+        "median_seconds_per_epoch": medians(times),
         "pytorch_compared": peer,
-        "ratio_jax_to_pytorch": spread(ratios),
+        "ratio_jax_to_pytorch": ratios(times["lenet-jax"], times[peer]),
         "speed": args.speed,
         "eval_images_per_second": evals,
         "rounds": args.rounds,
         **machine(),
     }
-    for name in times:
-        if name.startswith("lenet-jax-"):
-            summary[f"ratio_{name}_to_pytorch"] = spread(
-                [a / b for a, b in zip(times[name], times[peer], strict=True)]
-            )
+    for name in (n for n in times if n.startswith("lenet-jax-")):
+        summary[f"ratio_{name}_to_pytorch"] = ratios(times[name], times[peer])
     emit(summary)
 
 
@@ -201,8 +179,7 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (`running` set: set-up, init and the training call),
-    and every program the run makes, by name (`programs`: for --list-programs)."""
+    training program's first call has run (`running` set), and every program made, by name."""
 
     def __init__(self):
         self.running, self.seconds, self.programs = False, self._zero(), {}
@@ -214,11 +191,10 @@ class FirstCallCompilation:
     def __call__(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
         if event not in COMPILE_EVENTS:
             return
-        running = self.running
-        if not running:
+        if not self.running:
             self.seconds[COMPILE_EVENTS[event]] += duration
         name = re.sub(r"^jit\((.*)\)$|^jit_(.*)$", r"\1\2", fun_name)  # lowering says jit(<function>)
-        row = self.programs.setdefault(name, {"before_first_call": not running, **self._zero()})
+        row = self.programs.setdefault(name, {"before_first_call": not self.running, **self._zero()})
         row[COMPILE_EVENTS[event]] = round(row[COMPILE_EVENTS[event]] + duration, 3)
 
     def __enter__(self):
@@ -232,11 +208,16 @@ class FirstCallCompilation:
 def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int, target: float) -> dict:
     """Trains `config` through the public loop API until the test accuracy reaches `target`;
     seconds from before the set-up (compilation included), evaluation excluded."""
-    start = time.perf_counter()
+    start, row = time.perf_counter(), {}
     with FirstCallCompilation() as compilation:
         trainer = make_trainer(config, dataset.train)
-        row, first_call_seconds = _train_until(trainer, dataset, evals_per_epoch, target, start, compilation)
+        for row in _evaluations(trainer, dataset.test, evals_per_epoch, start, compilation):
+            emit({"impl": "lenet-jax", "seed": config.seed, **row})
+            if row["test_accuracy"] >= target:
+                break
+    first_call_seconds = compilation.first_call_seconds
     return {
+        "reached": row.get("test_accuracy", 0) >= target,
         **row,
         "first_call_seconds": round(first_call_seconds, 3),
         "first_call_compilation_seconds": {k: round(v, 3) for k, v in compilation.seconds.items()},
@@ -246,6 +227,33 @@ def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int,
     }
 
 
+def _evaluations(trainer, test, evals_per_epoch: int, start: float, compilation: FirstCallCompilation):
+    """A row at each evaluation point: after the call passing each `steps_per_epoch //
+    evals_per_epoch` steps and at each epoch's end; train_seconds from `start`, evaluation excluded."""
+    every, steps_per_epoch = max(1, trainer.steps_per_epoch // evals_per_epoch), trainer.steps_per_epoch
+    state, step, evaluating = trainer.new_state(), 0, 0.0
+    for epoch in range(1, trainer.config.epochs + 1):
+        for indices, count in trainer.epoch_calls(epoch):
+            first, step = step + 1, step + count
+            state, _ = trainer.train_call(state, indices, count)
+            if first == 1:  # the first call has run once its result is ready
+                jax.block_until_ready(state)
+                compilation.first_call_seconds, compilation.running = time.perf_counter() - start, True
+            if step // every == (first - 1) // every and step % steps_per_epoch:
+                continue  # no evaluation point in this call
+            jax.block_until_ready(state)
+            train_seconds = time.perf_counter() - start - evaluating
+            began = time.perf_counter()
+            accuracy = trainer.evaluator.evaluate(evaluated_params(state), test)["accuracy"]
+            evaluating += time.perf_counter() - began
+            yield {
+                "epoch": round(step / steps_per_epoch, 3),
+                "step": step,
+                "train_seconds": round(train_seconds, 3),
+                "test_accuracy": accuracy,
+            }
+
+
 def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | None:
     """Milliseconds per training step after the first call (lenet-jax) or first step (the twin):
     the running speed, apart from what the start costs (set-up, compilation, warm-up)."""
@@ -253,67 +261,12 @@ def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | No
     return round(1000 * (row["train_seconds"] - first_seconds) / steps, 3) if steps > 0 else None
 
 
-def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float, compilation):
-    """(the row of the last evaluation, training seconds when the first call had run)."""
-    config, evaluating, steps_per_epoch = trainer.config, 0.0, trainer.steps_per_epoch
-    every = max(1, steps_per_epoch // evals_per_epoch)
-    state, step, row = trainer.new_state(), 0, {}
-    for epoch in range(1, config.epochs + 1):
-        for indices, count in trainer.epoch_calls(epoch):
-            first, step = step + 1, step + count
-            state, _ = trainer.train_call(state, indices, count)
-            if first == 1:  # the first call has run once its result is ready
-                jax.block_until_ready(state)
-                first_call_train_seconds, compilation.running = time.perf_counter() - start, True
-            if step // every == (first - 1) // every and step % steps_per_epoch:
-                continue  # no evaluation point in this call
-            jax.block_until_ready(state)
-            train_seconds = time.perf_counter() - start - evaluating
-            began = time.perf_counter()
-            accuracy = trainer.evaluator.evaluate(evaluated_params(state), dataset.test)["accuracy"]
-            evaluating += time.perf_counter() - began
-            row = {
-                "epoch": round(step / steps_per_epoch, 3),
-                "step": step,
-                "train_seconds": round(train_seconds, 3),
-                "test_accuracy": accuracy,
-            }
-            emit({"impl": "lenet-jax", "seed": config.seed, **row})
-            if accuracy >= target:
-                break
-        else:
-            continue
-        break
-    return {"reached": row.get("test_accuracy", 0) >= target, **row}, first_call_train_seconds
-
-
-def twin_time_to_accuracy(
-    config: Config, data: tuple, threads: int, evals_per_epoch: int, steps_per_call: int, target: float
-) -> dict:
-    from benchmarks.torch_presets import time_to_accuracy
-
-    def show(row: dict) -> None:
-        emit({"impl": f"pytorch-twin-{threads}t", "seed": config.seed, **row})
-
-    row = time_to_accuracy(
-        config,
-        config.seed,
-        target=target,
-        evals_per_epoch=evals_per_epoch,
-        threads=threads,
-        data=data,
-        steps_per_call=steps_per_call,
-        on_eval=show,
-    )
-    return {**row, "ms_per_step": ms_per_step(row, row["first_step_seconds"], 1)}
-
-
 def time_to_99(args: argparse.Namespace) -> None:
     preset = preset_config(args).replace(speed=args.speed)
     full = load_dataset(args.data_dir)  # once: the twin picks its training split from it too
     dataset = full.subset(preset.validation_size, preset.train_size)
     data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
-    torch_ok = not args.no_torch and _torch_available()
+    torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
     if args.warm_cache:
         warm_compilation_cache(preset, dataset, args)
     results: dict[str, list[dict]] = {"lenet-jax": []}
@@ -327,11 +280,22 @@ def time_to_99(args: argparse.Namespace) -> None:
         results["lenet-jax"].append(jax_row)
         emit({"impl": "lenet-jax", "seed": seed, "result": jax_row})
         for threads in args.torch_threads if torch_ok else []:
-            row = twin_time_to_accuracy(
-                config, data, threads, args.evals_per_epoch, jax_row["steps_per_call"], args.target
+            from benchmarks.torch_presets import time_to_accuracy  # PyTorch: imported only here
+
+            label = {"impl": f"pytorch-twin-{threads}t", "seed": seed}
+            row = time_to_accuracy(
+                config,
+                seed,
+                target=args.target,
+                evals_per_epoch=args.evals_per_epoch,
+                threads=threads,
+                data=data,
+                steps_per_call=jax_row["steps_per_call"],
+                on_eval=lambda row, label=label: emit({**label, **row}),
             )
-            results.setdefault(f"pytorch-twin-{threads}t", []).append(row)
-            emit({"impl": f"pytorch-twin-{threads}t", "seed": seed, "result": row})
+            row["ms_per_step"] = ms_per_step(row, row["first_step_seconds"], 1)
+            results.setdefault(label["impl"], []).append(row)
+            emit({**label, "result": row})
     emit(time_to_99_summary(args, results, torch_ok))
 
 
@@ -339,6 +303,20 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
     def mean_seconds(rows: list[dict]) -> float | None:
         done = [row["train_seconds"] for row in rows if row["reached"]]
         return round(statistics.mean(done), 3) if len(done) == len(rows) else None
+
+    def every_seed_has_a_speed(rows: list[dict]) -> bool:  # else no figure, not one over fewer seeds
+        return bool(rows) and all(row.get("ms_per_step") for row in rows)
+
+    def median_ms(rows: list[dict]) -> float | None:
+        if not every_seed_has_a_speed(rows):
+            return None
+        return round(statistics.median(r["ms_per_step"] for r in rows), 3)
+
+    def mean_start_seconds(rows: list[dict]) -> float | None:  # each first call less its steps' share
+        if not every_seed_has_a_speed(rows):
+            return None
+        starts = [r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000 for r in rows]
+        return round(statistics.mean(starts), 3)
 
     jax_rows = results["lenet-jax"]
     summary = {
@@ -367,73 +345,38 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
         peer = min(twins, key=lambda name: mean_seconds(results[name]))
         summary["pytorch_compared"] = peer
         summary["ratio_jax_to_pytorch"] = round(mean_seconds(jax_rows) / mean_seconds(results[peer]), 3)
-        pairs = [
-            a["train_seconds"] / b["train_seconds"] for a, b in zip(jax_rows, results[peer], strict=True)
-        ]
-        summary["per_seed_ratio"] = spread(pairs)
-        if summary["median_ms_per_step"]["lenet-jax"] and summary["median_ms_per_step"][peer]:
-            step_ratio = summary["median_ms_per_step"]["lenet-jax"] / summary["median_ms_per_step"][peer]
-            summary["ratio_ms_per_step"] = round(step_ratio, 3)
+        seconds = [[row["train_seconds"] for row in rows] for rows in (jax_rows, results[peer])]
+        summary["per_seed_ratio"] = ratios(*seconds)
+        steps = summary["median_ms_per_step"]
+        if steps["lenet-jax"] and steps[peer]:
+            summary["ratio_ms_per_step"] = round(steps["lenet-jax"] / steps[peer], 3)
         summary["pytorch_epochs_reached"] = [row.get("epoch") for row in results[peer]]
     elif not torch_ok:
         summary["pytorch"] = "not run (PyTorch not installed, or --no-torch)"
     return summary
 
 
-def _every_seed_has_a_speed(rows: list[dict]) -> bool:
-    return bool(rows) and all(row.get("ms_per_step") for row in rows)
-
-
-def median_ms(rows: list[dict]) -> float | None:
-    """The median running speed over the seeds; None unless every seed has one."""
-    if not _every_seed_has_a_speed(rows):
-        return None
-    return round(statistics.median(row["ms_per_step"] for row in rows), 3)
-
-
-def mean_start_seconds(rows: list[dict]) -> float | None:
-    """What starting costs lenet-jax, mean over the seeds: the first call less its own steps at
-    the running speed (set-up, tracing, compilation); None unless every seed has a speed."""
-    if not _every_seed_has_a_speed(rows):
-        return None
-    starts = [r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000 for r in rows]
-    return round(statistics.mean(starts), 3)
-
-
 def warm_compilation_cache(config: Config, dataset: Dataset, args: argparse.Namespace) -> None:
-    """Points JAX's persistent compilation cache at a fresh folder and fills it with one short
-    untimed run, so that every timed seed reads its programs from disk, as a second launch of
-    scripts/train.py does."""
-    folder = tempfile.mkdtemp(prefix="lenet-jax-cache-")
-    os.environ[cli.CACHE_DIR_ENV] = folder
+    """Fills JAX's persistent compilation cache, in a fresh folder, with one short untimed run, so
+    that every timed seed reads its programs from disk, as a second launch of scripts/train.py does."""
+    os.environ[cli.CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="lenet-jax-cache-")
     cli.enable_compilation_cache()
     jax_time_to_accuracy(config.replace(seed=args.seeds[0]), dataset, args.evals_per_epoch, target=0.0)
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def augmentation_cost(args: argparse.Namespace) -> None:
     config = preset_config(args)
     dataset = load_dataset(args.data_dir, config.validation_size, config.train_size)
     plain = config.replace(**dict.fromkeys(AUGMENTATION_STRENGTHS, 0.0))
-    times = interleave(
-        [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)],
-        args.rounds,
-        len(dataset.train),
-    )
-    ratios = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
+    contenders = [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)]
+    times = interleave(contenders, args.rounds, len(dataset.train))
+    extra = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
     emit(
         {
             "summary": "augmentation cost",
             "preset": args.preset,
-            "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
-            "extra_time_fraction": spread(ratios),
+            "median_seconds_per_epoch": medians(times),
+            "extra_time_fraction": spread(extra),
             "rounds": args.rounds,
             **machine(),
         }
@@ -485,7 +428,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     run.add_argument("--no-torch", action="store_true", help="time lenet-jax only")
     run.add_argument(
-        "--list-programs", action="store_true", help="a line per program compiled: name, seconds per stage"
+        "--list-programs", action="store_true", help="a line per program compiled, seconds per stage"
     )
     run = commands.add_parser(
         "augmentation-cost", parents=[common], help="a preset with and without distortions"
@@ -494,7 +437,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--rounds", type=int, default=5)
     robustness.add_parser(commands)
     run = commands.add_parser("device-check", parents=[common], help="what is open about this backend")
-    run.add_argument("--quick", action="store_true", help="every check in tiny form (the CPU test)")
+    run.add_argument("--quick", action="store_true", help="every check in tiny form (the CPU rehearsal)")
+    run.add_argument(
+        "--checks", nargs="+", metavar="CHECK", help="only these checks (default: all, in order)"
+    )
     run.add_argument("--out", help="also write the JSON lines (and runs.log) in this folder")
     return parser.parse_args(argv)
 

@@ -1,15 +1,13 @@
 #!/usr/bin/env python
-"""Load check of the draw-a-digit server: its peak memory under concurrent large images, how
-fast it refuses a body it will not read, and how many drawn digits it answers per second.
+"""Load check of the draw-a-digit server: peak memory under concurrent large images, how fast it
+refuses a body it will not read, and how many drawn digits it answers per second.
 
     python benchmarks/serve_load.py --workdir checkpoints/recipe [--concurrent 8] [--side 4096]
 
-Starts `scripts/serve.py` (--serve-script: another version's), warms it up with one drawing,
-then: --concurrent POSTs at once of a side x side RGBA PNG digit (tens of KB, side**2 pixels
-decoded); one POST declaring `Content-Length: -1` with a 600 MB body streamed alongside; 280x280
-drawings (what the page sends) from --clients clients for --seconds. Prints one JSON line: status
-counts, RSS before the load and peak RSS (VmHWM), the -1 request's status (null: closed before an
-answer), seconds to it and MB sent before the close, and drawings answered per second.
+Starts `scripts/serve.py` (--serve-script: another version's) and warms it up with one drawing;
+then --concurrent POSTs at once of a side x side RGBA PNG digit, one POST declaring
+`Content-Length: -1` with a big body streamed alongside, and 280x280 drawings (what the page
+sends) from --clients clients for --seconds. Prints one JSON line.
 """
 
 from __future__ import annotations
