@@ -7,20 +7,13 @@
     python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
     python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
-(`python scripts/benchmark.py ...` is the same.) Every contender gets an untimed warm-up, then they
-alternate: ratios are medians of per-round ratios, with their min and max. PyTorch runs at 1 and 2
-threads, compared at the faster. The summary names the CPU: compare ratios within one run.
-
-- speed: the recipe through `lenet_jax.train.train_epoch` against `benchmarks.torch_lenet`;
-  `--speed plain` times lenet-jax without its speed tricks, `--jax-plain` adds that as a contender.
-- time-to-99: per seed, the preset through `make_trainer`/`epoch_calls`/`train_call`, evaluated
-  `--evals-per-epoch` times an epoch (after the call passing each interval), against its PyTorch
-  twin (`benchmarks.torch_presets`) evaluated at the same steps: training seconds until the test
-  accuracy first reaches 99%, lenet-jax's from before its set-up (every seed compiles from scratch
-  unless --warm-cache), evaluation excluded. Also reported: the compile seconds before the first
-  call ends (jax.monitoring), each side's ms per step after its first call/step, and lenet-jax's
-  start (its first call less those steps). `--list-programs`: a line per program compiled.
-- augmentation-cost: epochs of a preset (default best) with and without its distortions.
+(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate:
+ratios are medians of per-round ratios, with min and max; PyTorch runs at 1 and 2 threads and is
+compared at the faster. time-to-99 trains each seed through `make_trainer`'s loop API, evaluated
+`--evals-per-epoch` times an epoch (after the call passing each interval), and the twin
+(`benchmarks.torch_presets`) at the same steps: training seconds to 99% test accuracy from before
+the set-up (every seed compiles unless --warm-cache), evaluation excluded, with the compile seconds
+before the first call ends, each side's ms per step after it, and `--list-programs`.
 """
 
 from __future__ import annotations
@@ -101,23 +94,6 @@ class JaxEpochs:
         return self.trainer.evaluator.evaluate(evaluated_params(self.state), self.dataset.test)
 
 
-class TorchEpochs:
-    """The PyTorch reference at a given thread count (set before each of its epochs)."""
-
-    def __init__(self, dataset: Dataset, threads: int):
-        from benchmarks.torch_lenet import TorchTrainer
-
-        self.name, self.threads = f"pytorch-{threads}t", threads
-        arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
-        self.trainer = TorchTrainer(*arrays)
-
-    def __getattr__(self, name: str):  # train_epoch and evaluate, at this contender's threads
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return getattr(self.trainer, name)
-
-
 def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
     """One untimed warm-up epoch each, then `rounds` rounds of one timed epoch each, the order
     rotated every round. Returns name -> seconds per round."""
@@ -143,7 +119,11 @@ def speed(args: argparse.Namespace) -> None:
     contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
     if args.jax_plain:
         contenders.append(JaxEpochs("lenet-jax-plain", config.replace(speed="plain"), dataset))
-    contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
+    if args.torch_threads:
+        from benchmarks.torch_lenet import TorchTrainer  # PyTorch: imported only here
+
+        arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
+        contenders += [TorchTrainer(*arrays, threads=threads) for threads in args.torch_threads]
     times = interleave(contenders, args.rounds, len(dataset.train))
     evals = {}
     for contender in contenders:
@@ -183,6 +163,7 @@ class FirstCallCompilation:
 
     def __init__(self):
         self.running, self.seconds, self.programs = False, self._zero(), {}
+        self.first_call_seconds = 0.0  # set by the caller when the first call has run
 
     @staticmethod
     def _zero() -> dict[str, float]:

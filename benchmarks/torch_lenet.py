@@ -9,6 +9,7 @@ memory and batches are indexed from a `torch.randperm` order: the fastest plain 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,25 +37,38 @@ def nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
 
 
-class TorchTrainer:
-    """Trains and evaluates the reference model on arrays held in memory."""
+def load_idx(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) from a folder of IDX files."""
+    from lenet_jax import idx  # numpy only: no JAX or tfds in a PyTorch process
 
-    def __init__(
-        self, train_images, train_labels, test_images, test_labels, seed: int = 0, batch_size: int = 64
-    ):
+    train, test = (idx.read_pair(*idx.split_paths(Path(data_dir), split)) for split in ("train", "test"))
+    return (*train, *test)
+
+
+class TorchTrainer:
+    """Trains and evaluates the reference model on arrays held in memory; with `threads`, sets
+    PyTorch's threads before each epoch and evaluation (contenders alternate in one process)."""
+
+    def __init__(self, train_images, train_labels, test_images, test_labels, seed=0, threads=None):
+        self.name, self.threads = f"pytorch-{threads}t", threads
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.model, self.loss, self.batch_size = lenet(), nn.CrossEntropyLoss(), batch_size
+        self.model, self.loss = lenet(), nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
         self.train_x, self.train_y = nchw(train_images), torch.from_numpy(train_labels.astype(np.int64))
         self.test_x, self.test_y = nchw(test_images), torch.from_numpy(test_labels.astype(np.int64))
 
+    def _set_threads(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
     def train_epoch(self) -> float:
         """One shuffled pass over the training set; returns seconds."""
+        self._set_threads()
         self.model.train()
         start = time.perf_counter()
         order = torch.randperm(len(self.train_y), generator=self.generator)
-        for index in order.split(self.batch_size):
+        for index in order.split(64):
             loss = self.loss(self.model(self.train_x[index]), self.train_y[index])
             self.optimizer.zero_grad()
             loss.backward()
@@ -64,6 +78,7 @@ class TorchTrainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Accuracy and total loss (sum of per-batch mean losses) over 64-image test batches."""
+        self._set_threads()
         self.model.eval()
         start = time.perf_counter()
         correct, total_loss = 0, 0.0
@@ -81,9 +96,6 @@ class TorchTrainer:
 def main() -> None:
     """`python -m benchmarks.torch_lenet --data-dir DIR`: the reference on its own (for RSS)."""
     import argparse
-    from pathlib import Path
-
-    from lenet_jax import idx  # numpy-only IDX reader: no JAX or tfds in this process
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", required=True)
@@ -91,8 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train, test = (idx.read_pair(*idx.split_paths(Path(args.data_dir), split)) for split in ("train", "test"))
-    trainer = TorchTrainer(*train, *test)
+    trainer = TorchTrainer(*load_idx(args.data_dir))
     for epoch in range(1, args.epochs + 1):
         seconds = trainer.train_epoch()
         print(f"epoch {epoch}: {seconds:.2f} s, test {trainer.evaluate()}")

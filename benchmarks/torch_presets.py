@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_lenet import nchw
+from benchmarks.torch_lenet import load_idx, nchw
 from lenet_jax.config import AUGMENTATION_STRENGTHS, PRESETS, Config
 
 # The standard deviation of a unit normal truncated to [-2, 2] (Flax's truncated-normal correction).
@@ -348,14 +348,6 @@ class PresetTwin:
         for x, y in zip(self.test_x.split(batch_size), self.test_y.split(batch_size), strict=True):
             correct += int((model(x).argmax(1) == y).sum())
         return correct / len(self.test_y)
-
-
-def load_idx(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels) from a folder of IDX files."""
-    from lenet_jax import idx  # numpy only
-
-    train, test = (idx.read_pair(*idx.split_paths(Path(data_dir), split)) for split in ("train", "test"))
-    return (*train, *test)
 
 
 def _training_split(config: Config, images: np.ndarray, labels: np.ndarray):
