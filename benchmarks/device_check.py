@@ -306,15 +306,16 @@ def cpu_seconds() -> float:
 
 
 def summary(ctx, results: dict, start: float) -> dict:
-    """The figures of the checks that ran (None for those that did not, or failed)."""
+    """The figures of the checks that ran (None for one that did not run or failed)."""
 
-    def figure(check: str, key: str):
-        return results.get(check, {}).get(key)
+    def figure(check: str, key: str | None = None):
+        result = results.get(check, {"error": "not run"})
+        return None if "error" in result else result.get(key) if key else result
 
-    time_to_99 = {c: r for c, r in results.get("time_to_99", {}).items() if c != "error"}
+    to_99 = figure("time_to_99")
     figures = {
-        "fast_1_epoch": results.get("fast_1_epoch"),
-        "time_to_99_seconds": {c: r.get("time_to_99_seconds") for c, r in time_to_99.items()},
+        "fast_1_epoch": figure("fast_1_epoch"),
+        "time_to_99_seconds": {c: r["time_to_99_seconds"] for c, r in to_99.items()} if to_99 else None,
         "deterministic": figure("determinism", "same_bits_twice"),
         "resume_identical": figure("resume", "identical"),
         "eval_images_per_second": figure("eval", "images_per_second"),
