@@ -13,6 +13,7 @@ sends) from --clients clients for --seconds. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -47,16 +48,12 @@ def digit_png(side: int) -> bytes:
 
 
 def post(port: int, body: bytes, timeout: float = 300) -> int:
-    head = (
-        "POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
-        connection.sendall(head.encode() + body)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    return int(answer.split()[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    connection.request("POST", "/predict", body, {"Content-Type": "image/png", "Connection": "close"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.status
 
 
 def minus_one_length(port: int, body_bytes: int) -> dict:

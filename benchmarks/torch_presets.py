@@ -315,10 +315,9 @@ class PresetTwin:
             yield self.train_x[index], self.train_y[index]
 
     def evaluations(self, evals_per_epoch: int, steps_per_call: int = 1):
-        """Trains epoch after epoch, yielding a row at each evaluation point: after the group of
-        steps_per_call steps (from each epoch's start) passing each steps_per_epoch //
-        evals_per_epoch steps, and at each epoch's end: where the JAX trainer's calls let it
-        evaluate. train_seconds count from the first step and exclude the evaluations."""
+        """Trains, yielding a row where the JAX trainer's calls of steps_per_call steps let it
+        evaluate: after the call passing each 1/evals_per_epoch of an epoch, and at each epoch's
+        end. train_seconds count from the first step and exclude the evaluations."""
         every, elapsed = max(1, self.steps_per_epoch // evals_per_epoch), 0.0
         for _ in range(self.config.epochs):
             start, call_start = time.perf_counter(), self.step
