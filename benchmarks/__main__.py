@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -280,26 +281,28 @@ def time_to_99(args: argparse.Namespace) -> None:
     emit(time_to_99_summary(args, results, torch_ok))
 
 
-def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]], torch_ok: bool) -> dict:
-    def mean_seconds(rows: list[dict]) -> float | None:
-        done = [row["train_seconds"] for row in rows if row["reached"]]
-        return round(statistics.mean(done), 3) if len(done) == len(rows) else None
+def over_seeds(average: Callable, values: list[float | None]) -> float | None:
+    """The average, rounded; None unless every seed has a value (not a figure over fewer seeds)."""
+    return round(average(values), 3) if values and None not in values else None
 
-    def every_seed_has_a_speed(rows: list[dict]) -> bool:  # else no figure, not one over fewer seeds
-        return bool(rows) and all(row.get("ms_per_step") for row in rows)
+
+def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]], torch_ok: bool) -> dict:
+    def mean_seconds(rows: list[dict]) -> float | None:  # to the target
+        return over_seeds(statistics.mean, [r["train_seconds"] if r["reached"] else None for r in rows])
 
     def median_ms(rows: list[dict]) -> float | None:
-        if not every_seed_has_a_speed(rows):
-            return None
-        return round(statistics.median(r["ms_per_step"] for r in rows), 3)
-
-    def mean_start_seconds(rows: list[dict]) -> float | None:  # each first call less its steps' share
-        if not every_seed_has_a_speed(rows):
-            return None
-        starts = [r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000 for r in rows]
-        return round(statistics.mean(starts), 3)
+        return over_seeds(statistics.median, [r.get("ms_per_step") or None for r in rows])
 
     jax_rows = results["lenet-jax"]
+    # The race in two parts: what starting costs lenet-jax (set-up, compilation: the first call
+    # less its steps at the running speed), and the running speed of each contender.
+    starts = [
+        r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000
+        if r.get("ms_per_step")
+        else None
+        for r in jax_rows
+    ]
+    compilation = [r["first_call_compilation_seconds"] for r in jax_rows]
     summary = {
         "summary": "time to 99%",
         "preset": args.preset,
@@ -307,14 +310,12 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
         "seeds": args.seeds,
         "epochs_reached": [row.get("epoch") if row["reached"] else None for row in jax_rows],
         "mean_train_seconds": {name: mean_seconds(rows) for name, rows in results.items()},
-        "mean_first_call_seconds": round(statistics.mean(r["first_call_seconds"] for r in jax_rows), 3),
+        "mean_first_call_seconds": over_seeds(statistics.mean, [r["first_call_seconds"] for r in jax_rows]),
         "mean_first_call_compilation_seconds": {
-            stage: round(statistics.mean(r["first_call_compilation_seconds"][stage] for r in jax_rows), 3)
+            stage: over_seeds(statistics.mean, [seconds[stage] for seconds in compilation])
             for stage in COMPILE_EVENTS.values()
         },
-        # The race in two parts: what starting costs lenet-jax (set-up, compilation: the first
-        # call less its steps at the running speed), and the running speed of each contender.
-        "mean_start_seconds": mean_start_seconds(jax_rows),
+        "mean_start_seconds": over_seeds(statistics.mean, starts),
         "median_ms_per_step": {name: median_ms(rows) for name, rows in results.items()},
         "compilation_cache": "warm" if args.warm_cache else "cold",
         "speed": getattr(args, "speed", "auto"),
