@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -102,12 +103,8 @@ def fast_1_epoch(ctx) -> dict:
 
 def trainer_with(config, train, conv: str, steps_per_call: int):
     """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile)."""
-    row = speed.defaults()
-    saved, row["conv"] = row["conv"], conv
-    try:
+    with mock.patch.dict(speed.defaults(), conv=conv):
         return make_trainer(config, train, steps_per_call=steps_per_call)
-    finally:
-        row["conv"] = saved
 
 
 def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
