@@ -94,11 +94,11 @@ def fast_1_epoch(ctx) -> dict:
     with FirstCallCompilation() as compilation:  # never `running`: all of the run's programs
         result = run_quietly(ctx, ctx.fast.replace(epochs=1), "fast")
     ctx.fast_state, row = result.state, result.metrics[-1]
-    keep = {
-        k: round(row[k], 4)
-        for k in ("train_seconds", "images_per_second", "test_accuracy", "test_total_loss")
+    keep = ("train_seconds", "images_per_second", "test_accuracy", "test_total_loss")
+    return {
+        **{k: round(row[k], 4) for k in keep},
+        "compile_seconds": round(compilation.seconds["compile"], 3),
     }
-    return {**keep, "compile_seconds": round(compilation.seconds["compile"], 3)}
 
 
 def trainer_with(config, train, conv: str, steps_per_call: int):
@@ -254,7 +254,7 @@ class Context:
         if args.quick:  # one compilation cache for the check and its processes (the tests' if set)
             os.environ.setdefault(cli.CACHE_DIR_ENV, str(tmp / "xla"))
             cli.enable_compilation_cache()
-            # Compiling dominates a tiny run: XLA's optimizations off halves it (run() restores it).
+            # Compiling dominates a tiny run: XLA's optimizations off halves it.
             jax.config.update("jax_disable_most_optimizations", True)
             self.child_env = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
         self.dataset = load_dataset(self.data_dir)
@@ -271,9 +271,10 @@ def run(args) -> int:
     if unknown := sorted(set(args.checks or ()) - set(CHECKS)):
         raise ConfigError(f"--checks {' '.join(unknown)}: no such check (the checks: {', '.join(CHECKS)})")
     chosen = [name for name in CHECKS if not args.checks or name in ("env", *args.checks)]
-    optimizations_off = jax.config.read("jax_disable_most_optimizations")
     start, results = time.perf_counter(), {}
-    with tempfile.TemporaryDirectory(prefix="lenet-device-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lenet-device-check-") as tmp, contextlib.ExitStack() as undo:
+        flag = "jax_disable_most_optimizations"  # --quick sets it in this process: undone at the end
+        undo.callback(jax.config.update, flag, jax.config.read(flag))
         ctx = Context(args, Path(tmp))
         with open(ctx.out / "device-check.jsonl", "w") as lines:
 
@@ -292,7 +293,6 @@ def run(args) -> int:
                 took = {"seconds": time.perf_counter() - began, "cpu_seconds": cpu_seconds() - cpu}
                 emit({"check": name, **results[name], **{k: round(v, 2) for k, v in took.items()}})
             emit(summary(ctx, results, start))
-    jax.config.update("jax_disable_most_optimizations", optimizations_off)
     return 1 if any("error" in r for r in results.values()) else 0
 
 
