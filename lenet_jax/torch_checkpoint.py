@@ -95,8 +95,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("__builtin__", "set"): set,  # protocol 2 names builtins the Python 2 way
-    ("builtins", "set"): set,
+    **{(builtins, "set"): set for builtins in ("builtins", "__builtin__")},  # protocol 2: Python 2's name
     **{("torch", name): dtype for name, dtype in _STORAGE_DTYPES.items()},
     **{key: type(key[1], (_Module,), {"class_name": ".".join(key)}) for key in _MODULE_CLASSES},
 }  # fmt: skip
@@ -143,17 +142,12 @@ class _Unpickler(pickle.Unpickler):
                 dtype = np.dtype(dtype).newbyteorder(self._order)
             case _:
                 raise ConversionError(f"malformed pickle: unknown persistent id {str(pid)[:80]}")
-        data = self._record(f"data/{key}").read()
-        if numel < 0 or len(data) < numel * dtype.itemsize:
-            raise ConversionError(f"{self._source} is damaged: storage {key} is shorter than its tensor")
-        return np.frombuffer(data, dtype, numel)
+        return np.frombuffer(self._record(f"data/{key}").read(), dtype, numel)  # ValueError if short
 
 
 # What a damaged or hostile pickle can raise in the unpickler or in the functions it calls.
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-    OverflowError, RecursionError, UnicodeDecodeError, NotImplementedError,
-)  # fmt: skip
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ArithmeticError, LookupError, TypeError, ValueError,
+                  AttributeError, RecursionError, NotImplementedError)  # fmt: skip
 
 
 @dataclasses.dataclass
