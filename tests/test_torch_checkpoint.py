@@ -25,26 +25,19 @@ from conftest import run_cli, script_main
 from PIL import Image
 
 from lenet_jax import cli, idx
+from lenet_jax import torch_checkpoint as tc
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
 from lenet_jax.errors import ConversionError
 from lenet_jax.evaluation import restore_params
 from lenet_jax.model import model_from_config
-from lenet_jax.torch_checkpoint import (
-    LAYERS,
-    _epoch_and_step,
-    export_torch_checkpoint,
-    import_torch_checkpoint,
-    lenet_params_from_torch,
-    read_torch_weights,
-    torch_state_dict_from_lenet,
-)
 from lenet_jax.workdir import read_config
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "torch_tutorial"
 NET = FIXTURE / "net_3.pth"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 TORCH_LOGITS = np.load(FIXTURE / "logits_100.npy")
+TUTORIAL = tc.read_torch_weights(NET).state_dict
 NN = "torch.nn.modules."
 
 
@@ -133,13 +126,9 @@ def tutorial_module(state, owner="model", change=None):
     return Module(f"{owner}.MyLeNet", {}, {"model": Module(NN + "container.Sequential", {}, layers)})
 
 
-def random_state_dict(**change):
-    """A state_dict of MyLeNet's keys and shapes, changed by `change` (a None value removes its key)."""
-    rng, state = np.random.default_rng(0), {}
-    for _, prefix, shape in LAYERS:
-        state[f"{prefix}.weight"] = rng.normal(size=shape).astype(np.float32)
-        state[f"{prefix}.bias"] = rng.normal(size=shape[:1]).astype(np.float32)
-    return {k: v for k, v in {**state, **change}.items() if v is not None}
+def tutorial_state(**change):
+    """The tutorial's state_dict, changed by `change` (a None value removes its key)."""
+    return {k: v for k, v in {**TUTORIAL, **change}.items() if v is not None}
 
 
 def convert(capsys, *argv, code=0):
@@ -149,20 +138,13 @@ def convert(capsys, *argv, code=0):
     return err
 
 
-def refusal(tmp_path, capsys, path, *flags):
-    """from-torch on path: exit 2, one line, no workdir made; returns the line."""
-    err = convert(capsys, "from-torch", path, "--workdir", tmp_path / "run", *flags, code=2)
-    assert not (tmp_path / "run").exists()
-    return err
-
-
 # --- the fixture, imported once ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tutorial") / "run"
-    result = import_torch_checkpoint(NET, workdir)
+    result = tc.import_torch_checkpoint(NET, workdir)
     assert result.epoch == 3 and result.step == 3 * 938
     return workdir
 
@@ -179,9 +161,8 @@ def assert_logits_close(ours, theirs):
     assert np.max(np.abs(ours - theirs) / scale) < 1e-4
 
 
-def test_the_imported_tutorial_model_evaluates_as_in_pytorch_and_says_where_it_came_from(
-    imported, mnist_dir, first_test_images, capsys
-):
+def test_the_imported_tutorial_model_evaluates_as_in_pytorch(imported, mnist_dir, first_test_images, capsys):
+    """evaluate.py's and predict.py's numbers are PyTorch's, and the meta says where they came from."""
     code = cli.run(script_main("evaluate.py"), ["--workdir", str(imported), "--data-dir", str(mnist_dir)])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -190,9 +171,7 @@ def test_the_imported_tutorial_model_evaluates_as_in_pytorch_and_says_where_it_c
     np.testing.assert_allclose(result["test_total_loss"], EXPECTED["test_total_loss"], rtol=1e-4)
     restored = restore_params(imported)
     images, labels = first_test_images
-    logits = model_from_config(restored.config).apply(
-        {"params": restored.params}, images.astype(np.float32) / 255
-    )
+    logits = model_from_config(restored.config).apply({"params": restored.params}, images / np.float32(255))
     assert_logits_close(np.asarray(logits), TORCH_LOGITS)
 
     i = int(np.flatnonzero(TORCH_LOGITS.argmax(1) == labels)[0])  # predict.py: a digit PyTorch gets right
@@ -231,17 +210,13 @@ def test_workdir_with_checkpoints_is_refused_unless_a_new_epoch_is_given(importe
 
 
 def test_export_then_import_is_bit_identical_and_keeps_epoch_and_step(tmp_path, capsys):
-    tutorial = read_torch_weights(NET).state_dict
-    path, recorded = (
-        tmp_path / "net_7.safetensors",
-        {"epoch": "20", "step": "12345"},
-    )  # metadata wins over name
-    safetensors.numpy.save_file(tutorial, path, recorded)
+    path, recorded = tmp_path / "net_7.safetensors", {"epoch": "20", "step": "12345"}  # it wins over the name
+    safetensors.numpy.save_file(TUTORIAL, path, recorded)
     run, out, back = tmp_path / "run", tmp_path / "lenet.safetensors", tmp_path / "back"
     convert(capsys, "from-torch", path, "--workdir", run)
     convert(capsys, "to-torch", "--workdir", run, "--out", out)
-    chex.assert_trees_all_equal(safetensors.numpy.load_file(out), tutorial)
-    assert read_torch_weights(out).metadata == {"format": "pt", "source": str(run), **recorded}
+    chex.assert_trees_all_equal(safetensors.numpy.load_file(out), TUTORIAL)
+    assert tc.read_torch_weights(out).metadata == {"format": "pt", "source": str(run), **recorded}
     convert(capsys, "from-torch", out, "--workdir", back)  # its name has no number: the metadata says 20
     chex.assert_trees_all_equal(restore_params(run).params, restore_params(back).params)
     with Checkpoints(back, read_only=True) as checkpoints:
@@ -249,22 +224,25 @@ def test_export_then_import_is_bit_identical_and_keeps_epoch_and_step(tmp_path, 
     assert "--force" in convert(capsys, "to-torch", "--workdir", run, "--out", out, code=2)
 
 
-def test_the_epoch_and_step_a_file_records_and_their_bounds(tmp_path):
-    path = tmp_path / "net_7.safetensors"
-    safetensors.numpy.save_file(random_state_dict(), path, {"epoch": "20", "step": "12345"})
-    weights = read_torch_weights(path)
-    assert [_epoch_and_step(weights, path, e) for e in (None, 20, 2)] == [(20, 12345), (20, 12345), (2, 1876)]
+def test_the_epoch_and_step_a_file_records_and_their_bounds():
+    path = Path("net_7.safetensors")
+    weights = tc.TorchWeights(TUTORIAL, "safetensors", "state_dict", {"epoch": "20", "step": "12345"})
+    assert [tc._epoch_and_step(weights, path, e) for e in (None, 20, 2)] == [
+        (20, 12345),
+        (20, 12345),
+        (2, 1876),
+    ]
     weights.metadata["step"] = str(2**31)
     with pytest.raises(ConversionError, match="records epoch 20, step 2147483648, beyond a 32-bit step"):
-        _epoch_and_step(weights, path, None)
+        tc._epoch_and_step(weights, path, None)
     for absurd in ("9" * 5000, "\u0663"):  # not what export writes: ignored, the name's epoch (7) holds
         weights.metadata["epoch"] = absurd
-        assert _epoch_and_step(weights, path, None) == (7, 7 * 938)
+        assert tc._epoch_and_step(weights, path, None) == (7, 7 * 938)
 
 
 def test_safetensors_written_by_lenet_jax_0_2_read_back():
     """A file of the hand-written writer this package replaced reads to the same tensors."""
-    weights = read_torch_weights(FIXTURE / "written_by_0.2.safetensors")
+    weights = tc.read_torch_weights(FIXTURE / "written_by_0.2.safetensors")
     assert weights.format == "safetensors" and weights.metadata == {"format": "pt", "epoch": "20"}
     expected = {"model.10.bias": np.arange(10, dtype=np.float32) / 8, "c": np.array([1, -2], np.int8),
                 "b": np.arange(6, dtype=np.float64).reshape(2, 3)}  # fmt: skip
@@ -273,15 +251,15 @@ def test_safetensors_written_by_lenet_jax_0_2_read_back():
 
 
 def test_layout_mapping_of_each_layer():
-    state = random_state_dict()
-    params = lenet_params_from_torch(state)
+    state = tutorial_state()
+    params = tc.lenet_params_from_torch(state)
     assert params["conv2"]["kernel"][1, 2, 3, 4] == state["model.4.weight"][4, 3, 1, 2]  # OIHW -> HWIO
     c, h, w, o = 11, 3, 2, 100  # dense1: PyTorch's input c*25 + h*5 + w is our h*80 + w*16 + c
     assert (
         params["dense1"]["kernel"][h * 80 + w * 16 + c, o] == state["model.8.weight"][o, c * 25 + h * 5 + w]
     )
     assert params["dense3"]["kernel"][7, 9] == state["model.10.weight"][9, 7]
-    chex.assert_trees_all_equal(torch_state_dict_from_lenet(params), state)
+    chex.assert_trees_all_equal(tc.torch_state_dict_from_lenet(params), state)
 
 
 @pytest.mark.parametrize(
@@ -291,9 +269,9 @@ def test_layout_mapping_of_each_layer():
     ids=["cpu", "mps", "cuda", "big-endian", "module-model", "module-__main__"],
 )  # fmt: skip
 def test_crafted_archives_read(tmp_path, options, owner):
-    state = random_state_dict()
+    state = tutorial_state()
     path = torch_save(tmp_path / "net.pth", tutorial_module(state, owner) if owner else state, **options)
-    weights = read_torch_weights(path)
+    weights = tc.read_torch_weights(path)
     assert weights.contents == (f"pickled module {owner}.MyLeNet" if owner else "state_dict")
     chex.assert_trees_all_equal(weights.state_dict, state)
 
@@ -307,8 +285,8 @@ def test_pytorch_reads_the_export_and_its_files_import(imported, first_test_imag
         from model import MyLeNet
     finally:
         sys.path.remove(str(FIXTURE))
-    pt, st = export_torch_checkpoint(imported, tmp_path / "net.pt").out, tmp_path / "net.safetensors"
-    export_torch_checkpoint(imported, st)
+    pt, st = tc.export_torch_checkpoint(imported, tmp_path / "net.pt").out, tmp_path / "net.safetensors"
+    tc.export_torch_checkpoint(imported, st)
     images = torch.from_numpy(first_test_images[0].astype(np.float32) / 255).permute(0, 3, 1, 2)
     for state_dict in (torch.load(pt, weights_only=True), load_file(st)):
         net = MyLeNet()
@@ -317,7 +295,7 @@ def test_pytorch_reads_the_export_and_its_files_import(imported, first_test_imag
             assert_logits_close(net.eval()(images).numpy(), TORCH_LOGITS)
     torch.save(net, tmp_path / "module.pth")  # torch.save's own state_dict and module files
     for path in (pt, tmp_path / "module.pth"):
-        chex.assert_trees_all_equal(read_torch_weights(path).state_dict, read_torch_weights(NET).state_dict)
+        chex.assert_trees_all_equal(tc.read_torch_weights(path).state_dict, TUTORIAL)
 
 
 # --- refusals: one line, exit 2, nothing written ------------------------------------------------
@@ -339,49 +317,39 @@ def runs_a_command(path, how, protocol):
     return path
 
 
-def write(path, data):
-    path.write_bytes(data)
-    return path
-
-
 def contains_itself():
     module = Module(NN + "container.Sequential", {}, {})
     module.modules["0"] = module
     return module
 
 
-def other_layer(index, layer):
-    return tutorial_module(random_state_dict(), change={index: NN + layer})
-
-
 LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + b"\0" * 100  # torch.save before 1.6
 NOT_AN_ARCHIVE = "is neither a torch.save archive nor safetensors"
 # fmt: off
-REFUSALS = {  # name: (a function of a path p (n.pth in an empty folder), an object torch.save writes there,
-    #                   or a flag for net_3.pth; a part of the one line)
+REFUSALS = {  # name: (the file's bytes, or a function writing it at a path, or an object torch.save writes
+    #                   there, or None: no file, or a flag given with net_3.pth; a part of the one line)
     "os.system-2": (lambda p: runs_a_command(p, "system", 2), "posix.system, which a PyTorch file"),
     "os.system-5": (lambda p: runs_a_command(p, "system", 5), "posix.system, which a PyTorch file"),
     "eval-2": (lambda p: runs_a_command(p, "eval", 2), "__builtin__.eval, which a PyTorch file"),
     "eval-5": (lambda p: runs_a_command(p, "eval", 5), "builtins.eval, which a PyTorch file"),
-    "truncated": (lambda p: write(p, NET.read_bytes()[:100_000]), "is damaged (truncated?)"),
-    "missing-key": (random_state_dict(**{"model.4.bias": None}), "has no 'model.4.bias'"),
-    "mis-shaped": (random_state_dict(**{"model.8.weight": np.zeros((120, 256), "f4")}),
+    "truncated": (NET.read_bytes()[:100_000], "is damaged (truncated?)"),
+    "missing-key": (tutorial_state(**{"model.4.bias": None}), "has no 'model.4.bias'"),
+    "mis-shaped": (tutorial_state(**{"model.8.weight": np.zeros((120, 256), "f4")}),
                    "'model.8.weight' has shape (120, 256), the tutorial's MyLeNet has (120, 400)"),
-    "extra-key": (random_state_dict(**{"model.11.weight": np.zeros(3, "f4")}),
+    "extra-key": (tutorial_state(**{"model.11.weight": np.zeros(3, "f4")}),
                   "has keys MyLeNet does not have (model.11.weight)"),
     "another-network": ({"fc1.weight": np.zeros((128, 784), "f4")}, "has no 'model.1.weight'"),
-    "checkpoint-dict": ({"epoch": 3, "model_state_dict": random_state_dict()},
+    "checkpoint-dict": ({"epoch": 3, "model_state_dict": tutorial_state()},
                         "holds a dict (keys 'epoch', 'model_state_dict'), not a LeNet"),
-    "max-pool": (other_layer(6, "pooling.MaxPool2d"), "names torch.nn.modules.pooling.MaxPool2d"),
-    "relu": (other_layer(2, "activation.ReLU"), "names torch.nn.modules.activation.ReLU"),
+    "max-pool": (tutorial_module(TUTORIAL, change={6: NN + "pooling.MaxPool2d"}), "pooling.MaxPool2d"),
+    "relu": (tutorial_module(TUTORIAL, change={2: NN + "activation.ReLU"}), "activation.ReLU"),
     "contains-itself": (contains_itself(), "nested more than 8 deep"),
     "strided-view": (View(np.arange(20, dtype="f4"), 3, (2, 3), (1, 5)), "malformed tensor in the pickle"),
     "past-storage": (View(np.arange(20, dtype="f4"), 15, (2, 3), (3, 1)), "reaches past its storage"),
-    "legacy": (lambda p: write(p, LEGACY), NOT_AN_ARCHIVE),
-    "text": (lambda p: write(p, b"hello"), NOT_AN_ARCHIVE),
-    "bad-safetensors": (lambda p: write(p.with_suffix(".safetensors"), struct.pack("<Q", 2) + b"{x"),
-                        "is not a valid safetensors file"),
-    "nothing": (lambda p: p.with_name("nothing.pth"), "does not exist"),
+    "legacy": (LEGACY, NOT_AN_ARCHIVE),
+    "text": (b"hello", NOT_AN_ARCHIVE),
+    "bad-safetensors": (struct.pack("<Q", 2) + b"{x", "is not a valid safetensors file"),
+    "nothing": (None, "does not exist"),
     "epoch-too-large": ("--epoch=1000000000000", "--epoch must be between 0 and 2289428"),
     "epoch-negative": ("--epoch=-1", "not -1"),
     "epoch-not-a-number": ("--epoch=x", "--epoch"),
@@ -392,11 +360,15 @@ REFUSALS = {  # name: (a function of a path p (n.pth in an empty folder), an obj
 @pytest.mark.parametrize("name", REFUSALS)
 def test_what_is_not_the_tutorials_lenet_is_refused_in_one_line(tmp_path, capsys, name):
     made, message = REFUSALS[name]
-    if isinstance(made, str):  # a flag, given with the tutorial's own file
-        path, flags = NET, [made]
-    else:
-        path, flags = made(tmp_path / "n.pth") if callable(made) else torch_save(tmp_path / "n.pth", made), []
-    err = refusal(tmp_path, capsys, path, *flags)
+    path, flags = (NET, [made]) if isinstance(made, str) else (tmp_path / "n.pth", [])
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    elif callable(made):
+        made(path)
+    elif made is not None and not flags:
+        torch_save(path, made)
+    err = convert(capsys, "from-torch", path, "--workdir", tmp_path / "run", *flags, code=2)
+    assert not (tmp_path / "run").exists()
     assert message in err and ("nothing in the file was run" in err) == err.startswith("error: refusing")
     assert not (tmp_path / "MARKER").exists()
 
