@@ -114,17 +114,14 @@ class _Unpickler(pickle.Unpickler):
         self._order = "<" if byteorder == b"little" else ">"
 
     def _record(self, name: str) -> Any:
-        try:
-            info = self._archive.getinfo(self._prefix + name)
-        except KeyError:
-            raise ConversionError(
-                f"{self._source} is not a torch.save archive of LeNet (no record {self._prefix}{name})"
-            ) from None
-        if info.file_size > MAX_FILE_BYTES:
+        name = self._prefix + name
+        if name not in self._archive.namelist():
+            raise ConversionError(f"{self._source} is not a torch.save archive of LeNet (no record {name})")
+        if self._archive.getinfo(name).file_size > MAX_FILE_BYTES:
             raise ConversionError(
                 f"{self._source} is not the tutorial's LeNet: its record {name} is too large"
             )
-        return self._archive.open(info)
+        return self._archive.open(name)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
@@ -181,9 +178,8 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
         what = "is damaged (truncated?)" if damaged else "is neither a torch.save archive nor safetensors"
         raise ConversionError(f"{path} {what}: pass the .pth file torch.save wrote") from None
     except _PICKLE_ERRORS as e:
-        raise ConversionError(
-            f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}): save it again"
-        ) from None
+        why = f"{type(e).__name__}: {str(e)[:80]}"
+        raise ConversionError(f"{path} is damaged ({why}): save it again") from None
     except OSError as e:
         raise ConversionError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
     if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
