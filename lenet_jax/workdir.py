@@ -51,13 +51,16 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch
 ROW_FIELDS = ("epoch", "step", "train_loss", "test_accuracy", "test_total_loss")
 
 
-def resolve_workdir(workdir: str | os.PathLike) -> Path:
-    """The absolute workdir; LenetError if the path cannot be resolved (a symlink loop)."""
+def resolve_workdir(
+    workdir: str | os.PathLike, error: type[LenetError] = LenetError, fix: str = "pass another --workdir"
+) -> Path:
+    """The absolute workdir; `error` ending in `fix` if the path cannot be resolved (a symlink loop)."""
     try:
         return Path(workdir).expanduser().resolve(strict=False)
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
-        reason = getattr(e, "strerror", None) or str(e)
-        raise LenetError(f"workdir {workdir} cannot be resolved ({reason}): pass another --workdir") from None
+        raise error(
+            f"workdir {workdir} cannot be resolved ({getattr(e, 'strerror', None) or e}): {fix}"
+        ) from None
 
 
 def missing_folders(path: Path) -> list[Path]:
