@@ -1,13 +1,9 @@
 """Recognising digits in ordinary images: MNIST-style preprocessing and a batched predictor.
 
-MNIST digits were made by scaling each digit to fit a 20x20 box (keeping its aspect ratio,
-anti-aliased) and centring its centre of mass in a 28x28 image, white ink on black. `preprocess`
-does the same to a photo or scan of any size, colour or grey, dark ink on light paper or light
-on dark, so the model sees what it was trained on. `read_image` decodes a file (or uploaded bytes)
-safely: its size is checked from the header before any pixel is decoded, transparency of every
-PIL mode is composited over white paper, and whatever is wrong with it becomes an `ImageError`
-with a one-line reason. `load_predictor` restores a checkpoint's parameters and returns a
-callable from images (arrays or file paths) to probabilities.
+`preprocess` makes a photo or scan of any size, colour and polarity look like an MNIST digit;
+`read_image` decodes a file or uploaded bytes safely (pixel count checked from the header, any
+transparency over white paper, an `ImageError` with a one-line reason); `load_predictor` returns
+a checkpoint's callable from images (arrays or file paths) to probabilities.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ import io
 import os
 import re
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,22 +347,8 @@ def _collect_directory(folder: Path, found: ImageInputs) -> None:
         )
 
 
-def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files (sorted) of any directory given; DataError for the
-    first input that is neither (see collect_images)."""
-    found = collect_images(inputs)
-    if found.problems:
-        item, reason = found.problems[0]
-        raise DataError(f"{item}: {reason}")
-    return found.paths
-
-
 def quiet_pil_warnings() -> None:
-    """Silences PIL's warnings (the decompression-bomb size warning, corrupt EXIF, ...): images
-    over MAX_IMAGE_PIXELS are refused anyway, and a damaged file gets its one-line reason.
-    For scripts: it changes the process's warning filters."""
-    import warnings
-
+    """For scripts: silences PIL's warnings (bomb size, corrupt EXIF): a bad image gets its one line."""
     warnings.filterwarnings("ignore", module="PIL")
 
 

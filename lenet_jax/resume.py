@@ -1,10 +1,4 @@
-"""Where a run starts: from scratch, or from its newest checkpoint once it is checked to fit.
-
-A workdir with checkpoints resumes from the newest one: its meta's config must match the run's
-(`workdir.check_resumable`), and its state is restored against an eval_shape target, so that a
-checkpoint of another structure is refused before anything is read. The older checkpoints' metas
-are read for their metrics rows only (they rebuild a damaged metrics.jsonl).
-"""
+"""Where a run starts: from scratch, or from its newest checkpoint once it is checked to fit."""
 
 from __future__ import annotations
 
@@ -23,15 +17,6 @@ PLATEAU_NOTE = (
 )
 
 
-def _on_plateau(trainer: Any) -> bool:
-    """Whether a fresh run starts on the recipe's sigmoid plateau."""
-    config = trainer.config
-    recipe_like = (
-        config.activation == "sigmoid" and config.init_scheme == "torch" and config.optimizer == "sgd"
-    )
-    return recipe_like and not trainer.from_python
-
-
 def start_state(
     trainer: Any, checkpoints: Checkpoints, dataset_source: str, resume: bool, say
 ) -> tuple[Any, list[dict]]:
@@ -41,7 +26,9 @@ def start_state(
     devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
     say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
     if not epochs:
-        if _on_plateau(trainer):
+        config = trainer.config
+        recipe_like = (config.activation, config.init_scheme, config.optimizer) == ("sigmoid", "torch", "sgd")
+        if recipe_like and not trainer.from_python:
             say(PLATEAU_NOTE)
         return trainer.new_state(), []
     if not resume:
@@ -52,10 +39,9 @@ def start_state(
         )
     newest = checkpoints.restore_meta(epochs[-1])
     check_resumable(newest, trainer.config, dataset_source, trainer.from_python)
-    # Restored against an eval_shape target; a checkpoint whose structure differs (another
-    # optimizer passed from Python, say) is refused before anything is read.
+    # Against an eval_shape target: another structure (a Python optimizer's, say) is refused unread.
     state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
-    # The older ones only for their metrics rows: a damaged one blocks nothing.
+    # The older ones only for their metrics rows (a damaged metrics.jsonl): a damaged one blocks nothing.
     metas = {**checkpoints.readable_metas(epochs[:-1], note=say), epochs[-1]: newest}
     if epochs[-1] >= trainer.config.epochs:
         done = trainer.config.epochs

@@ -104,14 +104,10 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
-    """Holds WORKDIR/.lock while a process writes a run there (training, a convert into it).
-
-    An flock, which the OS releases when the process dies however it dies: a killed run never
-    blocks the next one. A second writer is refused at once with LenetError naming the holder
-    (the PID and host written into the file). Readers (evaluate, predict, serve) take no lock:
-    orbax writes each checkpoint into a temporary folder and renames it when complete.
-    enabled=False (processes other than 0 of a multi-process run): does nothing.
-    """
+    """Holds WORKDIR/.lock (an flock, released by the OS however the process dies) while a
+    process writes a run there; a second writer gets LenetError naming the holder (PID, host).
+    Readers take none: orbax renames a checkpoint into place once complete. enabled=False
+    (processes other than 0 of a multi-process run): does nothing."""
     if not enabled or fcntl is None:
         yield
         return
@@ -235,14 +231,13 @@ def clear_run(workdir: str | os.PathLike) -> None:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch rows of a workdir's metrics.jsonl; lines that are not rows (a line cut by
-    a crash, foreign data) are skipped. Empty if there is no readable file."""
+    """The rows of a workdir's metrics.jsonl (other lines skipped; none if it is unreadable)."""
     return scan_metrics(Path(workdir) / METRICS_FILE)[0]
 
 
 def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(the valid rows, what else was there: None if nothing). A file that is not a regular
-    one or is larger than a run writes is not read (lenet_jax.small_files)."""
+    """(the valid rows, what else was there: None if nothing); a file that is not regular or is
+    too large is not read (lenet_jax.small_files)."""
     try:
         text = read_small_file(path)
     except FileNotFoundError:
@@ -266,25 +261,20 @@ def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 def is_row(row: Any) -> bool:
     """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
-    return (
-        isinstance(row, dict)
-        and all(
-            isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
-            for key in ROW_FIELDS
-        )
-        and isinstance(row["epoch"], int)
-        and isinstance(row["step"], int)
+    if not isinstance(row, dict):
+        return False
+    kinds = {key: int if key in ("epoch", "step") else (int, float) for key in ROW_FIELDS}
+    return all(
+        isinstance(row.get(key), kind) and not isinstance(row[key], bool) for key, kind in kinds.items()
     )
 
 
 def salvage_logs(workdir: Path) -> list[str]:
     """Sets aside a damaged or foreign config.json, metrics.jsonl or tensorboard/ (renamed
-    NAME.damaged-<time>), so that they never block a run; returns one line per file moved.
-
-    The training loop then rebuilds the metrics rows from the checkpoints' metas."""
+    NAME.damaged-<time>), so that they never block a run; one line per file moved."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     checks = {
-        CONFIG_FILE: lambda p: p.is_file() and _is_json_object(p),
+        CONFIG_FILE: lambda p: p.is_file() and isinstance(_read_json(p), dict),
         METRICS_FILE: lambda p: p.is_file() and not scan_metrics(p)[1],
         TENSORBOARD_SUBDIR: lambda p: p.is_dir(),
     }
@@ -300,21 +290,21 @@ def salvage_logs(workdir: Path) -> list[str]:
     return notes
 
 
-def _is_json_object(path: Path) -> bool:
+def _read_json(path: Path) -> Any:
+    """The JSON value of a small file; None if it is missing, unreadable or not JSON."""
     try:
-        return isinstance(json.loads(read_small_file(path)), dict)
+        return json.loads(read_small_file(path))
     except (OSError, ValueError):  # FileRefused is a ValueError
-        return False
+        return None
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-    """The config record of a workdir's config.json (lenet-jax 0.1.0 wrote the bare record;
-    later versions nest it under "config", beside "optimizer_source" and "provenance")."""
+    """The config record of a workdir's config.json (0.1.0's is the bare record; later ones nest
+    it under "config", beside "optimizer_source" and "provenance")."""
     path = Path(workdir) / CONFIG_FILE
-    try:
-        saved = json.loads(read_small_file(path))
-    except (OSError, ValueError) as e:  # FileRefused is a ValueError
-        raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run") from e
+    saved = _read_json(path)
+    if saved is None:
+        raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run")
     return saved.get("config", saved) if isinstance(saved, dict) else {}
 
 
