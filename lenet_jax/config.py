@@ -49,9 +49,7 @@ class Config:
     # Model.
     activation: str = _field("sigmoid", "activation after each convolution", ACTIVATIONS)
     pool: str = _field("avg", "2x2 stride-2 pooling after each convolution", POOLS)
-    dense_activation: bool = _field(
-        False, "apply the activation between the Dense layers too (the recipe has none)"
-    )
+    dense_activation: bool = _field(False, "the activation between the Dense layers too (recipe: none)")
     feature_norm: bool = _field(
         False,
         "layer-normalise each image's convolutional features (5x5x16, with a scale and offset "
@@ -67,9 +65,7 @@ class Config:
 
     # Data.
     validation_size: int = _field(0, "hold out the last N training images as a validation split (0: none)")
-    train_size: int | None = _field(
-        None, "train on only the first N training images (smoke tests; default: all)"
-    )
+    train_size: int | None = _field(None, "train on the first N training images only (default: all)")
 
     # Augmentation, on the device per image (lenet_jax.augment); all 0: none (the recipe).
     augment_translate: float = _field(0.0, "random translation, up to this many pixels")
@@ -78,28 +74,20 @@ class Config:
     augment_shear: float = _field(0.0, "random shear, up to this many degrees")
     elastic_alpha: float = _field(0.0, "elastic distortion strength in pixels (Simard et al. 2003)")
     elastic_sigma: float = _field(4.0, "smoothing (Gaussian sigma, pixels) of the elastic field")
-    augment_stroke: float = _field(
-        0.0, "random stroke growth (dilation) up to this radius in pixels, or thinning up to half"
-    )
+    augment_stroke: float = _field(0.0, "random dilation up to this radius in pixels, or thinning up to half")
     augment_blur: float = _field(0.0, "random Gaussian blur, up to this sigma in pixels")
-    augment_lowres: float = _field(
-        0.0, "random resolution loss: down- and up-sampling by up to 1 + this factor"
-    )
+    augment_lowres: float = _field(0.0, "random resolution loss: down- and up-sampling by up to 1 + this")
     augment_gamma: float = _field(0.0, "random ink gamma, up to exp(+-this) (fainter or bolder stroke edges)")
 
     # Training.
     epochs: int = _field(20, "number of passes over the training set")
     batch_size: int = _field(64, "training batch size (global, over all devices)")
-    eval_batch_size: int = _field(
-        64, "evaluation batch size; the test total loss is the sum of per-batch mean losses"
-    )
+    eval_batch_size: int = _field(64, "evaluation batch size; test total loss sums the per-batch mean losses")
     seed: int = _field(0, "seed of every random choice: initialisation, shuffling")
     optimizer: str = _field("sgd", "optimizer (lenet_jax.optimizers.OPTIMIZERS)", OPTIMIZERS)
     lr: float = _field(0.05, "peak learning rate")
     momentum: float = _field(0.9, "momentum of the momentum, nesterov and rmsprop optimizers")
-    weight_decay: float = _field(
-        0.0, "weight decay (decoupled for adamw and lion, L2 added to the gradient otherwise)"
-    )
+    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw and lion, L2 otherwise)")
     schedule: str = _field("constant", "learning-rate schedule", SCHEDULES)
     warmup_epochs: float = _field(1.0, "linear warm-up length of the warmup-cosine schedule")
     grad_clip: float | None = _field(None, "clip gradients to this global norm (default: off)")
