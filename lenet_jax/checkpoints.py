@@ -258,8 +258,7 @@ class Checkpoints:
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 
     def readable_metas(self, epochs: list[int], note: Callable[[str], Any] | None = None) -> dict[int, dict]:
-        """epoch -> meta for those of `epochs` whose meta can be read; a damaged one is left
-        out (and note(line) told), so that it blocks nothing that only needs the others."""
+        """epoch -> meta of those of `epochs` that can be read; a damaged one is left out (note told)."""
         metas = {}
         for epoch in epochs:
             try:
@@ -270,20 +269,14 @@ class Checkpoints:
         return metas
 
     def restore_params(self, epoch: int, abstract_params: Any, item: str = "params") -> Any:
-        """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params
-        (a jax.eval_shape result)."""
+        """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params."""
         return self._restore(epoch, **{item: ocp.args.StandardRestore(abstract_params)})[item]
 
     def restore_state(self, epoch: int, abstract_state: TrainState) -> TrainState:
         """The full train state of `epoch`, for resuming."""
         restored = self._restore(epoch, **_state_items(abstract_state, ocp.args.StandardRestore))
-        train_state = restored["train_state"]
         return TrainState(
-            step=train_state["step"],
-            params=restored["params"],
-            opt_state=train_state["opt_state"],
-            rng=train_state["rng"],
-            ema_params=restored.get(EMA_ITEM),
+            params=restored["params"], ema_params=restored.get(EMA_ITEM), **restored["train_state"]
         )
 
 
@@ -331,10 +324,7 @@ RestoredParams = Weights  # the name of lenet-jax 0.1.0
 
 def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True) -> Weights:
     """The params of one epoch's checkpoint (newest by default), nothing else restored.
-
-    averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
-    training evaluated and logged); False returns the raw weights.
-    """
+    averaged: the run's moving average of the weights where it kept one (what it evaluated)."""
     with Checkpoints(workdir, read_only=True) as checkpoints:
         epoch = checkpoints._check_epoch(epoch)
         meta = checkpoints.restore_meta(epoch)

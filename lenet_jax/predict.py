@@ -189,12 +189,8 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file's pixels as grey, transparency composited over white paper: uint8 (H, W),
-    or float32 (H, W) in [0, 1] for 16-bit, 32-bit and float images.
-
-    The size is read from the header and checked against max_pixels before anything is
-    decoded. Raises an ImageError whose message is the reason, in one line.
-    """
+    """An image file's pixels as grey over white paper: uint8 (H, W), or float32 in [0, 1] for
+    16-bit, 32-bit and float images; max_pixels is checked from the header, before decoding."""
     try:
         image = Image.open(file)  # reads the header only
     except UnidentifiedImageError:
@@ -253,10 +249,7 @@ def file_kind(mode: int) -> str | None:
 
 
 def open_image_file(path: str | os.PathLike) -> IO[bytes]:
-    """A regular file opened for reading; ImageError (the reason) for anything else.
-
-    Opened without blocking and checked after opening: a named pipe never hangs the caller.
-    """
+    """A regular file opened for reading (without blocking: a named pipe never hangs), else ImageError."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -273,8 +266,8 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
 def read_image(
     source: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS
 ) -> np.ndarray:
-    """An image (a file path, its bytes, or a binary file object) as a grey array, for
-    `preprocess` (see decode_image). ImageError naming the file if it cannot be used."""
+    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array;
+    ImageError naming the file if it cannot be used."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image(io.BytesIO(source), max_pixels)
     if not isinstance(source, (str, os.PathLike)):
@@ -288,8 +281,7 @@ def read_image(
 
 @dataclass
 class ImageInputs:
-    """What a list of files and directories holds: the image files to read, in order; the
-    inputs that are errors (input, reason); and directory entries skipped (entry, why)."""
+    """What inputs hold: the image files, in order; (input, reason) errors; (entry, why) skipped."""
 
     paths: list[Path] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -297,23 +289,18 @@ class ImageInputs:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
-    """Files as given, and the image files (by suffix, sorted) of each directory given.
-
-    Nothing is opened: what is not a regular file (a named pipe, a socket, ...) is a problem
-    when named, skipped when found in a directory; a directory without image files is a problem.
-    """
+    """Files as given, and the image files (by suffix, sorted) of each directory given, unopened:
+    what is not a regular file is a problem when named, skipped when found in a directory."""
     found = ImageInputs()
     for item in inputs:
         try:
             mode = os.stat(item).st_mode
-        except FileNotFoundError:
-            reason = "broken symbolic link" if os.path.islink(item) else "no such file or directory"
+        except OSError as e:  # missing, a broken link or a symlink loop, a denied folder on the way
+            if isinstance(e, FileNotFoundError):
+                reason = "broken symbolic link" if os.path.islink(item) else "no such file or directory"
+            else:
+                reason = f"cannot use it ({e.strerror or one_line(e)})"
             found.problems.append((str(item), f"{reason}: give image files or a directory of them"))
-            continue
-        except OSError as e:
-            reason = e.strerror or one_line(e)  # a symlink loop, a denied folder on the way
-            fix = "give image files or a directory of them"
-            found.problems.append((str(item), f"cannot use it ({reason}): {fix}"))
             continue
         kind = file_kind(mode)
         if kind is None:

@@ -7,10 +7,15 @@ from typing import Any
 import jax
 
 from lenet_jax.checkpoints import Checkpoints
-from lenet_jax.errors import LenetError
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError, LenetError
 from lenet_jax.model import count_params
-from lenet_jax.workdir import check_resumable, is_row
+from lenet_jax.workdir import IMPORTED_DATASET, is_row
 
+# Fields that may differ between a checkpoint and the run resuming it: they change neither the
+# model nor the data order nor the updates already made (speed: the same function, computed
+# otherwise; the run says it is not bit-identical).
+SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
     "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), then falls"
@@ -64,3 +69,26 @@ def start_state(
         )
     rows = [meta.get("metrics") for _, meta in sorted(metas.items())]
     return state, [row for row in rows if is_row(row)]
+
+
+def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
+    """ConfigError naming every difference between a checkpoint's run and this one that would
+    change the model, the data order or the updates."""
+    saved = meta["config"]
+    current = config.to_record(from_python)
+    unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME
+    if config.schedule != "constant" and not from_python:
+        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
+    differences = [
+        f"{name}: checkpoint {saved.get(name)!r}, now {current.get(name)!r}"
+        for name in sorted(unsafe)
+        if saved.get(name) != current.get(name)
+    ]
+    if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
+        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
+    if differences:
+        raise ConfigError(
+            "cannot resume: this run differs from its checkpoint in "
+            + "; ".join(differences)
+            + ". Use the checkpoint's settings or another --workdir"
+        )

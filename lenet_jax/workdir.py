@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lenet_jax.config import Config
-from lenet_jax.errors import ConfigError, LenetError, storage_error, storage_fault
+from lenet_jax.errors import LenetError, storage_error, storage_fault
 from lenet_jax.small_files import FileRefused, read_small_file
 
 try:
@@ -40,12 +39,6 @@ RUN_FILES = (CHECKPOINT_SUBDIR, TENSORBOARD_SUBDIR, METRICS_FILE, CONFIG_FILE)
 ASIDE_PREFIX = "replaced-run-"
 # The `dataset` of an imported checkpoint (scripts/convert.py): resuming it trains on this data.
 IMPORTED_DATASET = "imported: trained outside lenet-jax"
-
-# Fields that may differ between a checkpoint and the run resuming it: they change neither the
-# model nor the data order nor the updates already made (speed: the same function, computed
-# otherwise; the run says it is not bit-identical).
-SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
-
 
 # Fields every metrics row has had since lenet-jax 0.1.0: a line without them is not a row.
 ROW_FIELDS = ("epoch", "step", "train_loss", "test_accuracy", "test_total_loss")
@@ -224,7 +217,7 @@ class RunGuard:
 def clear_run(workdir: str | os.PathLike) -> None:
     """Deletes a run's checkpoints, metrics, TensorBoard events and config (at once; the
     training script instead sets them aside until the new run has a checkpoint)."""
-    path = Path(workdir).expanduser().resolve()
+    path = resolve_workdir(workdir)
     if path.is_dir():
         with workdir_lock(path):  # never a run that is training
             remove_set_aside(set_aside(path))
@@ -313,26 +306,3 @@ def write_config(workdir: Path, record: dict[str, Any]) -> None:
     tmp = workdir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, workdir / CONFIG_FILE)
-
-
-def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
-    """ConfigError naming every difference between a checkpoint's run and this one that would
-    change the model, the data order or the updates."""
-    saved = meta["config"]
-    current = config.to_record(from_python)
-    unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME
-    if config.schedule != "constant" and not from_python:
-        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
-    differences = [
-        f"{name}: checkpoint {saved.get(name)!r}, now {current.get(name)!r}"
-        for name in sorted(unsafe)
-        if saved.get(name) != current.get(name)
-    ]
-    if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
-        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
-    if differences:
-        raise ConfigError(
-            "cannot resume: this run differs from its checkpoint in "
-            + "; ".join(differences)
-            + ". Use the checkpoint's settings or another --workdir"
-        )
