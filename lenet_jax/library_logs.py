@@ -5,35 +5,28 @@ nothing to act on), kept off the console. The scripts silence absl globally
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import sys
 import threading
 
-_QUIET = collections.Counter()  # thread id -> how many quiet() blocks it is in
-_QUIET_LOCK = threading.Lock()
+_QUIET = threading.local()  # depth: how many quiet() blocks this thread is in
 
 
 def _below_error_outside_quiet(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR or not _QUIET[record.thread]
+    return record.levelno >= logging.ERROR or not getattr(_QUIET, "depth", 0)  # runs in the logging thread
 
 
 @contextlib.contextmanager
 def quiet():
     """absl's (tfds's, orbax's) INFO and WARNING records of this thread are dropped inside."""
-    logger = logging.getLogger("absl")
-    me = threading.get_ident()
-    with _QUIET_LOCK:
-        logger.addFilter(_below_error_outside_quiet)  # once: addFilter skips a filter it holds
-        _QUIET[me] += 1
+    # Added once (addFilter skips a filter it holds), and kept: outside quiet() it passes everything.
+    logging.getLogger("absl").addFilter(_below_error_outside_quiet)
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
     try:
         yield
     finally:
-        with _QUIET_LOCK:
-            _QUIET[me] -= 1
-            if not _QUIET.total():
-                logger.removeFilter(_below_error_outside_quiet)
+        _QUIET.depth -= 1
 
 
 class _HoldNewThreads(logging.Filter):

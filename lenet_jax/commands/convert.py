@@ -3,16 +3,14 @@
     python scripts/convert.py from-torch model/net_20.pth --workdir checkpoints/tutorial
     python scripts/convert.py to-torch --workdir checkpoints/recipe --out lenet.safetensors
 
-from-torch: a file the tutorial wrote (`torch.save(net, ...)`, the whole MyLeNet pickled), its
-state_dict (keys model.1.weight ... model.10.bias), or a .safetensors file becomes a checkpoint
-of the recipe's model in WORKDIR, which evaluate.py, predict.py and serve.py read like their
-own. The pickle is read without PyTorch and without running it: a file naming anything those
-files do not need is refused. The epoch (and step) default to those a to-torch .safetensors
-file records, else to the number ending the file name (net_20.pth: 20, step 20 x 938).
+from-torch: a file the tutorial wrote (the pickled MyLeNet, its state_dict, or .safetensors)
+becomes a checkpoint of the recipe's model in WORKDIR. The pickle is read without PyTorch and
+without running it (a file naming anything else is refused). The epoch and step default to
+those a to-torch .safetensors file records, else to the number ending the file name (net_20.pth:
+20, step 20 x 938).
 
 to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict:
-.safetensors (no PyTorch needed; its metadata records the epoch and step), or .pt / .pth
-(torch.save; needs PyTorch). In PyTorch: `MyLeNet().load_state_dict(safetensors.torch.load_file(FILE))`.
+.safetensors (no PyTorch needed; records the epoch and step), or .pt / .pth (needs PyTorch).
 """
 
 from __future__ import annotations

@@ -54,11 +54,10 @@ def main(argv: list[str]) -> int:
     config = cli.config_from_args(args)
     if args.force and not args.restart:
         raise cli.ConfigError("--force only goes with --restart")
-    if args.distributed and any(
-        v is not None for v in (args.coordinator, args.num_processes, args.process_id)
-    ):
+    explicit = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
+    if args.distributed and explicit:
         raise cli.ConfigError("--distributed takes no --coordinator, --num-processes or --process-id")
-    if args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None:
+    if args.distributed or explicit:
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
