@@ -6,6 +6,7 @@ are the truth: the logs are completed from their metas when damaged or missing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -192,12 +193,9 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
 
 def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
     """The config record of a run: its config.json, else the newest readable checkpoint's."""
-    try:
-        config = read_config(workdir)
-        if config:
+    with contextlib.suppress(LenetError):  # missing or damaged: the checkpoints have it too
+        if config := read_config(workdir):
             return config
-    except LenetError:
-        pass
     metas = _checkpoint_metas(workdir)
     if not metas:
         raise LenetError(

@@ -170,17 +170,15 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
 
 
 class RunGuard:
-    """What a training run leaves in its workdir whatever happens, as a context manager:
-    an old run set aside for --restart --force is deleted once the new run has a checkpoint and
-    put back if it fails before; folders the run created are removed if it fails leaving them
-    empty; a storage fault (disk full, permission denied) becomes one line saying what is intact.
-    """
+    """A context manager for what a training run leaves in its workdir whatever happens: an old
+    run set aside for --restart --force is deleted once the new run has a checkpoint, put back if
+    it fails before; folders it created are removed if left empty; a storage fault (disk full,
+    permission denied) becomes one line saying what is intact."""
 
     def __init__(self, workdir: str | os.PathLike):
         self.created = missing_folders(resolve_workdir(workdir))
         self.workdir = prepare_workdir(workdir)
         self.aside: Path | None = None  # the old run, while the new one has no checkpoint
-        self.restored = False
         self.saved: int | None = None  # the newest epoch with a checkpoint, once known
 
     def set_aside_old_run(self) -> None:
@@ -196,16 +194,16 @@ class RunGuard:
     def __exit__(self, kind, error, traceback) -> None:
         if error is None:
             return
-        self.restored = self.aside is not None and self.aside.is_dir()
+        restored = self.aside is not None and self.aside.is_dir()
         restore_set_aside(self.workdir, self.aside)
         remove_if_empty(self.created)
         fault = None if isinstance(error, LenetError) else storage_fault(error)
         if fault is not None:
-            raise storage_error(fault, self._intact(), where=f"to {self.workdir}") from error
+            raise storage_error(fault, self._intact(restored), where=f"to {self.workdir}") from error
 
-    def _intact(self) -> str:
+    def _intact(self, restored: bool) -> str:
         """After a storage fault: what the run still has (a failed write is never half-kept)."""
-        if self.restored:
+        if restored:
             return "the old run is back in place, as it was"
         if self.saved is None:
             return "no checkpoint was changed"
