@@ -46,9 +46,7 @@ MIN_INK_PIXELS = 10
 # in pixels, zooms about the centre); on benchmarks/robustness.py it helps real-looking digits.
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
-# Below this top probability the answer is marked unsure; chosen on the validation split
-# (docs/results.md, "Handwriting").
-UNSURE_BELOW = 0.6
+UNSURE_BELOW = 0.6  # below it the answer is marked unsure (chosen on the validation split: docs/results.md)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 

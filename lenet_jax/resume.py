@@ -12,9 +12,8 @@ from lenet_jax.errors import ConfigError, LenetError
 from lenet_jax.model import count_params
 from lenet_jax.workdir import IMPORTED_DATASET, is_row
 
-# Fields that may differ between a checkpoint and the run resuming it: they change neither the
-# model nor the data order nor the updates already made (speed: the same function, computed
-# otherwise; the run says it is not bit-identical).
+# Fields a resume may change: not the model, the data order or the updates made (speed computes the
+# same function otherwise; the run says it is not bit-identical).
 SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
