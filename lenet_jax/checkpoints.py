@@ -10,6 +10,7 @@ metadata, so that a checkpoint that does not fit is told apart from a damaged on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -90,7 +91,7 @@ def _differences(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) 
     return lines[:limit] + ([f"{len(lines) - limit} more"] if len(lines) > limit else [])
 
 
-class Checkpoints:
+class Checkpoints(contextlib.AbstractContextManager):
     """The epoch checkpoints of one workdir; a context manager (orbax runs a thread, which must
     be stopped on every exit, or orbax prints a traceback at interpreter exit)."""
 
@@ -123,9 +124,6 @@ class Checkpoints:
                     f"the checkpoint of epoch {folder.name} is damaged (its {CHECKPOINT_METADATA} {reason}): "
                     f"move {folder} out of {self.directory} to use the other epochs"
                 ) from None
-
-    def __enter__(self) -> Checkpoints:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from lenet_jax import parallel
 from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
-class LossMonitor:
+class LossMonitor(contextlib.AbstractContextManager):
     """The step losses of one epoch, held on the device and read only every `every` steps (the
     loop never waits on the device in between), naming the exact step of a non-finite one.
     `show`: print them (with a progress bar on a terminal). A context manager (closes the bar)."""
@@ -64,9 +65,6 @@ class LossMonitor:
         self.pending = []
         self.losses.extend(values.tolist())
         return values
-
-    def __enter__(self) -> LossMonitor:
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

@@ -83,8 +83,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         grey /= 65535.0
     np.clip(grey, 0.0, 1.0, out=grey)
     if grey.ndim == 3:
-        channels = grey.shape[-1]
-        if channels in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
+        if grey.shape[-1] in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
             alpha = grey[..., -1:]
             grey = grey[..., :-1] * alpha + (1.0 - alpha)
         if grey.shape[-1] >= 3:

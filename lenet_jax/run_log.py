@@ -77,7 +77,7 @@ class EventFile:
         self._writer.close()
 
 
-class RunLog:
+class RunLog(contextlib.AbstractContextManager):
     """One run's metrics to TensorBoard and metrics.jsonl (a JSON row per finished epoch).
 
     On resume both forget what came after the checkpoint resumed from, and the rows the file
@@ -149,9 +149,6 @@ class RunLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-    def __enter__(self) -> RunLog:
-        return self
 
     def __exit__(self, kind, error, traceback) -> None:
         try:

@@ -133,7 +133,7 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
 
 def set_aside(workdir: Path) -> Path | None:
     """Moves a run's files into WORKDIR/replaced-run-<time>/ (for --restart --force); None if
-    there was nothing to move. `remove_set_aside` deletes it once the new run has a checkpoint."""
+    there was nothing to move. RunGuard deletes it once the new run has a checkpoint."""
     present = [name for name in RUN_FILES if os.path.lexists(workdir / name)]
     if not present:
         return None
@@ -146,12 +146,6 @@ def set_aside(workdir: Path) -> Path | None:
         restore_set_aside(workdir, aside)
         raise
     return aside
-
-
-def remove_set_aside(aside: Path | None) -> None:
-    """Deletes what set_aside moved (returns None, the new value of a caller's `aside`)."""
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def restore_set_aside(workdir: Path, aside: Path | None) -> None:
@@ -169,7 +163,7 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-class RunGuard:
+class RunGuard(contextlib.AbstractContextManager):
     """A context manager for what a training run leaves in its workdir whatever happens: an old
     run set aside for --restart --force is deleted once the new run has a checkpoint, put back if
     it fails before; folders it created are removed if left empty; a storage fault (disk full,
@@ -186,10 +180,9 @@ class RunGuard:
 
     def checkpointed(self, epoch: int) -> None:
         """The new run's checkpoint of `epoch` is on disk: the old run can go."""
-        self.saved, self.aside = epoch, remove_set_aside(self.aside)
-
-    def __enter__(self) -> RunGuard:
-        return self
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.saved, self.aside = epoch, None
 
     def __exit__(self, kind, error, traceback) -> None:
         if error is None:
@@ -218,7 +211,9 @@ def clear_run(workdir: str | os.PathLike) -> None:
     path = resolve_workdir(workdir)
     if path.is_dir():
         with workdir_lock(path):  # never a run that is training
-            remove_set_aside(set_aside(path))
+            aside = set_aside(path)
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
