@@ -49,11 +49,10 @@ def emit(record: dict) -> None:
 
 def machine() -> dict[str, Any]:
     cpu, flags = cpu_description()
+    features = {"avx512": "avx512f", "avx2": "avx2", "fma": "fma"}  # our name: /proc/cpuinfo's flag
     return {
         "cpu": cpu,
-        "avx512": "avx512f" in flags,
-        "avx2": "avx2" in flags,
-        "fma": "fma" in flags,
+        **{name: flag in flags for name, flag in features.items()},
         "cpus": os.cpu_count(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
@@ -62,9 +61,7 @@ def machine() -> dict[str, Any]:
 
 def spread(values: list[float]) -> dict[str, float]:
     return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
+        name: round(f(values), 3) for name, f in (("median", statistics.median), ("min", min), ("max", max))
     }
 
 
@@ -430,14 +427,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.quiet_library_logs()
-    if args.command == "device-check":
-        from benchmarks import device_check
+    from benchmarks import device_check  # here: it imports this module
 
-        return device_check.run(args)
     commands = {"speed": speed, "time-to-99": time_to_99, "augmentation-cost": augmentation_cost}
-    commands["robustness"] = robustness.robustness
-    commands[args.command](args)
-    return 0
+    commands |= {"robustness": robustness.robustness, "device-check": device_check.run}
+    return commands[args.command](args) or 0
 
 
 if __name__ == "__main__":

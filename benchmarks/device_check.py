@@ -101,15 +101,10 @@ def fast_1_epoch(ctx) -> dict:
     }
 
 
-def trainer_with(config, train, conv: str, steps_per_call: int):
-    """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile)."""
-    with mock.patch.dict(speed.defaults(), conv=conv):
-        return make_trainer(config, train, steps_per_call=steps_per_call)
-
-
 def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
     """Training ms per step over the second of two epochs (the first compiles and warms up)."""
-    trainer = trainer_with(config, ctx.dataset.train, conv, steps_per_call)
+    with mock.patch.dict(speed.defaults(), conv=conv):  # this backend's row names `conv` meanwhile
+        trainer = make_trainer(config, ctx.dataset.train, steps_per_call=steps_per_call)
     steps = num_batches(len(ctx.dataset.train), config.batch_size)
     state, _, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
     _, _, seconds = train_epoch(trainer, state, 2, steps)
