@@ -7,13 +7,11 @@
     python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
     python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
-(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate:
-ratios are medians of per-round ratios, with min and max; PyTorch runs at 1 and 2 threads and is
-compared at the faster. time-to-99 trains each seed through `make_trainer`'s loop API, evaluated
-`--evals-per-epoch` times an epoch (after the call passing each interval), and the twin
-(`benchmarks.torch_presets`) at the same steps: training seconds to 99% test accuracy from before
-the set-up (every seed compiles unless --warm-cache), evaluation excluded, with the compile seconds
-before the first call ends, each side's ms per step after it, and `--list-programs`.
+(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate;
+ratios are medians of per-round ratios, with min and max; PyTorch is compared at its faster thread
+count. time-to-99: training seconds to 99% test accuracy from before the set-up (every seed compiles
+unless --warm-cache), evaluation excluded, the twin evaluated at the same steps as lenet-jax; with
+the first call's compile seconds and each side's ms per step after it (`--list-programs`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""device-check: what is open about a backend, answered in one command, one JSON line per check.
+"""device-check: what is open about a backend, one JSON line per check (docs/device-check.md).
 
-    python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick] [--checks NAME ...]
-
-Written for a GPU lent for minutes (scripts/device_check.sh is the call; docs/device-check.md says
-what each check answers); it runs on whatever backend JAX has. The summary line ends with the
-backend's row for lenet_jax.speed's table. A failing check prints its error and the others still
-run. --quick: every check in tiny form (512 training images, one seed, XLA's optimizations off):
-the CPU rehearsal, not a measurement. --checks: only those (e.g. again, those that failed).
+Written for a GPU lent for minutes (scripts/device_check.sh is the call); it runs on any backend. A
+failing check prints its error and the others still run; the summary ends with the backend's row
+for lenet_jax.speed's table. --quick: every check tiny (512 images, XLA's optimizations off).
 """
 
 from __future__ import annotations
