@@ -301,7 +301,10 @@ def summary(ctx, results: dict, start: float) -> dict:
         return None if "error" in result else result.get(key) if key else result
 
     to_99 = figure("time_to_99")
-    figures = {
+    measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"
+    return {
+        "summary": "device check",
+        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
         "fast_1_epoch": figure("fast_1_epoch"),
         "time_to_99_seconds": {c: r["time_to_99_seconds"] for c, r in to_99.items()} if to_99 else None,
         "deterministic": figure("determinism", "same_bits_twice"),
@@ -309,12 +312,6 @@ def summary(ctx, results: dict, start: float) -> dict:
         "eval_images_per_second": figure("eval", "images_per_second"),
         "recipe_left_plateau": figure("recipe_3_epochs", "left_plateau"),
         "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
-    }
-    measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"
-    return {
-        "summary": "device check",
-        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
-        **figures,
         "failed": [name for name, r in results.items() if "error" in r],
         "speed_table_row": {
             "conv": ctx.best_conv,

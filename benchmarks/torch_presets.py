@@ -294,12 +294,6 @@ class PresetTwin:
         self.step += 1
         return loss.detach()
 
-    def epoch_batches(self):
-        """(images, labels) of one shuffled epoch, the last batch partial."""
-        order = torch.randperm(len(self.train_y), generator=self.generator)
-        for index in order.split(self.config.batch_size):
-            yield self.train_x[index], self.train_y[index]
-
     def evaluations(self, evals_per_epoch: int, steps_per_call: int = 1):
         """Trains, yielding a row where the JAX trainer's calls of steps_per_call steps let it
         evaluate: after the call passing each 1/evals_per_epoch of an epoch, and at each epoch's
@@ -307,8 +301,9 @@ class PresetTwin:
         every, elapsed = max(1, self.steps_per_epoch // evals_per_epoch), 0.0
         for _ in range(self.config.epochs):
             start, call_start = time.perf_counter(), self.step
-            for images, labels in self.epoch_batches():
-                self.train_step(images, labels)
+            order = torch.randperm(len(self.train_y), generator=self.generator)
+            for index in order.split(self.config.batch_size):  # a shuffled epoch, the last batch partial
+                self.train_step(self.train_x[index], self.train_y[index])
                 if self.first_step_seconds is None:
                     self.first_step_seconds = time.perf_counter() - start
                 epoch_end = self.step % self.steps_per_epoch == 0
