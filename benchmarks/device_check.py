@@ -270,9 +270,8 @@ def run(args) -> int:
         with open(ctx.out / "device-check.jsonl", "w") as lines:
 
             def emit(record: dict) -> None:
-                print(json.dumps(record), flush=True)
-                lines.write(json.dumps(record) + "\n")
-                lines.flush()  # a run cut off by the device's time limit keeps what it printed
+                for stream in (sys.stdout, lines):  # flushed: a run cut off by the time limit keeps them
+                    print(json.dumps(record), file=stream, flush=True)
 
             for name in chosen:
                 began, cpu = time.perf_counter(), cpu_seconds()
