@@ -1,14 +1,10 @@
 """The dataset as in-memory arrays, and the batch order of every epoch.
 
-MNIST is 47 MB of uint8, so each split is loaded once as a numpy array (through the tfds builder
-in `lenet_jax.mnist_idx`) and training batches are gathered from memory: no tf.data, no per-batch
-Python decoding. The batch order is a function of (key, epoch) only, which makes a resumed run
-see exactly the batches an uninterrupted one would have.
-
-Batches have a fixed shape. A split whose size is not a multiple of the batch size ends with a
-partial batch, padded with index -1 and masked out of the loss and the metrics: every image is
-used exactly once per epoch (as PyTorch's DataLoader does with drop_last=False), and the jitted
-step sees one shape only, so it compiles once.
+Each split is loaded once as a numpy array (through the tfds builder of `lenet_jax.mnist_idx`) and
+batches are gathered from memory: no tf.data, no per-batch decoding. The order is a function of
+(key, epoch) only, so a resumed run sees the batches an uninterrupted one would. A split whose size
+is not a multiple of the batch size ends with a batch padded with index -1 and masked out: every
+image counts once per epoch (DataLoader's drop_last=False) and the jitted step compiles once.
 """
 
 from __future__ import annotations
@@ -103,26 +99,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         ) from None
 
 
-def _config(data_dir: Path | None):
-    # Imported here: tfds takes ~1 s to import, and only loading data needs it.
-    from lenet_jax import mnist_idx
-
-    return mnist_idx.ONLINE_MNIST if data_dir is None else mnist_idx.local_config(data_dir)
-
-
 def _builder(config):
-    from lenet_jax import mnist_idx
+    from lenet_jax import mnist_idx  # here: tfds takes ~1 s to import, and only loading data needs it
 
     return mnist_idx.MnistIdx(config=config, file_format="array_record")
 
 
 def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
-    """One prepared split as arrays, decoded through tfds.data_source.
-
-    use_cache: keep the arrays next to the prepared dataset (`arrays-<split>.npz`, lenet_jax.speed
-    says why), written atomically; skipped where the tfds directory is read-only; an unreadable
-    cache file is decoded again.
-    """
+    """One prepared split as arrays, decoded through tfds.data_source. use_cache: keep them beside
+    it (`arrays-<split>.npz`, lenet_jax.speed.array_cache), skipped where read-only, decoded again
+    when unreadable."""
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
     if use_cache and cache.is_file():
         try:
@@ -135,14 +121,11 @@ def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
     records = source.__getitems__(list(range(len(source))))
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.asarray([r["label"] for r in records], np.int32)
-    if not use_cache:
-        return Split(images, labels)
-    try:
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cache)
-    except OSError:
-        pass
+    if use_cache:
+        with contextlib.suppress(OSError):  # written atomically
+            tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, images=images, labels=labels)
+            os.replace(tmp, cache)
     return Split(images, labels)
 
 
@@ -160,18 +143,21 @@ def load_dataset(
     train_size: then keep only the first N of the remaining training images.
     array_cache: keep the decoded arrays beside tfds's files (lenet_jax.speed.array_cache).
     """
-    train, test, source = _load_splits(resolve_data_dir(data_dir), array_cache)
-    return Dataset(train, test, None, source).subset(validation_size, train_size)
-
-
-def _load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
-    """The full train and test splits and their tfds name, prepared through tfds on first use."""
+    folder = resolve_data_dir(data_dir)
     missing = _missing_for_tfds()
     if folder is not None and missing:
         # No tfds path here (array-record has no wheel for the platform, or a machine set up
         # without tfds, e.g. a GPU image): the same arrays, read from the files each run.
-        source, splits = idx.read_folder(folder)
-        return Split(*splits["train"]), Split(*splits["test"]), source
+        digest, splits = idx.read_folder(folder)
+        train, test = (Split(*splits[name]) for name in ("train", "test"))
+        source = f"mnist_idx/{idx.local_config_name(digest)}"
+    else:
+        train, test, source = _through_tfds(folder, missing, array_cache)
+    return Dataset(train, test, None, source).subset(validation_size, train_size)
+
+
+def _through_tfds(folder: Path | None, missing: str | None, array_cache: bool) -> tuple[Split, Split, str]:
+    """The full train and test splits and their tfds name, prepared through tfds on first use."""
     if missing == "tensorflow-datasets":
         raise DataError(
             "downloading MNIST needs tensorflow-datasets, which is not installed: pip install "
@@ -181,11 +167,9 @@ def _load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, 
 
     if folder is None:
         mnist_idx.require_array_record()  # the download goes through tfds's array_record files
-    config = _config(folder)
-    # In a multi-process run, process 0 prepares the tfds dataset while the others wait: two
-    # processes preparing into one cache directory collide.
-    # quiet(): tfds warns about what is expected here ("Using custom data configuration" for
-    # every local folder, "no dataset_info.json" before preparing one).
+    config = mnist_idx.ONLINE_MNIST if folder is None else mnist_idx.local_config(folder)
+    # Process 0 prepares the dataset while the others wait: two preparing into one folder collide.
+    # quiet(): tfds warns about what is expected here ("Using custom data configuration", ...).
     if parallel.is_main_process():
         with quiet():
             builder, train, test = _prepared(config, array_cache)
@@ -209,16 +193,17 @@ def _missing_for_tfds() -> str | None:
 def _prepared(config, array_cache: bool = True):
     """(builder, train, test) of a config, preparing its tfds dataset first if needed.
 
-    The prepared dataset is derived data: one that cannot be read (a damaged file, a crash
-    while it was written) is deleted and prepared again, once. Nothing is left behind by a
-    preparation that fails (a download offline, a full disk).
+    The prepared dataset is derived data: one that cannot be read (a damaged file, a crash while
+    it was written) is deleted and prepared again, once. A failed preparation leaves nothing behind.
     """
     from lenet_jax import mnist_idx
 
     for attempt in (1, 2):
         builder, preparing = None, False
         try:
-            _check_cache_json(mnist_idx.cache_dir(config))
+            for name in ("dataset_info.json", "features.json"):  # read whole by tfds: bounded first
+                with contextlib.suppress(FileNotFoundError):
+                    check_small_file(mnist_idx.cache_dir(config) / name)
             builder = _builder(config)  # reads the cache's dataset_info.json, if any
             if not builder.is_prepared():
                 preparing = True
@@ -254,15 +239,6 @@ def _prepared(config, array_cache: bool = True):
                     f"({removing.strerror}): delete it (derived data) or set TFDS_DATA_DIR to another "
                     "folder"
                 ) from e
-    raise AssertionError("unreachable")
-
-
-def _check_cache_json(cache: Path) -> None:
-    """FileRefused (read as a damaged cache) if a JSON file tfds reads whole is not a regular
-    file or is larger than tfds writes (lenet_jax.small_files)."""
-    for name in ("dataset_info.json", "features.json"):
-        with contextlib.suppress(FileNotFoundError):
-            check_small_file(cache / name)
 
 
 def _prepare(builder, config) -> None:
@@ -288,21 +264,20 @@ def num_batches(num_examples: int, batch_size: int) -> int:
     return -(-num_examples // batch_size)
 
 
-def _pad_to_batches(order: np.ndarray, batch_size: int) -> np.ndarray:
-    steps = num_batches(len(order), batch_size)
-    padded = np.full(steps * batch_size, PADDING_INDEX, np.int32)
-    padded[: len(order)] = order
-    return padded.reshape(steps, batch_size)
+def pad_rows(rows: np.ndarray, multiple: int) -> np.ndarray:
+    """rows with rows of PADDING_INDEX appended up to a multiple of `multiple` of them."""
+    return np.pad(
+        rows, [(0, -len(rows) % multiple)] + [(0, 0)] * (rows.ndim - 1), constant_values=PADDING_INDEX
+    )
 
 
 def epoch_order(key: np.ndarray | jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
     """int32 (steps, batch_size) image indices of one training epoch, -1 padding the last batch.
 
-    The permutation is drawn from fold_in(key, epoch), so it depends on nothing but the seed and
-    the epoch number: a resumed run replays exactly the order an uninterrupted one would see.
-    It is read to the host once per epoch, so the training loop slices rows without syncing.
+    Drawn from fold_in(key, epoch): a resumed run replays the order an uninterrupted one sees.
+    Read to the host once per epoch, so the training loop slices rows without syncing.
     """
-    return _pad_to_batches(np.asarray(_permutation(key, epoch, num_examples)), batch_size)
+    return pad_rows(np.asarray(_permutation(key, epoch, num_examples)), batch_size).reshape(-1, batch_size)
 
 
 @functools.partial(jax.jit, static_argnums=2)  # one small program, compiled once per size
@@ -314,16 +289,14 @@ def epoch_calls(key: jax.Array, epoch: int, num_examples: int, batch_size: int, 
     """(indices (per_call, batch_size), count) of each training call of an epoch: its shuffled
     batches, per_call a call, the last call padded with rows of PADDING_INDEX (skipped steps)."""
     order = epoch_order(key, epoch, num_examples, batch_size)
-    calls = -(-len(order) // per_call)
-    padded = np.full((calls * per_call, batch_size), PADDING_INDEX, np.int32)
-    padded[: len(order)] = order
-    for call in range(calls):
-        yield padded[call * per_call : (call + 1) * per_call], min(per_call, len(order) - call * per_call)
+    padded = pad_rows(order, per_call)
+    for start in range(0, len(order), per_call):
+        yield padded[start : start + per_call], min(per_call, len(order) - start)
 
 
 def sequential_order(num_examples: int, batch_size: int) -> np.ndarray:
     """int32 (steps, batch_size) indices 0..N-1 in order, -1 padding the last batch."""
-    return _pad_to_batches(np.arange(num_examples, dtype=np.int32), batch_size)
+    return pad_rows(np.arange(num_examples, dtype=np.int32), batch_size).reshape(-1, batch_size)
 
 
 def gather_batch(images: jax.Array, labels: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:

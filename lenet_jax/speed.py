@@ -35,12 +35,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"conv": "toeplitz", "steps_per_call": 16, "measured": "2-vCPU Xeon, docs/performance.md"},
     "gpu": {"conv": "xla", "steps_per_call": 64, "measured": "not measured"},
 }
-OTHER_BACKENDS = "gpu"  # TPU, Metal...: the GPU's row, not measured either
 
 
 def defaults() -> dict[str, Any]:
-    """The DEFAULTS row of the default backend."""
-    return DEFAULTS.get(jax.default_backend(), DEFAULTS[OTHER_BACKENDS])
+    """The DEFAULTS row of the default backend (TPU, Metal...: the GPU's, not measured either)."""
+    return DEFAULTS.get(jax.default_backend(), DEFAULTS["gpu"])
 
 
 # 1. Convolutions as matrix products (lenet_jax.toeplitz): XLA:CPU's convolutions for LeNet's tiny
@@ -61,9 +60,8 @@ def steps_per_call(speed: str, steps_per_epoch: int, override: int | None = None
 
 
 def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) -> tuple[Any, jax.Array]:
-    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan;
-    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one shape, one
-    compilation. Same numbers as separate calls of step_fn (a test checks, bit for bit on CPU)."""
+    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan:
+    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one compilation."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if steps == 1:  # 3. one step without a loop: in one XLA:CPU gives lax.conv's gradients slow layouts
         state, metrics = step_fn(state, jax.tree_util.tree_map(lambda x: x[0], xs))
@@ -87,7 +85,7 @@ CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options(speed: str) -> dict[str, str]:
-    """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them; else XLA's defaults."""
+    """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them (they are experimental); else {}."""
     if speed == "plain" or jax.default_backend() != "cpu" or not _cpu_options_supported():
         return {}
     return dict(CPU_OPTIONS)
@@ -95,9 +93,7 @@ def compiler_options(speed: str) -> dict[str, str]:
 
 @functools.cache
 def _cpu_options_supported() -> bool:
-    """The option is experimental: a jaxlib that does not know it rejects it at compile time, so
-    it is tried once on a tiny program and dropped (with a debug log) if rejected."""
-    try:
+    try:  # a jaxlib that does not know them rejects them at compile time
         spec = jax.ShapeDtypeStruct((2,), jnp.float32)  # lowered from a shape: nothing to run
         jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(spec).compile()
     except Exception as error:  # noqa: BLE001 - any rejection means: do without
@@ -107,8 +103,8 @@ def _cpu_options_supported() -> bool:
 
 
 def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps: int, speed: str) -> Callable:
-    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto":
-    tricks 2-5. train_step: the step without augmentation (augment is applied here)."""
+    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto"
+    (tricks 2-5); train_step: the step without augmentation (augment is applied here)."""
     replicated = parallel.replicated(mesh)
     per_step = parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
     ndims = {"image": 5, "label": 2, "mask": 2}
@@ -190,8 +186,8 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
 def limit_malloc_arenas() -> None:
-    """Caps glibc's malloc arenas for the threads created from now on (call it first thing in a
-    script). No-op off glibc or where $MALLOC_ARENA_MAX already decides."""
+    """Caps glibc's malloc arenas for the threads created from now on (call it first thing); no-op
+    off glibc or where $MALLOC_ARENA_MAX already decides."""
     import ctypes
     import platform
 

@@ -1,18 +1,11 @@
 """A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow.
 
-tfds's stock `mnist` builder needs TensorFlow to prepare the data. This one reads the IDX files
-with numpy, stores `Tensor(uint8)` features in `array_record` files, and is served with
-`tfds.data_source`, so that the data are cached and versioned the tfds way without TensorFlow.
-
-Configs:
-- `mnist`: downloads the official MNIST files as tfds does for online users; `checksums.tsv`
-  beside this file (tfds's own, for the same URLs) makes tfds verify their size and sha256.
-- `idx_<sha256 prefix>`: a local folder of the four IDX files (`--data-dir`), named by the
-  files' content so that a different dataset in the same layout gets its own cache entry.
-
-tfds writes `array_record` files with the array-record package, which has wheels for Linux and
-macOS on Apple silicon only. Elsewhere (`array_record_available()` is False) a local folder is
-read straight from its IDX files (`idx.read_folder`) and the download path is refused in one line.
+tfds's stock `mnist` builder needs TensorFlow to prepare the data; this one reads the IDX files with
+numpy, stores uint8 tensors in `array_record` files and is served with `tfds.data_source`. Configs:
+`mnist` downloads the official files (tfds verifies them against `checksums.tsv` beside this file);
+`idx_<sha256 prefix>` serves a local folder (`--data-dir`), named by the files' content. Where the
+array-record package has no wheel (only Linux and Apple-silicon macOS have one), a local folder is
+read straight from its files (`idx.read_folder`) and the download is refused in one line.
 """
 
 from __future__ import annotations
@@ -71,26 +64,22 @@ def require_array_record() -> None:
         )
 
 
-def _first_hop(url: str) -> tuple[str, int, str]:
-    """(host, port, what) of the first connection a download of url makes: the proxy's when the
-    standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...) or the system's settings name one,
-    as they do for the download itself (tfds downloads with requests, which honours them)."""
+def _check_reachable(url: str, timeout: float = 10.0) -> None:
+    """OSError within seconds (tfds retries for minutes) when the first hop of a download of url
+    cannot be reached: the proxy when the standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...)
+    or the system's settings name one, as for the download itself (requests honours them)."""
     parsed = urllib.parse.urlparse(url)
-    default_port = 443 if parsed.scheme == "https" else 80
-    target = (parsed.hostname, parsed.port or default_port, parsed.hostname)
+    host, port, what = (
+        parsed.hostname,
+        parsed.port or (443 if parsed.scheme == "https" else 80),
+        parsed.hostname,
+    )
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parsed.hostname):
-        return target
-    hop = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
-    proxy_port = {"https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
-    return hop.hostname, hop.port or proxy_port.get(hop.scheme, 80), f"proxy {hop.hostname}"
-
-
-def _check_reachable(url: str, timeout: float = 10.0) -> None:
-    """Fails within seconds when the host, or the proxy that leads to it, cannot be reached
-    (tfds itself retries for minutes)."""
-    host, port, what = _first_hop(url)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname):
+        hop = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
+        proxy_port = {"https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+        host, port, what = hop.hostname, hop.port or proxy_port.get(hop.scheme, 80), f"proxy {hop.hostname}"
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
