@@ -70,11 +70,9 @@ class Evaluator:
             # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
             results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
             results = parallel.host_value(results)
-        counts = np.concatenate([np.ravel(r["count"]) for r in results])
-        real = counts > 0  # all-padding batches are not batches
-        losses = np.concatenate([np.ravel(r["loss"]) for r in results]).astype(np.float64)[real]
-        correct = int(sum(int(r["correct"].sum()) for r in results))
-        count = int(counts.sum())
+        merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in results[0]}
+        losses = merged["loss"].astype(np.float64)[merged["count"] > 0]  # all-padding batches are none
+        correct, count = int(merged["correct"].sum()), int(merged["count"].sum())
         return {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),
@@ -125,9 +123,7 @@ def evaluate_checkpoint(
         "epoch": restored.epoch,
         "step": restored.meta["step"],
         "averaged_weights": restored.averaged,
-        "test_accuracy": test["accuracy"],
-        "test_total_loss": test["total_loss"],
-        "test_mean_loss": test["mean_loss"],
+        **{f"test_{name}": test[name] for name in ("accuracy", "total_loss", "mean_loss")},
         "correct": test["correct"],
         "count": test["count"],
     }

@@ -127,11 +127,8 @@ def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.nda
 
 
 def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The sha256 of data_dir's four files and each split's (images, labels), all checked.
-
-    The digest names the dataset in the tfds cache (`local_config_name`): of the decompressed
-    bytes, so the same data gzipped again (gzip headers hold a timestamp) or not stays one dataset.
-    """
+    """The sha256 of data_dir's four files and each split's (images, labels), all checked; the digest
+    (of the decompressed bytes: gzip headers hold a time) names the dataset (`local_config_name`)."""
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
         raise DataError(

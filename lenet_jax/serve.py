@@ -126,10 +126,8 @@ def upload_kind(content_type: str) -> str:
     kind = content_type.split(";")[0].strip().lower()
     if kind not in UPLOAD_TYPES:
         shown = repr(content_type[:60]) if content_type else "none"
-        raise HTTPException(
-            415,
-            f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} ({UPLOAD_HOW})",
-        )
+        message = f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} ({UPLOAD_HOW})"
+        raise HTTPException(415, message)
     return kind
 
 

@@ -12,9 +12,11 @@ they change memory and start-up, never a number. The measurements: docs/performa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,14 +112,11 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     ndims = {"image": 5, "label": 2, "mask": 2}
     batches_sharding = {name: parallel.batch_sharded(mesh, ndim, axis=1) for name, ndim in ndims.items()}
     jit = functools.partial(jax.jit, compiler_options=compiler_options(speed))
+    training = functools.partial(jit, donate_argnums=0, out_shardings=(replicated, replicated))
+    on_indices = (replicated, replicated, replicated, per_step)  # state, images, labels, indices
 
     # The gather happens inside the scan, per step: no float copy of all the call's batches.
-    @functools.partial(
-        jit,
-        donate_argnums=0,
-        in_shardings=(replicated, replicated, replicated, per_step, replicated),
-        out_shardings=(replicated, replicated),
-    )
+    @functools.partial(training, in_shardings=(*on_indices, replicated))
     def train_on_indices(state, images, labels, indices, count):
         step_on_indices = lambda s, rows: train_step(s, gather_batch(images, labels, rows))  # noqa: E731
         return run_steps(step_on_indices, state, indices, count)
@@ -128,20 +127,13 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     # 5. Augmentation as a jitted program of its own before the training call: cheaper on XLA:CPU
     #    than inside the step's program. Each batch gets the key its step would draw; lax.map, not
     #    vmap: less memory traffic per batch.
-    @functools.partial(
-        jit, in_shardings=(replicated, replicated, replicated, per_step), out_shardings=batches_sharding
-    )
+    @functools.partial(jit, in_shardings=on_indices, out_shardings=batches_sharding)
     def augmented_batches(state, images, labels, indices):
         batches = jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
         keys = jax.vmap(functools.partial(augmentation_key, state))(jnp.arange(len(indices)))
         return {**batches, "image": jax.lax.map(lambda a: augment(*a), (keys, batches["image"]))}
 
-    @functools.partial(
-        jit,
-        donate_argnums=0,
-        in_shardings=(replicated, batches_sharding, replicated),
-        out_shardings=(replicated, replicated),
-    )
+    @functools.partial(training, in_shardings=(replicated, batches_sharding, replicated))
     def train_on_batches(state, batches, count):
         return run_steps(train_step, state, batches, count)
 
@@ -188,18 +180,13 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 def limit_malloc_arenas() -> None:
     """Caps glibc's malloc arenas for the threads created from now on (call it first thing); no-op
     off glibc or where $MALLOC_ARENA_MAX already decides."""
-    import ctypes
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no mallopt in this C library: keep its default
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # no mallopt in this process's C library: keep its default
-        pass
 
 
-# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.data): decoding
+# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.mnist_idx): decoding
 #    60,000 records through tfds takes seconds, loading the arrays milliseconds.
 def array_cache(speed: str) -> bool:
     return speed == "auto"

@@ -93,11 +93,9 @@ def make_train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure training step for this model and optimizer (not jitted: the caller decides).
-
-    augment(key, images): transforms the batch first, keyed by `augmentation_key` (replayed on
-    resume). label_smoothing: of the training loss only. ema_decay > 0: updates state.ema_params.
-    """
+    """The pure training step (not jitted: the caller decides). augment(key, images): transforms the
+    batch first, keyed by `augmentation_key`; label_smoothing: of the training loss only; ema_decay >
+    0: updates state.ema_params."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         images = batch["image"]
