@@ -43,16 +43,6 @@ class IdxConfig(tfds.core.BuilderConfig):
 ONLINE_MNIST = IdxConfig(name="mnist", description="The official MNIST files, downloaded.")
 
 
-def local_config(data_dir: Path) -> IdxConfig:
-    """The config serving the IDX files in data_dir (validated while preparing)."""
-    digest = idx.check_and_fingerprint(data_dir)
-    return IdxConfig(
-        name=idx.local_config_name(digest),
-        description=f"IDX files from {data_dir} (sha256 {digest})",
-        source_dir=str(data_dir),
-    )
-
-
 def array_record_available() -> bool:
     """Whether tfds can write and read its array_record files here (see the module docstring)."""
     try:
@@ -92,15 +82,6 @@ def _check_reachable(url: str, timeout: float = 10.0) -> None:
         raise OSError(f"cannot connect to {what} port {port}: {e}") from e
 
 
-def check_download_possible() -> None:
-    """DataError at once when the MNIST files cannot be downloaded (offline): called before
-    tfds starts preparing, so that nothing is printed or created for a download that fails."""
-    try:
-        _check_reachable(MNIST_URL)
-    except OSError as e:
-        _refuse_download(e)
-
-
 def _refuse_download(error: BaseException):
     reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     names = ", ".join(name for pair in idx.SPLIT_FILES.values() for name in pair)
@@ -115,7 +96,11 @@ def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, S
     on first use; array_cache: keep the arrays beside tfds's files (lenet_jax.speed.array_cache)."""
     if folder is None:
         require_array_record()  # the download goes through tfds's array_record files
-    config = ONLINE_MNIST if folder is None else local_config(folder)
+        config = ONLINE_MNIST
+    else:  # named by the files' content, validated here
+        digest = idx.check_and_fingerprint(folder)
+        about = f"IDX files from {folder} (sha256 {digest})"
+        config = IdxConfig(name=idx.local_config_name(digest), description=about, source_dir=str(folder))
     # Process 0 prepares the dataset while the others wait: two preparing into one folder collide.
     # quiet(): tfds warns about what is expected here ("Using custom data configuration", ...).
     with quiet():
@@ -204,8 +189,11 @@ def _prepare(builder, config) -> None:
     root = Path(builder.data_dir_root)
     own = (f"{MnistIdx.name}/{config.name}", MnistIdx.name, "downloads", "")
     new = [root / name for name in own if not (root / name).exists()]
-    if config.source_dir is None:
-        check_download_possible()  # offline: one line, before tfds prints or creates anything
+    if config.source_dir is None:  # offline: one line, before tfds prints or creates anything
+        try:
+            _check_reachable(MNIST_URL)
+        except OSError as e:
+            _refuse_download(e)
     print(f"Preparing {builder.name}/{config.name} in {builder.data_dir} (once)...", flush=True)
     try:
         builder.download_and_prepare()
