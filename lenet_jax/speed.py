@@ -6,7 +6,8 @@ jitted call with augmentation inside the step, one evaluation batch per call, XL
 options, no caches of our own. Both compute the same function (a test bounds the float
 differences); a run resumed under the other setting is not bit-identical to an uninterrupted one.
 Two process-wide tricks (8, 10) are set before any config is read and stay on under "plain":
-they change memory and start-up, never a number. The measurements: docs/performance.md.
+they change memory and start-up, never a number; so is 11 once an "auto" run has set it.
+The measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -205,3 +206,18 @@ def torch_blocked() -> Iterator[None]:
     finally:
         if blocked:
             del sys.modules["torch"]
+
+
+# 11. jax's unrolled threefry lowering on the CPU too (upstream's choice from jax PR #37872): the
+#     rolled loops of jax <= 0.10 cost XLA:CPU seconds of compilation at a cold start; same bits.
+def unrolled_threefry(speed: str) -> None:
+    """Lowers jax.random's threefry hash unrolled on the CPU (process-wide; not when plain)."""
+    if speed != "auto":
+        return
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as threefry
+
+        mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule, platform="cpu")
+    except (ImportError, AttributeError):  # a jax whose internals moved: its own lowering, same bits
+        pass

@@ -143,6 +143,7 @@ def make_trainer(
 ) -> Trainer:
     """The one set-up of a run. optimizer: any optax transformation; None builds the config's.
     steps_per_call: training steps per jitted call with speed "auto" (None: the backend's)."""
+    speed.unrolled_threefry(config.speed)  # before the first program that draws random numbers
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     if config.batch_size > len(train):  # one padded batch: memory for nothing

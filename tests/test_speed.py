@@ -162,3 +162,19 @@ def test_training_with_and_without_the_options_agrees(preset):
     # atol 1e-4: rounding differences carried through 20 momentum updates; far below what one
     # update of the fast preset (lr 0.2) changes.
     chex.assert_trees_all_close(params_a, params_b, rtol=1e-4, atol=1e-4)
+
+
+def test_unrolled_threefry_draws_the_same_bits_from_another_program():
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as threefry
+
+    def draw(key):
+        return jax.random.uniform(key, (400, 120)), jax.random.permutation(key, 1000), jax.random.split(key, 3)
+
+    key = jax.random.PRNGKey(7)
+    mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_cpu_lowering_rule, platform="cpu")
+    rolled = jax.jit(lambda k: draw(k)).lower(key)
+    speed.unrolled_threefry("auto")
+    unrolled = jax.jit(lambda k: draw(k)).lower(key)
+    assert rolled.as_text().count("stablehlo.while") > unrolled.as_text().count("stablehlo.while")
+    chex.assert_trees_all_equal(rolled.compile()(key), unrolled.compile()(key))
