@@ -24,11 +24,7 @@ from lenet_jax.errors import (
     storage_error,
     storage_fault,
 )
-from lenet_jax.speed import (  # noqa: F401 - the scripts' names for them (0.2)
-    CACHE_DIR_ENV,
-    enable_compilation_cache,
-    limit_malloc_arenas,
-)
+from lenet_jax.speed import CACHE_DIR_ENV, enable_compilation_cache, limit_malloc_arenas  # noqa: F401 - 0.2's
 
 
 def flag_name(field_name: str) -> str:

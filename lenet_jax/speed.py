@@ -214,10 +214,8 @@ def unrolled_threefry(speed: str) -> None:
     """Lowers jax.random's threefry hash unrolled on the CPU (process-wide; not when plain)."""
     if speed != "auto":
         return
-    try:
+    with contextlib.suppress(ImportError, AttributeError):  # internals moved: jax's own lowering, same bits
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as threefry
 
         mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule, platform="cpu")
-    except (ImportError, AttributeError):  # a jax whose internals moved: its own lowering, same bits
-        pass
