@@ -51,8 +51,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help=f"named config to start from: {', '.join(PRESETS)} (default: {DEFAULT_PRESET})",
     )
     group = parser.add_argument_group("config fields (each overrides the preset's value)")
-    types = field_types()
-    defaults = Config()
+    types, defaults = field_types(), Config()
     for field in dataclasses.fields(Config):
         kind = types[field.name]
         help_text = f"{field.metadata['help']} (recipe: {getattr(defaults, field.name)})"

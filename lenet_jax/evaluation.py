@@ -87,10 +87,8 @@ def evaluate_state(evaluator: Evaluator, state: TrainState, dataset: Dataset) ->
     """An epoch's evaluation metrics: of the averaged weights when the run keeps an average
     (what evaluate.py and predict.py use), with the raw weights' under "raw_*" beside them."""
     row: dict[str, Any] = {}
-    evaluated = [("", evaluated_params(state))]
-    if state.ema_params is not None:
-        evaluated.append(("raw_", state.params))
-    for prefix, params in evaluated:
+    raw = [] if state.ema_params is None else [("raw_", state.params)]
+    for prefix, params in [("", evaluated_params(state)), *raw]:
         test = evaluator.evaluate(params, dataset.test)
         row[prefix + "test_accuracy"] = test["accuracy"]
         row[prefix + "test_total_loss"] = test["total_loss"]

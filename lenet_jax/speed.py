@@ -57,9 +57,7 @@ def conv_block(speed: str) -> type:
 #    once per call, not per step.
 def steps_per_call(speed: str, steps_per_epoch: int, override: int | None = None) -> int:
     """Training steps per jitted call: 1 when plain, else the backend's (or override)."""
-    if speed == "plain":
-        return 1
-    return max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
+    return 1 if speed == "plain" else max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
 
 
 def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) -> tuple[Any, jax.Array]:
