@@ -7,35 +7,19 @@
     python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
     python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
-(`python scripts/benchmark.py ...` is the same.) The dataset is loaded once per run. Every
-contender gets an untimed warm-up, then they alternate, so that all see the same machine: ratios
-are medians of per-round ratios, with their min and max. PyTorch runs at 1 and 2 threads and is
-compared at the faster one. The summary line names the CPU and its vector extensions: compare
-ratios from one run, not seconds across runs or machines.
-
-- speed: the recipe (sigmoid LeNet, SGD 0.05, batch 64, 60,000 images), lenet-jax's training
-  loop (`lenet_jax.train.train_epoch`) against `benchmarks.torch_lenet` (the tutorial's loop with
-  the data preloaded); `--speed plain` times lenet-jax without its speed tricks (lenet_jax.speed),
-  `--jax-plain` adds that as a second lenet-jax contender.
-- time-to-99: per seed, the preset's training through lenet-jax's public loop API
-  (`make_trainer`, `trainer.epoch_calls`, `trainer.train_call`), evaluated `--evals-per-epoch` times an
-  epoch (after the call passing each interval), against the preset's PyTorch twin
-  (`benchmarks.torch_presets`: the same algorithm) evaluated at the same steps. Seconds of
-  training until the test accuracy first reaches 99%: lenet-jax's from before its set-up (its
-  compilation included: every seed compiles from scratch, unless --warm-cache), evaluation
-  excluded on both sides. Both evaluate the weights the preset evaluates (its moving average).
-  The seconds lenet-jax spends tracing, lowering and compiling before its first training call
-  ends are reported apart (jax.monitoring's compile events), and so is the race's make-up: each
-  side's running speed (ms per step after lenet-jax's first call, after the twin's first step)
-  and what starting costs lenet-jax (its first call less those steps at its running speed).
-  `--list-programs`: a line per program lenet-jax compiles (its trace, lower and compile seconds,
-  and whether before the first call ended); with --warm-cache, compile is the read from disk.
-- augmentation-cost: epochs of a preset (default best) with and without its distortions.
+(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate:
+ratios are medians of per-round ratios, with min and max; PyTorch runs at 1 and 2 threads and is
+compared at the faster. time-to-99 trains each seed through `make_trainer`'s loop API, evaluated
+`--evals-per-epoch` times an epoch (after the call passing each interval), and the twin
+(`benchmarks.torch_presets`) at the same steps: training seconds to 99% test accuracy from before
+the set-up (every seed compiles unless --warm-cache), evaluation excluded, with the compile seconds
+before the first call ends, each side's ms per step after it, and `--list-programs`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -43,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -83,6 +68,15 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def ratios(times: list[float], peer_times: list[float]) -> dict[str, float]:
+    """The spread of the per-round (or per-seed) ratios."""
+    return spread([a / b for a, b in zip(times, peer_times, strict=True)])
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
 class JaxEpochs:
     """lenet-jax's training loop, one epoch at a time."""
 
@@ -101,29 +95,6 @@ class JaxEpochs:
         return self.trainer.evaluator.evaluate(evaluated_params(self.state), self.dataset.test)
 
 
-class TorchEpochs:
-    """The PyTorch reference at a given thread count (set before each of its epochs)."""
-
-    def __init__(self, dataset: Dataset, threads: int):
-        from benchmarks.torch_lenet import TorchTrainer
-
-        self.name, self.threads = f"pytorch-{threads}t", threads
-        arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
-        self.trainer = TorchTrainer(*arrays)
-
-    def train_epoch(self) -> float:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.trainer.train_epoch()
-
-    def evaluate(self) -> dict:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.trainer.evaluate()
-
-
 def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[float]]:
     """One untimed warm-up epoch each, then `rounds` rounds of one timed epoch each, the order
     rotated every round. Returns name -> seconds per round."""
@@ -134,20 +105,13 @@ def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[flo
         for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
             seconds = contender.train_epoch()
             times[contender.name].append(seconds)
-            emit(
-                {
-                    "impl": contender.name,
-                    "round": r,
-                    "seconds_per_epoch": round(seconds, 3),
-                    "images_per_second": round(images / seconds),
-                }
-            )
+            row = {
+                "round": r,
+                "seconds_per_epoch": round(seconds, 3),
+                "images_per_second": round(images / seconds),
+            }
+            emit({"impl": contender.name, **row})
     return times
-
-
-def faster_torch(times: dict[str, list[float]]) -> str:
-    names = [name for name in times if name.startswith("pytorch")]
-    return min(names, key=lambda name: statistics.median(times[name]))
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -156,37 +120,32 @@ def speed(args: argparse.Namespace) -> None:
     contenders: list = [JaxEpochs("lenet-jax", config, dataset)]
     if args.jax_plain:
         contenders.append(JaxEpochs("lenet-jax-plain", config.replace(speed="plain"), dataset))
-    contenders += [TorchEpochs(dataset, threads) for threads in args.torch_threads]
+    if args.torch_threads:
+        from benchmarks.torch_lenet import TorchTrainer  # PyTorch: imported only here
+
+        arrays = (dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels)
+        contenders += [TorchTrainer(*arrays, threads=threads) for threads in args.torch_threads]
     times = interleave(contenders, args.rounds, len(dataset.train))
     evals = {}
     for contender in contenders:
         contender.evaluate()  # warm-up
         result = contender.evaluate()
         evals[contender.name] = round(len(dataset.test) / result["seconds"])
-        emit(
-            {
-                "impl": contender.name,
-                "eval_images_per_second": evals[contender.name],
-                "test_accuracy": result["accuracy"],
-            }
-        )
-    peer = faster_torch(times)
-    ratios = [a / b for a, b in zip(times["lenet-jax"], times[peer], strict=True)]
+        row = {"eval_images_per_second": evals[contender.name], "test_accuracy": result["accuracy"]}
+        emit({"impl": contender.name, **row})
+    peer = min((n for n in times if n.startswith("pytorch")), key=lambda n: statistics.median(times[n]))
     summary = {
         "summary": "recipe speed",
-        "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
+        "median_seconds_per_epoch": medians(times),
         "pytorch_compared": peer,
-        "ratio_jax_to_pytorch": spread(ratios),
+        "ratio_jax_to_pytorch": ratios(times["lenet-jax"], times[peer]),
         "speed": args.speed,
         "eval_images_per_second": evals,
         "rounds": args.rounds,
         **machine(),
     }
-    for name in times:
-        if name.startswith("lenet-jax-"):
-            summary[f"ratio_{name}_to_pytorch"] = spread(
-                [a / b for a, b in zip(times[name], times[peer], strict=True)]
-            )
+    for name in (n for n in times if n.startswith("lenet-jax-")):
+        summary[f"ratio_{name}_to_pytorch"] = ratios(times[name], times[peer])
     emit(summary)
 
 
@@ -201,11 +160,11 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (`running` set: set-up, init and the training call),
-    and every program the run makes, by name (`programs`: for --list-programs)."""
+    training program's first call has run (`running` set), and every program made, by name."""
 
     def __init__(self):
         self.running, self.seconds, self.programs = False, self._zero(), {}
+        self.first_call_seconds = 0.0  # set by the caller when the first call has run
 
     @staticmethod
     def _zero() -> dict[str, float]:
@@ -214,11 +173,10 @@ class FirstCallCompilation:
     def __call__(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
         if event not in COMPILE_EVENTS:
             return
-        running = self.running
-        if not running:
+        if not self.running:
             self.seconds[COMPILE_EVENTS[event]] += duration
         name = re.sub(r"^jit\((.*)\)$|^jit_(.*)$", r"\1\2", fun_name)  # lowering says jit(<function>)
-        row = self.programs.setdefault(name, {"before_first_call": not running, **self._zero()})
+        row = self.programs.setdefault(name, {"before_first_call": not self.running, **self._zero()})
         row[COMPILE_EVENTS[event]] = round(row[COMPILE_EVENTS[event]] + duration, 3)
 
     def __enter__(self):
@@ -232,11 +190,16 @@ class FirstCallCompilation:
 def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int, target: float) -> dict:
     """Trains `config` through the public loop API until the test accuracy reaches `target`;
     seconds from before the set-up (compilation included), evaluation excluded."""
-    start = time.perf_counter()
+    start, row = time.perf_counter(), {}
     with FirstCallCompilation() as compilation:
         trainer = make_trainer(config, dataset.train)
-        row, first_call_seconds = _train_until(trainer, dataset, evals_per_epoch, target, start, compilation)
+        for row in _evaluations(trainer, dataset.test, evals_per_epoch, start, compilation):
+            emit({"impl": "lenet-jax", "seed": config.seed, **row})
+            if row["test_accuracy"] >= target:
+                break
+    first_call_seconds = compilation.first_call_seconds
     return {
+        "reached": row.get("test_accuracy", 0) >= target,
         **row,
         "first_call_seconds": round(first_call_seconds, 3),
         "first_call_compilation_seconds": {k: round(v, 3) for k, v in compilation.seconds.items()},
@@ -246,6 +209,33 @@ def jax_time_to_accuracy(config: Config, dataset: Dataset, evals_per_epoch: int,
     }
 
 
+def _evaluations(trainer, test, evals_per_epoch: int, start: float, compilation: FirstCallCompilation):
+    """A row at each evaluation point: after the call passing each `steps_per_epoch //
+    evals_per_epoch` steps and at each epoch's end; train_seconds from `start`, evaluation excluded."""
+    every, steps_per_epoch = max(1, trainer.steps_per_epoch // evals_per_epoch), trainer.steps_per_epoch
+    state, step, evaluating = trainer.new_state(), 0, 0.0
+    for epoch in range(1, trainer.config.epochs + 1):
+        for indices, count in trainer.epoch_calls(epoch):
+            first, step = step + 1, step + count
+            state, _ = trainer.train_call(state, indices, count)
+            if first == 1:  # the first call has run once its result is ready
+                jax.block_until_ready(state)
+                compilation.first_call_seconds, compilation.running = time.perf_counter() - start, True
+            if step // every == (first - 1) // every and step % steps_per_epoch:
+                continue  # no evaluation point in this call
+            jax.block_until_ready(state)
+            train_seconds = time.perf_counter() - start - evaluating
+            began = time.perf_counter()
+            accuracy = trainer.evaluator.evaluate(evaluated_params(state), test)["accuracy"]
+            evaluating += time.perf_counter() - began
+            yield {
+                "epoch": round(step / steps_per_epoch, 3),
+                "step": step,
+                "train_seconds": round(train_seconds, 3),
+                "test_accuracy": accuracy,
+            }
+
+
 def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | None:
     """Milliseconds per training step after the first call (lenet-jax) or first step (the twin):
     the running speed, apart from what the start costs (set-up, compilation, warm-up)."""
@@ -253,67 +243,12 @@ def ms_per_step(row: dict, first_seconds: float, first_steps: int) -> float | No
     return round(1000 * (row["train_seconds"] - first_seconds) / steps, 3) if steps > 0 else None
 
 
-def _train_until(trainer, dataset: Dataset, evals_per_epoch: int, target: float, start: float, compilation):
-    """(the row of the last evaluation, training seconds when the first call had run)."""
-    config, evaluating, steps_per_epoch = trainer.config, 0.0, trainer.steps_per_epoch
-    every = max(1, steps_per_epoch // evals_per_epoch)
-    state, step, row = trainer.new_state(), 0, {}
-    for epoch in range(1, config.epochs + 1):
-        for indices, count in trainer.epoch_calls(epoch):
-            first, step = step + 1, step + count
-            state, _ = trainer.train_call(state, indices, count)
-            if first == 1:  # the first call has run once its result is ready
-                jax.block_until_ready(state)
-                first_call_train_seconds, compilation.running = time.perf_counter() - start, True
-            if step // every == (first - 1) // every and step % steps_per_epoch:
-                continue  # no evaluation point in this call
-            jax.block_until_ready(state)
-            train_seconds = time.perf_counter() - start - evaluating
-            began = time.perf_counter()
-            accuracy = trainer.evaluator.evaluate(evaluated_params(state), dataset.test)["accuracy"]
-            evaluating += time.perf_counter() - began
-            row = {
-                "epoch": round(step / steps_per_epoch, 3),
-                "step": step,
-                "train_seconds": round(train_seconds, 3),
-                "test_accuracy": accuracy,
-            }
-            emit({"impl": "lenet-jax", "seed": config.seed, **row})
-            if accuracy >= target:
-                break
-        else:
-            continue
-        break
-    return {"reached": row.get("test_accuracy", 0) >= target, **row}, first_call_train_seconds
-
-
-def twin_time_to_accuracy(
-    config: Config, data: tuple, threads: int, evals_per_epoch: int, steps_per_call: int, target: float
-) -> dict:
-    from benchmarks.torch_presets import time_to_accuracy
-
-    def show(row: dict) -> None:
-        emit({"impl": f"pytorch-twin-{threads}t", "seed": config.seed, **row})
-
-    row = time_to_accuracy(
-        config,
-        config.seed,
-        target=target,
-        evals_per_epoch=evals_per_epoch,
-        threads=threads,
-        data=data,
-        steps_per_call=steps_per_call,
-        on_eval=show,
-    )
-    return {**row, "ms_per_step": ms_per_step(row, row["first_step_seconds"], 1)}
-
-
 def time_to_99(args: argparse.Namespace) -> None:
     preset = preset_config(args).replace(speed=args.speed)
     full = load_dataset(args.data_dir)  # once: the twin picks its training split from it too
     dataset = full.subset(preset.validation_size, preset.train_size)
     data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
-    torch_ok = not args.no_torch and _torch_available()
+    torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
     if args.warm_cache:
         warm_compilation_cache(preset, dataset, args)
     results: dict[str, list[dict]] = {"lenet-jax": []}
@@ -327,20 +262,47 @@ def time_to_99(args: argparse.Namespace) -> None:
         results["lenet-jax"].append(jax_row)
         emit({"impl": "lenet-jax", "seed": seed, "result": jax_row})
         for threads in args.torch_threads if torch_ok else []:
-            row = twin_time_to_accuracy(
-                config, data, threads, args.evals_per_epoch, jax_row["steps_per_call"], args.target
+            from benchmarks.torch_presets import time_to_accuracy  # PyTorch: imported only here
+
+            label = {"impl": f"pytorch-twin-{threads}t", "seed": seed}
+            row = time_to_accuracy(
+                config,
+                seed,
+                target=args.target,
+                evals_per_epoch=args.evals_per_epoch,
+                threads=threads,
+                data=data,
+                steps_per_call=jax_row["steps_per_call"],
+                on_eval=lambda row, label=label: emit({**label, **row}),
             )
-            results.setdefault(f"pytorch-twin-{threads}t", []).append(row)
-            emit({"impl": f"pytorch-twin-{threads}t", "seed": seed, "result": row})
+            row["ms_per_step"] = ms_per_step(row, row["first_step_seconds"], 1)
+            results.setdefault(label["impl"], []).append(row)
+            emit({**label, "result": row})
     emit(time_to_99_summary(args, results, torch_ok))
 
 
+def over_seeds(average: Callable, values: list[float | None]) -> float | None:
+    """The average, rounded; None unless every seed has a value (not a figure over fewer seeds)."""
+    return round(average(values), 3) if values and None not in values else None
+
+
 def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]], torch_ok: bool) -> dict:
-    def mean_seconds(rows: list[dict]) -> float | None:
-        done = [row["train_seconds"] for row in rows if row["reached"]]
-        return round(statistics.mean(done), 3) if len(done) == len(rows) else None
+    def mean_seconds(rows: list[dict]) -> float | None:  # to the target
+        return over_seeds(statistics.mean, [r["train_seconds"] if r["reached"] else None for r in rows])
+
+    def median_ms(rows: list[dict]) -> float | None:
+        return over_seeds(statistics.median, [r.get("ms_per_step") or None for r in rows])
 
     jax_rows = results["lenet-jax"]
+    # The race in two parts: what starting costs lenet-jax (set-up, compilation: the first call
+    # less its steps at the running speed), and the running speed of each contender.
+    starts = [
+        r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000
+        if r.get("ms_per_step")
+        else None
+        for r in jax_rows
+    ]
+    compilation = [r["first_call_compilation_seconds"] for r in jax_rows]
     summary = {
         "summary": "time to 99%",
         "preset": args.preset,
@@ -348,14 +310,12 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
         "seeds": args.seeds,
         "epochs_reached": [row.get("epoch") if row["reached"] else None for row in jax_rows],
         "mean_train_seconds": {name: mean_seconds(rows) for name, rows in results.items()},
-        "mean_first_call_seconds": round(statistics.mean(r["first_call_seconds"] for r in jax_rows), 3),
+        "mean_first_call_seconds": over_seeds(statistics.mean, [r["first_call_seconds"] for r in jax_rows]),
         "mean_first_call_compilation_seconds": {
-            stage: round(statistics.mean(r["first_call_compilation_seconds"][stage] for r in jax_rows), 3)
+            stage: over_seeds(statistics.mean, [seconds[stage] for seconds in compilation])
             for stage in COMPILE_EVENTS.values()
         },
-        # The race in two parts: what starting costs lenet-jax (set-up, compilation: the first
-        # call less its steps at the running speed), and the running speed of each contender.
-        "mean_start_seconds": mean_start_seconds(jax_rows),
+        "mean_start_seconds": over_seeds(statistics.mean, starts),
         "median_ms_per_step": {name: median_ms(rows) for name, rows in results.items()},
         "compilation_cache": "warm" if args.warm_cache else "cold",
         "speed": getattr(args, "speed", "auto"),
@@ -367,73 +327,38 @@ def time_to_99_summary(args: argparse.Namespace, results: dict[str, list[dict]],
         peer = min(twins, key=lambda name: mean_seconds(results[name]))
         summary["pytorch_compared"] = peer
         summary["ratio_jax_to_pytorch"] = round(mean_seconds(jax_rows) / mean_seconds(results[peer]), 3)
-        pairs = [
-            a["train_seconds"] / b["train_seconds"] for a, b in zip(jax_rows, results[peer], strict=True)
-        ]
-        summary["per_seed_ratio"] = spread(pairs)
-        if summary["median_ms_per_step"]["lenet-jax"] and summary["median_ms_per_step"][peer]:
-            step_ratio = summary["median_ms_per_step"]["lenet-jax"] / summary["median_ms_per_step"][peer]
-            summary["ratio_ms_per_step"] = round(step_ratio, 3)
+        seconds = [[row["train_seconds"] for row in rows] for rows in (jax_rows, results[peer])]
+        summary["per_seed_ratio"] = ratios(*seconds)
+        steps = summary["median_ms_per_step"]
+        if steps["lenet-jax"] and steps[peer]:
+            summary["ratio_ms_per_step"] = round(steps["lenet-jax"] / steps[peer], 3)
         summary["pytorch_epochs_reached"] = [row.get("epoch") for row in results[peer]]
     elif not torch_ok:
         summary["pytorch"] = "not run (PyTorch not installed, or --no-torch)"
     return summary
 
 
-def _every_seed_has_a_speed(rows: list[dict]) -> bool:
-    return bool(rows) and all(row.get("ms_per_step") for row in rows)
-
-
-def median_ms(rows: list[dict]) -> float | None:
-    """The median running speed over the seeds; None unless every seed has one."""
-    if not _every_seed_has_a_speed(rows):
-        return None
-    return round(statistics.median(row["ms_per_step"] for row in rows), 3)
-
-
-def mean_start_seconds(rows: list[dict]) -> float | None:
-    """What starting costs lenet-jax, mean over the seeds: the first call less its own steps at
-    the running speed (set-up, tracing, compilation); None unless every seed has a speed."""
-    if not _every_seed_has_a_speed(rows):
-        return None
-    starts = [r["first_call_seconds"] - r["steps_per_call"] * r["ms_per_step"] / 1000 for r in rows]
-    return round(statistics.mean(starts), 3)
-
-
 def warm_compilation_cache(config: Config, dataset: Dataset, args: argparse.Namespace) -> None:
-    """Points JAX's persistent compilation cache at a fresh folder and fills it with one short
-    untimed run, so that every timed seed reads its programs from disk, as a second launch of
-    scripts/train.py does."""
-    folder = tempfile.mkdtemp(prefix="lenet-jax-cache-")
-    os.environ[cli.CACHE_DIR_ENV] = folder
+    """Fills JAX's persistent compilation cache, in a fresh folder, with one short untimed run, so
+    that every timed seed reads its programs from disk, as a second launch of scripts/train.py does."""
+    os.environ[cli.CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="lenet-jax-cache-")
     cli.enable_compilation_cache()
     jax_time_to_accuracy(config.replace(seed=args.seeds[0]), dataset, args.evals_per_epoch, target=0.0)
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def augmentation_cost(args: argparse.Namespace) -> None:
     config = preset_config(args)
     dataset = load_dataset(args.data_dir, config.validation_size, config.train_size)
     plain = config.replace(**dict.fromkeys(AUGMENTATION_STRENGTHS, 0.0))
-    times = interleave(
-        [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)],
-        args.rounds,
-        len(dataset.train),
-    )
-    ratios = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
+    contenders = [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)]
+    times = interleave(contenders, args.rounds, len(dataset.train))
+    extra = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
     emit(
         {
             "summary": "augmentation cost",
             "preset": args.preset,
-            "median_seconds_per_epoch": {name: round(statistics.median(t), 3) for name, t in times.items()},
-            "extra_time_fraction": spread(ratios),
+            "median_seconds_per_epoch": medians(times),
+            "extra_time_fraction": spread(extra),
             "rounds": args.rounds,
             **machine(),
         }
@@ -485,7 +410,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     run.add_argument("--no-torch", action="store_true", help="time lenet-jax only")
     run.add_argument(
-        "--list-programs", action="store_true", help="a line per program compiled: name, seconds per stage"
+        "--list-programs", action="store_true", help="a line per program compiled, seconds per stage"
     )
     run = commands.add_parser(
         "augmentation-cost", parents=[common], help="a preset with and without distortions"
@@ -494,7 +419,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--rounds", type=int, default=5)
     robustness.add_parser(commands)
     run = commands.add_parser("device-check", parents=[common], help="what is open about this backend")
-    run.add_argument("--quick", action="store_true", help="every check in tiny form (the CPU test)")
+    run.add_argument("--quick", action="store_true", help="every check in tiny form (the CPU rehearsal)")
+    run.add_argument(
+        "--checks", nargs="+", metavar="CHECK", help="only these checks (default: all, in order)"
+    )
     run.add_argument("--out", help="also write the JSON lines (and runs.log) in this folder")
     return parser.parse_args(argv)
 

@@ -1,11 +1,12 @@
 """device-check: what is open about a backend, answered in one command, one JSON line per check.
 
-    python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick]
+    python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick] [--checks NAME ...]
 
 Written for a GPU lent for minutes (scripts/device_check.sh is the call; docs/device-check.md says
 what each check answers); it runs on whatever backend JAX has. The summary line ends with the
 backend's row for lenet_jax.speed's table. A failing check prints its error and the others still
-run. --quick: every check in tiny form (512 training images, one seed): the CPU test.
+run. --quick: every check in tiny form (512 training images, one seed, XLA's optimizations off):
+the CPU rehearsal, not a measurement. --checks: only those (e.g. again, those that failed).
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ import importlib.metadata
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
 
+from benchmarks.__main__ import FirstCallCompilation
 from lenet_jax import cli, idx, speed
 from lenet_jax.config import get_preset
 from lenet_jax.data import load_dataset, num_batches
+from lenet_jax.errors import ConfigError
 from lenet_jax.steps import evaluated_params
 from lenet_jax.train import make_trainer, train_and_evaluate, train_epoch
 
@@ -44,33 +47,17 @@ def tiny_mnist(data_dir: str, folder: Path, train: int = 512, test: int = 500) -
     dataset = load_dataset(data_dir)
     folder.mkdir()
     for split, count in (("train", train), ("test", test)):
-        images, labels = getattr(dataset, split).images[:count], getattr(dataset, split).labels[:count]
-        images_file, labels_file = idx.SPLIT_FILES[split]
-        header = struct.pack(">IIII", idx.IMAGES_MAGIC, count, idx.IMAGE_SIZE, idx.IMAGE_SIZE)
-        (folder / images_file).write_bytes(header + images.tobytes())
-        header = struct.pack(">II", idx.LABELS_MAGIC, count)
-        (folder / labels_file).write_bytes(header + labels.astype(np.uint8).tobytes())
+        data, magics = getattr(dataset, split), (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)
+        arrays = (data.images[:count, ..., 0], data.labels[:count])
+        for name, magic, array in zip(idx.SPLIT_FILES[split], magics, arrays, strict=True):
+            header = np.asarray([magic, *array.shape], ">u4").tobytes()
+            (folder / name).write_bytes(header + array.astype(np.uint8).tobytes())
     return str(folder)
 
 
-@contextlib.contextmanager
-def compilation():
-    """[seconds XLA spends compiling (or reading cached) programs in the block], by jax.monitoring."""
-    total = [0.0]
-
-    def listen(event: str, duration: float, **_) -> None:
-        total[0] += duration if event == "/jax/core/compile/backend_compile_duration" else 0.0
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield total
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-
-
-def child(command: list[str], extra_env: dict | None = None) -> list[dict]:
+def child(ctx, command: list[str], extra_env: dict | None = None) -> list[dict]:
     """The JSON lines a child process prints (its stderr joins ours: the log)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ctx.child_env, **(extra_env or {})}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     sys.stderr.write(done.stderr[-4000:])
     if done.returncode:
@@ -104,22 +91,20 @@ def env(ctx) -> dict:
 
 
 def fast_1_epoch(ctx) -> dict:
-    with compilation() as compile_seconds:
+    with FirstCallCompilation() as compilation:  # never `running`: all of the run's programs
         result = run_quietly(ctx, ctx.fast.replace(epochs=1), "fast")
     ctx.fast_state, row = result.state, result.metrics[-1]
     keep = ("train_seconds", "images_per_second", "test_accuracy", "test_total_loss")
-    return {**{k: round(row[k], 4) for k in keep}, "compile_seconds": round(compile_seconds[0], 3)}
+    return {
+        **{k: round(row[k], 4) for k in keep},
+        "compile_seconds": round(compilation.seconds["compile"], 3),
+    }
 
 
 def trainer_with(config, train, conv: str, steps_per_call: int):
-    """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile) and
-    steps per call."""
-    row = speed.defaults()
-    saved, row["conv"] = row["conv"], conv
-    try:
+    """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile)."""
+    with mock.patch.dict(speed.defaults(), conv=conv):
         return make_trainer(config, train, steps_per_call=steps_per_call)
-    finally:
-        row["conv"] = saved
 
 
 def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
@@ -174,7 +159,7 @@ def determinism(ctx) -> dict:
     command = [sys.executable, "-m", "benchmarks.device_check", ctx.data_dir, *(["--quick"] * ctx.quick)]
     flags = os.environ.get("XLA_FLAGS", "")
     envs = [{"XLA_FLAGS": f"{flags} {extra}".strip()} for extra in ("", DETERMINISTIC) * 2]
-    done = [child(command, extra_env)[-1] for extra_env in envs]  # one at a time: honest timings
+    done = [child(ctx, command, extra_env)[-1] for extra_env in envs]  # one at a time: honest timings
     runs = {"default": done[0::2], "deterministic_ops": done[1::2]}
     seconds = {name: min(r["epoch_2_seconds"] for r in pair) for name, pair in runs.items()}
     return {
@@ -233,7 +218,7 @@ def time_to_99(ctx) -> dict:
     command = [sys.executable, "-m", "benchmarks", "time-to-99", "--preset", "fast", "--no-torch"]
     sizes = ["--seeds", "0", "--set", "epochs=1"] if ctx.quick else ["--seeds", "0", "1", "2"]
     command += ["--data-dir", ctx.data_dir, *sizes]
-    runs = {"cold": child(command), "warm": child([*command, "--warm-cache"])}
+    runs = {"cold": child(ctx, command), "warm": child(ctx, [*command, "--warm-cache"])}
     return {cache: seeds_and_summary(lines) for cache, lines in runs.items()}
 
 
@@ -265,9 +250,13 @@ class Context:
         self.quick, self.tmp, self.out = args.quick, tmp, Path(args.out or tmp)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data_dir = tiny_mnist(args.data_dir, tmp / "mnist") if args.quick else args.data_dir
+        self.child_env = {}
         if args.quick:  # one compilation cache for the check and its processes (the tests' if set)
             os.environ.setdefault(cli.CACHE_DIR_ENV, str(tmp / "xla"))
             cli.enable_compilation_cache()
+            # Compiling dominates a tiny run: XLA's optimizations off halves it.
+            jax.config.update("jax_disable_most_optimizations", True)
+            self.child_env = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
         self.dataset = load_dataset(self.data_dir)
         self.fast, self.recipe = get_preset("fast"), get_preset("recipe")
         # --quick: fast alone, with this backend's conv alone
@@ -277,10 +266,15 @@ class Context:
 
 
 def run(args) -> int:
-    """Every check in order, one JSON line each (also OUT/device-check.jsonl), then the summary."""
+    """The checks in order, one JSON line each (also OUT/device-check.jsonl), then the summary."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts a backend
+    if unknown := sorted(set(args.checks or ()) - set(CHECKS)):
+        raise ConfigError(f"--checks {' '.join(unknown)}: no such check (the checks: {', '.join(CHECKS)})")
+    chosen = [name for name in CHECKS if not args.checks or name in ("env", *args.checks)]
     start, results = time.perf_counter(), {}
-    with tempfile.TemporaryDirectory(prefix="lenet-device-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lenet-device-check-") as tmp, contextlib.ExitStack() as undo:
+        flag = "jax_disable_most_optimizations"  # --quick sets it in this process: undone at the end
+        undo.callback(jax.config.update, flag, jax.config.read(flag))
         ctx = Context(args, Path(tmp))
         with open(ctx.out / "device-check.jsonl", "w") as lines:
 
@@ -289,10 +283,10 @@ def run(args) -> int:
                 lines.write(json.dumps(record) + "\n")
                 lines.flush()  # a run cut off by the device's time limit keeps what it printed
 
-            for name, check in CHECKS.items():
+            for name in chosen:
                 began, cpu = time.perf_counter(), cpu_seconds()
                 try:
-                    results[name] = check(ctx)
+                    results[name] = CHECKS[name](ctx)
                 except Exception as error:  # noqa: BLE001 - a borrowed GPU's minutes: run the others
                     traceback.print_exc()  # to stderr, the log beside the JSON lines
                     results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -309,13 +303,20 @@ def cpu_seconds() -> float:
 
 
 def summary(ctx, results: dict, start: float) -> dict:
+    """The figures of the checks that ran (None for one that did not run or failed)."""
+
+    def figure(check: str, key: str | None = None):
+        result = results.get(check, {"error": "not run"})
+        return None if "error" in result else result.get(key) if key else result
+
+    to_99 = figure("time_to_99")
     figures = {
-        "fast_1_epoch": results["fast_1_epoch"],
-        "time_to_99_seconds": {c: r.get("time_to_99_seconds") for c, r in results["time_to_99"].items()},
-        "deterministic": results["determinism"].get("same_bits_twice"),
-        "resume_identical": results["resume"].get("identical"),
-        "eval_images_per_second": results["eval"].get("images_per_second"),
-        "recipe_left_plateau": results["recipe_3_epochs"].get("left_plateau"),
+        "fast_1_epoch": figure("fast_1_epoch"),
+        "time_to_99_seconds": {c: r["time_to_99_seconds"] for c, r in to_99.items()} if to_99 else None,
+        "deterministic": figure("determinism", "same_bits_twice"),
+        "resume_identical": figure("resume", "identical"),
+        "eval_images_per_second": figure("eval", "images_per_second"),
+        "recipe_left_plateau": figure("recipe_3_epochs", "left_plateau"),
         "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
     }
     measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"

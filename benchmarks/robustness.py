@@ -2,14 +2,10 @@
 
     python -m benchmarks robustness --workdir W [--count 1000] [--source test|validation]
 
-Each transform turns a 28x28 MNIST digit (white on black) into an image the way a pen, a
-scanner or a phone would (thick and thin strokes, blur, a low-resolution scan enlarged, low
-contrast, dark ink on light paper, off-centre, rotated photos), or draws a digit from a template
-as mouse strokes, rendered like the page's canvas (280x280, round line caps) at several widths.
-Every image then goes through `lenet_jax.predict` at its defaults, as `scripts/predict.py` sees
-it: one JSON line per transform with the accuracy (a refused image counts as wrong) and the
-rate of unsure answers. `--source validation` builds it from the last 5,000 training images
-(the validation split of `--validation-size 5000`): what settings are chosen on.
+Each MNIST digit is turned into what a pen, a scanner or a phone would make of it, or a digit is
+drawn from a template as mouse strokes on the page's canvas, then goes through `lenet_jax.predict`
+at its defaults: one JSON line per transform, the accuracy (a refused image counts as wrong) and
+the unsure rate. `--source validation`: the last 5,000 training images, what settings are chosen on.
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
+from lenet_jax.data import load_dataset
 from lenet_jax.predict import ImageError, Predictor, load_predictor, verdict
 
 BIG = 112  # MNIST digits are enlarged 4x before a pen or scanner is applied
@@ -193,8 +190,6 @@ def score(predictor: Predictor, images: list[np.ndarray], labels: np.ndarray) ->
 
 
 def robustness(args: argparse.Namespace) -> None:
-    from lenet_jax.data import load_dataset
-
     dataset = load_dataset(args.data_dir, VALIDATION_SIZE if args.source == "validation" else 0)
     split = dataset.validation if args.source == "validation" else dataset.test
     predictor = load_predictor(args.workdir, args.epoch)

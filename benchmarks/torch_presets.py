@@ -1,18 +1,12 @@
 """PyTorch twins of lenet-jax's presets: the same algorithm, implemented in plain eager PyTorch.
 
-A twin is built from the preset's own `Config` (lenet_jax.config), so when a preset changes,
-its twin follows; a field the twin cannot reproduce is refused (`check_supported`), never
-silently ignored. What "the same" means, field by field (model and options, both init schemes,
-optax's optimizers, schedules in float32, label smoothing, the weight average, the affine and
-elastic distortions via `grid_sample`, the data order) is in docs/performance-notes-cold-start.md
-section 1; tests/test_torch_twins.py checks each. Two details are easy to get wrong: feature_norm
-normalises each image's (C, H, W) features with one scale and offset per channel (Flax's
-`LayerNorm(reduction_axes=(1, 2, 3))`), and the twin flattens in PyTorch's (C, H, W) order, so
-the first Dense layer's rows are permuted when weights move from lenet-jax's (H, W, C).
-
-`time_to_accuracy` is what a benchmark calls; `python -m benchmarks.torch_presets --preset fast
---data-dir DIR` runs it once and prints one JSON line. No JAX is imported here (the config and
-the IDX reader are plain Python/numpy), so the process holds PyTorch's runtime only.
+A twin is built from the preset's own `Config`, so it follows the preset; a field it cannot
+reproduce is refused (`check_supported`), never ignored. What "the same" means, field by field:
+docs/performance-notes-cold-start.md section 1; tests/test_torch_twins.py checks each. Two details
+are easy to get wrong: feature_norm normalises each image's (C, H, W) features with one scale and
+offset per channel, and the twin flattens in (C, H, W) order, so the first Dense layer's rows are
+permuted when weights move from lenet-jax's (H, W, C). `python -m benchmarks.torch_presets --preset
+fast --data-dir DIR` runs `time_to_accuracy` once (one JSON line). No JAX is imported here.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.torch_lenet import load_idx, nchw
 from lenet_jax.config import AUGMENTATION_STRENGTHS, PRESETS, Config
 
 # The standard deviation of a unit normal truncated to [-2, 2] (Flax's truncated-normal correction).
@@ -65,9 +60,6 @@ def check_supported(config: Config) -> None:
         if getattr(config, name) and name not in DISTORTIONS:
             raise UnsupportedConfig(f"{name} has no PyTorch twin yet (twins: affine and elastic distortions)")
 
-
-# ---------------------------------------------------------------------------------------------
-# Model
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu}
 POOLS = {"avg": F.avg_pool2d, "max": F.max_pool2d}
@@ -184,10 +176,6 @@ def to_flax_params(model: TwinLeNet) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Optimizer, schedule, weight average
-
-
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> Callable[[int], float]:
     """step -> learning rate, as lenet_jax.optimizers.learning_rate_schedule's optax schedule
     computes it (float32, the same operations in the same order)."""
@@ -223,10 +211,6 @@ def ema_decay_at(step: int, decay: float) -> float:
     """min(decay, (1 + step) / (10 + step)) in float32, as lenet_jax.steps.ema_decay_at."""
     s = np.float32(step)
     return float(np.minimum(np.float32(decay), (np.float32(1) + s) / (np.float32(10) + s)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation
 
 
 def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
@@ -289,15 +273,6 @@ class TwinAugment:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def _nchw(images: np.ndarray) -> torch.Tensor:
-    """NHWC uint8 images as NCHW float32 in [0, 1], as lenet-jax feeds its model (no mean/std)."""
-    return torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-
-
 class PresetTwin:
     """Trains and evaluates the twin of a Config on arrays held in memory."""
 
@@ -309,11 +284,12 @@ class PresetTwin:
         initialize(self.model, config.init_scheme, self.generator)
         self.average = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(config, self.model.parameters())
-        self.train_x, self.train_y = _nchw(train_images), torch.from_numpy(train_labels.astype(np.int64))
-        self.test_x, self.test_y = _nchw(test_images), torch.from_numpy(test_labels.astype(np.int64))
+        self.train_x, self.train_y = nchw(train_images), torch.from_numpy(train_labels.astype(np.int64))
+        self.test_x, self.test_y = nchw(test_images), torch.from_numpy(test_labels.astype(np.int64))
         self.steps_per_epoch = -(-len(self.train_y) // config.batch_size)
         self.schedule = learning_rate_schedule(config, self.steps_per_epoch)
         self.augment = TwinAugment.from_config(config)
+        self.first_step_seconds: float | None = None
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One update (lr at self.step), then the weight average; returns the loss."""
@@ -338,6 +314,31 @@ class PresetTwin:
         for index in order.split(self.config.batch_size):
             yield self.train_x[index], self.train_y[index]
 
+    def evaluations(self, evals_per_epoch: int, steps_per_call: int = 1):
+        """Trains, yielding a row where the JAX trainer's calls of steps_per_call steps let it
+        evaluate: after the call passing each 1/evals_per_epoch of an epoch, and at each epoch's
+        end. train_seconds count from the first step and exclude the evaluations."""
+        every, elapsed = max(1, self.steps_per_epoch // evals_per_epoch), 0.0
+        for _ in range(self.config.epochs):
+            start, call_start = time.perf_counter(), self.step
+            for images, labels in self.epoch_batches():
+                self.train_step(images, labels)
+                if self.first_step_seconds is None:
+                    self.first_step_seconds = time.perf_counter() - start
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self.step - call_start < steps_per_call and not epoch_end:
+                    continue  # inside a call: no evaluation point
+                passed, call_start = self.step // every > call_start // every, self.step
+                if passed or epoch_end:
+                    elapsed += time.perf_counter() - start
+                    yield {
+                        "epoch": round(self.step / self.steps_per_epoch, 3),
+                        "step": self.step,
+                        "train_seconds": round(elapsed, 3),
+                        "test_accuracy": self.evaluate(),
+                    }
+                    start = time.perf_counter()
+
     @torch.inference_mode()
     def evaluate(self, batch_size: int = 1000) -> float:
         """Test accuracy of the evaluated weights (the average when there is one)."""
@@ -346,14 +347,6 @@ class PresetTwin:
         for x, y in zip(self.test_x.split(batch_size), self.test_y.split(batch_size), strict=True):
             correct += int((model(x).argmax(1) == y).sum())
         return correct / len(self.test_y)
-
-
-def load_idx(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels) from a folder of IDX files."""
-    from lenet_jax import idx  # numpy only
-
-    train, test = (idx.read_pair(*idx.split_paths(Path(data_dir), split)) for split in ("train", "test"))
-    return (*train, *test)
 
 
 def _training_split(config: Config, images: np.ndarray, labels: np.ndarray):
@@ -366,7 +359,7 @@ def _training_split(config: Config, images: np.ndarray, labels: np.ndarray):
 
 
 def time_to_accuracy(
-    preset_name: str | Config,
+    preset: str | Config,
     seed: int,
     target: float = 0.99,
     evals_per_epoch: int = 8,
@@ -374,72 +367,30 @@ def time_to_accuracy(
     data_dir: str | Path | None = None,
     data: tuple[np.ndarray, ...] | None = None,
     steps_per_call: int = 1,
-    max_epochs: int | None = None,
     on_eval: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Trains the preset's twin (or a Config's, its seed replaced) until the test accuracy first
-    reaches `target`; returns {"reached", "epoch", "step", "train_seconds", "test_accuracy", ...}.
-
-    Evaluates (then calls on_eval(row)) every steps_per_epoch // evals_per_epoch steps and at each
-    epoch's end; with steps_per_call > 1 only between groups of that many steps from each epoch's
-    start, after the group passing each interval: where the JAX trainer's calls let it evaluate.
-    Training seconds count from the first step and exclude evaluations. data: load_idx's arrays.
-    """
-    base = PRESETS[preset_name]() if isinstance(preset_name, str) else preset_name
-    config = Config(**{**base.to_dict(), "seed": seed})
+    reaches `target`, evaluating (then calling on_eval(row)) where `PresetTwin.evaluations` says.
+    data: load_idx's arrays, else read from data_dir."""
+    config = (PRESETS[preset]() if isinstance(preset, str) else preset).replace(seed=seed)
     if threads is not None:
         torch.set_num_threads(threads)
-    if data is None:
-        if data_dir is None:
-            raise ValueError("time_to_accuracy needs data_dir or data")
-        data = load_idx(data_dir)
-    twin = PresetTwin(config, *_training_split(config, data[0], data[1]), data[2], data[3])
-    every = max(1, twin.steps_per_epoch // evals_per_epoch)
-    elapsed, first_step, last_row = 0.0, None, {"step": -1}
-
-    def reached() -> bool:
-        """Evaluates now: has the accuracy reached target?"""
-        nonlocal last_row
-        last_row = {
-            "epoch": round(twin.step / twin.steps_per_epoch, 3),
-            "step": twin.step,
-            "train_seconds": round(elapsed, 3),
-            "test_accuracy": twin.evaluate(),
-        }
+    train_images, train_labels, test_images, test_labels = load_idx(data_dir) if data is None else data
+    twin = PresetTwin(config, *_training_split(config, train_images, train_labels), test_images, test_labels)
+    row: dict = {}
+    for row in twin.evaluations(evals_per_epoch, steps_per_call):
         if on_eval is not None:
-            on_eval(last_row)
-        return last_row["test_accuracy"] >= target
-
-    def train() -> bool:
-        """Trains epoch after epoch until an evaluation reaches target (True) or the epochs end."""
-        nonlocal elapsed, first_step
-        for _ in range(max_epochs or config.epochs):
-            start, call_start = time.perf_counter(), twin.step
-            for images, labels in twin.epoch_batches():
-                twin.train_step(images, labels)
-                if first_step is None:
-                    first_step = time.perf_counter() - start
-                if twin.step - call_start < steps_per_call and twin.step % twin.steps_per_epoch:
-                    continue  # inside a call: no evaluation point
-                passed, call_start = twin.step // every > call_start // every, twin.step
-                if passed:
-                    elapsed += time.perf_counter() - start
-                    if reached():
-                        return True
-                    start = time.perf_counter()
-            elapsed += time.perf_counter() - start
-            if last_row["step"] != twin.step and reached():  # the epoch's end, unless just evaluated
-                return True
-        return False
-
+            on_eval(row)
+        if row["test_accuracy"] >= target:
+            break
     return {
         "impl": "pytorch-twin",
-        "preset": preset_name if isinstance(preset_name, str) else "custom",
+        "preset": preset if isinstance(preset, str) else "custom",
         "seed": seed,
         "target": target,
-        "reached": train(),
-        **last_row,  # epoch, step, train_seconds, test_accuracy of the last evaluation
-        "first_step_seconds": round(first_step or 0.0, 4),
+        "reached": row.get("test_accuracy", 0) >= target,
+        **row,  # epoch, step, train_seconds, test_accuracy of the last evaluation
+        "first_step_seconds": round(twin.first_step_seconds or 0.0, 4),
         "evals_per_epoch": evals_per_epoch,
         "steps_per_call": steps_per_call,
         "threads": torch.get_num_threads(),
@@ -453,14 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--preset", dest="preset_name", default="fast", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--evals-per-epoch", type=int, default=8)
     parser.add_argument("--steps-per-call", type=int, default=1, help="evaluate between groups of N steps")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--max-epochs", type=int, default=None, help="default: the preset's epochs")
     parser.add_argument("--verbose", action="store_true", help="also print one line per evaluation")
     args = vars(parser.parse_args(argv))
     on_eval = (lambda row: print(json.dumps(row), flush=True)) if args.pop("verbose") else None

@@ -1,14 +1,10 @@
 """PyTorch files of the tutorial's LeNet: read them safely, import them, export ours back.
 
 `torch.save(net, PATH)` writes a zip archive whose `data.pkl` pickles the whole MyLeNet, each
-tensor's bytes in a `data/<key>` record. `torch.load` runs whatever that pickle names; here a
-restricted unpickler (the `find_class` allow-list of Python's pickle docs) allows only the names
-the tutorial's file or its state_dict needs, as inert stand-ins, and refuses anything else before
-it is called, so PyTorch need not be installed. `.safetensors` files use the `safetensors` package.
-
-Layouts: PyTorch's conv weights are OIHW, Flax's kernels HWIO; `Linear` weights are (out, in),
-`Dense` kernels (in, out); PyTorch flattens the conv features C,H,W where `LeNet` flattens H,W,C,
-so the first Dense kernel's rows are permuted. `scripts/convert.py` is the command line.
+tensor's bytes in a `data/<key>` record. A restricted unpickler (the `find_class` allow-list of
+Python's pickle docs) resolves only the names that file or its state_dict needs, to inert
+stand-ins, and refuses any other before it is called: PyTorch need not be installed.
+`.safetensors` files use the `safetensors` package. `scripts/convert.py` is the command line.
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ MAX_FILE_BYTES = 64 << 20  # LeNet's file is 250 KB: a larger one (or record) is
 _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PATH)) and convert that"
 
 
-# ---------------------------------------------------------------------------------------------
 # torch.save's zip archives, read without running their pickle.
 
 
@@ -57,17 +52,29 @@ class _Module:
     """An allowed torch.nn.Module, inert: the attribute dict its pickle sets, nothing run."""
 
     class_name = ""
-    state: dict[str, Any] = {}  # noqa: RUF012 - replaced, never mutated
+    state: dict[str, Any] = {}  # replaced by the pickle's, never mutated
 
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["state"] = state if isinstance(state, dict) else {}
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def state_dict(self, prefix: str = "", depth: int = 0) -> dict[str, Any]:
+        """What torch's module.state_dict() returns: its parameters and its submodules', depth first."""
+        if depth > 8:  # MyLeNet is 2 deep; a pickle can make a module contain itself
+            raise ConversionError("malformed pickle: modules nested more than 8 deep (a cycle?)")
+        state = {}
+        for group in ("_parameters", "_buffers", "_modules"):
+            for name, value in self.state.get(group, {}).items():
+                if isinstance(value, _Module):
+                    state.update(value.state_dict(f"{prefix}{name}.", depth + 1))
+                elif value is not None:
+                    state[f"{prefix}{name}"] = value
+        return state
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_) -> np.ndarray:
     """The contiguous tensor of `size` at `offset` in storage (as torch.save writes parameters)."""
     ints = isinstance(size, tuple) and all(type(n) is int and n >= 0 for n in (offset, *size))
-    contiguous = ints and stride == tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
-    if not (isinstance(storage, np.ndarray) and contiguous):
+    if not (ints and stride == tuple(math.prod(size[i + 1 :]) for i in range(len(size)))):
         raise ConversionError(f"malformed tensor in the pickle: size {size}, stride {stride}")
     end = offset + math.prod(size)
     if end > len(storage):
@@ -88,17 +95,33 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("__builtin__", "set"): set,  # protocol 2 names builtins the Python 2 way
-    ("builtins", "set"): set,
+    **{(builtins, "set"): set for builtins in ("builtins", "__builtin__")},  # protocol 2: Python 2's name
     **{("torch", name): dtype for name, dtype in _STORAGE_DTYPES.items()},
     **{key: type(key[1], (_Module,), {"class_name": ".".join(key)}) for key in _MODULE_CLASSES},
 }  # fmt: skip
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str, source: Path):
-        super().__init__(_open_record(archive, f"{prefix}data.pkl", source))
-        self._archive, self._prefix, self._byteorder, self._source = archive, prefix, byteorder, source
+    def __init__(self, archive: zipfile.ZipFile, source: Path):
+        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise ConversionError(f"{source} is not a torch.save archive: {_STATE_DICT_HINT}")
+        self._archive, self._prefix, self._source = archive, pickles[0].removesuffix("data.pkl"), source
+        super().__init__(self._record("data.pkl"))
+        byteorder = b"little"  # an archive without the record is little-endian
+        if f"{self._prefix}byteorder" in archive.namelist():
+            byteorder = self._record("byteorder").read().strip()
+        self._order = "<" if byteorder == b"little" else ">"
+
+    def _record(self, name: str) -> Any:
+        name = self._prefix + name
+        if name not in self._archive.namelist():
+            raise ConversionError(f"{self._source} is not a torch.save archive of LeNet (no record {name})")
+        if self._archive.getinfo(name).file_size > MAX_FILE_BYTES:
+            raise ConversionError(
+                f"{self._source} is not the tutorial's LeNet: its record {name} is too large"
+            )
+        return self._archive.open(name)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
@@ -110,70 +133,18 @@ class _Unpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> np.ndarray:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ConversionError(f"malformed pickle: unknown persistent id {str(pid)[:80]}")
-        _, dtype, key, _location, numel = pid  # any location (cpu, cuda:0, mps): bytes are bytes
-        if dtype not in _STORAGE_DTYPES.values() or not isinstance(key, str) or type(numel) is not int:
-            raise ConversionError(f"malformed pickle: storage id {str(pid)[:80]}")
-        dtype = np.dtype(dtype).newbyteorder("<" if self._byteorder == "little" else ">")
-        data = _open_record(self._archive, f"{self._prefix}data/{key}", self._source).read()
-        if numel < 0 or len(data) < numel * dtype.itemsize:
-            raise ConversionError(f"{self._source} is damaged: storage {key} is shorter than its tensor")
-        return np.frombuffer(data, dtype, numel)
-
-
-def _open_record(archive: zipfile.ZipFile, name: str, source: Path) -> Any:
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise ConversionError(f"{source} is not a torch.save archive of LeNet (no record {name})") from None
-    if info.file_size > MAX_FILE_BYTES:
-        raise ConversionError(f"{source} is not the tutorial's LeNet: its record {name} is too large")
-    return archive.open(info)
+        # ("storage", dtype, record, location, numel); any location (cpu, cuda:0, mps): bytes are bytes
+        match pid:
+            case ("storage", str(dtype), str(key), _, int(numel)) if dtype in _STORAGE_DTYPES.values():
+                dtype = np.dtype(dtype).newbyteorder(self._order)
+            case _:
+                raise ConversionError(f"malformed pickle: unknown persistent id {str(pid)[:80]}")
+        return np.frombuffer(self._record(f"data/{key}").read(), dtype, numel)  # ValueError if short
 
 
 # What a damaged or hostile pickle can raise in the unpickler or in the functions it calls.
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-    OverflowError, RecursionError, UnicodeDecodeError, NotImplementedError,
-)  # fmt: skip
-
-
-def _read_archive(path: Path, head: bytes) -> Any:
-    """The object torch.save pickled at path, read without running it (tensors as numpy)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-            if len(pickles) != 1:
-                raise ConversionError(f"{path} is not a torch.save archive: {_STATE_DICT_HINT}")
-            prefix = pickles[0].removesuffix("data.pkl")
-            byteorder = "little"
-            if f"{prefix}byteorder" in archive.namelist():
-                byteorder = _open_record(archive, f"{prefix}byteorder", path).read().decode("ascii").strip()
-            return _Unpickler(archive, prefix, byteorder, path).load()
-    except zipfile.BadZipFile:
-        damaged = head.startswith(b"PK")
-        what = "is damaged (truncated?)" if damaged else "is neither a torch.save archive nor safetensors"
-        raise ConversionError(f"{path} {what}: pass the .pth file torch.save wrote") from None
-    except _PICKLE_ERRORS as e:
-        raise ConversionError(
-            f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}): save it again"
-        ) from None
-
-
-def _module_state_dict(module: _Module, prefix: str = "", depth: int = 0) -> dict[str, Any]:
-    """What module.state_dict() returns: its parameters and its submodules', depth first."""
-    if depth > 8:  # MyLeNet is 2 deep; a pickle can make a module contain itself
-        raise ConversionError("malformed pickle: modules nested more than 8 deep (a cycle?)")
-    state = {}
-    for group in ("_parameters", "_buffers", "_modules"):
-        items = module.state.get(group)
-        for name, value in (items if isinstance(items, dict) else {}).items():
-            if isinstance(value, _Module):
-                state.update(_module_state_dict(value, f"{prefix}{name}.", depth + 1))
-            elif value is not None:
-                state[f"{prefix}{name}"] = value
-    return state
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ArithmeticError, LookupError, TypeError, ValueError,
+                  AttributeError, RecursionError, NotImplementedError)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -197,17 +168,20 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
         with open(path, "rb") as f:
             head = f.read(9)
         if head[8:9] == b"{":  # a safetensors header; a zip archive starts "PK"
-            try:
-                with safetensors.safe_open(path, framework="np") as f:
-                    tensors = {key: f.get_tensor(key) for key in f.keys()}
-                    return TorchWeights(tensors, "safetensors", "state_dict", f.metadata() or {})
-            except (safetensors.SafetensorError, ValueError) as e:
-                raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
-        obj = _read_archive(path, head)
+            return _read_safetensors(path)
+        with zipfile.ZipFile(path) as archive:
+            obj = _Unpickler(archive, path).load()
+        if isinstance(obj, _Module):
+            return TorchWeights(obj.state_dict(), "torch.save", f"pickled module {obj.class_name}")
+    except zipfile.BadZipFile:
+        damaged = head.startswith(b"PK")
+        what = "is damaged (truncated?)" if damaged else "is neither a torch.save archive nor safetensors"
+        raise ConversionError(f"{path} {what}: pass the .pth file torch.save wrote") from None
+    except _PICKLE_ERRORS as e:
+        why = f"{type(e).__name__}: {str(e)[:80]}"
+        raise ConversionError(f"{path} is damaged ({why}): save it again") from None
     except OSError as e:
         raise ConversionError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
-    if isinstance(obj, _Module):
-        return TorchWeights(_module_state_dict(obj), "torch.save", f"pickled module {obj.class_name}")
     if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
         return TorchWeights(dict(obj), "torch.save", "state_dict")
     kind = "dict" if isinstance(obj, dict) else type(obj).__name__
@@ -215,28 +189,34 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
     raise ConversionError(f"{path} holds a {kind}{keys}, not a LeNet or its state_dict: {_STATE_DICT_HINT}")
 
 
-# ---------------------------------------------------------------------------------------------
+def _read_safetensors(path: Path) -> TorchWeights:
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            return TorchWeights(tensors, "safetensors", "state_dict", f.metadata() or {})
+    except (safetensors.SafetensorError, ValueError) as e:
+        raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
+
+
 # Between MyLeNet's state_dict and LeNet's params.
+
+
+# dense1's inputs: row i of our kernel (flattened H,W,C) is column _DENSE1_ORDER[i] of PyTorch's (C,H,W)
+_DENSE1_ORDER = np.arange(math.prod(CONV_FEATURES)).reshape(CONV_FEATURES).transpose(1, 2, 0).reshape(-1)
 
 
 def _kernel(layer: str, weight: np.ndarray) -> np.ndarray:
     """A PyTorch weight of `layer` as its Flax kernel."""
     if weight.ndim == 4:
         return weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    if layer == "dense1":  # its inputs from PyTorch's C,H,W flatten order to our H,W,C
-        weight = weight.reshape(-1, *CONV_FEATURES).transpose(0, 2, 3, 1).reshape(len(weight), -1)
-    return weight.T  # (out, in) -> (in, out)
+    return (weight[:, _DENSE1_ORDER] if layer == "dense1" else weight).T  # (out, in) -> (in, out)
 
 
 def _weight(layer: str, kernel: np.ndarray) -> np.ndarray:
     """A Flax kernel of `layer` as its PyTorch weight: `_kernel` undone."""
     if kernel.ndim == 4:
         return kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    weight = kernel.T
-    if layer == "dense1":
-        c, h, w = CONV_FEATURES
-        weight = weight.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(len(weight), -1)
-    return weight
+    return (kernel[np.argsort(_DENSE1_ORDER)] if layer == "dense1" else kernel).T
 
 
 def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLike = "the file") -> dict:
@@ -271,8 +251,6 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
 
 def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
     """The tutorial MyLeNet's state_dict (keys model.1.weight, ...; float32) from LeNet's params."""
-    if sorted(params) != sorted(ours for ours, _, _ in LAYERS):
-        raise ConversionError(f"the checkpoint's params have layers {sorted(params)}, not LeNet's")
     state_dict = {}
     for ours, prefix, _ in LAYERS:
         kernel = np.asarray(params[ours]["kernel"], np.float32)
@@ -281,7 +259,6 @@ def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
     return state_dict
 
 
-# ---------------------------------------------------------------------------------------------
 # Into a workdir of this project, and back out.
 
 
@@ -295,11 +272,11 @@ class ImportResult:
 
 def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tuple[int, int]:
     """The epoch (given, else the file's metadata or name, else 1) and its step, both bounded."""
-    written = {k: weights.metadata.get(k, "") for k in ("epoch", "step")}  # by export_torch_checkpoint
+    written = [weights.metadata.get(k, "") for k in ("epoch", "step")]  # by export_torch_checkpoint
     # ASCII digits, at most 19 (an int64): anything else is not what export wrote, and is ignored.
-    recorded = all(v.isascii() and v.isdigit() and len(v) <= 19 for v in written.values())
-    if recorded and epoch in (None, int(written["epoch"])):
-        epoch, step = int(written["epoch"]), int(written["step"])
+    recorded = all(v.isascii() and v.isdigit() and len(v) <= 19 for v in written)
+    if recorded and epoch in (None, int(written[0])):
+        epoch, step = map(int, written)
         if epoch > MAX_EPOCH or step > MAX_STEP:
             raise ConversionError(
                 f"{path} records epoch {epoch}, step {step}, beyond a 32-bit step: pass --epoch "
@@ -320,17 +297,17 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
 def import_torch_checkpoint(
     path: str | os.PathLike, workdir: str | os.PathLike, epoch: int | None = None
 ) -> ImportResult:
-    """Writes the tutorial's weights in `path` as epoch `epoch` of a checkpoint in `workdir`.
+    """Writes the weights in `path` as a complete checkpoint of the recipe (a fresh optimizer state,
+    a meta naming the file and its sha256) at `epoch` in `workdir`, overwriting nothing."""
+    import jax  # here: reading a file needs numpy only, writing a checkpoint needs JAX
+    import jax.numpy as jnp
 
-    The checkpoint is complete, like one of training: the recipe's config, a fresh optimizer
-    state, the imported params, and a meta recording the source file and its sha256. The epoch
-    defaults as `_epoch_and_step` says; its step is epoch x 938 (the tutorial's batches per epoch)
-    unless the file records one. A workdir holding checkpoints takes only an epoch it does not
-    hold; nothing is overwritten.
-    """
     from lenet_jax.checkpoints import Checkpoints
     from lenet_jax.config import Config
+    from lenet_jax.model import model_from_config
+    from lenet_jax.optimizers import build_optimizer
     from lenet_jax.provenance import provenance
+    from lenet_jax.steps import create_train_state
     from lenet_jax.workdir import CONFIG_FILE, IMPORTED_DATASET, workdir_lock, write_config
 
     path = Path(path).expanduser().resolve()
@@ -341,7 +318,11 @@ def import_torch_checkpoint(
     epoch, step = _epoch_and_step(weights, path, epoch)
     config = Config()
     _check_workdir_takes(workdir, epoch, given, config)
-    state = _imported_state(config, params, step)
+    optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
+    state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
+    state = state.replace(
+        step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
+    )
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     source = {"kind": "pytorch", "file": str(path), "sha256": sha256, "format": weights.format,
@@ -358,9 +339,9 @@ def import_torch_checkpoint(
 
 
 def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) -> None:
-    """ConversionError unless `workdir` can take epoch `epoch` of `config`'s run (created)."""
+    """Creates `workdir` if it can take epoch `epoch` of `config`'s run, else ConversionError."""
     from lenet_jax.checkpoints import Checkpoints, checkpoint_dir
-    from lenet_jax.workdir import CONFIG_FILE, read_config
+    from lenet_jax.workdir import CONFIG_FILE, prepare_workdir, read_config
 
     existing = []
     if checkpoint_dir(workdir).is_dir():
@@ -378,28 +359,7 @@ def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) ->
             f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the tutorial's "
             "recipe; pass another --workdir"
         )
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(
-            f"cannot create workdir {workdir} ({e.strerror}): pass another --workdir"
-        ) from e
-
-
-def _imported_state(config: Any, params: Any, step: int) -> Any:
-    """A complete train state of the recipe with the imported params at `step`."""
-    import jax  # here: reading a file needs numpy only, writing a checkpoint needs JAX
-    import jax.numpy as jnp
-
-    from lenet_jax.model import model_from_config
-    from lenet_jax.optimizers import build_optimizer
-    from lenet_jax.steps import create_train_state
-
-    optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
-    state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
-    return state.replace(
-        step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
-    )
+    prepare_workdir(workdir)
 
 
 @dataclasses.dataclass
@@ -413,12 +373,8 @@ class ExportResult:
 def export_torch_checkpoint(
     workdir: str | os.PathLike, out: str | os.PathLike, epoch: int | None = None, force: bool = False
 ) -> ExportResult:
-    """Writes one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict.
-
-    `.safetensors` (its metadata records the epoch and step) needs nothing more; `.pt` / `.pth`
-    is written with torch.save and needs PyTorch. The weights are those evaluate.py evaluates (a
-    run's moving average when it kept one). Other architectures than the tutorial's are refused.
-    """
+    """Writes the weights evaluate.py evaluates of one epoch (newest by default) as the tutorial
+    MyLeNet's state_dict: `.safetensors` (metadata: epoch, step) or `.pt` / `.pth` (needs PyTorch)."""
     import jax
 
     from lenet_jax.checkpoints import load_weights

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one call on a lent GPU: `python -m benchmarks device-check` over the carried MNIST folder,
 # every line under $OUT (docs/device-check.md). scripts/prepare_device_check.sh prepares what it
-# carries (.device/) and prints the call. Extra arguments go to device-check (e.g. --quick).
+# carries (.device/) and prints the call. Extra arguments go to device-check (--quick, --checks ...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check-out}

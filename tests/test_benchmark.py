@@ -2,13 +2,23 @@
 
 import json
 
+import jax
 import pytest
 
+from benchmarks import device_check
 from benchmarks.__main__ import main
 
 
+@pytest.fixture
+def quick_compiles():
+    """XLA's optimizations off: compiles ~2x faster; these tests check what is reported, not speed."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 @pytest.mark.e2e
-def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys):
+def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys, quick_compiles):
     # The smoke preset never reaches 99%: the run goes to its last epoch and says so.
     argv = ["time-to-99", "--data-dir", str(mnist_dir), "--preset", "smoke", "--set", "epochs=1"]
     assert main([*argv, "--seeds", "0", "--evals-per-epoch", "2", "--no-torch", "--list-programs"]) == 0
@@ -37,6 +47,10 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys)
     start = result["first_call_seconds"] - result["steps_per_call"] * result["ms_per_step"] / 1000
     assert summary["mean_start_seconds"] == pytest.approx(start, abs=1e-3)
     assert 0 < summary["mean_start_seconds"] < summary["mean_first_call_seconds"]
+    # What device-check's time_to_99 check keeps of these lines.
+    kept = device_check.seeds_and_summary(lines)
+    assert kept["time_to_99_seconds"] is None and kept["per_seed_seconds"] == [None]
+    assert kept["mean_first_call_compilation_seconds"] == stages and kept["epochs_reached"] == [None]
 
 
 def test_bad_arguments_are_one_line(capsys):
