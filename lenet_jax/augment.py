@@ -1,12 +1,10 @@
 """Data augmentation on the device, in JAX, per image, keyed by the training step.
 
-Each image gets its own random affine transform (translation, rotation, scale, shear) and, if
-enabled, an elastic distortion (Simard, Steinkraus & Platt 2003: a random displacement field
-smoothed by a Gaussian of width sigma, scaled so that its largest displacement is alpha), applied
-by bilinear resampling with zeros outside; then, if enabled, another pen and scanner
-(`_pen_and_scan`). The key is `steps.augmentation_key` (fold_in(state.rng, state.step)): the same
-per seed, replayed exactly on resume. All strengths 0: no augmentation at all. The whole batch is
-transformed at once rather than vmapping a per-image function: cheaper on XLA:CPU (docs/results.md).
+Each image gets its own random affine transform and, if enabled, an elastic distortion (Simard,
+Steinkraus & Platt 2003: a random displacement field smoothed by a Gaussian of width sigma, largest
+displacement alpha), by bilinear resampling; then, if enabled, another pen and scanner. Keyed by
+`steps.augmentation_key` (replayed exactly on resume); all strengths 0: none. The whole batch is
+transformed at once, not vmapped per image: cheaper on XLA:CPU (docs/results.md).
 """
 
 from __future__ import annotations

@@ -106,9 +106,7 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
 def global_batch(indices: np.ndarray, mesh: Mesh) -> Any:
     """The global index array of a step; with one process the numpy array itself (jit places it)."""
-    if jax.process_count() == 1:
-        return indices
-    return _global_array(indices, batch_sharded(mesh, indices.ndim))
+    return indices if jax.process_count() == 1 else _global_array(indices, batch_sharded(mesh, indices.ndim))
 
 
 def with_sharding(abstract: Any, sharding: Any) -> Any:

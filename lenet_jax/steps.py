@@ -1,8 +1,7 @@
 """Train state and the pure step functions.
 
-`TrainState` is a plain pytree (no functions inside): checkpointed, restored against a
-`jax.eval_shape` target, donated to jit; the model and optimizer are closed over by the step
-factories. Steps are pure, `train_step(state, batch) -> (state, metrics)` and
+`TrainState` is a plain pytree (checkpointed, restored against a `jax.eval_shape` target, donated to
+jit); the model and optimizer are closed over. `train_step(state, batch) -> (state, metrics)`,
 `eval_step(params, batch) -> metrics`; a batch's `mask` (0 = padding) gives a partial last batch
 the shape of the others (one compilation) and the mean loss of the smaller batch it stands for.
 """

@@ -200,11 +200,10 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Trains LeNet as `config` says, evaluating and checkpointing every epoch in workdir.
 
-    optimizer: any optax GradientTransformation; None builds the config's. data_dir: folder of
-    MNIST-format IDX files (None: $LENET_DATA_DIR, else a download). resume: continue from the
-    newest checkpoint; False refuses a workdir with checkpoints, unless replace: then the old run is
-    set aside, deleted at the new run's first checkpoint (put back if it fails before). Raises
-    DivergedError (NaN/inf loss), TrainingInterrupted (SIGINT/SIGTERM): the last checkpoint stays.
+    optimizer: any optax GradientTransformation (None: the config's). data_dir: as load_dataset's.
+    resume: continue from the newest checkpoint; False refuses a workdir with checkpoints, unless
+    replace: the old run set aside, deleted at the new run's first checkpoint (put back if it fails
+    before). DivergedError (NaN/inf loss), TrainingInterrupted (SIGINT/SIGTERM): the last checkpoint stays.
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)

@@ -114,9 +114,8 @@ def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, S
 
 
 def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
-    """One prepared split as arrays, decoded through tfds.data_source. use_cache: keep them beside
-    it (`arrays-<split>.npz`, lenet_jax.speed.array_cache), skipped where read-only, decoded again
-    when unreadable."""
+    """One prepared split as arrays, decoded through tfds.data_source; use_cache: kept beside it
+    (`arrays-<split>.npz`, lenet_jax.speed.array_cache) where writable, decoded again if unreadable."""
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
     if use_cache and cache.is_file():
         with contextlib.suppress(Exception):  # BadZipFile, KeyError, ValueError...: decode again
@@ -136,11 +135,8 @@ def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
 
 
 def _prepared(config, array_cache: bool = True):
-    """(builder, train, test) of a config, preparing its tfds dataset first if needed.
-
-    The prepared dataset is derived data: one that cannot be read (a damaged file, a crash while
-    it was written) is deleted and prepared again, once. A failed preparation leaves nothing behind.
-    """
+    """(builder, train, test) of a config, preparing it first if needed; derived data, one that cannot
+    be read (damaged, a crash while written) is prepared again, once."""
     for attempt in (1, 2):
         builder, preparing = None, False
         try:
