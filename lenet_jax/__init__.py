@@ -1,18 +1,12 @@
 """lenet-jax: the classic LeNet digit recognizer, trained in JAX/Flax.
 
-The public API (each name documented where it is defined):
-
     from lenet_jax import Config, get_preset, train_and_evaluate, load_predictor
 
-- `Config`, `get_preset`, `PRESETS`: configs as code (lenet_jax.config).
-- `train_and_evaluate(config, workdir, optimizer=None, data_dir=None)` -> `TrainResult`; and
-  `make_trainer`, `train_epoch` for a loop of your own (lenet_jax.train).
-- `LeNet`, `model_from_config` (lenet_jax.model); `OPTIMIZERS`, `build_optimizer`
-  (lenet_jax.optimizers): the model and the optimizer registry.
-- `evaluate_checkpoint`, `load_weights`, `load_predictor`: use a run's checkpoints.
-- `import_torch_checkpoint`, `export_torch_checkpoint`: the PyTorch tutorial's `.pth` files.
-
-Names are imported on first use, so `import lenet_jax` alone stays cheap.
+Configs as code (`Config`, `get_preset`, `PRESETS`), training (`train_and_evaluate`, or
+`make_trainer` and `train_epoch` for a loop of your own), the model and optimizers, a run's
+checkpoints (`evaluate_checkpoint`, `load_weights`, `load_predictor`) and the PyTorch tutorial's
+`.pth` files. Each name is documented where it is defined, and imported on first use, so that
+`import lenet_jax` alone stays cheap.
 """
 
 from __future__ import annotations
@@ -22,24 +16,17 @@ from typing import Any
 
 __version__ = "0.3.0"
 
-_EXPORTS = {
-    "Config": "lenet_jax.config",
-    "PRESETS": "lenet_jax.config",
-    "get_preset": "lenet_jax.config",
-    "train_and_evaluate": "lenet_jax.train",
-    "TrainResult": "lenet_jax.train",
-    "make_trainer": "lenet_jax.train",
-    "train_epoch": "lenet_jax.train",
-    "LeNet": "lenet_jax.model",
-    "model_from_config": "lenet_jax.model",
-    "OPTIMIZERS": "lenet_jax.optimizers",
-    "build_optimizer": "lenet_jax.optimizers",
-    "evaluate_checkpoint": "lenet_jax.evaluation",
-    "load_weights": "lenet_jax.checkpoints",
-    "load_predictor": "lenet_jax.predict",
-    "import_torch_checkpoint": "lenet_jax.torch_checkpoint",
-    "export_torch_checkpoint": "lenet_jax.torch_checkpoint",
+_MODULES = {
+    "config": ("Config", "PRESETS", "get_preset"),
+    "train": ("train_and_evaluate", "TrainResult", "make_trainer", "train_epoch"),
+    "model": ("LeNet", "model_from_config"),
+    "optimizers": ("OPTIMIZERS", "build_optimizer"),
+    "evaluation": ("evaluate_checkpoint",),
+    "checkpoints": ("load_weights",),
+    "predict": ("load_predictor",),
+    "torch_checkpoint": ("import_torch_checkpoint", "export_torch_checkpoint"),
 }
+_EXPORTS = {name: f"lenet_jax.{module}" for module, names in _MODULES.items() for name in names}
 __all__ = ["__version__", *_EXPORTS]
 
 

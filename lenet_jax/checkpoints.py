@@ -1,21 +1,16 @@
 """Per-epoch checkpoints with orbax: `WORKDIR/checkpoints/<epoch>/{params,train_state,meta}`.
 
-Items per epoch, so that each reader restores only what it needs:
-- `params`: the model parameters (what evaluation and prediction read);
-- `ema_params`: only in runs with --ema-decay: the averaged parameters, which evaluation and
-  prediction read instead when present;
-- `train_state`: step, optimizer state and rng (what resuming needs besides params);
-- `meta`: JSON with the format version, epoch, step, the run's config, where its optimizer came
-  from, provenance and that epoch's metrics.
-Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
-crash mid-save never leaves a half-written checkpoint that looks finished.
-Restores take abstract targets (`jax.eval_shape`), so no real init runs just to get shapes;
-before restoring, the target's structure is compared with the checkpoint's own metadata, so a
-checkpoint that does not fit is told apart from one that is damaged.
+Items per epoch, so that each reader restores only what it needs: `params` (evaluation and
+prediction), `ema_params` (runs with --ema-decay: read instead of params), `train_state` (step,
+optimizer state, rng: resuming) and `meta` (JSON: format version, epoch, step, config, optimizer
+source, provenance, the epoch's metrics row). Orbax renames a checkpoint into place once it is
+complete. Restores take `jax.eval_shape` targets, compared first with the checkpoint's own
+metadata, so that a checkpoint that does not fit is told apart from a damaged one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -34,7 +29,7 @@ from lenet_jax.library_logs import helper_threads_quiet_on_failure, quiet
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.small_files import FileRefused, check_small_file
 from lenet_jax.steps import TrainState
-from lenet_jax.workdir import CHECKPOINT_SUBDIR
+from lenet_jax.workdir import CHECKPOINT_SUBDIR, resolve_workdir
 
 EMA_ITEM = "ema_params"
 ITEMS = ("params", "train_state", "meta", EMA_ITEM)
@@ -51,27 +46,40 @@ SAVE_MARGIN = 2**20
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     """Where the epoch checkpoints of a workdir live (absolute: orbax requires it)."""
-    try:
-        return Path(workdir).expanduser().resolve() / CHECKPOINT_SUBDIR
-    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise CheckpointError(
-            f"workdir {workdir} cannot be resolved ({getattr(e, 'strerror', None) or e}): "
-            "pass the --workdir of a training run"
-        ) from None
+    return (
+        resolve_workdir(workdir, CheckpointError, "pass the --workdir of a training run") / CHECKPOINT_SUBDIR
+    )
 
 
 def describe(tree: Any) -> dict[str, str]:
     """'path' -> 'shape dtype' for every array of a pytree (arrays, ShapeDtypeStructs or orbax
     metadata), with paths spelled alike for NamedTuples, dicts and lists."""
-
-    def name(entry) -> str:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                return str(getattr(entry, attr))
-        return str(entry)
-
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(map(name, path)): f"{tuple(leaf.shape)} {leaf.dtype}" for path, leaf in leaves}
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="."): f"{tuple(leaf.shape)} {leaf.dtype}"
+        for path, leaf in leaves
+    }
+
+
+def _refused(path: Path) -> str | None:
+    """Why a JSON file that orbax reads whole must not be read (not a regular file, too large);
+    None if it may be, or is missing (orbax says what is missing)."""
+    try:
+        check_small_file(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, FileRefused) as e:
+        return str(e).removeprefix(str(path)).strip()
+    return None
+
+
+def _state_items(state: TrainState, arg: Callable[[Any], ocp.args.CheckpointArgs]) -> dict[str, Any]:
+    """The checkpoint items of a (real or abstract) train state, each wrapped in arg."""
+    train_state = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+    items = {"params": arg(state.params), "train_state": arg(train_state)}
+    if state.ema_params is not None:
+        items[EMA_ITEM] = arg(state.ema_params)
+    return items
 
 
 def _differences(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) -> list[str]:
@@ -83,7 +91,7 @@ def _differences(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) 
     return lines[:limit] + ([f"{len(lines) - limit} more"] if len(lines) > limit else [])
 
 
-class Checkpoints:
+class Checkpoints(contextlib.AbstractContextManager):
     """The epoch checkpoints of one workdir; a context manager (orbax runs a thread, which must
     be stopped on every exit, or orbax prints a traceback at interpreter exit)."""
 
@@ -110,19 +118,12 @@ class Checkpoints:
         lists the epochs (a link to /dev/zero, a 4 GiB file): before orbax reads any."""
         folders = self.directory.iterdir() if self.directory.is_dir() else []
         for folder in sorted(f for f in folders if f.name.isdigit() and f.is_dir()):
-            try:
-                check_small_file(folder / CHECKPOINT_METADATA)
-            except FileNotFoundError:
-                pass
-            except (OSError, FileRefused) as e:
-                reason = str(e).removeprefix(str(folder / CHECKPOINT_METADATA)).strip()
+            reason = _refused(folder / CHECKPOINT_METADATA)
+            if reason:
                 raise CheckpointError(
                     f"the checkpoint of epoch {folder.name} is damaged (its {CHECKPOINT_METADATA} {reason}): "
                     f"move {folder} out of {self.directory} to use the other epochs"
                 ) from None
-
-    def __enter__(self) -> Checkpoints:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -135,20 +136,10 @@ class Checkpoints:
         self._manager.reload()  # another process (or a crash) may have changed the directory
         return sorted(self._manager.all_steps())
 
-    def latest_epoch(self) -> int | None:
-        epochs = self.epochs()
-        return epochs[-1] if epochs else None
-
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
         """Writes epoch's checkpoint (meta gets the format version); returns when it is on disk."""
-        train_state = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
-        items = {
-            "params": ocp.args.StandardSave(state.params),
-            "train_state": ocp.args.StandardSave(train_state),
-            "meta": ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta}),
-        }
-        if state.ema_params is not None:
-            items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
+        items = _state_items(state, ocp.args.StandardSave)
+        items["meta"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta})
         self._check_space(epoch, state)
         try:
             # A save cut short (a full disk, a second Ctrl-C) leaves orbax's helper threads of
@@ -164,12 +155,8 @@ class Checkpoints:
             raise
 
     def _check_space(self, epoch: int, state: TrainState) -> None:
-        """OSError(ENOSPC) before a save that the disk has no room for.
-
-        orbax writes a checkpoint's items concurrently; when one fails on a full disk the
-        others' writes complete into a closed event loop and print tracebacks that no handler
-        can catch. Refusing the save up front keeps that to the one-line error.
-        """
+        """OSError(ENOSPC) before a save that the disk has no room for: orbax's concurrent item
+        writes, one failing on a full disk, print tracebacks no handler can catch."""
         needed = (
             2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
         )
@@ -185,17 +172,19 @@ class Checkpoints:
                 str(self.directory),
             )
 
-    def _check_epoch(self, epoch: int) -> None:
+    def _check_epoch(self, epoch: int | None) -> int:
+        """epoch (None: the newest) once it has a checkpoint; CheckpointError naming those there are."""
         epochs = self.epochs()
         if not epochs:
             raise CheckpointError(
                 f"{self.directory} has no checkpoints: train first, or pass another --workdir"
             )
-        if epoch not in epochs:
+        if epoch is not None and epoch not in epochs:
             raise CheckpointError(
                 f"no checkpoint for epoch {epoch} in {self.directory}; "
                 f"available epochs: {', '.join(map(str, epochs))}"
             )
+        return epochs[-1] if epoch is None else epoch
 
     def _damaged(self, epoch: int, error: BaseException) -> CheckpointError:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
@@ -238,12 +227,8 @@ class Checkpoints:
         folder = self.directory / str(epoch)
         names = [CHECKPOINT_METADATA] + [f"{item}/{name}" for item in items for name in ITEM_JSON_FILES]
         for name in names:
-            try:
-                check_small_file(folder / name)
-            except FileNotFoundError:
-                pass  # orbax says what is missing
-            except (OSError, FileRefused) as e:
-                reason = str(e).removeprefix(str(folder / name)).strip()
+            reason = _refused(folder / name)
+            if reason:
                 raise self._damaged(epoch, ValueError(f"its {name} {reason}")) from None
 
     def _restore(self, epoch: int, **items: ocp.args.CheckpointArgs) -> Any:
@@ -271,8 +256,7 @@ class Checkpoints:
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 
     def readable_metas(self, epochs: list[int], note: Callable[[str], Any] | None = None) -> dict[int, dict]:
-        """epoch -> meta for those of `epochs` whose meta can be read; a damaged one is left
-        out (and note(line) told), so that it blocks nothing that only needs the others."""
+        """epoch -> meta of those of `epochs` that can be read; a damaged one is left out (note told)."""
         metas = {}
         for epoch in epochs:
             try:
@@ -283,31 +267,14 @@ class Checkpoints:
         return metas
 
     def restore_params(self, epoch: int, abstract_params: Any, item: str = "params") -> Any:
-        """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params
-        (a jax.eval_shape result)."""
+        """The params of `epoch` (item EMA_ITEM: the averaged ones), shaped like abstract_params."""
         return self._restore(epoch, **{item: ocp.args.StandardRestore(abstract_params)})[item]
 
     def restore_state(self, epoch: int, abstract_state: TrainState) -> TrainState:
         """The full train state of `epoch`, for resuming."""
-        abstract_train_state = {
-            "step": abstract_state.step,
-            "opt_state": abstract_state.opt_state,
-            "rng": abstract_state.rng,
-        }
-        items = {
-            "params": ocp.args.StandardRestore(abstract_state.params),
-            "train_state": ocp.args.StandardRestore(abstract_train_state),
-        }
-        if abstract_state.ema_params is not None:
-            items[EMA_ITEM] = ocp.args.StandardRestore(abstract_state.ema_params)
-        restored = self._restore(epoch, **items)
-        train_state = restored["train_state"]
+        restored = self._restore(epoch, **_state_items(abstract_state, ocp.args.StandardRestore))
         return TrainState(
-            step=train_state["step"],
-            params=restored["params"],
-            opt_state=train_state["opt_state"],
-            rng=train_state["rng"],
-            ema_params=restored.get(EMA_ITEM),
+            params=restored["params"], ema_params=restored.get(EMA_ITEM), **restored["train_state"]
         )
 
 
@@ -355,17 +322,9 @@ RestoredParams = Weights  # the name of lenet-jax 0.1.0
 
 def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True) -> Weights:
     """The params of one epoch's checkpoint (newest by default), nothing else restored.
-
-    averaged: when the run kept a moving average of the weights (--ema-decay), return it (what
-    training evaluated and logged); False returns the raw weights.
-    """
+    averaged: the run's moving average of the weights where it kept one (what it evaluated)."""
     with Checkpoints(workdir, read_only=True) as checkpoints:
-        if epoch is None:
-            epoch = checkpoints.latest_epoch()
-            if epoch is None:
-                raise CheckpointError(
-                    f"{checkpoints.directory} has no checkpoints: train first, or pass another --workdir"
-                )
+        epoch = checkpoints._check_epoch(epoch)
         meta = checkpoints.restore_meta(epoch)
         config = Config.from_dict(meta["config"])
         model = model_from_config(config)

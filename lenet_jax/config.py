@@ -1,9 +1,7 @@
 """Configs as code: every default of a run lives here, once.
 
-`Config` holds every field a run depends on; `PRESETS` maps names to functions returning a
-`Config`. The command line (`lenet_jax.cli`) builds one flag per field from this dataclass, so a
-new field is a new flag with no other edit. The resolved config is written to the run's workdir
-as `config.json` and stored with every checkpoint.
+`Config` holds every field a run depends on (`lenet_jax.cli` makes one flag per field); `PRESETS`
+maps names to functions returning one. It is recorded in config.json and every checkpoint.
 """
 
 from __future__ import annotations
@@ -33,18 +31,6 @@ OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "
 MAX_EPOCHS = 10_000
 FLOAT32_MAX = 3.4028234663852886e38  # the device computes in float32: larger values overflow to inf
 FROM_PYTHON = "python"  # the `optimizer` recorded for a run given its optimizer from Python
-# The Config fields that switch augmentation on (all 0: none).
-AUGMENTATION_STRENGTHS = (
-    "augment_translate",
-    "augment_rotate",
-    "augment_scale",
-    "augment_shear",
-    "elastic_alpha",
-    "augment_stroke",
-    "augment_blur",
-    "augment_lowres",
-    "augment_gamma",
-)
 
 
 def _field(default: Any, help: str, choices: Any = None, old_name: str | None = None) -> Any:
@@ -58,19 +44,12 @@ def _field(default: Any, help: str, choices: Any = None, old_name: str | None = 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One training run. Defaults are the PyTorch tutorial's recipe.
-
-    Run: `python scripts/train.py` (same as `--preset recipe`).
-    Expected: the loss sits near 2.30 for the first ~1,300 steps (sigmoid + PyTorch init), then
-    falls; test accuracy ~98% after 20 epochs (README, "Presets and results").
-    """
+    """One training run. Defaults are the PyTorch tutorial's recipe (`recipe`)."""
 
     # Model.
     activation: str = _field("sigmoid", "activation after each convolution", ACTIVATIONS)
     pool: str = _field("avg", "2x2 stride-2 pooling after each convolution", POOLS)
-    dense_activation: bool = _field(
-        False, "apply the activation between the Dense layers too (the recipe has none)"
-    )
+    dense_activation: bool = _field(False, "the activation between the Dense layers too (recipe: none)")
     feature_norm: bool = _field(
         False,
         "layer-normalise each image's convolutional features (5x5x16, with a scale and offset "
@@ -86,9 +65,7 @@ class Config:
 
     # Data.
     validation_size: int = _field(0, "hold out the last N training images as a validation split (0: none)")
-    train_size: int | None = _field(
-        None, "train on only the first N training images (smoke tests; default: all)"
-    )
+    train_size: int | None = _field(None, "train on the first N training images only (default: all)")
 
     # Augmentation, on the device per image (lenet_jax.augment); all 0: none (the recipe).
     augment_translate: float = _field(0.0, "random translation, up to this many pixels")
@@ -97,28 +74,20 @@ class Config:
     augment_shear: float = _field(0.0, "random shear, up to this many degrees")
     elastic_alpha: float = _field(0.0, "elastic distortion strength in pixels (Simard et al. 2003)")
     elastic_sigma: float = _field(4.0, "smoothing (Gaussian sigma, pixels) of the elastic field")
-    augment_stroke: float = _field(
-        0.0, "random stroke growth (dilation) up to this radius in pixels, or thinning up to half"
-    )
+    augment_stroke: float = _field(0.0, "random dilation up to this radius in pixels, or thinning up to half")
     augment_blur: float = _field(0.0, "random Gaussian blur, up to this sigma in pixels")
-    augment_lowres: float = _field(
-        0.0, "random resolution loss: down- and up-sampling by up to 1 + this factor"
-    )
+    augment_lowres: float = _field(0.0, "random resolution loss: down- and up-sampling by up to 1 + this")
     augment_gamma: float = _field(0.0, "random ink gamma, up to exp(+-this) (fainter or bolder stroke edges)")
 
     # Training.
     epochs: int = _field(20, "number of passes over the training set")
     batch_size: int = _field(64, "training batch size (global, over all devices)")
-    eval_batch_size: int = _field(
-        64, "evaluation batch size; the test total loss is the sum of per-batch mean losses"
-    )
+    eval_batch_size: int = _field(64, "evaluation batch size; test total loss sums the per-batch mean losses")
     seed: int = _field(0, "seed of every random choice: initialisation, shuffling")
     optimizer: str = _field("sgd", "optimizer (lenet_jax.optimizers.OPTIMIZERS)", OPTIMIZERS)
     lr: float = _field(0.05, "peak learning rate")
     momentum: float = _field(0.9, "momentum of the momentum, nesterov and rmsprop optimizers")
-    weight_decay: float = _field(
-        0.0, "weight decay (decoupled for adamw and lion, L2 added to the gradient otherwise)"
-    )
+    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw and lion, L2 otherwise)")
     schedule: str = _field("constant", "learning-rate schedule", SCHEDULES)
     warmup_epochs: float = _field(1.0, "linear warm-up length of the warmup-cosine schedule")
     grad_clip: float | None = _field(None, "clip gradients to this global norm (default: off)")
@@ -151,19 +120,14 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated (0.1.0's field names accepted too)."""
-        for name in REMOVED_FIELDS:
-            if name in changes:
-                changes.pop(name)
-                warnings.warn(
-                    f"Config.{name} is gone since lenet-jax 0.3 (ignored): speed='plain' turns every "
-                    "speed trick off",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-        for field in dataclasses.fields(self):
-            if field.metadata.get("old_name") in changes:
-                changes[field.name] = changes.pop(field.metadata["old_name"])
-        return dataclasses.replace(self, **changes)
+        for name in set(REMOVED_FIELDS) & set(changes):
+            warnings.warn(
+                f"Config.{name} is gone since lenet-jax 0.3 (ignored): speed='plain' turns every "
+                "speed trick off",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return dataclasses.replace(self, **_current_names(changes))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,28 +150,36 @@ class Config:
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Inverse of `to_dict` and `to_record` (a Python optimizer's run gets the default
         optimizer fields); unknown keys are an error (a config from another version)."""
-        values = dict(values)
+        values = _current_names(values)
         if values.get("optimizer") == FROM_PYTHON:
             del values["optimizer"]
-        for field in dataclasses.fields(cls):  # a 0.1.0 config spells some fields otherwise
-            old = field.metadata.get("old_name")
-            if old in values and field.name not in values:
-                values[field.name] = values.pop(old)
-        for name in REMOVED_FIELDS:  # a 0.2 config: now execution choices (lenet_jax.speed)
-            values.pop(name, None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}: the run was made by another version")
         return cls(**values)
 
 
+def _current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """values with 0.1.0's field names renamed and 0.2's removed fields (REMOVED_FIELDS) dropped."""
+    values = {name: value for name, value in values.items() if name not in REMOVED_FIELDS}
+    for field in dataclasses.fields(Config):
+        old = field.metadata.get("old_name")
+        if old in values and field.name not in values:
+            values[field.name] = values.pop(old)
+    return values
+
+
+# The Config fields that switch augmentation on (all 0: none).
+AUGMENTATION_STRENGTHS = tuple(
+    f.name for f in dataclasses.fields(Config) if f.name.startswith("augment_") or f.name == "elastic_alpha"
+)
+
+
 @functools.cache
 def field_types() -> dict[str, type]:
     """Field name -> the base type of its values (int, float, str or bool), Optional unwrapped."""
-    hints = typing.get_type_hints(Config)
     types = {}
-    for name, hint in hints.items():
+    for name, hint in typing.get_type_hints(Config).items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         types[name] = args[0] if args else hint
     return types
@@ -226,10 +198,9 @@ def validate(config: Config) -> Config:
         need(not choices or value in choices, field.name, f"must be one of {', '.join(choices or ())}")
         number = kind is float and isinstance(value, int) and not isinstance(value, bool)
         need(value is None or isinstance(value, kind) or number, field.name, f"must be a {kind.__name__}")
-        finite = kind is not float or value is None or math.isfinite(value)
-        need(finite, field.name, "must be a finite number")
-        small = kind is not float or value is None or abs(value) <= FLOAT32_MAX
-        need(small, field.name, f"must be at most {FLOAT32_MAX:.3g} (a float32)")
+        if kind is float and value is not None:
+            need(math.isfinite(value), field.name, "must be a finite number")
+            need(abs(value) <= FLOAT32_MAX, field.name, f"must be at most {FLOAT32_MAX:.3g} (a float32)")
     need(-(2**63) <= config.seed < 2**63, "seed", "must fit in 64 bits")
     for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         need(getattr(config, name) >= 1, name, "must be at least 1")
@@ -251,35 +222,20 @@ def validate(config: Config) -> Config:
 
 def recipe() -> Config:
     """The PyTorch tutorial's recipe: sigmoid LeNet, SGD 0.05, batch 64, 20 epochs.
-
-    Run: `python scripts/train.py --preset recipe`
-    Expected: ~98% test accuracy after 20 epochs; ~10-85% over epochs 1-3 (the sigmoid plateau).
-    """
+    Run: `--preset recipe`. Expected: the loss near 2.30 for ~1,300 steps, ~98% after 20 epochs."""
     return Config()
 
 
 def smoke() -> Config:
-    """A seconds-long run for smoke tests: 2 epochs over the first 2,048 training images.
-
-    Run: `python scripts/train.py --preset smoke`
-    Expected: finishes in seconds; accuracy is not meaningful (the sigmoid plateau), use it to
-    check that training, logging, checkpoints and evaluation work end to end.
-    """
+    """2 epochs over the first 2,048 training images: checks training, logging, checkpoints and
+    evaluation end to end. Run: `--preset smoke`. Expected: seconds; its accuracy means nothing."""
     return Config(epochs=2, train_size=2048, init_scheme="flax")
 
 
 def fast() -> Config:
-    """LeNet-5's size and layout, trained for wall-clock speed to 99% test accuracy.
-
-    ReLU and max-pooling (also between the Dense layers), a LayerNorm of the convolutional
-    features before the Dense layers (61,738 parameters), Flax's initialisers, SGD with Nesterov
-    momentum 0.9 at 0.2 with a warm-up (0.2 epoch) + cosine schedule over 3 epochs, batch 64,
-    label smoothing 0.1, and a moving average of the weights (decay 0.999), which is what gets
-    evaluated. It serves the time-to-99% benchmark, so it was tuned on test accuracy; how it was
-    chosen and what else was tried: docs/results.md.
-    Run: `python scripts/train.py --preset fast` (or `scripts/benchmark.py time-to-99`)
-    Expected: ~99% test accuracy after epoch 1, ~99.3% after epoch 3 (README, "Presets and results").
-    """
+    """LeNet-5's size and layout (61,738 parameters with the feature LayerNorm), trained for
+    wall-clock speed to 99% test accuracy: the time-to-99 benchmark's preset, so tuned on test
+    accuracy (docs/results.md). Run: `--preset fast`. Expected: ~99% after epoch 1, ~99.3% after 3."""
     return Config(
         activation="relu",
         pool="max",
@@ -299,16 +255,10 @@ def fast() -> Config:
 
 
 def best() -> Config:
-    """LeNet-5's size and layout (61,706 parameters), trained for the lowest test error.
-
-    ReLU/max-pool LeNet-5 with Flax's initialisers; AdamW 3e-3 (weight decay 0.01) with a
-    1-epoch warm-up + cosine schedule, batch 128, label smoothing 0.1, a moving average of the
-    weights (decay 0.999, evaluated and saved), and per-image random affine + elastic
-    distortions on the device (Simard et al. 2003), 80 epochs. Chosen on a 5,000-image
-    validation split, never on the test set (the validation figures: docs/results.md).
-    Run: `python scripts/train.py --preset best`
-    Expected: ~0.5% test error after ~12 minutes on a 2-core CPU (README, "Presets and results").
-    """
+    """LeNet-5's size and layout (61,706 parameters), trained for the lowest test error, with
+    affine + elastic augmentation (Simard et al. 2003). Chosen on a 5,000-image validation split,
+    never on the test set (docs/results.md). Run: `--preset best`. Expected: ~0.5% test error,
+    ~12 minutes on a 2-core CPU."""
     return Config(
         activation="relu",
         pool="max",
@@ -333,30 +283,16 @@ def best() -> Config:
 
 
 def handwriting() -> Config:
-    """LeNet-5's size (61,706 parameters), trained for real handwriting: other pens, scans, photos.
-
-    `best`'s model and training for 30 epochs, with the pen and scanner augmentations on top of
-    its affine + elastic ones, on a random half of the images: stroke growth up to 1 pixel of
-    radius (thinning up to 0.5), blur up to sigma 1, resolution loss down to half, ink gamma up
-    to exp(+-0.5). Chosen on a 5,000-image validation split and on benchmarks/robustness.py built
-    from it, never on the test set (15-epoch runs; validation error / robustness mean): no pen
-    0.52% / 98.95%, the pen on every image 0.96% / 99.46%, at half strength 1.14%, the pen on
-    half the images 0.66% / 99.54% (docs/results.md).
-    Run: `python scripts/train.py --preset handwriting`
-    Expected: ~0.5% test error, ~6 minutes on a 2-core CPU (docs/results.md, "Handwriting").
-    """
+    """`best` for 30 epochs with pen and scanner augmentations (stroke, blur, resolution, ink
+    gamma), for real handwriting: other pens, scans, photos. Chosen on the validation split and
+    benchmarks/robustness.py (docs/results.md, "Handwriting"). Run: `--preset handwriting`.
+    Expected: ~0.5% test error, ~6 minutes on a 2-core CPU."""
     return best().replace(
         epochs=30, augment_stroke=1.0, augment_blur=1.0, augment_lowres=1.0, augment_gamma=0.5
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {
-    "recipe": recipe,
-    "smoke": smoke,
-    "fast": fast,
-    "best": best,
-    "handwriting": handwriting,
-}
+PRESETS: dict[str, Callable[[], Config]] = {p.__name__: p for p in (recipe, smoke, fast, best, handwriting)}
 DEFAULT_PRESET = "recipe"
 
 

@@ -1,15 +1,10 @@
-"""User-facing errors.
+"""User-facing errors: anything a user can cause raises a `LenetError` whose message names the
+problem and the fix in one line; the scripts print it and exit with its `exit_code` (a traceback
+only with --debug). Anything else is a bug and keeps its traceback.
 
-Anything a user can cause (bad flags, bad data, a missing checkpoint, a diverging run, Ctrl-C)
-raises a subclass of `LenetError` whose message names the problem and the fix in one line. The
-scripts print that line and exit with the error's `exit_code`; only `--debug` shows a traceback.
-Everything else is a bug and keeps its traceback.
-
-Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged;
-4 the machine refused a read or write (disk full, permission denied, read-only file system):
-nothing in the input is wrong, and rerunning the same command once it is fixed resumes;
-5 the device ran out of memory (a batch too large for it); 128 + N stopped by signal N
-(130 Ctrl-C, 143 SIGTERM).
+Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged; 4 the
+machine refused a read or write (disk full, permissions, read-only: rerunning once fixed resumes);
+5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,8 +23,7 @@ class LenetError(Exception):
 
 
 class ConfigError(LenetError):
-    """An invalid configuration value or flag. field: the Config field the message starts with,
-    if any (the scripts print it as its flag: lenet_jax.cli.run)."""
+    """An invalid configuration value. field: the Config field it names (cli.run prints its flag)."""
 
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
@@ -67,8 +61,8 @@ class DeviceMemoryError(LenetError):
 
 
 def device_memory_asked(error: BaseException) -> str | None:
-    """What XLA's RESOURCE_EXHAUSTED out of memory asked for ("32.4 GB", or "memory"); None for
-    anything else, a full disk (tensorstore's RESOURCE_EXHAUSTED) included."""
+    """What XLA's out-of-memory RESOURCE_EXHAUSTED asked for ("32.4 GB", or "memory"); None for
+    anything else (tensorstore's RESOURCE_EXHAUSTED is a full disk)."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
         return None
@@ -78,8 +72,7 @@ def device_memory_asked(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def out_of_memory_names(flag: str) -> Iterator[None]:
-    """Turns a device out-of-memory error inside the block into DeviceMemoryError (one line
-    naming `flag`, the setting to lower); the checkpoints already written stay as they were."""
+    """A device out-of-memory error inside becomes DeviceMemoryError naming `flag`, to lower."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through
@@ -111,16 +104,13 @@ STORAGE_FAULTS = {
 
 
 def storage_fault(error: BaseException | None) -> OSError | None:
-    """The OSError of a storage fault (STORAGE_FAULTS) behind `error`, following the chain of
-    causes (libraries such as orbax wrap it); None if there is none."""
+    """The OSError of a storage fault (STORAGE_FAULTS) in `error`'s chain of causes, or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in STORAGE_FAULTS:
             return error
-        # C++ libraries report one in their own exception types: tensorstore (orbax's array
-        # writer) as "... No space left on device [os_error_code='28']", array_record (tfds's
-        # writer) as "write() failed: No space left on device".
+        # C++ libraries say it in text: tensorstore "[os_error_code='28']", array_record strerror.
         if not isinstance(error, OSError):
             code = re.search(r"os_error_code='(\d+)'", str(error))
             codes = [int(code[1])] if code else [c for c in STORAGE_FAULTS if os.strerror(c) in str(error)]
@@ -131,8 +121,7 @@ def storage_fault(error: BaseException | None) -> OSError | None:
 
 
 def storage_error(fault: OSError, consequence: str, where: object = None) -> StorageError:
-    """One line: which file could not be written (else `where`) and why, what that means, what
-    to do."""
+    """One line: which file (else `where`) could not be written and why, what it means, what to do."""
     place = fault.filename or where
     place = f" {place}" if place else ""
     return StorageError(

@@ -1,12 +1,7 @@
-"""Reports on a trained model, as PNG files (matplotlib) and JSON.
-
-`write_report(workdirs, out_dir, ...)` writes:
-- `curves.png`: train loss, test total loss and test accuracy per epoch, one line per workdir;
-- `confusion.png`: the 10x10 confusion matrix of the test set, with counts (log colour scale);
-- `mistakes.png`: the most confidently misclassified test digits, true and predicted labels;
-- `per_class.png` and `per_class.json`: precision and recall of each digit;
-- `filters.png`: the first convolution's 6 filters, with their colour scale.
-The model-based figures use the first workdir's checkpoint (newest, or `epoch`).
+"""Reports on a trained model, as PNG files (matplotlib) and JSON: `write_report` writes the
+training curves of each workdir (curves.png) and, from the first one's checkpoint, the test
+set's confusion matrix (confusion.png), the most confident mistakes (mistakes.png), per-digit
+precision and recall (per_class.png, per_class.json) and the first convolution's filters.
 """
 
 from __future__ import annotations
@@ -50,8 +45,9 @@ def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
+def _save(fig: Any, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -127,8 +123,7 @@ def plot_filters(kernel: np.ndarray, path: Path) -> None:
     fig.suptitle("conv1 filters (red +, blue -)")
     fig.tight_layout()
     fig.colorbar(shown, ax=list(np.ravel(axes)), label="weight", shrink=0.8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, tight=False)  # laid out before the colour bar, which tight_layout cannot place
 
 
 def write_report(
@@ -143,8 +138,8 @@ def write_report(
     paths = [Path(w) for w in workdirs]
     note = lambda line: print(line, file=sys.stderr)  # noqa: E731
     runs = {}
-    for path in paths:
-        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)  # legend names
+    for path in paths:  # legend names: the folder's, or its path where two share one
+        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
     predictor = load_predictor(paths[0], epoch, tta=False)  # the report matches the logged accuracy
     test = load_dataset(data_dir).test
     probabilities = predictor.predict_mnist(test.images)

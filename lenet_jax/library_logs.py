@@ -1,42 +1,32 @@
-"""What the libraries lenet-jax calls (tfds, orbax) log on their own, kept off the console.
-
-tfds warns "Using custom data configuration" for every local data folder and orbax warns
-"read_only=True" for every read-only checkpoint manager: expected, nothing to act on. The
-scripts silence absl's INFO/WARNING globally (`lenet_jax.cli.quiet_library_logs`); the Python
-API silences them only around its own calls (`quiet()`), leaving the user's logging as it is.
+"""What tfds and orbax log on their own ("Using custom data configuration", "read_only=True":
+nothing to act on), kept off the console. The scripts silence absl globally
+(`cli.quiet_library_logs`); the Python API only around its own calls (`quiet()`).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import sys
 import threading
 
-_QUIET = collections.Counter()  # thread id -> how many quiet() blocks it is in
-_QUIET_LOCK = threading.Lock()
+_QUIET = threading.local()  # depth: how many quiet() blocks this thread is in
 
 
 def _below_error_outside_quiet(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR or not _QUIET[record.thread]
+    return record.levelno >= logging.ERROR or not getattr(_QUIET, "depth", 0)  # runs in the logging thread
 
 
 @contextlib.contextmanager
 def quiet():
     """absl's (tfds's, orbax's) INFO and WARNING records of this thread are dropped inside."""
-    logger = logging.getLogger("absl")
-    me = threading.get_ident()
-    with _QUIET_LOCK:
-        logger.addFilter(_below_error_outside_quiet)  # once: addFilter skips a filter it holds
-        _QUIET[me] += 1
+    # Added once (addFilter skips a filter it holds), and kept: outside quiet() it passes everything.
+    logging.getLogger("absl").addFilter(_below_error_outside_quiet)
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
     try:
         yield
     finally:
-        with _QUIET_LOCK:
-            _QUIET[me] -= 1
-            if not _QUIET.total():
-                logger.removeFilter(_below_error_outside_quiet)
+        _QUIET.depth -= 1
 
 
 class _HoldNewThreads(logging.Filter):
@@ -58,10 +48,9 @@ class _HoldNewThreads(logging.Filter):
 
 @contextlib.contextmanager
 def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
-    """For a call that starts helper threads (an orbax save): what they log through absl is
-    held back, and logged at the end if the call returns. If it raises (a full disk, a second
-    Ctrl-C), the helpers are waited for and what they logged, or log later, is dropped: they
-    fail with the same fault, which the caller reports in one line."""
+    """Around a call that starts helper threads (an orbax save): what they log through absl is
+    held back and logged if the call returns; dropped if it raises (a full disk, a second
+    Ctrl-C), as they then fail with the same fault, which the caller reports in one line."""
     logger = logging.getLogger("absl")
     before = set(threading.enumerate())
     hold = _HoldNewThreads({t.ident for t in before if t.ident is not None})
@@ -69,8 +58,7 @@ def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
     previous_hook = sys.unraisablehook
 
     def closed_loop_hook(unraisable) -> None:
-        """Drops one report: tensorstore's threads completing the writes of a failed save call
-        back into its event loop, already closed ("Event loop is closed")."""
+        """Drops tensorstore's "Event loop is closed": the failed save's writes completing late."""
         error = unraisable.exc_value
         closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
         if not (closed_loop and threading.current_thread() is not threading.main_thread()):
@@ -81,8 +69,7 @@ def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
         yield
     except BaseException:
         hold.dropping = True  # both stay installed: helpers may still report after this returns
-        # The writes that failed in turn are garbage-collected later, and asyncio then logs each
-        # one's exception: a full disk already reported.
+        # The writes that failed in turn are collected later, asyncio logging each one's fault.
         logging.getLogger("asyncio").addFilter(_not_an_unretrieved_storage_fault)
         for thread in [t for t in threading.enumerate() if t not in before]:
             thread.join(timeout=join_timeout)

@@ -1,11 +1,8 @@
-"""What the training loop watches between its jitted calls: the losses and stop signals.
-
-None of it touches the device except `LossMonitor`, which reads the losses only when a step to
-log (or the epoch's end) needs them, so the loop never waits on the device in between.
-"""
+"""What the training loop watches between its jitted calls: the losses and stop signals."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -19,13 +16,10 @@ from lenet_jax import parallel
 from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
-class LossMonitor:
-    """The step losses of one epoch: held on the device, read every `every` steps on the host
-    and printed then (`show`: with a progress bar on a terminal, plain lines otherwise).
-
-    Reading them only then keeps the loop from waiting on the device, and still names the exact
-    step where the loss first became NaN or infinite. A context manager (the bar is closed).
-    """
+class LossMonitor(contextlib.AbstractContextManager):
+    """The step losses of one epoch, held on the device and read only every `every` steps (the
+    loop never waits on the device in between), naming the exact step of a non-finite one.
+    `show`: print them (with a progress bar on a terminal). A context manager (closes the bar)."""
 
     def __init__(self, step: int, epoch: int, every: int, diverged_hint: str, steps: int = 0, show=False):
         self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
@@ -72,21 +66,15 @@ class LossMonitor:
         self.losses.extend(values.tolist())
         return values
 
-    def __enter__(self) -> LossMonitor:
-        return self
-
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.close()
 
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between training calls (`check`), so a
-    stop never interrupts a call or a checkpoint write half-way. A second signal stops at once;
-    leaving the context, that becomes the user's message too.
-
-    saved(): the newest epoch with a checkpoint (0: none), where a rerun resumes from.
-    """
+    """SIGINT/SIGTERM as a flag the loop checks between calls (`check`), so that a stop never
+    cuts a call or a checkpoint write; a second signal stops at once. saved(): the newest epoch
+    with a checkpoint (0: none), where a rerun resumes from."""
 
     def __init__(self, saved: Callable[[], int | None] = lambda: 0):
         self.received: int | None = None

@@ -1,13 +1,9 @@
 """Recognising digits in ordinary images: MNIST-style preprocessing and a batched predictor.
 
-MNIST digits were made by scaling each digit to fit a 20x20 box (keeping its aspect ratio,
-anti-aliased) and centring its centre of mass in a 28x28 image, white ink on black. `preprocess`
-does the same to a photo or scan of any size, colour or grey, dark ink on light paper or light
-on dark, so the model sees what it was trained on. `read_image` decodes a file (or uploaded bytes)
-safely: its size is checked from the header before any pixel is decoded, transparency of every
-PIL mode is composited over white paper, and whatever is wrong with it becomes an `ImageError`
-with a one-line reason. `load_predictor` restores a checkpoint's parameters and returns a
-callable from images (arrays or file paths) to probabilities.
+`preprocess` makes a photo or scan of any size, colour and polarity look like an MNIST digit;
+`read_image` decodes a file or uploaded bytes safely (pixel count checked from the header, any
+transparency over white paper, an `ImageError` with a one-line reason); `load_predictor` returns
+a checkpoint's callable from images (arrays or file paths) to probabilities.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ import io
 import os
 import re
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +46,7 @@ MIN_INK_PIXELS = 10
 # in pixels, zooms about the centre); on benchmarks/robustness.py it helps real-looking digits.
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
-# Below this top probability the answer is marked unsure; chosen on the validation split
-# (docs/results.md, "Handwriting").
-UNSURE_BELOW = 0.6
+UNSURE_BELOW = 0.6  # below it the answer is marked unsure (chosen on the validation split: docs/results.md)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
@@ -88,8 +83,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         grey /= 65535.0
     np.clip(grey, 0.0, 1.0, out=grey)
     if grey.ndim == 3:
-        channels = grey.shape[-1]
-        if channels in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
+        if grey.shape[-1] in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
             alpha = grey[..., -1:]
             grey = grey[..., :-1] * alpha + (1.0 - alpha)
         if grey.shape[-1] >= 3:
@@ -192,12 +186,8 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file's pixels as grey, transparency composited over white paper: uint8 (H, W),
-    or float32 (H, W) in [0, 1] for 16-bit, 32-bit and float images.
-
-    The size is read from the header and checked against max_pixels before anything is
-    decoded. Raises an ImageError whose message is the reason, in one line.
-    """
+    """An image file's pixels as grey over white paper: uint8 (H, W), or float32 in [0, 1] for
+    16-bit, 32-bit and float images; max_pixels is checked from the header, before decoding."""
     try:
         image = Image.open(file)  # reads the header only
     except UnidentifiedImageError:
@@ -256,10 +246,7 @@ def file_kind(mode: int) -> str | None:
 
 
 def open_image_file(path: str | os.PathLike) -> IO[bytes]:
-    """A regular file opened for reading; ImageError (the reason) for anything else.
-
-    Opened without blocking and checked after opening: a named pipe never hangs the caller.
-    """
+    """A regular file opened for reading (without blocking: a named pipe never hangs), else ImageError."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -276,8 +263,8 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
 def read_image(
     source: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS
 ) -> np.ndarray:
-    """An image (a file path, its bytes, or a binary file object) as a grey array, for
-    `preprocess` (see decode_image). ImageError naming the file if it cannot be used."""
+    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array;
+    ImageError naming the file if it cannot be used."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image(io.BytesIO(source), max_pixels)
     if not isinstance(source, (str, os.PathLike)):
@@ -291,8 +278,7 @@ def read_image(
 
 @dataclass
 class ImageInputs:
-    """What a list of files and directories holds: the image files to read, in order; the
-    inputs that are errors (input, reason); and directory entries skipped (entry, why)."""
+    """What inputs hold: the image files, in order; (input, reason) errors; (entry, why) skipped."""
 
     paths: list[Path] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -300,23 +286,18 @@ class ImageInputs:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
-    """Files as given, and the image files (by suffix, sorted) of each directory given.
-
-    Nothing is opened: what is not a regular file (a named pipe, a socket, ...) is a problem
-    when named, skipped when found in a directory; a directory without image files is a problem.
-    """
+    """Files as given, and the image files (by suffix, sorted) of each directory given, unopened:
+    what is not a regular file is a problem when named, skipped when found in a directory."""
     found = ImageInputs()
     for item in inputs:
         try:
             mode = os.stat(item).st_mode
-        except FileNotFoundError:
-            reason = "broken symbolic link" if os.path.islink(item) else "no such file or directory"
+        except OSError as e:  # missing, a broken link or a symlink loop, a denied folder on the way
+            if isinstance(e, FileNotFoundError):
+                reason = "broken symbolic link" if os.path.islink(item) else "no such file or directory"
+            else:
+                reason = f"cannot use it ({e.strerror or one_line(e)})"
             found.problems.append((str(item), f"{reason}: give image files or a directory of them"))
-            continue
-        except OSError as e:
-            reason = e.strerror or one_line(e)  # a symlink loop, a denied folder on the way
-            fix = "give image files or a directory of them"
-            found.problems.append((str(item), f"cannot use it ({reason}): {fix}"))
             continue
         kind = file_kind(mode)
         if kind is None:
@@ -350,22 +331,8 @@ def _collect_directory(folder: Path, found: ImageInputs) -> None:
         )
 
 
-def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files (sorted) of any directory given; DataError for the
-    first input that is neither (see collect_images)."""
-    found = collect_images(inputs)
-    if found.problems:
-        item, reason = found.problems[0]
-        raise DataError(f"{item}: {reason}")
-    return found.paths
-
-
 def quiet_pil_warnings() -> None:
-    """Silences PIL's warnings (the decompression-bomb size warning, corrupt EXIF, ...): images
-    over MAX_IMAGE_PIXELS are refused anyway, and a damaged file gets its one-line reason.
-    For scripts: it changes the process's warning filters."""
-    import warnings
-
+    """For scripts: silences PIL's warnings (bomb size, corrupt EXIF): a bad image gets its one line."""
     warnings.filterwarnings("ignore", module="PIL")
 
 

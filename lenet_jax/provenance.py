@@ -1,7 +1,5 @@
-"""What a run was made with: library versions, backend, device, CPU, git commit.
-
-Recorded in config.json and every checkpoint's meta, so a figure or a bit-identical claim can be
-traced to the software and hardware that produced it.
+"""What a run was made with (versions, backend, device, CPU, git commit), recorded in config.json
+and every checkpoint's meta so that a figure can be traced to the software and hardware behind it.
 """
 
 from __future__ import annotations
@@ -22,15 +20,9 @@ VECTOR_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx2", "fma", "avx", "sse4_2
 @functools.cache
 def provenance() -> dict[str, Any]:
     """The versions, backend, device kind, CPU model and vector extensions, and git commit."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     cpu, flags = cpu_description()
     return {
-        "versions": versions,
+        "versions": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
@@ -39,6 +31,13 @@ def provenance() -> dict[str, Any]:
         "cpu_flags": flags,
         "git_commit": git_commit(),
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def cpu_description() -> tuple[str, list[str]]:
@@ -57,8 +56,7 @@ def cpu_description() -> tuple[str, list[str]]:
 
 
 def git_commit() -> str | None:
-    """The commit of the lenet-jax checkout this code runs from (with '+dirty' if it has
-    uncommitted changes), or None when it is not a git checkout (an installed package)."""
+    """The commit of the checkout this code runs from ('+dirty' with changes); None if installed."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None

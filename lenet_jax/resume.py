@@ -1,10 +1,4 @@
-"""Where a run starts: from scratch, or from its newest checkpoint once it is checked to fit.
-
-A workdir with checkpoints resumes from the newest one: its meta's config must match the run's
-(`workdir.check_resumable`), and its state is restored against an eval_shape target, so that a
-checkpoint of another structure is refused before anything is read. The older checkpoints' metas
-are read for their metrics rows only (they rebuild a damaged metrics.jsonl).
-"""
+"""Where a run starts: from scratch, or from its newest checkpoint once it is checked to fit."""
 
 from __future__ import annotations
 
@@ -13,23 +7,18 @@ from typing import Any
 import jax
 
 from lenet_jax.checkpoints import Checkpoints
-from lenet_jax.errors import LenetError
+from lenet_jax.config import Config
+from lenet_jax.errors import ConfigError, LenetError
 from lenet_jax.model import count_params
-from lenet_jax.workdir import check_resumable, is_row
+from lenet_jax.workdir import IMPORTED_DATASET, is_row
 
+# Fields a resume may change: not the model, the data order or the updates made (speed computes the
+# same function otherwise; the run says it is not bit-identical).
+SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
     "Note: the loss stays near 2.30 for the first ~1,300 steps (the tutorial's sigmoid plateau), then falls"
 )
-
-
-def _on_plateau(trainer: Any) -> bool:
-    """Whether a fresh run starts on the recipe's sigmoid plateau."""
-    config = trainer.config
-    recipe_like = (
-        config.activation == "sigmoid" and config.init_scheme == "torch" and config.optimizer == "sgd"
-    )
-    return recipe_like and not trainer.from_python
 
 
 def start_state(
@@ -41,7 +30,9 @@ def start_state(
     devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
     say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
     if not epochs:
-        if _on_plateau(trainer):
+        config = trainer.config
+        recipe_like = (config.activation, config.init_scheme, config.optimizer) == ("sigmoid", "torch", "sgd")
+        if recipe_like and not trainer.from_python:
             say(PLATEAU_NOTE)
         return trainer.new_state(), []
     if not resume:
@@ -52,10 +43,9 @@ def start_state(
         )
     newest = checkpoints.restore_meta(epochs[-1])
     check_resumable(newest, trainer.config, dataset_source, trainer.from_python)
-    # Restored against an eval_shape target; a checkpoint whose structure differs (another
-    # optimizer passed from Python, say) is refused before anything is read.
+    # Against an eval_shape target: another structure (a Python optimizer's, say) is refused unread.
     state = checkpoints.restore_state(epochs[-1], trainer.abstract_state())
-    # The older ones only for their metrics rows: a damaged one blocks nothing.
+    # The older ones only for their metrics rows (a damaged metrics.jsonl): a damaged one blocks nothing.
     metas = {**checkpoints.readable_metas(epochs[:-1], note=say), epochs[-1]: newest}
     if epochs[-1] >= trainer.config.epochs:
         done = trainer.config.epochs
@@ -78,3 +68,26 @@ def start_state(
         )
     rows = [meta.get("metrics") for _, meta in sorted(metas.items())]
     return state, [row for row in rows if is_row(row)]
+
+
+def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
+    """ConfigError naming every difference between a checkpoint's run and this one that would
+    change the model, the data order or the updates."""
+    saved = meta["config"]
+    current = config.to_record(from_python)
+    unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME
+    if config.schedule != "constant" and not from_python:
+        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
+    differences = [
+        f"{name}: checkpoint {saved.get(name)!r}, now {current.get(name)!r}"
+        for name in sorted(unsafe)
+        if saved.get(name) != current.get(name)
+    ]
+    if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
+        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
+    if differences:
+        raise ConfigError(
+            "cannot resume: this run differs from its checkpoint in "
+            + "; ".join(differences)
+            + ". Use the checkpoint's settings or another --workdir"
+        )

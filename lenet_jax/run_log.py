@@ -1,13 +1,12 @@
 """A run's log: TensorBoard (tensorboardX) and `metrics.jsonl`, and the console's epoch line.
 
-Tag names are defined here once; the recipe's three are kept verbatim so that its TensorBoard
-dashboards still work. Where the files go is `lenet_jax.workdir`'s business. The checkpoints
-are the truth: `read_rows` and `read_run_config` fall back on their metas when the logs are
-damaged or missing.
+The recipe's three tags are the tutorial's, verbatim (its dashboards still work). The checkpoints
+are the truth: the logs are completed from their metas when damaged or missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -50,21 +49,15 @@ _EVENT_FILES = itertools.count()
 
 
 class EventFile:
-    """One TensorBoard event file, written synchronously by the caller's thread.
-
-    tensorboardX's SummaryWriter writes from a thread of its own: a full disk then kills that
-    thread with a traceback on the console, and the events queued are lost. A run logs a few
-    events per epoch, so writing them at once costs nothing and a failed write raises here.
-    """
+    """One TensorBoard event file, written by the caller's thread: tensorboardX's SummaryWriter
+    writes from its own, which a full disk kills with a traceback, losing the queued events."""
 
     def __init__(self, directory: Path, purge_step: int | None = None):
         directory.mkdir(parents=True, exist_ok=True)
-        # events.out.tfevents.<time>.<host>.<pid>.<n>: the suffix keeps a run resumed within the
-        # same second from truncating the file of the one before.
+        # The suffix keeps a run resumed within the same second from truncating the one before's.
         suffix = f".{os.getpid()}.{next(_EVENT_FILES)}"
         self._writer = EventsWriter(str(directory / "events"), suffix)
-        if purge_step is not None:  # TensorBoard discards the events from that step on, as
-            # tensorboardX's SummaryWriter(purge_step=...) tells it
+        if purge_step is not None:  # TensorBoard then drops the events from that step on
             self.add(Event(step=purge_step, file_version="brain.Event:2"))
             self.add(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
@@ -84,14 +77,12 @@ class EventFile:
         self._writer.close()
 
 
-class RunLog:
-    """Writes one run's metrics to TensorBoard and metrics.jsonl (console output is separate).
+class RunLog(contextlib.AbstractContextManager):
+    """One run's metrics to TensorBoard and metrics.jsonl (a JSON row per finished epoch).
 
-    metrics.jsonl gets one JSON object per finished epoch. On resume it is rewritten to hold
-    only the epochs up to the checkpoint resumed from, and TensorBoard is told to discard events
-    after the resumed step (`purge_step`), so no epoch is duplicated; rows that the file lacks
-    (a crash between a checkpoint and its log line, a damaged file set aside) are rebuilt from
-    the checkpoints' metas (`checkpoint_rows`), so none is missing.
+    On resume both forget what came after the checkpoint resumed from, and the rows the file
+    lacks are rebuilt from the checkpoints' (`checkpoint_rows`): no epoch duplicated or missing.
+    enabled=False (processes other than 0 of a multi-process run): writes nothing.
     """
 
     def __init__(
@@ -104,9 +95,7 @@ class RunLog:
         record: dict[str, Any] | None = None,
         note: Callable[[str], Any] = print,
     ):
-        # Disabled (processes other than 0 of a multi-process run): every method does nothing.
-        self.enabled = enabled
-        self._epochs: set[int] = set()
+        self.enabled, self.tensorboard = enabled, None
         self.rows = list(checkpoint_rows)  # every epoch's row, oldest first
         if not enabled:
             return
@@ -115,13 +104,11 @@ class RunLog:
         if record is not None:
             write_config(workdir, record)
         self.metrics_path = workdir / METRICS_FILE
-        rows = {row["epoch"]: row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch}
-        missing = [row for row in checkpoint_rows if row["epoch"] not in rows]
-        rows.update({row["epoch"]: row for row in missing})
-        self.rows = [rows[epoch] for epoch in sorted(rows)]
-        self._write_rows(self.rows)
-        self._epochs = set(rows)
-        self.tensorboard = None
+        logged = [row for row in read_metrics(workdir) if row["epoch"] <= resume_epoch]
+        self.rows, missing = complete_rows(logged, checkpoint_rows)
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+        os.replace(tmp, self.metrics_path)
         if EventsWriter is None:
             print(NO_TENSORBOARD, flush=True)
         else:
@@ -129,35 +116,25 @@ class RunLog:
         for row in missing:
             self._scalars(row)
 
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, self.metrics_path)
-
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.enabled and self.tensorboard is not None:
-            self.tensorboard.scalar(tag, value, step)
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        """Appends one epoch's row to metrics.jsonl (flushed and fsynced: a crash keeps it)."""
-        if not self.enabled:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row, allow_nan=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self._epochs.add(row["epoch"])
         if self.tensorboard is not None:
-            self.tensorboard.flush()
+            self.tensorboard.scalar(tag, value, step)
 
     def train_loss(self, step: int, loss: float) -> None:
         self.scalar(TAG_TRAIN_LOSS, loss, step)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
-        """An epoch's row to TensorBoard and metrics.jsonl."""
+        """An epoch's row to TensorBoard and metrics.jsonl (flushed and fsynced: a crash keeps it)."""
         self.rows.append(row)
+        if not self.enabled:
+            return
         self._scalars(row)
-        self.epoch(row)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def _scalars(self, row: dict[str, Any]) -> None:
         """An epoch's row to TensorBoard: the recipe's tags, at the epoch number."""
@@ -170,37 +147,32 @@ class RunLog:
             self.scalar(TAG_LEARNING_RATE, row["learning_rate"], row["step"])
 
     def close(self) -> None:
-        if self.enabled and self.tensorboard is not None:
+        if self.tensorboard is not None:
             self.tensorboard.close()
-
-    # A context manager: the event file is closed on every exit.
-    def __enter__(self) -> RunLog:
-        return self
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
             self.close()
         except OSError:
-            if kind is None:
+            if kind is None:  # else the error the run ends with (often this same full disk) is told
                 raise
-            # The run is already ending with an error (often this same full disk): that one
-            # is reported, not a second one from closing the log.
+
+
+def complete_rows(rows: list[dict], checkpoint_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows with the checkpoints' rows of the epochs they lack, oldest first; the rows added)."""
+    by_epoch = {row["epoch"]: row for row in rows}
+    missing = [row for row in checkpoint_rows if row["epoch"] not in by_epoch]
+    by_epoch.update((row["epoch"], row) for row in missing)
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)], missing
 
 
 def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
     """The per-epoch rows of a run, oldest first: its metrics.jsonl, completed from the
-    checkpoints' metas where the file lacks epochs (damaged, cut short, missing). Reads only.
-
-    note(line) is told when rows were rebuilt from the checkpoints. LenetError if there are
-    neither rows nor checkpoints.
-    """
-    rows, problem = scan_metrics(Path(workdir) / METRICS_FILE)
-    rows = {row["epoch"]: row for row in rows}
-    rebuilt = []
-    for epoch, meta in _checkpoint_metas(workdir).items():
-        if epoch not in rows and is_row(meta.get("metrics")):
-            rows[epoch] = meta["metrics"]
-            rebuilt.append(epoch)
+    checkpoints' metas (note(line) is told); reads only. LenetError if there are none."""
+    logged, problem = scan_metrics(Path(workdir) / METRICS_FILE)
+    metas = _checkpoint_metas(workdir)
+    saved = [metas[epoch]["metrics"] for epoch in sorted(metas) if is_row(metas[epoch].get("metrics"))]
+    rows, rebuilt = complete_rows(logged, saved)
     if not rows:
         raise LenetError(
             f"{workdir} has no metrics.jsonl rows and no checkpoints with metrics: it is not the "
@@ -209,20 +181,18 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
     if rebuilt and note is not None:
         why = f"{problem}: it " if problem else ""
         note(
-            f"note: {Path(workdir) / METRICS_FILE} {why}lacks epoch(s) {', '.join(map(str, rebuilt))}; "
+            f"note: {Path(workdir) / METRICS_FILE} {why}lacks epoch(s) "
+            f"{', '.join(str(row['epoch']) for row in rebuilt)}; "
             "read them from the checkpoints"
         )
-    return [rows[epoch] for epoch in sorted(rows)]
+    return rows
 
 
 def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
     """The config record of a run: its config.json, else the newest readable checkpoint's."""
-    try:
-        config = read_config(workdir)
-        if config:
+    with contextlib.suppress(LenetError):  # missing or damaged: the checkpoints have it too
+        if config := read_config(workdir):
             return config
-    except LenetError:
-        pass
     metas = _checkpoint_metas(workdir)
     if not metas:
         raise LenetError(
@@ -233,8 +203,7 @@ def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
-    """epoch -> meta of every checkpoint whose meta can be read (none if there is no
-    checkpoints folder); damaged ones are left out."""
+    """epoch -> meta of every checkpoint whose meta can be read; damaged ones are left out."""
     from lenet_jax.checkpoints import Checkpoints, checkpoint_dir  # orbax: only when needed
     from lenet_jax.errors import CheckpointError
 

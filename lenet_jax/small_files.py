@@ -1,9 +1,6 @@
-"""Reading the small files of a run (metrics.jsonl, config.json, checkpoint metas, the tfds
-cache's JSON) with a size cap and a line cap checked before reading.
-
-A damaged or foreign file (a 4 GiB sparse file, a link to /dev/zero, a FIFO) then costs no
-memory and never blocks: it is refused with FileRefused, a ValueError, which callers treat like
-any unreadable file (set aside and rebuilt, or one line).
+"""Reading a run's small files (metrics.jsonl, config.json, checkpoint metas, the tfds cache's
+JSON) with size and line caps checked first: a 4 GiB sparse file, a link to /dev/zero or a FIFO
+costs no memory and never blocks, but is refused with FileRefused (a ValueError, so unreadable).
 """
 
 from __future__ import annotations
@@ -29,8 +26,7 @@ def _size(count: float) -> str:
 
 
 def _open_small(path: str | os.PathLike, max_bytes: int) -> int:
-    """A read-only descriptor of path, once it is known to be a regular file of at most
-    max_bytes. O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer."""
+    """A read-only descriptor of a regular file of at most max_bytes (O_NONBLOCK: a FIFO opens at once)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
@@ -45,14 +41,12 @@ def _open_small(path: str | os.PathLike, max_bytes: int) -> int:
 
 
 def check_small_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> None:
-    """FileRefused unless path is a regular file of at most max_bytes (for files a library
-    reads); OSError if it cannot be opened; nothing read."""
+    """FileRefused unless path is a regular file of at most max_bytes (for files a library reads)."""
     os.close(_open_small(path, max_bytes))
 
 
 def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, max_lines: int = MAX_LINES) -> str:
-    """The text of a regular file of at most max_bytes and max_lines (undecodable bytes
-    replaced); FileRefused otherwise, OSError if it cannot be read."""
+    """The text (undecodable bytes replaced) of a regular file of at most max_bytes and max_lines."""
     with os.fdopen(_open_small(path, max_bytes), "rb") as file:
         data = file.read(max_bytes + 1)  # bounded even if the file grows meanwhile
     if len(data) > max_bytes:

@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lenet_jax.config import Config
-from lenet_jax.errors import ConfigError, LenetError, storage_error, storage_fault
+from lenet_jax.errors import LenetError, storage_error, storage_fault
 from lenet_jax.small_files import FileRefused, read_small_file
 
 try:
@@ -41,23 +40,20 @@ ASIDE_PREFIX = "replaced-run-"
 # The `dataset` of an imported checkpoint (scripts/convert.py): resuming it trains on this data.
 IMPORTED_DATASET = "imported: trained outside lenet-jax"
 
-# Fields that may differ between a checkpoint and the run resuming it: they change neither the
-# model nor the data order nor the updates already made (speed: the same function, computed
-# otherwise; the run says it is not bit-identical).
-SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
-
-
 # Fields every metrics row has had since lenet-jax 0.1.0: a line without them is not a row.
 ROW_FIELDS = ("epoch", "step", "train_loss", "test_accuracy", "test_total_loss")
 
 
-def resolve_workdir(workdir: str | os.PathLike) -> Path:
-    """The absolute workdir; LenetError if the path cannot be resolved (a symlink loop)."""
+def resolve_workdir(
+    workdir: str | os.PathLike, error: type[LenetError] = LenetError, fix: str = "pass another --workdir"
+) -> Path:
+    """The absolute workdir; `error` ending in `fix` if the path cannot be resolved (a symlink loop)."""
     try:
         return Path(workdir).expanduser().resolve(strict=False)
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
-        reason = getattr(e, "strerror", None) or str(e)
-        raise LenetError(f"workdir {workdir} cannot be resolved ({reason}): pass another --workdir") from None
+        raise error(
+            f"workdir {workdir} cannot be resolved ({getattr(e, 'strerror', None) or e}): {fix}"
+        ) from None
 
 
 def missing_folders(path: Path) -> list[Path]:
@@ -101,14 +97,10 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
-    """Holds WORKDIR/.lock while a process writes a run there (training, a convert into it).
-
-    An flock, which the OS releases when the process dies however it dies: a killed run never
-    blocks the next one. A second writer is refused at once with LenetError naming the holder
-    (the PID and host written into the file). Readers (evaluate, predict, serve) take no lock:
-    orbax writes each checkpoint into a temporary folder and renames it when complete.
-    enabled=False (processes other than 0 of a multi-process run): does nothing.
-    """
+    """Holds WORKDIR/.lock (an flock, released by the OS however the process dies) while a
+    process writes a run there; a second writer gets LenetError naming the holder (PID, host).
+    Readers take none: orbax renames a checkpoint into place once complete. enabled=False
+    (processes other than 0 of a multi-process run): does nothing."""
     if not enabled or fcntl is None:
         yield
         return
@@ -141,7 +133,7 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
 
 def set_aside(workdir: Path) -> Path | None:
     """Moves a run's files into WORKDIR/replaced-run-<time>/ (for --restart --force); None if
-    there was nothing to move. `remove_set_aside` deletes it once the new run has a checkpoint."""
+    there was nothing to move. RunGuard deletes it once the new run has a checkpoint."""
     present = [name for name in RUN_FILES if os.path.lexists(workdir / name)]
     if not present:
         return None
@@ -154,12 +146,6 @@ def set_aside(workdir: Path) -> Path | None:
         restore_set_aside(workdir, aside)
         raise
     return aside
-
-
-def remove_set_aside(aside: Path | None) -> None:
-    """Deletes what set_aside moved (returns None, the new value of a caller's `aside`)."""
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def restore_set_aside(workdir: Path, aside: Path | None) -> None:
@@ -177,18 +163,16 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-class RunGuard:
-    """What a training run leaves in its workdir whatever happens, as a context manager:
-    an old run set aside for --restart --force is deleted once the new run has a checkpoint and
-    put back if it fails before; folders the run created are removed if it fails leaving them
-    empty; a storage fault (disk full, permission denied) becomes one line saying what is intact.
-    """
+class RunGuard(contextlib.AbstractContextManager):
+    """A context manager for what a training run leaves in its workdir whatever happens: an old
+    run set aside for --restart --force is deleted once the new run has a checkpoint, put back if
+    it fails before; folders it created are removed if left empty; a storage fault (disk full,
+    permission denied) becomes one line saying what is intact."""
 
     def __init__(self, workdir: str | os.PathLike):
         self.created = missing_folders(resolve_workdir(workdir))
         self.workdir = prepare_workdir(workdir)
         self.aside: Path | None = None  # the old run, while the new one has no checkpoint
-        self.restored = False
         self.saved: int | None = None  # the newest epoch with a checkpoint, once known
 
     def set_aside_old_run(self) -> None:
@@ -196,24 +180,23 @@ class RunGuard:
 
     def checkpointed(self, epoch: int) -> None:
         """The new run's checkpoint of `epoch` is on disk: the old run can go."""
-        self.saved, self.aside = epoch, remove_set_aside(self.aside)
-
-    def __enter__(self) -> RunGuard:
-        return self
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.saved, self.aside = epoch, None
 
     def __exit__(self, kind, error, traceback) -> None:
         if error is None:
             return
-        self.restored = self.aside is not None and self.aside.is_dir()
+        restored = self.aside is not None and self.aside.is_dir()
         restore_set_aside(self.workdir, self.aside)
         remove_if_empty(self.created)
         fault = None if isinstance(error, LenetError) else storage_fault(error)
         if fault is not None:
-            raise storage_error(fault, self._intact(), where=f"to {self.workdir}") from error
+            raise storage_error(fault, self._intact(restored), where=f"to {self.workdir}") from error
 
-    def _intact(self) -> str:
+    def _intact(self, restored: bool) -> str:
         """After a storage fault: what the run still has (a failed write is never half-kept)."""
-        if self.restored:
+        if restored:
             return "the old run is back in place, as it was"
         if self.saved is None:
             return "no checkpoint was changed"
@@ -225,21 +208,22 @@ class RunGuard:
 def clear_run(workdir: str | os.PathLike) -> None:
     """Deletes a run's checkpoints, metrics, TensorBoard events and config (at once; the
     training script instead sets them aside until the new run has a checkpoint)."""
-    path = Path(workdir).expanduser().resolve()
+    path = resolve_workdir(workdir)
     if path.is_dir():
         with workdir_lock(path):  # never a run that is training
-            remove_set_aside(set_aside(path))
+            aside = set_aside(path)
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch rows of a workdir's metrics.jsonl; lines that are not rows (a line cut by
-    a crash, foreign data) are skipped. Empty if there is no readable file."""
+    """The rows of a workdir's metrics.jsonl (other lines skipped; none if it is unreadable)."""
     return scan_metrics(Path(workdir) / METRICS_FILE)[0]
 
 
 def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(the valid rows, what else was there: None if nothing). A file that is not a regular
-    one or is larger than a run writes is not read (lenet_jax.small_files)."""
+    """(the valid rows, what else was there: None if nothing); a file that is not regular or is
+    too large is not read (lenet_jax.small_files)."""
     try:
         text = read_small_file(path)
     except FileNotFoundError:
@@ -263,25 +247,20 @@ def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 def is_row(row: Any) -> bool:
     """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
-    return (
-        isinstance(row, dict)
-        and all(
-            isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
-            for key in ROW_FIELDS
-        )
-        and isinstance(row["epoch"], int)
-        and isinstance(row["step"], int)
+    if not isinstance(row, dict):
+        return False
+    kinds = {key: int if key in ("epoch", "step") else (int, float) for key in ROW_FIELDS}
+    return all(
+        isinstance(row.get(key), kind) and not isinstance(row[key], bool) for key, kind in kinds.items()
     )
 
 
 def salvage_logs(workdir: Path) -> list[str]:
     """Sets aside a damaged or foreign config.json, metrics.jsonl or tensorboard/ (renamed
-    NAME.damaged-<time>), so that they never block a run; returns one line per file moved.
-
-    The training loop then rebuilds the metrics rows from the checkpoints' metas."""
+    NAME.damaged-<time>), so that they never block a run; one line per file moved."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     checks = {
-        CONFIG_FILE: lambda p: p.is_file() and _is_json_object(p),
+        CONFIG_FILE: lambda p: p.is_file() and isinstance(_read_json(p), dict),
         METRICS_FILE: lambda p: p.is_file() and not scan_metrics(p)[1],
         TENSORBOARD_SUBDIR: lambda p: p.is_dir(),
     }
@@ -297,21 +276,21 @@ def salvage_logs(workdir: Path) -> list[str]:
     return notes
 
 
-def _is_json_object(path: Path) -> bool:
+def _read_json(path: Path) -> Any:
+    """The JSON value of a small file; None if it is missing, unreadable or not JSON."""
     try:
-        return isinstance(json.loads(read_small_file(path)), dict)
+        return json.loads(read_small_file(path))
     except (OSError, ValueError):  # FileRefused is a ValueError
-        return False
+        return None
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-    """The config record of a workdir's config.json (lenet-jax 0.1.0 wrote the bare record;
-    later versions nest it under "config", beside "optimizer_source" and "provenance")."""
+    """The config record of a workdir's config.json (0.1.0's is the bare record; later ones nest
+    it under "config", beside "optimizer_source" and "provenance")."""
     path = Path(workdir) / CONFIG_FILE
-    try:
-        saved = json.loads(read_small_file(path))
-    except (OSError, ValueError) as e:  # FileRefused is a ValueError
-        raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run") from e
+    saved = _read_json(path)
+    if saved is None:
+        raise LenetError(f"{path} is missing or unreadable: pass the --workdir of a training run")
     return saved.get("config", saved) if isinstance(saved, dict) else {}
 
 
@@ -320,26 +299,3 @@ def write_config(workdir: Path, record: dict[str, Any]) -> None:
     tmp = workdir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, workdir / CONFIG_FILE)
-
-
-def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
-    """ConfigError naming every difference between a checkpoint's run and this one that would
-    change the model, the data order or the updates."""
-    saved = meta["config"]
-    current = config.to_record(from_python)
-    unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME
-    if config.schedule != "constant" and not from_python:
-        unsafe.add("epochs")  # a decaying schedule is stretched over all epochs
-    differences = [
-        f"{name}: checkpoint {saved.get(name)!r}, now {current.get(name)!r}"
-        for name in sorted(unsafe)
-        if saved.get(name) != current.get(name)
-    ]
-    if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
-        differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
-    if differences:
-        raise ConfigError(
-            "cannot resume: this run differs from its checkpoint in "
-            + "; ".join(differences)
-            + ". Use the checkpoint's settings or another --workdir"
-        )

@@ -3,30 +3,26 @@
     python scripts/convert.py from-torch model/net_20.pth --workdir checkpoints/tutorial
     python scripts/convert.py to-torch --workdir checkpoints/recipe --out lenet.safetensors
 
-from-torch: a file the tutorial wrote (`torch.save(net, ...)`, the whole MyLeNet pickled), its
-state_dict (keys model.1.weight ... model.10.bias), or a .safetensors file becomes a checkpoint
-of the recipe's model in WORKDIR, which evaluate.py, predict.py and serve.py read like their
-own. The pickle is read without PyTorch and without running it: a file naming anything those
-files do not need is refused. The epoch (and step) default to those a to-torch .safetensors
-file records, else to the number ending the file name (net_20.pth: 20, step 20 x 938).
+from-torch: a file the tutorial wrote (the pickled MyLeNet, its state_dict, or .safetensors)
+becomes a checkpoint of the recipe's model in WORKDIR. The pickle is read without PyTorch and
+without running it (a file naming anything else is refused). The epoch and step default to
+those a to-torch .safetensors file records, else to the number ending the file name (net_20.pth:
+20, step 20 x 938).
 
 to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict:
-.safetensors (no PyTorch needed; its metadata records the epoch and step), or .pt / .pth
-(torch.save; needs PyTorch). In PyTorch: `MyLeNet().load_state_dict(safetensors.torch.load_file(FILE))`.
+.safetensors (no PyTorch needed; records the epoch and step), or .pt / .pth (needs PyTorch).
 """
 
 from __future__ import annotations
 
-import sys
-
-from lenet_jax import cli
+from lenet_jax import cli, commands
 from lenet_jax.torch_checkpoint import export_torch_checkpoint, import_torch_checkpoint
 
 
 def main(argv: list[str]) -> int:
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{from-torch,to-torch}")
-    importing = commands.add_parser("from-torch", help="a PyTorch file -> a checkpoint in --workdir")
+    parser = commands.parser(__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="{from-torch,to-torch}")
+    importing = subcommands.add_parser("from-torch", help="a PyTorch file -> a checkpoint in --workdir")
     importing.add_argument("file", help="the .pth / .pt / .safetensors file")
     importing.add_argument("--workdir", required=True, help="where to write the checkpoint")
     importing.add_argument(
@@ -35,9 +31,8 @@ def main(argv: list[str]) -> int:
         help="the epoch to store it as, 0 to 2289428 (default: the file's own, else the number ending"
         " its name, else 1)",
     )
-    exporting = commands.add_parser("to-torch", help="a checkpoint -> a PyTorch state_dict file")
-    exporting.add_argument("--workdir", required=True, help="the training run's workdir")
-    exporting.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    exporting = subcommands.add_parser("to-torch", help="a checkpoint -> a PyTorch state_dict file")
+    commands.checkpoint_flags(exporting)
     exporting.add_argument("--out", required=True, help="the file to write: .safetensors, .pt or .pth")
     exporting.add_argument("--force", action="store_true", help="replace --out if it exists")
     for sub in (importing, exporting):
@@ -63,6 +58,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def console() -> None:
-    """The installed `lenet-convert` command."""
-    sys.exit(cli.run(main))
+console = commands.console(main)  # the installed lenet-convert command

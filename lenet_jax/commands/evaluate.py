@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import sys
 
-from lenet_jax import cli
+from lenet_jax import cli, commands
 from lenet_jax.evaluation import evaluate_checkpoint
 from lenet_jax.speed import SPEEDS
 
 
 def main(argv: list[str]) -> int:
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="the training run's workdir")
-    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    parser = commands.parser(__doc__)
+    commands.checkpoint_flags(parser)
     parser.add_argument(
         "--data-dir",
         help="folder with the MNIST-format IDX files (default: $LENET_DATA_DIR, "
@@ -49,7 +48,6 @@ def main(argv: list[str]) -> int:
         default="auto",
         help="'plain': the model as written, no speed tricks (same numbers up to float rounding)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     if args.compare and not args.report:
         raise cli.ConfigError("--compare only goes with --report")
@@ -69,6 +67,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def console() -> None:
-    """The installed `lenet-evaluate` command."""
-    sys.exit(cli.run(main))
+console = commands.console(main)  # the installed lenet-evaluate command

@@ -3,17 +3,13 @@
     python scripts/predict.py my_digit.png --workdir checkpoints/recipe
     python scripts/predict.py photos/ --workdir checkpoints/recipe --epoch 20 --json
 
-Any size, colour or grey, dark ink on light paper or light on dark, transparent or not: each
-image is preprocessed the way MNIST was made (lenet_jax.predict.preprocess). Prints the
-predicted digit and the top-3 probabilities per image, or, when the top probability is low, the
-digit marked unsure with the runner-up ("7? (unsure: 7 0.48, 1 0.41)"); --json prints one object
-per image with `path`, `prediction`, `probabilities` (10 floats), `unsure`, `runner_up` and
-`runner_up_probability`. Probabilities are the mean over a few shifted and zoomed views of the
-image (lenet_jax.predict.TTA_SHIFTS, TTA_ZOOMS). An image that cannot be used (no ink, not
-an image, damaged, over --max-pixels: checked from its header, before decoding) gets its own
-one-line reason instead, and the others still get their predictions; the exit code is then 2.
-Entries of a directory that are not regular files (named pipes, sockets, ...) are skipped with
-a note; a directory without image files is an error.
+Any size, colour or polarity, transparent or not: each image is preprocessed the way MNIST was
+made. Prints the predicted digit and the top-3 probabilities (the mean over a few shifted and
+zoomed views), or, when the top one is low, the digit marked unsure with the runner-up
+("7? (unsure: 7 0.48, 1 0.41)"); --json: one object per image (`path`, `prediction`,
+`probabilities`, `unsure`, `runner_up`, `runner_up_probability`). An image that cannot be used
+(no ink, not an image, damaged, over --max-pixels) gets a one-line reason and exit code 2; the
+others still get their predictions. A directory's entries that are not regular files are skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ import sys
 
 import numpy as np
 
-from lenet_jax import cli
+from lenet_jax import cli, commands
 from lenet_jax.predict import (
     MAX_IMAGE_PIXELS,
     ImageError,
@@ -40,10 +36,9 @@ from lenet_jax.predict import (
 
 
 def main(argv: list[str]) -> int:
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser = commands.parser(__doc__)
     parser.add_argument("images", nargs="+", help="image files, or directories of them")
-    parser.add_argument("--workdir", required=True, help="the training run's workdir")
-    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    commands.checkpoint_flags(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument(
         "--max-pixels",
@@ -52,7 +47,6 @@ def main(argv: list[str]) -> int:
         help="refuse images with more pixels, from their header, before decoding "
         f"(default: {pixel_limit(MAX_IMAGE_PIXELS)})",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     if args.max_pixels < 1:
         parser.error(f"argument --max-pixels: expected at least 1, got {args.max_pixels}")
@@ -116,6 +110,4 @@ def text_line(path: object, probs: np.ndarray) -> str:
     return f"{path}: {answer['prediction']}  (" + ", ".join(f"{d}: {probs[d]:.3f}" for d in top) + ")"
 
 
-def console() -> None:
-    """The installed `lenet-predict` command."""
-    sys.exit(cli.run(main))
+console = commands.console(main)  # the installed lenet-predict command

@@ -18,9 +18,8 @@ import logging
 import os
 import signal
 import socket
-import sys
 
-from lenet_jax import cli
+from lenet_jax import cli, commands
 from lenet_jax.predict import load_predictor, quiet_pil_warnings
 from lenet_jax.serve import MAX_PREDICTIONS, create_app, uvicorn_server
 
@@ -43,9 +42,8 @@ def listen_error(host: str, port: int, error: OSError) -> str:
 
 def main(argv: list[str]) -> int:
     cli.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="the training run's workdir")
-    parser.add_argument("--epoch", type=int, help="which epoch's checkpoint (default: newest)")
+    parser = commands.parser(__doc__)
+    commands.checkpoint_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
     parser.add_argument("--port", type=int, default=8000, help="0 to 65535 (default: 8000)")
     parser.add_argument(
@@ -54,7 +52,6 @@ def main(argv: list[str]) -> int:
         default=MAX_PREDICTIONS,
         help=f"images decoded and predicted at once; more wait their turn (default: {MAX_PREDICTIONS})",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"argument --port: a port is 0 to 65535 (0: any free one), got {args.port}")
@@ -88,6 +85,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def console() -> None:
-    """The installed `lenet-serve` command."""
-    sys.exit(cli.run(main))
+console = commands.console(main)  # the installed lenet-serve command

@@ -5,10 +5,9 @@ A thin entry point: flags -> Config -> lenet_jax.train.train_and_evaluate. See -
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from lenet_jax import cli, parallel
+from lenet_jax import cli, commands, parallel
 from lenet_jax.train import train_and_evaluate
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
@@ -16,7 +15,7 @@ DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
 def main(argv: list[str]) -> int:
     cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
-    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser = commands.parser(__doc__)
     parser.add_argument(
         "--workdir",
         help="where checkpoints, logs, metrics.jsonl and config.json go; rerunning with the same "
@@ -50,17 +49,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="join a multi-process run whose settings jax.distributed detects (SLURM, MPI, ...)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     cli.add_config_flags(parser)
     args = parser.parse_args(argv)
     config = cli.config_from_args(args)
     if args.force and not args.restart:
         raise cli.ConfigError("--force only goes with --restart")
-    if args.distributed and any(
-        v is not None for v in (args.coordinator, args.num_processes, args.process_id)
-    ):
+    explicit = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
+    if args.distributed and explicit:
         raise cli.ConfigError("--distributed takes no --coordinator, --num-processes or --process-id")
-    if args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None:
+    if args.distributed or explicit:
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / (args.run_name or args.preset)
     cli.quiet_library_logs()
@@ -75,6 +72,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def console() -> None:
-    """The installed `lenet-train` command."""
-    sys.exit(cli.run(main))
+console = commands.console(main)  # the installed lenet-train command
