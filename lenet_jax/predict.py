@@ -1,10 +1,5 @@
-"""Recognising digits in ordinary images: MNIST-style preprocessing and a batched predictor.
-
-`preprocess` makes a photo or scan of any size, colour and polarity look like an MNIST digit;
-`read_image` decodes a file or uploaded bytes safely (pixel count checked from the header, any
-transparency over white paper, an `ImageError` with a one-line reason); `load_predictor` returns
-a checkpoint's callable from images (arrays or file paths) to probabilities.
-"""
+"""Recognising digits in ordinary images: safe decoding (`read_image`), MNIST-style
+preprocessing (`preprocess`) and a checkpoint's batched predictor (`load_predictor`)."""
 
 from __future__ import annotations
 
@@ -67,21 +62,26 @@ class NoInkError(ImageError):
     """The image holds no digit: blank, or all one colour."""
 
 
+def _to_unit(values: np.ndarray, eight_bit: bool, sixteen_bit: bool = False) -> np.ndarray:
+    """float32 in [0, 1], a new array: /65535 if 16-bit (or above 255), /255 if 8-bit (or above 1)."""
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ImageError("the image has NaN or infinite pixel values")
+    top = float(values.max())
+    if sixteen_bit or top > 255:
+        values /= 65535.0
+    elif eight_bit or top > 1:
+        values /= 255.0
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
 def to_grey(image: np.ndarray) -> np.ndarray:
     """float32 (H, W) in [0, 1], a new array, from grey, grey+alpha, RGB or RGBA (alpha over white
     paper); uint8, 16-bit or float (in [0, 1], [0, 255] or [0, 65535])."""
     array = np.asarray(image)
     if array.size == 0:
         raise ImageError(f"the image is empty (shape {array.shape})")
-    grey = array.astype(np.float32)
-    top = float(grey.max())
-    if not np.isfinite(top):  # max() is NaN if any pixel is
-        raise ImageError("the image has NaN or infinite pixel values")
-    if array.dtype == np.uint8 or 1.0 < top <= 255.0:
-        grey /= 255.0
-    elif top > 255.0:
-        grey /= 65535.0
-    np.clip(grey, 0.0, 1.0, out=grey)
+    grey = _to_unit(array, eight_bit=array.dtype == np.uint8)
     if grey.ndim == 3:
         if grey.shape[-1] in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
             alpha = grey[..., -1:]
@@ -96,14 +96,8 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-    """An image of a digit -> uint8 (28, 28, 1), white ink on black, MNIST-style.
-
-    To grey; invert if the background (the border's median) is light; drop faint noise below
-    25% of the ink range; crop to the ink's bounding box; scale to fit 20x20 keeping the aspect
-    ratio (anti-aliased; strokes that fade below full strength at that scale are brought back
-    to it, as MNIST's strokes all reach it); paste into 28x28 with the centre of mass at the
-    centre. Raises NoInkError for a blank or single-colour image.
-    """
+    """An image of a digit -> uint8 (28, 28, 1), white ink on black, made the way MNIST was:
+    inverted if the paper is light, cropped to the ink, fitted to 20x20, centred by mass in 28x28."""
     grey = to_grey(image)  # a fresh array: worked on in place, to keep large images cheap
     background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
     if background > 0.5:  # dark ink on light paper
@@ -215,15 +209,7 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
             raise ImageError(f"cannot decode the image ({one_line(e)})") from e
     if values.dtype == np.uint8:
         return values
-    values = values.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise ImageError("the image has NaN or infinite pixel values")
-    top = float(values.max())
-    if mode.startswith("I;16") or top > 255:
-        values /= 65535.0
-    elif top > 1 or mode != "F":
-        values /= 255.0
-    np.clip(values, 0.0, 1.0, out=values)
+    values = _to_unit(values, eight_bit=mode != "F", sixteen_bit=mode.startswith("I;16"))
     if alpha is not None:
         values[~alpha] = 1.0
     return values
@@ -363,10 +349,8 @@ def _views(images: jax.Array) -> jax.Array:
 
 
 class Predictor:
-    """Probabilities of the 10 digits for images; one jitted forward pass, batched.
-
-    tta (default on): the mean of the probabilities over a few shifted and zoomed views of each
-    image (TTA_SHIFTS, TTA_ZOOMS), all in the same call."""
+    """Probabilities of the 10 digits for images; one jitted forward pass, batched (tta: averaged
+    over the views of `_views`)."""
 
     def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
         self.params, self.epoch, self.tta = params, epoch, tta
@@ -395,8 +379,7 @@ class Predictor:
         size = SMALL_BATCH if len(images) <= SMALL_BATCH else PREDICT_BATCH
         for start in range(0, len(images), size):
             chunk = images[start : start + size]
-            padded = np.zeros((size, CANVAS, CANVAS, 1), np.uint8)
-            padded[: len(chunk)] = chunk
+            padded = np.pad(np.asarray(chunk, np.uint8), ((0, size - len(chunk)), (0, 0), (0, 0), (0, 0)))
             out.append(np.asarray(self._probabilities(self.params, padded, self.tta))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
