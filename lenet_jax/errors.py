@@ -61,8 +61,7 @@ class DeviceMemoryError(LenetError):
 
 
 def device_memory_asked(error: BaseException) -> str | None:
-    """What XLA's out-of-memory RESOURCE_EXHAUSTED asked for ("32.4 GB", or "memory"); None for
-    anything else (tensorstore's RESOURCE_EXHAUSTED is a full disk)."""
+    """What XLA's out-of-memory error asked for ("32.4 GB", or "memory"); None for anything else."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
         return None

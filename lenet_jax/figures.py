@@ -1,8 +1,4 @@
-"""Reports on a trained model, as PNG files (matplotlib) and JSON: `write_report` writes the
-training curves of each workdir (curves.png) and, from the first one's checkpoint, the test
-set's confusion matrix (confusion.png), the most confident mistakes (mistakes.png), per-digit
-precision and recall (per_class.png, per_class.json) and the first convolution's filters.
-"""
+"""Reports on a trained model as PNG (matplotlib) and JSON files: `write_report`."""
 
 from __future__ import annotations
 
@@ -132,8 +128,8 @@ def write_report(
     epoch: int | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Writes the report files into out_dir; returns the per-class scores and file names.
-    Everything is read and computed first: a report that fails leaves nothing behind."""
+    """Writes curves, confusion matrix, mistakes, per-class scores and filters into out_dir (all
+    computed first: a failed report leaves nothing); returns the scores and file names."""
     out = Path(out_dir)
     paths = [Path(w) for w in workdirs]
     note = lambda line: print(line, file=sys.stderr)  # noqa: E731

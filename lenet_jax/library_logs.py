@@ -1,7 +1,5 @@
-"""What tfds and orbax log on their own ("Using custom data configuration", "read_only=True":
-nothing to act on), kept off the console. The scripts silence absl globally
-(`cli.quiet_library_logs`); the Python API only around its own calls (`quiet()`).
-"""
+"""What tfds and orbax log with nothing to act on, kept off the console: the scripts silence absl
+globally (`cli.quiet_library_logs`), the Python API only around its own calls (`quiet()`)."""
 
 from __future__ import annotations
 
@@ -48,9 +46,8 @@ class _HoldNewThreads(logging.Filter):
 
 @contextlib.contextmanager
 def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
-    """Around a call that starts helper threads (an orbax save): what they log through absl is
-    held back and logged if the call returns; dropped if it raises (a full disk, a second
-    Ctrl-C), as they then fail with the same fault, which the caller reports in one line."""
+    """Around a call that starts helper threads (an orbax save): their absl records are logged if
+    it returns, dropped if it raises (they then fail with the fault the caller reports)."""
     logger = logging.getLogger("absl")
     before = set(threading.enumerate())
     hold = _HoldNewThreads({t.ident for t in before if t.ident is not None})

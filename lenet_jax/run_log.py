@@ -1,8 +1,5 @@
-"""A run's log: TensorBoard (tensorboardX) and `metrics.jsonl`, and the console's epoch line.
-
-The recipe's three tags are the tutorial's, verbatim (its dashboards still work). The checkpoints
-are the truth: the logs are completed from their metas when damaged or missing.
-"""
+"""A run's log: TensorBoard (the tutorial's tags, verbatim) and `metrics.jsonl`, completed from the
+checkpoints' metas when damaged or missing; and the console's epoch line."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenet_jax.errors import LenetError
+from lenet_jax.errors import CheckpointError, LenetError
 from lenet_jax.speed import torch_blocked
 from lenet_jax.workdir import (
     METRICS_FILE,
@@ -78,12 +75,8 @@ class EventFile:
 
 
 class RunLog(contextlib.AbstractContextManager):
-    """One run's metrics to TensorBoard and metrics.jsonl (a JSON row per finished epoch).
-
-    On resume both forget what came after the checkpoint resumed from, and the rows the file
-    lacks are rebuilt from the checkpoints' (`checkpoint_rows`): no epoch duplicated or missing.
-    enabled=False (processes other than 0 of a multi-process run): writes nothing.
-    """
+    """One run's metrics to TensorBoard and metrics.jsonl; on resume both forget what came after the
+    checkpoint, and rows the file lacks come from `checkpoint_rows`. enabled=False: writes nothing."""
 
     def __init__(
         self,
@@ -205,7 +198,6 @@ def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
 def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
     """epoch -> meta of every checkpoint whose meta can be read; damaged ones are left out."""
     from lenet_jax.checkpoints import Checkpoints, checkpoint_dir  # orbax: only when needed
-    from lenet_jax.errors import CheckpointError
 
     try:
         if not checkpoint_dir(workdir).is_dir():
