@@ -97,8 +97,7 @@ class Checkpoints(contextlib.AbstractContextManager):
                 max_to_keep=keep,
                 create=not read_only,
                 read_only=read_only,
-                # Synchronous: a save of this small model takes milliseconds, and a save that has
-                # returned is on disk, which keeps crash and signal handling simple.
+                # Synchronous: a save takes milliseconds, and one that returned is on disk.
                 enable_async_checkpointing=False,
                 # A save cut short by a crash leaves a temporary directory; remove it on start.
                 cleanup_tmp_directories=not read_only,
@@ -133,9 +132,7 @@ class Checkpoints(contextlib.AbstractContextManager):
         items["meta"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta})
         self._check_space(epoch, state)
         try:
-            # A save cut short (a full disk, a second Ctrl-C) leaves orbax's helper threads of
-            # the other items running: they must end before the manager closes, and what they
-            # log when they fail in turn is the same fault, which the caller reports.
+            # A failed save's helper threads must end before the manager closes; their logs repeat its fault.
             with helper_threads_quiet_on_failure():
                 self._manager.save(epoch, args=ocp.args.Composite(**items))
                 self._manager.wait_until_finished()
@@ -314,8 +311,7 @@ def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged:
         meta = checkpoints.restore_meta(epoch)
         config = Config.from_dict(meta["config"])
         model = model_from_config(config)
-        # Restore target from eval_shape: the params' shapes and dtypes without running init,
-        # placed on this process's devices (whatever mesh the training run had).
+        # eval_shape: the params' shapes and dtypes without running init, on this process's devices.
         abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
         abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
         averaged = averaged and config.averages_weights

@@ -25,8 +25,7 @@ from lenet_jax.idx import IMAGE_SIZE
 from lenet_jax.model import model_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# Images with more pixels than this (read from the header) are refused before decoding: a
-# decoded 4096x4096 image already takes tens of MB, and a few KB of PNG can claim billions.
+# Refused from the header, before decoding: a few KB of PNG can claim billions of pixels.
 MAX_IMAGE_PIXELS = 4096 * 4096
 DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
 CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
@@ -34,11 +33,8 @@ INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is backgro
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
 PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once ...
 SMALL_BATCH = 32  # ... or twice: a few images (a page's drawing) are padded to 32 only, not 256
-# MNIST's digits all have >= 28 pixels at quarter strength or more (a thin mouse-drawn "1" ~20,
-# two specks on a large page 2): below 10 it is not a digit.
-MIN_INK_PIXELS = 10
-# Test-time augmentation: the probabilities are the mean over these views of each image (shifts
-# in pixels, zooms about the centre); on benchmarks/robustness.py it helps real-looking digits.
+MIN_INK_PIXELS = 10  # MNIST digits have >= 28 pixels at quarter strength, a thin drawn "1" ~20
+# Test-time augmentation: the mean over these views helps real-looking digits (benchmarks/robustness.py).
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
 UNSURE_BELOW = 0.6  # below it the answer is marked unsure (chosen on the validation split: docs/results.md)
@@ -129,8 +125,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     canvas = np.zeros((CANVAS, CANVAS), np.float32)
     top, left = (CANVAS - digit.shape[0]) // 2, (CANVAS - digit.shape[1]) // 2
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    # Shift the centre of mass to the centre, staying inside. MNIST's digits have it at pixel
-    # (14, 14) on average (measured over its test set), not at the geometric 13.5: match that.
+    # Centre of mass to (14, 14), MNIST's mean (not the geometric 13.5), staying inside.
     total = canvas.sum()
     ys, xs = np.indices(canvas.shape)
     dy = int(round(CANVAS / 2 - (ys * canvas).sum() / total))
@@ -355,8 +350,7 @@ class Predictor:
     def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
         self.params, self.epoch, self.tta = params, epoch, tta
 
-        # Jitted for PREDICT_BATCH (or SMALL_BATCH) images: inputs are padded to it, so any number
-        # of images reuses one of two compilations. uint8 in, scaled on the device as in training.
+        # Inputs padded to SMALL_BATCH or PREDICT_BATCH: two compilations; uint8 scaled on the device.
         @functools.partial(jax.jit, static_argnums=2)
         def probabilities(params, images, tta):
             images = images.astype(jnp.float32) / 255.0

@@ -12,8 +12,7 @@ from lenet_jax.errors import ConfigError, LenetError
 from lenet_jax.model import count_params
 from lenet_jax.workdir import IMPORTED_DATASET, is_row
 
-# Fields a resume may change: not the model, the data order or the updates made (speed computes the
-# same function otherwise; the run says it is not bit-identical).
+# Fields a resume may change: not the model, the data order or the updates (speed: the same function).
 SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (

@@ -63,8 +63,7 @@ class EventFile:
         self._writer.write_event(event)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        # A raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to "Train_Loss", and
-        # the recipe's dashboards expect its tags verbatim.
+        # A raw Summary: SummaryWriter.add_scalar would rewrite the tutorial's "Train Loss" to "Train_Loss".
         self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])))
 
     def flush(self) -> None:

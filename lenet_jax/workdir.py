@@ -113,8 +113,7 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
                 f"{workdir} is in use by {holder}: wait until that run ends (or stop it), or pass "
                 "another --workdir"
             ) from None
-        # The holder before may have removed the file between our open and our lock: ours is
-        # then a lock on nothing. Locked and still the file at that path: it is ours.
+        # Ours only if still the file at that path (the holder before may have removed it meanwhile).
         if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
             break
         os.close(fd)
