@@ -129,8 +129,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_record(self, optimizer_from_python: bool = False) -> dict[str, Any]:
-        """to_dict(), except that a run given its optimizer from Python records `optimizer: "python"`
-        and none of the (unused) OPTIMIZER_FIELDS."""
+        """to_dict(); a run given its optimizer from Python: `optimizer: "python"`, no OPTIMIZER_FIELDS."""
         record = self.to_dict()
         if optimizer_from_python:
             for name in OPTIMIZER_FIELDS:

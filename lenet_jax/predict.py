@@ -72,8 +72,7 @@ def _to_unit(values: np.ndarray, eight_bit: bool, sixteen_bit: bool = False) -> 
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """float32 (H, W) in [0, 1], a new array, from grey, grey+alpha, RGB or RGBA (alpha over white
-    paper); uint8, 16-bit or float (in [0, 1], [0, 255] or [0, 65535])."""
+    """float32 (H, W) in [0, 1], a new array, from grey or colour, any alpha over white paper."""
     array = np.asarray(image)
     if array.size == 0:
         raise ImageError(f"the image is empty (shape {array.shape})")
@@ -155,8 +154,7 @@ def pixel_limit(max_pixels: int) -> str:
 
 
 def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values, mask of opaque pixels or None) of an opened image: the only place its pixels
-    are decoded. 8-bit images come out grey, any transparency composited over white paper."""
+    """(values, mask of opaque pixels or None): 8-bit images grey, any transparency over white paper."""
     if image.mode in _HIGH_DEPTH_MODES:  # 16/32-bit grey and float: keep their depth
         values = np.asarray(image)
         transparent = image.info.get("transparency")
@@ -175,8 +173,7 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file's pixels as grey over white paper: uint8 (H, W), or float32 in [0, 1] for
-    16-bit, 32-bit and float images; max_pixels is checked from the header, before decoding."""
+    """An image file as grey over white: uint8 (H, W), or float32 in [0, 1] for deeper images."""
     try:
         image = Image.open(file)  # reads the header only
     except UnidentifiedImageError:
@@ -244,8 +241,7 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
 def read_image(
     source: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS
 ) -> np.ndarray:
-    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array;
-    ImageError naming the file if it cannot be used."""
+    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image(io.BytesIO(source), max_pixels)
     if not isinstance(source, (str, os.PathLike)):
@@ -267,8 +263,7 @@ class ImageInputs:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
-    """Files as given, and the image files (by suffix, sorted) of each directory given, unopened:
-    what is not a regular file is a problem when named, skipped when found in a directory."""
+    """Files as given, and each directory's image files (by suffix, sorted), unopened."""
     found = ImageInputs()
     for item in inputs:
         try:
@@ -318,8 +313,7 @@ def quiet_pil_warnings() -> None:
 
 
 def verdict(probabilities: Sequence[float] | np.ndarray, threshold: float = UNSURE_BELOW) -> dict[str, Any]:
-    """One image's answer from its 10 probabilities: the digit, its probability, whether it is
-    unsure (top probability below threshold) and the runner-up with its probability."""
+    """One image's answer from its 10 probabilities: the digit, whether unsure, the runner-up."""
     p = np.asarray(probabilities, np.float64)
     first, second = (int(d) for d in np.argsort(-p, kind="stable")[:2])
     return {
@@ -344,8 +338,7 @@ def _views(images: jax.Array) -> jax.Array:
 
 
 class Predictor:
-    """Probabilities of the 10 digits for images; one jitted forward pass, batched (tta: averaged
-    over the views of `_views`)."""
+    """Probabilities of the 10 digits for images, batched (tta: averaged over `_views`)."""
 
     def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
         self.params, self.epoch, self.tta = params, epoch, tta

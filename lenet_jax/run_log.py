@@ -159,8 +159,7 @@ def complete_rows(rows: list[dict], checkpoint_rows: list[dict]) -> tuple[list[d
 
 
 def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
-    """The per-epoch rows of a run, oldest first: its metrics.jsonl, completed from the
-    checkpoints' metas (note(line) is told); reads only. LenetError if there are none."""
+    """A run's rows, oldest first: metrics.jsonl, completed from the checkpoints' metas (note told)."""
     logged, problem = scan_metrics(Path(workdir) / METRICS_FILE)
     metas = _checkpoint_metas(workdir)
     saved = [metas[epoch]["metrics"] for epoch in sorted(metas) if is_row(metas[epoch].get("metrics"))]
