@@ -187,10 +187,8 @@ class Checkpoints(contextlib.AbstractContextManager):
     def _check_fits(self, epoch: int, item: str, target: Any) -> None:
         """CheckpointError if `item` of `epoch` (maybe intact) does not have the target's structure."""
         path = self.directory / str(epoch) / item
-        if not path.is_dir():
-            if jax.tree_util.tree_leaves(target):
-                raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
-            return
+        if not path.is_dir():  # every item has arrays (the step, the rng, the weights)
+            raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
         try:
             with quiet(), ocp.StandardCheckpointer() as reader:
                 metadata = reader.metadata(path).item_metadata
