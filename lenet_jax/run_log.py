@@ -195,11 +195,9 @@ def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
 
 def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
     """epoch -> meta of every checkpoint whose meta can be read; damaged ones are left out."""
-    from lenet_jax.checkpoints import Checkpoints, checkpoint_dir  # orbax: only when needed
+    from lenet_jax.checkpoints import Checkpoints  # orbax: only when needed
 
-    try:
-        if not checkpoint_dir(workdir).is_dir():
-            return {}
+    try:  # no checkpoints folder: a CheckpointError too
         with Checkpoints(workdir, read_only=True) as checkpoints:
             return checkpoints.readable_metas(checkpoints.epochs())
     except CheckpointError:
