@@ -6,8 +6,7 @@
     WORKDIR/checkpoints/<N>/  epoch N's orbax checkpoint (lenet_jax.checkpoints)
     WORKDIR/.lock             held by the one process training there (`workdir_lock`)
 
-The checkpoints are the truth: each one's meta holds its epoch's metrics row, so the logs can
-always be rebuilt from them. Nothing here deletes a run that is intact.
+Each checkpoint's meta holds its metrics row, so logs can be rebuilt; nothing here deletes an intact run.
 """
 
 from __future__ import annotations
