@@ -138,13 +138,10 @@ class RunLog(contextlib.AbstractContextManager):
         if row.get("learning_rate") is not None:
             self.scalar(TAG_LEARNING_RATE, row["learning_rate"], row["step"])
 
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            self.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         except OSError:
             if kind is None:  # else the error the run ends with (often this same full disk) is told
                 raise
