@@ -1,7 +1,6 @@
 """Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`, one item per reader's need:
 `params`, `ema_params` (--ema-decay), `train_state` (resuming), `meta` (JSON: config, metrics row, ...).
-Restore targets are checked against the saved metadata first: not fitting is told apart from damaged.
-"""
+Restore targets are checked against the saved metadata first: not fitting is told from damaged."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ only with --debug). Anything else is a bug and keeps its traceback.
 
 Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged; 4 the
 machine refused a read or write (disk full, permissions, read-only: rerunning once fixed resumes);
-5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
-"""
+5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM)."""
 
 from __future__ import annotations
 
