@@ -355,10 +355,8 @@ class Predictor:
 
     @staticmethod
     def preprocessed(images: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 (N, 28, 28, 1): each image through `preprocess`."""
-        if not len(images):
-            return np.zeros((0, CANVAS, CANVAS, 1), np.uint8)
-        return np.stack([preprocess(image) for image in images])
+        """uint8 (N, 28, 28, 1): each image through `preprocess` (reshape: none gives N = 0)."""
+        return np.array([preprocess(image) for image in images], np.uint8).reshape(-1, CANVAS, CANVAS, 1)
 
     def predict_mnist(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 10) for already MNIST-formatted uint8 images (N, 28, 28, 1)."""
