@@ -4,6 +4,7 @@ cache, running the scripts in-process, an untrained predictor."""
 from __future__ import annotations
 
 import atexit
+import fcntl
 import gzip
 import os
 import runpy
@@ -19,11 +20,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# One XLA compilation cache for the session and the scripts it starts: the many tests that build
-# the same small programs compile each once. Transparent: the same programs, the same numbers.
-if "LENET_JAX_CACHE_DIR" not in os.environ:
-    os.environ["LENET_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lenet-jax-tests-xla-")
-    atexit.register(shutil.rmtree, os.environ["LENET_JAX_CACHE_DIR"], ignore_errors=True)
+# One XLA compilation cache per test process (pytest-xdist's workers each have their own: JAX
+# writes its entries in place), so the many tests that build the same small programs compile
+# each once. Transparent: the same programs, the same numbers.
+os.environ["LENET_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lenet-jax-tests-xla-")
+atexit.register(shutil.rmtree, os.environ["LENET_JAX_CACHE_DIR"], ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["LENET_JAX_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 # Tests and CI read the real MNIST from ../shared/data/mnist (see README); LENET_DATA_DIR wins.
@@ -37,17 +38,11 @@ def start_python(program, *args) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def run_script(name, *args, cwd=None) -> subprocess.CompletedProcess:
+def run_script(name, *args) -> subprocess.CompletedProcess:
     """scripts/NAME in a subprocess (for what only a real process shows: exit, signals)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    process = start_python(REPO_ROOT / "scripts" / name, *args)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def script_main(name):
@@ -98,11 +93,9 @@ def make_idx_dir(
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tfds_cache(tmp_path_factory):
-    """Every test prepares tfds datasets (and caches compiled programs) in temporary folders,
-    never the user's."""
+    """Every test prepares tfds datasets in a temporary folder (one per xdist worker), never the
+    user's."""
     os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-    os.environ["LENET_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
-    yield
 
 
 @pytest.fixture
@@ -126,9 +119,19 @@ def trained_run(mnist_dir, tmp_path_factory):
     from lenet_jax.config import get_preset
     from lenet_jax.train import train_and_evaluate
 
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    config = get_preset("fast").replace(epochs=1, train_size=12_000, label_smoothing=0.0, grad_clip=1.0)
-    train_and_evaluate(config, workdir, data_dir=mnist_dir)
+    # Trained once per session: pytest-xdist's workers share their base folder's parent, and the
+    # first to take the lock trains while the others wait (xdist's documented recipe).
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    workdir = shared / "trained-run"
+    with open(shared / "trained-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "trained-run.done").exists():
+            config = get_preset("fast").replace(
+                epochs=1, train_size=12_000, label_smoothing=0.0, grad_clip=1.0
+            )
+            train_and_evaluate(config, workdir, data_dir=mnist_dir)
+            (shared / "trained-run.done").touch()
     return workdir
 
 
@@ -137,8 +140,6 @@ def untrained_predictor():
     """A Predictor with random weights: for tests of input handling, which need no accuracy,
     no data and no checkpoint (weights drawn with numpy: initialising the model op by op
     compiles every op)."""
-    import jax
-
     from lenet_jax.config import Config
     from lenet_jax.model import init_params, model_from_config
     from lenet_jax.predict import Predictor

@@ -74,13 +74,8 @@ CROSS_REFERENCE = re.compile(r'(README|docs/[\w-]+\.md)(?:,|\s+section)\s+(?:"([
 def test_every_cross_reference_names_an_existing_heading():
     import subprocess
 
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
     found = []
     for name in files:
         path = REPO_ROOT / name

@@ -10,7 +10,7 @@ import pytest
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import load_dataset
-from lenet_jax.errors import CheckpointError, ConfigError
+from lenet_jax.errors import CheckpointError
 from lenet_jax.train import make_trainer, train_and_evaluate
 
 TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
@@ -57,8 +57,11 @@ def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_r
     result = train_and_evaluate(
         TINY.replace(epochs=2), adam_run, optimizer=optax.adam(3e-4), data_dir=idx_dir
     )
-    assert [row["epoch"] for row in result.metrics] == [1, 2]
     assert "has the state structure of the checkpoint's" in capsys.readouterr().out
+    assert [row["epoch"] for row in result.metrics] == [1, 2] and Checkpoints(adam_run).epochs() == [1, 2]
+    assert result.metrics[-1]["step"] == 2 * 6  # 96 images / 16 per batch
+    assert result.metrics[-1]["learning_rate"] is None  # plain optax.adam injects none
+    assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
 
 
 def test_a_diverging_python_optimizer_is_not_told_about_a_learning_rate_it_did_not_use(idx_dir, tmp_path):
@@ -81,20 +84,7 @@ def test_damaged_and_mismatched_checkpoints_get_different_messages(idx_dir, tmp_
         checkpoints.restore_state(2, trainer.abstract_state())
     assert "intact but does not fit" in str(mismatch.value) and "damaged" not in str(mismatch.value)
     assert "params (feature_norm.bias: checkpoint has none, now (16,) float32" in str(mismatch.value)
-    with pytest.raises(ConfigError, match="activation: checkpoint 'sigmoid', now 'relu'"):
-        train_and_evaluate(TINY.replace(epochs=3, activation="relu"), workdir, data_dir=idx_dir)
-
-    data_files = [
-        p
-        for p in (workdir / "checkpoints" / "2" / "params").rglob("*")
-        if p.is_file() and p.stat().st_size > 100
-    ]
-    for path in data_files:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError) as damaged:
-        train_and_evaluate(TINY.replace(epochs=3), workdir, data_dir=idx_dir)
-    assert "the checkpoint of epoch 2 is damaged" in str(damaged.value) and "delete" not in str(damaged.value)
-    assert "epoch 1 is the newest before it" in str(damaged.value)
+    # (A damaged one, and another config: tests/test_fuzz.py, family "checkpoints".)
 
 
 def test_describe_spells_paths_alike_for_namedtuples_dicts_and_lists():

@@ -55,11 +55,6 @@ def test_validation_split_is_the_last_n_training_images(idx_dir):
         load_dataset(idx_dir, validation_size=16, train_size=81)
 
 
-def test_bad_data_dir_is_a_one_line_error(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_dataset(tmp_path / "missing")
-
-
 def test_data_dir_falls_back_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path))
     assert resolve_data_dir(None) == tmp_path.resolve()

@@ -23,6 +23,7 @@ from crafted_images import (
     truncated,
     ztxt_bomb,
 )
+from test_fuzz import snapshot  # every path under a folder, with its bytes
 
 from lenet_jax import cli
 
@@ -129,15 +130,6 @@ CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one 
      r"error: argument --max-pixels: expected at least 1, got 0"),
 ]
 # fmt: on
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under root (links not followed): kind, size, modification time."""
-    entries = {}
-    for path in [root, *root.rglob("*")]:
-        info = path.lstat()
-        entries[str(path.relative_to(root))] = (info.st_mode, info.st_size, info.st_mtime_ns)
-    return entries
 
 
 @pytest.mark.parametrize("make, flags, code, line", [case[1:] for case in CASES], ids=[c[0] for c in CASES])

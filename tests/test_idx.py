@@ -15,62 +15,20 @@ from lenet_jax.errors import DataError
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_reads_gzipped_and_plain_files(tmp_path, compress):
-    folder = make_idx_dir(tmp_path, n_train=12, n_test=5, compress=compress)
-    images, labels = idx.read_pair(*idx.split_paths(folder, "train"))
-    assert images.shape == (12, 28, 28, 1) and images.dtype == np.uint8
-    assert labels.shape == (12,) and labels.dtype == np.int32
+def test_reads_back_the_values_written(tmp_path, compress):
+    """(Every malformed file is refused in one line: tests/test_fuzz.py, family "data".)"""
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    labels = np.asarray([0, 9, 3, 3], np.uint8)
+    images_path = write_idx(tmp_path / "images", images, 0x803, compress)
+    labels_path = write_idx(tmp_path / "labels", labels, 0x801, compress)
+    assert images_path.suffix == (".gz" if compress else "")
+    read_images, read_labels = idx.read_pair(images_path, labels_path)
+    assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
+    np.testing.assert_array_equal(read_images, images[..., None])
+    np.testing.assert_array_equal(read_labels, labels)
+    folder = make_idx_dir(tmp_path / "idx", n_train=12, n_test=5, compress=compress)
+    assert len(idx.read_pair(*idx.split_paths(folder, "train"))[1]) == 12
     assert len(idx.read_pair(*idx.split_paths(folder, "test"))[1]) == 5
-
-
-def _written(folder, shape, magic=0x803, compress=True, cut=None):
-    """An IDX file of zeros in folder; cut: its bytes kept, as a slice end."""
-    path = write_idx(folder / "x", np.zeros(shape, np.uint8), magic, compress)
-    path.write_bytes(path.read_bytes()[:cut])
-    return path
-
-
-def _without_test_labels(folder):
-    (make_idx_dir(folder) / "t10k-labels-idx1-ubyte.gz").unlink()
-    return idx.split_paths(folder, "test")
-
-
-def _counts_disagree(folder):
-    make_idx_dir(folder, n_train=10)
-    write_idx(folder / "train-labels-idx1-ubyte", np.zeros(9, np.uint8), 0x801)
-    return idx.read_pair(*idx.split_paths(folder, "train"))
-
-
-def _fragment(folder):
-    (folder / "x").write_bytes(b"\x00\x00")
-    return idx.read_labels(folder / "x")
-
-
-# fmt: off
-MALFORMED = {  # name: (read what is made in a folder, the DataError's message (a regex))
-    "missing directory": (lambda t: idx.check_and_fingerprint(t / "nowhere"), "does not exist.*--data-dir"),
-    "missing file": (_without_test_labels, "no t10k-labels-idx1-ubyte"),
-    "wrong magic number": (
-        lambda t: idx.read_images(_written(t, (3, 28, 28), 0x801)),
-        "magic number 0x00000801, expected 0x00000803"),
-    "truncated images": (lambda t: idx.read_images(_written(t, (3, 28, 28), compress=False, cut=-100)),
-                         "truncated.*promises 3 images but it holds 2"),
-    "truncated gzip stream": (lambda t: idx.read_images(_written(t, (30, 28, 28), cut=40)), "damaged"),
-    "header only fragment": (_fragment, "truncated"),
-    "images not 28x28": (lambda t: idx.read_images(_written(t, (3, 32, 32))), "32x32 images, expected 28x28"),
-    "labels outside 0 to 9": (
-        lambda t: idx.read_labels(write_idx(t / "x", np.asarray([1, 2, 12], np.uint8), 0x801)),
-        "label 12 at index 2"),
-    "counts disagree": (_counts_disagree, "10 images but .* 9 labels"),
-}
-# fmt: on
-
-
-@pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_input_is_a_data_error_naming_the_problem(tmp_path, case):
-    read, message = MALFORMED[case]
-    with pytest.raises(DataError, match=message):
-        read(tmp_path)
 
 
 def test_fingerprint_depends_on_content(tmp_path):
@@ -80,18 +38,6 @@ def test_fingerprint_depends_on_content(tmp_path):
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(make_idx_dir(tmp_path / "c", seed=0))
     plain = make_idx_dir(tmp_path / "d", seed=0, compress=False)
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(plain)
-
-
-@pytest.mark.parametrize("compress", [True, False])
-def test_reads_back_the_values_written(tmp_path, compress):
-    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    labels = np.asarray([0, 9, 3, 3], np.uint8)
-    images_path = write_idx(tmp_path / "images", images, 0x803, compress)
-    labels_path = write_idx(tmp_path / "labels", labels, 0x801, compress)
-    assert images_path.suffix == (".gz" if compress else "")
-    read_images, read_labels = idx.read_pair(images_path, labels_path)
-    np.testing.assert_array_equal(read_images, images[..., None])
-    np.testing.assert_array_equal(read_labels, labels)
 
 
 # The download's reachability check: it probes the first hop the download itself makes, which is

@@ -1,3 +1,4 @@
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,18 +60,11 @@ def test_options_change_the_function_not_the_parameters():
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
     params = init_params(LeNet(), jax.random.PRNGKey(0))  # eager: fewer ops
     outputs = {}
-    for kwargs in (
-        {},
-        {"activation": "relu"},
-        {"activation": "tanh"},
-        {"pool": "max"},
-        {"dense_activation": True},
-    ):
+    variants = [{}, {"activation": "relu"}, {"activation": "tanh"}, {"pool": "max"}]
+    for kwargs in [*variants, {"dense_activation": True}]:
         model = LeNet(**kwargs)
-        assert (
-            count_params(jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0)))
-            == 61_706
-        )
+        shapes = jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0))
+        assert count_params(shapes) == 61_706
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
     # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
     normed = LeNet(feature_norm=True)
@@ -93,12 +87,9 @@ def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(block):
     # conv1 of one image computed by hand: lax.conv + bias -> relu -> 2x2 max-pool.
     params = init_params(LeNet(activation="relu", pool="max"), jax.random.PRNGKey(0))["conv1"]
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
-    conv1 = (
-        jax.lax.conv_general_dilated(
-            x, params["kernel"], (1, 1), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        + params["bias"]
-    )
+    layout, padding = ("NHWC", "HWIO", "NHWC"), ((2, 2), (2, 2))
+    conv1 = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), padding, dimension_numbers=layout)
+    conv1 += params["bias"]
     expected = jnp.maximum(conv1, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
     got = block(6, (5, 5), padding=2, activation="relu", pool="max").apply({"params": params}, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -123,6 +114,4 @@ def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_
     state = make_trainer(config, train, optax.sgd(0.1)).new_state()
     model = LeNet(init_scheme=init_scheme, feature_norm=True)
     expected = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 28, 28, 1)))["params"]
-    leaves = jax.tree_util.tree_leaves
-    for a, b in zip(leaves(expected), leaves(state.params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(state.params, expected)

@@ -1,18 +1,21 @@
-"""Data parallelism: 2 local processes (jax.distributed + gloo) against 1, and launch.py."""
+"""The scripts on real MNIST, one process against 2 (jax.distributed + gloo), and launch.py."""
 
+import json
 import signal
+import struct
 import time
+from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO_ROOT, script_main, start_python
+from conftest import REPO_ROOT, make_idx_dir, script_main, start_python
 
-from lenet_jax import cli, parallel
+from lenet_jax import cli, parallel, run_log
 from lenet_jax.errors import ConfigError
-from lenet_jax.evaluation import evaluate_checkpoint, restore_params
+from lenet_jax.evaluation import restore_params
 from lenet_jax.workdir import read_metrics
 
 RUN = ["--preset", "smoke", "--train-size", "1920", "--epochs", "2", "--log-every", "10"]  # 60 steps
@@ -35,51 +38,72 @@ def test_batch_size_must_divide_over_the_devices():
         parallel.check_batch_size(64, FakeMesh)
 
 
-def launch(workdir, mnist_dir, *extra):
-    return start_python(
-        REPO_ROOT / "scripts" / "launch.py",
-        "--num-processes",
-        "2",
-        "--",
-        *RUN,
-        "--workdir",
-        workdir,
-        "--data-dir",
-        mnist_dir,
-        *extra,
-    )
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from the TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def launch(workdir, data_dir, *extra):
+    argv = [*RUN, "--workdir", workdir, "--data-dir", data_dir, *extra]
+    return start_python(REPO_ROOT / "scripts" / "launch.py", "--num-processes", "2", "--", *argv)
 
 
 @pytest.mark.e2e
-def test_two_processes_match_one(mnist_dir, tmp_path):
+def test_scripts_on_real_mnist_and_two_processes_match_one(mnist_dir, tmp_path, monkeypatch, capsys):
+    """train.py in this process (a relative workdir: resolved against the working directory), then
+    launch.py's 2 processes on the same flags: what a run prints, logs and writes; the same weights
+    and accuracies from both; evaluate.py gives what each epoch logged."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.run(script_main("train.py"), [*RUN, "--workdir", "one", "--data-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train 1,920 images, test 10,000 images" in out and "step 10: train loss" in out
+    rows_one = read_metrics(tmp_path / "one")
+    assert {"test_accuracy", "test_total_loss", "train_loss", "train_seconds"} <= set(rows_one[0])
+    assert {"images_per_second", "learning_rate"} <= set(rows_one[0])
+    scalars = read_scalars(tmp_path / "one" / "tensorboard")
+    assert [s for s, _ in scalars[run_log.TAG_TRAIN_LOSS]] == [10, 20, 30, 40, 50, 60]
+    assert [s for s, _ in scalars[run_log.TAG_ACCURACY]] == [1, 2]
+    assert len(scalars[run_log.TAG_TEST_TOTAL_LOSS]) == 2
+
     two = launch(tmp_path / "two", mnist_dir)
     out, err = two.communicate(timeout=600)
     assert two.returncode == 0, err
     assert "[0] LeNet: 61,706 parameters; 2 cpu device(s), 2 process(es)" in out
     # Only process 0 prints (gloo's own C++ connection line aside).
     assert not [line for line in out.splitlines() if line.startswith("[1]") and "[Gloo]" not in line]
-    # The one-process reference in-process: the same flags through the same parser.
-    assert (
-        cli.run(
-            script_main("train.py"), [*RUN, "--workdir", str(tmp_path / "one"), "--data-dir", str(mnist_dir)]
-        )
-        == 0
-    )
     params_two, params_one = (restore_params(tmp_path / run, 2).params for run in ("two", "one"))
     chex.assert_trees_all_close(params_two, params_one, atol=1e-4, rtol=0)
-    rows_two, rows_one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    rows_two = read_metrics(tmp_path / "two")
     assert [r["step"] for r in rows_two] == [30, 60]
     for a, b in zip(rows_two, rows_one, strict=True):
         assert round(a["test_accuracy"], 3) == round(b["test_accuracy"], 3)
-    # The 2-process checkpoint restores in a single process and evaluates to what was logged.
-    result = evaluate_checkpoint(tmp_path / "two", data_dir=mnist_dir)
-    assert result["test_accuracy"] == rows_two[-1]["test_accuracy"]
+
+    # evaluate.py on an --epoch and on the newest; the 2-process checkpoint restores in one process.
+    for run, row in [("one", rows_one[0]), ("two", rows_two[1])]:
+        argv = ["--workdir", run, "--epoch", str(row["epoch"]), "--data-dir", str(mnist_dir)]
+        assert cli.run(script_main("evaluate.py"), argv) == 0
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert result["epoch"] == row["epoch"] and result["count"] == 10_000
+        assert result["test_accuracy"] == row["test_accuracy"]
+        if run == "one":
+            assert result["test_total_loss"] == row["test_total_loss"]
 
 
-@pytest.mark.e2e
-def test_launch_stops_everything_when_one_process_dies(mnist_dir, tmp_path):
-    workdir = tmp_path / "run"
-    launcher = launch(workdir, mnist_dir, "--epochs", "50")
+def test_launch_stops_everything_when_one_process_dies(tmp_path):
+    workdir = tmp_path / "run"  # synthetic data: what is checked is the launcher, not the training
+    launcher = launch(workdir, make_idx_dir(tmp_path / "idx", n_train=1920), "--epochs", "50")
     deadline = time.time() + 300
     for line in launcher.stdout:
         if line.startswith("[0] step 10:"):

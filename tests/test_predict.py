@@ -120,14 +120,11 @@ def test_arrays_of_other_depths_preprocess_like_uint8(convert):
     assert np.array_equal(preprocess(convert(digit_like())), preprocess(digit_like()))
 
 
-@pytest.mark.parametrize(
-    "image,message",
-    [
-        (np.zeros((0, 5), np.uint8), "empty"),
-        (np.full((9, 9), np.nan, np.float32), "NaN"),
-        (np.zeros((2, 3, 4, 5), np.uint8), "expected an image of shape"),
-    ],
-)
+UNUSABLE = [(np.zeros((0, 5), np.uint8), "empty"), (np.full((9, 9), np.nan, np.float32), "NaN")]
+UNUSABLE += [(np.zeros((2, 3, 4, 5), np.uint8), "expected an image of shape")]
+
+
+@pytest.mark.parametrize("image,message", UNUSABLE)
 def test_unusable_arrays_are_refused_in_one_line(image, message):
     with pytest.raises(DataError, match=message):
         preprocess(image)

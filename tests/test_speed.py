@@ -19,10 +19,6 @@ from lenet_jax.train import make_trainer, train_epoch
 TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
 
 
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
-
-
 def random_split(n: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     return Split(rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n).astype(np.int32))
@@ -40,8 +36,7 @@ def test_auto_and_plain_train_and_evaluate_the_same_function():
     assert (auto.model.block, plain.model.block) == (ToeplitzBlock, ConvBlock)
     assert (auto.steps_per_call, plain.steps_per_call) == (3, 1)  # 3 steps per epoch
     start = auto.new_state()
-    for a, b in zip(leaves(start), leaves(plain.new_state()), strict=True):
-        np.testing.assert_array_equal(a, b)  # the same initial values from either block
+    chex.assert_trees_all_equal(start, plain.new_state())  # the same initial values from either block
     states = []
     for trainer in (auto, plain):
         state = jax.tree_util.tree_map(jnp.copy, start)
@@ -51,8 +46,7 @@ def test_auto_and_plain_train_and_evaluate_the_same_function():
     (state_a, losses_a, eval_a), (state_b, losses_b, eval_b) = states
     assert int(state_a.step) == int(state_b.step) == 6
     np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-    for a, b in zip(leaves(state_a), leaves(state_b), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(state_a, state_b, rtol=1e-4, atol=1e-5)
     assert eval_a["correct"] == eval_b["correct"] and eval_a["count"] == eval_b["count"] == 100
     np.testing.assert_allclose(eval_a["total_loss"], eval_b["total_loss"], rtol=1e-5)
 
@@ -96,8 +90,7 @@ def test_steps_per_call_changes_nothing_but_the_calls():
         assert [step for step, _ in logged] == [3, 6, 9, 12]
         np.testing.assert_allclose([v for _, v in logged], [v for _, v in reference_logged], rtol=1e-6)
         np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
-        for a, b in zip(leaves(state), leaves(reference), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(state, reference, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture
@@ -140,14 +133,8 @@ def test_training_with_and_without_the_options_agrees(preset):
         model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
     )
     key = jax.random.PRNGKey(0)
-    batches = [
-        {
-            "image": jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)),
-            "label": jnp.arange(32) % 10,
-            "mask": jnp.ones(32),
-        }
-        for i in range(20)
-    ]
+    images = [jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)) for i in range(20)]
+    batches = [{"image": image, "label": jnp.arange(32) % 10, "mask": jnp.ones(32)} for image in images]
     results = []
     for options in (speed.compiler_options("auto"), {}):
         jitted = jax.jit(step, compiler_options=options)
@@ -169,7 +156,8 @@ def test_unrolled_threefry_draws_the_same_bits_from_another_program():
     from jax._src.random import threefry2x32 as threefry
 
     def draw(key):
-        return jax.random.uniform(key, (400, 120)), jax.random.permutation(key, 1000), jax.random.split(key, 3)
+        uniform = jax.random.uniform(key, (400, 120))
+        return uniform, jax.random.permutation(key, 1000), jax.random.split(key, 3)
 
     key = jax.random.PRNGKey(7)
     mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_cpu_lowering_rule, platform="cpu")

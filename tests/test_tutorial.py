@@ -52,13 +52,9 @@ def test_the_tutorial_trains_to_the_tutorials_numbers(mnist_dir, tmp_path, monke
     monkeypatch.setenv("LENET_DATA_DIR", str(mnist_dir))
     monkeypatch.delenv("TUTORIAL_EPOCHS", raising=False)  # the default, 3
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        notebook,
-        km=kernel_of_this_python(tmp_path / "kernels"),
-        timeout=600,
-        resources={"metadata": {"path": str(REPO_ROOT)}},
-    )
-    client.execute()
+    kernel = kernel_of_this_python(tmp_path / "kernels")
+    in_repo = {"metadata": {"path": str(REPO_ROOT)}}  # the kernel's working directory
+    NotebookClient(notebook, km=kernel, timeout=600, resources=in_repo).execute()
     out = printed(notebook)
 
     losses = [(int(s), float(v)) for s, v in re.findall(r"^step (\d+): train loss ([\d.]+)$", out, re.M)]
