@@ -4,8 +4,7 @@ only with --debug). Anything else is a bug and keeps its traceback.
 
 Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged; 4 the
 machine refused a read or write (disk full, permissions, read-only: rerunning once fixed resumes);
-5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
-"""
+5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM)."""
 
 from __future__ import annotations
 
@@ -61,8 +60,7 @@ class DeviceMemoryError(LenetError):
 
 
 def device_memory_asked(error: BaseException) -> str | None:
-    """What XLA's out-of-memory RESOURCE_EXHAUSTED asked for ("32.4 GB", or "memory"); None for
-    anything else (tensorstore's RESOURCE_EXHAUSTED is a full disk)."""
+    """What XLA's out-of-memory error asked for ("32.4 GB", or "memory"); None for anything else."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
         return None
