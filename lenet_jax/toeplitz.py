@@ -13,11 +13,8 @@ from lenet_jax.model import ACTIVATIONS, ConvBlock
 def toeplitz_conv(
     x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2, pool_layout: bool = False
 ) -> jax.Array:
-    """A stride-1 NHWC convolution as one product of patches with a banded ("Toeplitz") matrix.
-
-    Each (output row, block of B columns) patch times T, built by an einsum (its gradient too).
-    pool_layout: (N, Ho/2, 2, blocks, 2, B/2, O), [n, i, p, b, q, k, o] at row 2i+p, col b*B + 2k+q.
-    """
+    """A stride-1 NHWC convolution: each (row, block of B columns) patch times a banded matrix T.
+    pool_layout: (N, Ho/2, 2, blocks, 2, B/2, O), [n, i, p, b, q, k, o] at row 2i+p, col b*B + 2k+q."""
     kh, kw, cin, cout = kernel.shape
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
