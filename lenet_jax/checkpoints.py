@@ -1,6 +1,5 @@
-"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`, one item per reader's need:
-`params`, `ema_params` (--ema-decay), `train_state` (resuming), `meta` (JSON: config, metrics row, ...).
-Restore targets are checked against the saved metadata first: not fitting is told from damaged."""
+"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`: `params`, `ema_params`,
+`train_state`, `meta` (JSON); restore targets are checked first, so not fitting is told from damaged."""
 
 from __future__ import annotations
 

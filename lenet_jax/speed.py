@@ -1,9 +1,5 @@
-"""Every speed trick of lenet-jax, each named once with why, and the one switch for all of them.
-
-`--speed auto` uses the tricks below where the backend gains; "plain" runs the tutorial's program
-as written. Both compute the same function. Tricks 8 and 10 are process-wide and stay on under
-"plain" (memory and start-up only), as 11 once set. Measurements: docs/performance.md.
-"""
+"""Every speed trick, each named once with why; `--speed plain` (the tutorial's program, the same
+function) turns them off, but for the process-wide 8, 10 and 11 once set. docs/performance.md."""
 
 from __future__ import annotations
 
