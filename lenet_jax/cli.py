@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -84,6 +85,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Runs a script's main; a LenetError becomes one line on stderr and its exit code (with
     --debug in argv: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    limit_malloc_arenas()  # before the command starts any thread (lenet_jax.speed, trick 8)
     try:
         try:
             return main(argv)
@@ -101,9 +103,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         if "--debug" in argv:
             raise
         message = str(e)
-        field = getattr(e, "field", None)  # a ConfigError names a Config field: say its flag
-        if field and message.startswith(field):
-            message = flag_name(field) + message[len(field) :]
+        field = getattr(e, "field", None)  # the Config field the message names: say its flag
+        if field:
+            message = re.sub(rf"\b{field}\b", flag_name(field), message, count=1)
         # A stop the user asked for (Ctrl-C, SIGTERM) is a notice, not an error.
         print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {message}", file=sys.stderr)
         return e.exit_code

@@ -69,17 +69,21 @@ def device_memory_asked(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def out_of_memory_names(flag: str) -> Iterator[None]:
-    """A device out-of-memory error inside becomes DeviceMemoryError naming `flag`, to lower."""
+def out_of_memory_names(name: str, now: object = None) -> Iterator[None]:
+    """A device out-of-memory error inside becomes DeviceMemoryError naming what to lower: a Config
+    field (the scripts print its flag: lenet_jax.cli.run) with its value `now`, or flags."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through
         asked = device_memory_asked(e)
         if asked is None:
             raise
-        raise DeviceMemoryError(
-            f"the device ran out of memory (asked for {asked}): lower {flag}; what was saved is intact"
-        ) from e
+        value = "" if now is None else f" (now {now})"
+        error = DeviceMemoryError(
+            f"the device ran out of memory (asked for {asked}): lower {name}{value}; what was saved is intact"
+        )
+        error.field = name if name.isidentifier() else None
+        raise error from e
 
 
 class TrainingInterrupted(LenetError):

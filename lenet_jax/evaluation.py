@@ -65,7 +65,7 @@ class Evaluator:
         batch = min(self.batch_size, -(-len(split) // devices) * devices)
         order = pad_rows(sequential_order(len(split), batch), self.groups)  # whole groups
         calls = order if self.groups == 1 else order.reshape(-1, self.groups, batch)
-        with out_of_memory_names(f"--eval-batch-size (now {self.batch_size})"):
+        with out_of_memory_names("eval_batch_size", self.batch_size):
             images, labels = self._on_device(split)
             # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
             results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]

@@ -8,6 +8,7 @@ avg-pool 2/2 -> flatten (5*5*16) -> Dense 120 -> Dense 84 -> Dense 10, 61,706 pa
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,13 @@ class LeNet(nn.Module):
     feature_norm: bool = False
     init_scheme: str = "torch"
     block: type[ConvBlock] = ConvBlock
+    conv_impl: str | None = None  # 0.2's field, one more version: ignored, with a warning
+
+    def __post_init__(self) -> None:
+        if self.conv_impl is not None:
+            message = "LeNet(conv_impl=...) is ignored since lenet-jax 0.3: pass block= (speed.conv_block)"
+            warnings.warn(message, DeprecationWarning, stacklevel=4)  # the caller of LeNet(...)
+        super().__post_init__()
 
     def _initializers(self, fan_in: int) -> dict[str, Any]:
         if self.init_scheme == "torch":
