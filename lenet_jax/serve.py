@@ -177,13 +177,11 @@ def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MA
         raise HTTPException(400 if isinstance(e, UnreadableImageError) else 422, str(e)) from e
     probabilities = predictor.predict_mnist(seen[None])[0]
     answer = verdict(probabilities)  # the digit, and whether it is unsure (with the runner-up)
+    answer = {k: round(v, 6) if isinstance(v, float) else v for k, v in answer.items()}
     return {
-        "prediction": answer["prediction"],
+        **answer,
         "probabilities": [round(float(p), 6) for p in probabilities],
         "input": seen[..., 0].tolist(),
-        "unsure": answer["unsure"],
-        "runner_up": answer["runner_up"],
-        "runner_up_probability": round(answer["runner_up_probability"], 6),
     }
 
 
