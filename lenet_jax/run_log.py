@@ -155,7 +155,8 @@ def complete_rows(rows: list[dict], checkpoint_rows: list[dict]) -> tuple[list[d
 
 def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
     """A run's rows, oldest first: metrics.jsonl, completed from the checkpoints' metas (note told)."""
-    logged, problem = scan_metrics(Path(workdir) / METRICS_FILE)
+    path = Path(workdir) / METRICS_FILE
+    logged, problem = scan_metrics(path)
     metas = _checkpoint_metas(workdir)
     saved = [metas[epoch]["metrics"] for epoch in sorted(metas) if is_row(metas[epoch].get("metrics"))]
     rows, rebuilt = complete_rows(logged, saved)
@@ -166,11 +167,8 @@ def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = No
         )
     if rebuilt and note is not None:
         why = f"{problem}: it " if problem else ""
-        note(
-            f"note: {Path(workdir) / METRICS_FILE} {why}lacks epoch(s) "
-            f"{', '.join(str(row['epoch']) for row in rebuilt)}; "
-            "read them from the checkpoints"
-        )
+        epochs = ", ".join(str(row["epoch"]) for row in rebuilt)
+        note(f"note: {path} {why}lacks epoch(s) {epochs}; read them from the checkpoints")
     return rows
 
 

@@ -26,7 +26,7 @@ from lenet_jax.optimizers import build_optimizer, current_learning_rate
 from lenet_jax.provenance import provenance
 from lenet_jax.resume import start_state
 from lenet_jax.run_log import RunLog, format_epoch
-from lenet_jax.workdir import RunGuard, workdir_lock
+from lenet_jax.workdir import RunGuard, set_aside, workdir_lock
 
 
 @dataclasses.dataclass
@@ -206,7 +206,7 @@ def train_and_evaluate(
         trainer = make_trainer(config, dataset.train, optimizer)
         say(f"Data {dataset.describe()}", flush=True)
         if replace and not resume and main:
-            guard.set_aside_old_run()  # only now that the data and the settings are checked
+            guard.aside = set_aside(workdir)  # only now that the data and the settings are checked
         parallel.barrier("workdir ready")
         with Checkpoints(workdir, keep=config.keep) as checkpoints:
             state, rows = start_state(trainer, checkpoints, dataset.source, resume, say)

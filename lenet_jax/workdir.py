@@ -165,9 +165,6 @@ class RunGuard(contextlib.AbstractContextManager):
         self.aside: Path | None = None  # the old run, while the new one has no checkpoint
         self.saved: int | None = None  # the newest epoch with a checkpoint, once known
 
-    def set_aside_old_run(self) -> None:
-        self.aside = set_aside(self.workdir)
-
     def checkpointed(self, epoch: int) -> None:
         """The new run's checkpoint of `epoch` is on disk: the old run can go."""
         if self.aside is not None:
