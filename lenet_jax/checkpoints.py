@@ -142,9 +142,8 @@ class Checkpoints(contextlib.AbstractContextManager):
 
     def _check_space(self, epoch: int, state: TrainState) -> None:
         """OSError(ENOSPC) up front: orbax's writes failing on a full disk print uncatchable tracebacks."""
-        needed = (
-            2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
-        )
+        arrays = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state))
+        needed = 2 * arrays + SAVE_MARGIN
         try:
             free = shutil.disk_usage(self.directory).free
         except OSError:

@@ -205,19 +205,17 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
 
 
 FILE_KINDS = {
-    stat.S_ISDIR: "a directory",
-    stat.S_ISFIFO: "a named pipe",
-    stat.S_ISSOCK: "a socket",
-    stat.S_ISCHR: "a character device",
-    stat.S_ISBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
 }
 
 
 def file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is ('a named pipe', ...)."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((kind for test, kind in FILE_KINDS.items() if test(mode)), "not a regular file")
+    return None if stat.S_ISREG(mode) else FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def open_image_file(path: str | os.PathLike) -> IO[bytes]:
