@@ -38,9 +38,7 @@ OPTIMIZERS: dict[str, Factory] = {
 
 def _warmup_cosine(config: Config, total: int, steps_per_epoch: int) -> optax.Schedule:
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
-    )
+    return optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, decay_steps=total, end_value=0.0)
 
 
 # name -> (config, total steps, steps per epoch) -> the learning rate at each step, peaking at config.lr.

@@ -97,12 +97,12 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
-        if ema_decay and ema_params is None:  # checked once, while tracing
-            raise ValueError(
-                "ema_decay > 0 needs a state that holds an average: create it with "
-                "create_train_state(model, optimizer, key, ema=True)"
-            )
         if ema_decay:
+            if ema_params is None:  # checked once, while tracing
+                raise ValueError(
+                    "ema_decay > 0 needs a state that holds an average: create it with "
+                    "create_train_state(model, optimizer, key, ema=True)"
+                )
             decay = ema_decay_at(state.step, ema_decay)
             ema_params = jax.tree_util.tree_map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
         new_state = state.replace(
