@@ -31,10 +31,8 @@ FROM_PYTHON = "python"  # the `optimizer` recorded for a run given its optimizer
 
 def _field(default: Any, help: str, choices: Any = None, old_name: str | None = None) -> Any:
     """A dataclass field carrying its flag's help and choices, and its 0.1.0 name (still accepted)."""
-    return dataclasses.field(
-        default=default,
-        metadata={"help": help, "choices": tuple(choices) if choices else None, "old_name": old_name},
-    )
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "old_name": old_name}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)

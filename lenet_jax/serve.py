@@ -102,9 +102,8 @@ async def predict(request: Request) -> Response:
             busy = f"the server is busy ({bounds.max_predictions} predictions at once): retry in a moment"
             raise HTTPException(503, busy, {"Retry-After": "1"}) from None
         try:
-            return JSONResponse(
-                await run_in_threadpool(predict_image_bytes, state.predictor, image, bounds.max_pixels)
-            )
+            answer = await run_in_threadpool(predict_image_bytes, state.predictor, image, bounds.max_pixels)
+            return JSONResponse(answer)
         finally:
             state.slots.release()
     except HTTPException:
