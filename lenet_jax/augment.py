@@ -195,7 +195,6 @@ def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Arra
 
 
 def augmentation_from_config(config) -> Augmentation:
-    """The Augmentation a Config's augment_* / elastic_* fields describe."""
     names = [field.name for field in dataclasses.fields(Augmentation)]
     return Augmentation(
         **{n: getattr(config, n if n.startswith("elastic") else f"augment_{n}") for n in names}

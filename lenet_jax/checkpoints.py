@@ -39,9 +39,8 @@ SAVE_MARGIN = 2**20
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     """Where the epoch checkpoints of a workdir live (absolute: orbax requires it)."""
-    return (
-        resolve_workdir(workdir, CheckpointError, "pass the --workdir of a training run") / CHECKPOINT_SUBDIR
-    )
+    workdir = resolve_workdir(workdir, CheckpointError, "pass the --workdir of a training run")
+    return workdir / CHECKPOINT_SUBDIR
 
 
 def describe(tree: Any) -> dict[str, str]:
@@ -95,10 +94,8 @@ class Checkpoints(contextlib.AbstractContextManager):
                 max_to_keep=keep,
                 create=not read_only,
                 read_only=read_only,
-                # Synchronous: a save takes milliseconds, and one that returned is on disk.
-                enable_async_checkpointing=False,
-                # A save cut short by a crash leaves a temporary directory; remove it on start.
-                cleanup_tmp_directories=not read_only,
+                enable_async_checkpointing=False,  # a save takes milliseconds; one that returned is on disk
+                cleanup_tmp_directories=not read_only,  # what a save cut short by a crash left behind
             )
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
@@ -247,7 +244,6 @@ class Checkpoints(contextlib.AbstractContextManager):
         return self._restore(epoch, **{item: ocp.args.StandardRestore(abstract_params)})[item]
 
     def restore_state(self, epoch: int, abstract_state: TrainState) -> TrainState:
-        """The full train state of `epoch`, for resuming."""
         restored = self._restore(epoch, **_state_items(abstract_state, ocp.args.StandardRestore))
         return TrainState(
             params=restored["params"], ema_params=restored.get(EMA_ITEM), **restored["train_state"]

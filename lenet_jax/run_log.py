@@ -198,7 +198,6 @@ def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
 
 
 def format_epoch(row: dict[str, Any]) -> str:
-    """The console line of an epoch's row."""
     line = (
         f"epoch {row['epoch']}: test total loss {row['test_total_loss']:.4f}, "
         f"accuracy {row['test_accuracy']:.4f}"

@@ -130,7 +130,6 @@ EVAL_GROUP_IMAGES = 1024
 
 
 def eval_groups(speed: str, batch_size: int) -> int:
-    """Evaluation batches per device call."""
     return 1 if speed == "plain" else max(1, EVAL_GROUP_IMAGES // batch_size)
 
 
