@@ -37,6 +37,7 @@ MIN_INK_PIXELS = 10  # MNIST digits have >= 28 pixels at quarter strength, a thi
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
 UNSURE_BELOW = 0.6  # below it the answer is marked unsure (chosen on the validation split: docs/results.md)
+LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)  # colour to grey as PIL's convert("L") weighs it
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
@@ -80,10 +81,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         if grey.shape[-1] in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
             alpha = grey[..., -1:]
             grey = grey[..., :-1] * alpha + (1.0 - alpha)
-        if grey.shape[-1] >= 3:
-            grey = grey[..., :3] @ np.asarray([0.299, 0.587, 0.114], np.float32)
-        else:
-            grey = grey[..., 0]
+        grey = grey[..., :3] @ LUMA if grey.shape[-1] >= 3 else grey[..., 0]
     if grey.ndim != 2:
         raise ImageError(f"expected an image of shape (H, W) or (H, W, C), got {array.shape}")
     return grey
