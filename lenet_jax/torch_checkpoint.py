@@ -23,8 +23,7 @@ import safetensors.numpy
 
 from lenet_jax.errors import ConversionError
 
-# The tutorial's layers with weights: (our module name, its key prefix in MyLeNet's state_dict,
-# the PyTorch weight shape).
+# The tutorial's layers with weights: (our name, its key prefix in MyLeNet's state_dict, the PyTorch shape).
 LAYERS = (
     ("conv1", "model.1", (6, 1, 5, 5)),
     ("conv2", "model.4", (16, 6, 5, 5)),
