@@ -41,9 +41,6 @@ MAX_FILE_BYTES = 64 << 20  # LeNet's file is 250 KB: a larger one (or record) is
 _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PATH)) and convert that"
 
 
-# torch.save's zip archives, read without running their pickle.
-
-
 class _Module:
     """An allowed torch.nn.Module, inert: the attribute dict its pickle sets, nothing run."""
 
@@ -194,9 +191,6 @@ def _read_safetensors(path: Path) -> TorchWeights:
         raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
 
 
-# Between MyLeNet's state_dict and LeNet's params.
-
-
 # dense1's inputs: row i of our kernel (flattened H,W,C) is column _DENSE1_ORDER[i] of PyTorch's (C,H,W)
 _DENSE1_ORDER = np.arange(math.prod(CONV_FEATURES)).reshape(CONV_FEATURES).transpose(1, 2, 0).reshape(-1)
 
@@ -253,9 +247,6 @@ def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
         state_dict[f"{prefix}.weight"] = np.ascontiguousarray(torch_weight(ours, kernel))
         state_dict[f"{prefix}.bias"] = np.array(params[ours]["bias"], np.float32)  # writable, for torch
     return state_dict
-
-
-# Into a workdir of this project, and back out.
 
 
 @dataclasses.dataclass
