@@ -91,8 +91,7 @@ def _cpu_options_supported() -> bool:
 
 def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps: int, speed: str) -> Callable:
     """The jitted `(state, images, labels, indices (steps, B), count)` of "auto" (tricks 2-5)."""
-    replicated = parallel.replicated(mesh)
-    per_step = parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
+    replicated, per_step = parallel.replicated(mesh), parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
     ndims = {"image": 5, "label": 2, "mask": 2}
     batches_sharding = {name: parallel.batch_sharded(mesh, ndim, axis=1) for name, ndim in ndims.items()}
     jit = functools.partial(jax.jit, compiler_options=compiler_options(speed))

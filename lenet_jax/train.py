@@ -104,14 +104,10 @@ class Trainer:
 
 def plain_train_call(train_step, mesh) -> Any:
     """One step per jitted call `(state, images, labels, indices (1, B), count)`, the batch sharded."""
-    replicated = parallel.replicated(mesh)
+    replicated, by_batch = parallel.replicated(mesh), parallel.batch_sharded(mesh, 2)
+    shardings = (replicated, replicated, replicated, by_batch, replicated)
 
-    @functools.partial(
-        jax.jit,
-        donate_argnums=0,
-        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 2), replicated),
-        out_shardings=(replicated, replicated),
-    )
+    @functools.partial(jax.jit, donate_argnums=0, in_shardings=shardings, out_shardings=replicated)
     def train_call(state, images, labels, indices, count):
         state, metrics = train_step(state, gather_batch(images, labels, indices[0]))
         return state, metrics["loss"][None]
