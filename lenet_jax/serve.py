@@ -175,13 +175,10 @@ def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MA
     except ImageError as e:  # not an image at all (400), or a damaged one or one without ink (422)
         raise HTTPException(400 if isinstance(e, UnreadableImageError) else 422, str(e)) from e
     probabilities = predictor.predict_mnist(seen[None])[0]
-    answer = verdict(probabilities)  # the digit, and whether it is unsure (with the runner-up)
-    answer = {k: round(v, 6) if isinstance(v, float) else v for k, v in answer.items()}
-    return {
-        **answer,
-        "probabilities": [round(float(p), 6) for p in probabilities],
-        "input": seen[..., 0].tolist(),
-    }
+    # The digit, and whether it is unsure (with the runner-up); probabilities to 6 places.
+    answer = {k: round(v, 6) if isinstance(v, float) else v for k, v in verdict(probabilities).items()}
+    rounded = [round(float(p), 6) for p in probabilities]
+    return {**answer, "probabilities": rounded, "input": seen[..., 0].tolist()}
 
 
 class HeaderDeadline(H11Protocol):
