@@ -1,12 +1,4 @@
-"""Fuzz: bad input and faults against train.py, evaluate.py and results.py, one parameterized
-test per family (data, flags, checkpoints, workdir contents, faults).
-
-Every case runs a script's main in-process, as its __main__ does, and asserts the exit code, a
-single stderr line without a traceback (for failures), that every flag the line names exists
-for that script, and that nothing on disk changed that should not have (snapshots of files and
-bytes before and after). Successes (a repaired log, a rebuilt cache) assert what was repaired
-and that nothing was lost. Tiny synthetic IDX data: the whole file runs in well under a minute.
-"""
+"""Fuzz train.py, evaluate.py, results.py in-process: one line naming real flags, nothing lost."""
 
 from __future__ import annotations
 
@@ -21,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +45,7 @@ def script_flags(name: str) -> set[str]:
 
 
 def assert_flags_exist(script: str, message: str, argv=()) -> None:
-    """Every --flag a message names is one of the script it names ("evaluate.py --epoch 1"),
-    else of the script that printed it (or one the user gave, quoted back)."""
+    """Every --flag named is the named script's ("evaluate.py --epoch 1"), the printer's or the user's."""
     named = re.compile(r"(\w+\.py)((?: --[a-z][\w-]*(?: [^\s;,()]+)?)+)")
     for other, flags in named.findall(message):
         for flag in re.findall(r"--[a-z][\w-]*", flags):
@@ -107,8 +99,7 @@ def assert_one_line(err: str, code: int, expected_code: int, message: str) -> No
 
 
 def check(capsys, script, argv, code, message, unchanged=(), absent=()):
-    """Runs the script; asserts the one line, and that `unchanged` paths are byte for byte as
-    they were and `absent` ones were not created. Returns (out, err)."""
+    """The one line; `unchanged` paths byte for byte as they were, `absent` ones not created."""
     before = {path: snapshot(path) for path in unchanged}
     got, out, err = run_cli(capsys, script, *argv)
     assert_one_line(err, got, code, message)
@@ -121,8 +112,7 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
 
 
 def fail_writes(monkeypatch, pattern: str, code: int) -> None:
-    """open() for writing of a path matching `pattern` raises OSError(code): a full disk or a
-    denied write, as root cannot be denied by permission bits."""
+    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
     original = builtins.open
 
     def failing(file, mode="r", *args, **kwargs):
@@ -247,8 +237,7 @@ def test_fuzz_data(capsys, tmp_path, case):
 
 
 def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, data):
-    """LENET_DATA_DIR pointing nowhere; no data folder at all, offline; evaluate.py with bad
-    data (its workdir untouched)."""
+    """LENET_DATA_DIR pointing nowhere; no data folder, offline; evaluate.py with bad data."""
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path / "nowhere"))
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
     check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
@@ -343,8 +332,7 @@ def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
 
 
 def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
-    """--distributed where no cluster is detected: one line naming the flags to pass instead
-    (jax's CPU collectives setting is put back: the process stays single-process)."""
+    """--distributed outside a cluster (jax's CPU collectives setting put back afterwards)."""
     import jax
 
     previous = jax.config.jax_cpu_collectives_implementation
@@ -518,13 +506,11 @@ WORKDIR_CASES = (
 
 @pytest.mark.parametrize("command,damage", WORKDIR_CASES, ids=[f"{c}: {d}" for c, d in WORKDIR_CASES])
 def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
-    """A damaged or foreign log never blocks: resume repairs it (damaged file kept aside, one
-    note), evaluate --report and results.py read around it (and change nothing)."""
+    """A damaged log never blocks: resume repairs it (kept aside); --report and results.py read around it."""
     LOG_DAMAGE[damage](run)
     before, checkpoints = snapshot(run), snapshot(run / "checkpoints")
-    # Never a copy of what a file claims to hold (traced only where it claims gigabytes: tracing
-    # triples a report's time).
-    bounded = _python_memory_below if "GiB" in damage or "/dev/zero" in damage else _untraced
+    # Never a copy of what a file claims to hold (traced only for gigabytes: tracing is slow).
+    bounded = _python_memory_below if "GiB" in damage or "/dev/zero" in damage else contextlib.nullcontext
     if command == "resume":
         with bounded(2**26):
             code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
@@ -552,8 +538,7 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
 
 @contextlib.contextmanager
 def _python_memory_below(limit: int):
-    """Python's allocations inside the block peak below `limit` bytes (tracemalloc: the reads of
-    the logs; the process's RSS is measured by test_unbounded_logs_keep_a_small_process)."""
+    """Python's allocations peak below `limit` (RSS: test_unbounded_logs_keep_a_small_process)."""
     import tracemalloc
 
     tracemalloc.start()
@@ -565,43 +550,31 @@ def _python_memory_below(limit: int):
     assert peak < limit, f"Python allocated {peak / 2**20:.0f} MiB"
 
 
-def _untraced(limit: int):
-    return contextlib.nullcontext()
-
-
-def _loop(run: Path, tmp: Path) -> Path:
-    (tmp / "loop").symlink_to(tmp / "loop")
-    return tmp / "loop"
-
-
-def _file(run: Path, tmp: Path) -> Path:
-    (tmp / "file").write_text("x")
-    return tmp / "file"
-
-
-def _empty(run: Path, tmp: Path) -> Path:
-    (tmp / "empty").mkdir()
-    return tmp / "empty"
-
-
-def _run(run: Path, tmp: Path) -> Path:
-    return run
+def _workdir(kind: str, run: Path, tmp: Path) -> Path:
+    """The trained run, or tmp/kind made a symlink loop, a file (or a path under it), an empty folder."""
+    if kind == "loop":
+        (tmp / "loop").symlink_to(tmp / "loop")
+    elif kind.startswith("file"):
+        (tmp / "file").write_text("x")
+    elif kind == "empty":
+        (tmp / "empty").mkdir()
+    return run if kind == "run" else tmp / kind
 
 
 RESTART = ["--restart", "--force", "--data-dir"]
 # fmt: off
-WORKDIR_FAILURES = {  # name: (the workdir, from (the trained run, tmp_path); script; more argv; message)
-    "restart --force, bad data": (_run, "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
-    "restart --force, 0 images": (_run, "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
-    "restart --force, a bad flag": (_run, "train.py", [*RESTART, "{data}", "--lr", "inf"], "--lr must be"),
-    "symlink loop, train": (_loop, "train.py", ["--data-dir", "{data}"], "cannot be resolved"),
-    "symlink loop, evaluate": (_loop, "evaluate.py", [], "cannot be resolved"),
-    "symlink loop, results": (_loop, "results.py", [], "not the workdir of"),
-    "a file": (_file, "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "under a file": (lambda *rt: _file(*rt) / "run", "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "empty, evaluate": (_empty, "evaluate.py", [], "does not exist: pass the --workdir"),
-    "empty, results": (_empty, "results.py", [], "not the workdir of a training run"),
-    "missing, results": (lambda r, t: t / "nowhere", "results.py", [], "not the workdir of a training run"),
+WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv; message)
+    "restart --force, bad data": ("run", "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
+    "restart --force, 0 images": ("run", "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
+    "restart --force, a bad flag": ("run", "train.py", [*RESTART, "{data}", "--lr", "inf"], "--lr must be"),
+    "symlink loop, train": ("loop", "train.py", ["--data-dir", "{data}"], "cannot be resolved"),
+    "symlink loop, evaluate": ("loop", "evaluate.py", [], "cannot be resolved"),
+    "symlink loop, results": ("loop", "results.py", [], "not the workdir of"),
+    "a file": ("file", "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "under a file": ("file/run", "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "empty, evaluate": ("empty", "evaluate.py", [], "does not exist: pass the --workdir"),
+    "empty, results": ("empty", "results.py", [], "not the workdir of a training run"),
+    "missing, results": ("nowhere", "results.py", [], "not the workdir of a training run"),
 }
 # fmt: on
 
@@ -609,9 +582,9 @@ WORKDIR_FAILURES = {  # name: (the workdir, from (the trained run, tmp_path); sc
 @pytest.mark.parametrize("case", list(WORKDIR_FAILURES))
 def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
     """What cannot be used is refused in one line, and the run there is left as it was."""
-    prepare, script, extra, message = WORKDIR_FAILURES[case]
+    kind, script, extra, message = WORKDIR_FAILURES[case]
     empty = make_idx_dir(tmp_path / "empty-data", n_train=0, n_test=0)
-    workdir = prepare(run, tmp_path)
+    workdir = _workdir(kind, run, tmp_path)
     extra = _fill(extra, tmp=tmp_path, data=data)
     if script == "train.py":
         argv = [*TRAIN, "--epochs", "2", "--workdir", workdir, *extra]
@@ -637,11 +610,7 @@ WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's wor
 
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
 def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
-    """One writer per workdir: while a process holds the lock, a trainer, a --restart or a
-    convert into it is refused at once and changes nothing; readers go on; the lock of a
-    process that was killed blocks nothing (the OS released it)."""
-    import subprocess
-
+    """One writer per workdir, refused at once; readers go on; a killed holder's lock blocks nothing."""
     from lenet_jax.workdir import workdir_lock
 
     argv, code, message = WORKDIR_IN_USE[case]
@@ -668,11 +637,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
 
 
 def test_unbounded_logs_keep_a_small_process(run, tmp_path):
-    """A 4 GiB sparse metrics.jsonl, config.json a link to /dev/zero, an epoch's meta a 4 GiB
-    sparse file: results.py reads the run around them and its whole process peaks below
-    300 MB of RSS (it grew until killed, 6 GiB, before)."""
-    import subprocess
-
+    """4 GiB sparse logs and a link to /dev/zero: results.py peaks below 300 MB RSS (6 GiB before)."""
     os.truncate(_metrics(run), 4 * 2**30)
     _to_dev_zero(run / "config.json")
     os.truncate(_meta(run, 1), 4 * 2**30)
@@ -694,8 +659,6 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
 @pytest.mark.parametrize("value,message", [("abc", "invalid int value: 'abc'"), ("0", "must be 1 to 1024")])
 def test_fuzz_launch_flags(value, message):
     """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
-    import subprocess
-
     launch = REPO_ROOT / "scripts/launch.py"
     command = [sys.executable, launch, "--num-processes", value, "--", "--epochs", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -703,9 +666,7 @@ def test_fuzz_launch_flags(value, message):
 
 
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
-    """A half-written checkpoint (a crash mid-save, or a save under way: orbax renames an epoch's
-    folder when complete) is never read: a reader sees the epochs before it and cleans nothing
-    up; the trainer removes it, leaves a folder of the user's in checkpoints/ alone, and resumes."""
+    """A half-written checkpoint is never read; the trainer removes it, leaving the user's folders."""
     partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
     shutil.copytree(run / "checkpoints" / "2", partial)
     _truncate_item(run, partial.name, "params")
@@ -821,9 +782,7 @@ def _failing_replace(original, pattern, code):
 
 @pytest.mark.parametrize("case", list(FAULT_CASES))
 def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
-    """A full disk, a denied write, a second Ctrl-C while saving epoch 3 of a 2-epoch run: one
-    line saying what is intact; the checkpoints before are untouched, no half-written one is
-    left, and rerunning the same command resumes and completes the run."""
+    """A fault resuming to epoch 3: one line saying what is intact, nothing lost, and a rerun completes."""
     inject, code, message = FAULT_CASES[case]
     argv = [*TRAIN, "--epochs", "3", "--workdir", run, "--data-dir", data]
     if case == "workdir probe, disk full":
@@ -874,8 +833,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
 
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))
 def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
-    """The prepared tfds dataset is derived data: damaged, it is prepared again once; still
-    unreadable, or impossible to write, one line naming the folder."""
+    """A damaged tfds cache is prepared again once; still unreadable or unwritable: one line."""
     tfds_data_dir(monkeypatch, tmp_path / "tfds")
     argv = train_argv(run, data)
     damage, code, message = TFDS_CACHE_DAMAGE[case]
@@ -903,7 +861,7 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
 
 def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
     """evaluate.py --report: a full disk, a report folder that is a file."""
-    argv, file = ["--workdir", run, "--data-dir", data, "--report"], _file(run, tmp_path)
+    argv, file = ["--workdir", run, "--data-dir", data, "--report"], _workdir("file", run, tmp_path)
     check(capsys, "evaluate.py", [*argv, file], 2, "cannot create the report folder", unchanged=[run, file])
     fail_writes(monkeypatch, r"\.png$", errno.ENOSPC)
     message = "curves.png (No space left on device): the command stopped there; free some space"
@@ -914,9 +872,7 @@ def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
 
 
 def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys, tmp_path, data):
-    """Issue 16, done when: a metrics.jsonl cut mid-line (a crash, a full disk) is repaired on
-    resume, and the run ends with the same epochs, test accuracy and total loss per epoch as an
-    uninterrupted one."""
+    """Issue 16: a metrics.jsonl cut mid-line is repaired on resume; the run ends as an uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     code, out, _ = run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
     assert code == 0 and "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
@@ -936,9 +892,7 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
 
 @pytest.mark.e2e
 def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
-    """A real process: SIGTERM twice inside epoch 2's checkpoint write. One `stopped:` line with
-    the resume hint, exit 143, no orbax traceback at exit; epoch 1 intact, and the same command
-    resumes."""
+    """A real process, SIGTERM twice inside epoch 2's save: one line, exit 143, epoch 1 kept, resumes."""
     helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
     stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
@@ -958,8 +912,7 @@ def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
 def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     capsys, caplog, monkeypatch, tmp_path, run, data
 ):
-    """The recipe's sigmoid plateau is told in one line at the start; the Python API (data,
-    checkpoints) logs none of tfds's and orbax's expected warnings, as the scripts show none."""
+    """The recipe's plateau told once; the API logs none of tfds's or orbax's expected warnings."""
     from absl import logging as absl_logging
 
     from lenet_jax.checkpoints import load_weights
