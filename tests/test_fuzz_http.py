@@ -1,8 +1,4 @@
-"""Fuzz family "HTTP requests": the app under uvicorn against malformed, oversized, hostile and
-odd requests, sent as raw bytes. Each case checks the status, for the app's answers a JSON error
-without a traceback or an object repr, for what uvicorn's parser refuses before the app sees it
-its plain-text 400 (or the connection closed), that nothing was logged (one line for a bug), and
-that the server still serves the page afterwards."""
+"""Fuzz the app under uvicorn with raw requests: status, one-line error, nothing logged, still serving."""
 
 from __future__ import annotations
 
@@ -43,8 +39,7 @@ def server(untrained_predictor):
 
 
 def request(method="POST", path="/predict", body=b"", content_type="image/png", length=True, headers=()):
-    """A raw HTTP/1.1 request, the last of its connection; length: True for the body's, None for
-    no Content-Length, or its text."""
+    """A raw HTTP/1.1 request closing its connection; Content-Length: True the body's, None none, or text."""
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
     if content_type is not None:
         lines.append(f"Content-Type: {content_type}")
@@ -56,8 +51,7 @@ def request(method="POST", path="/predict", body=b"", content_type="image/png", 
 
 
 def form(*parts, boundary="b0undary", declared=None):
-    """A multipart/form-data request of parts (name, filename or None, content type or None,
-    data), separated by boundary; the header declares `declared` (default: the same)."""
+    """A multipart request of parts (name, filename, content type, data); the header declares `declared`."""
     body = b""
     for name, filename, kind, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
@@ -124,8 +118,7 @@ OR_RESET = {"or_reset": True}  # or the connection reset, the request unread: cl
 BIG = b"x" * (MAX_BODY_BYTES // 4)
 BUSY = "Exceeded concurrency limit."  # and uvicorn's 503 "Service Unavailable" beyond max_connections
 PARSER = "Invalid HTTP request received."  # uvicorn's plain-text 400, before the app sees the request
-# (id, request bytes, expected status (None: closed unanswered), text of the error (None: a
-# prediction or no body), options)
+# (id, request, status (None: closed unanswered), error text (None: a prediction or no body), options)
 CASES = [
     ("PNG body", request(body=GOOD), 200, None, {}),
     ("curl -F file=@digit.png", form(("file", "digit.png", "image/png", GOOD)), 200, None, {}),
@@ -244,8 +237,7 @@ def test_http_requests_fuzz(data, status, error, options, server, caplog):
 
 
 def test_headers_trickled_by_32_clients_do_not_lock_out_a_new_one(server):
-    """32 connections trickling header bytes (one every 0.2 s, the fixture's header deadline being
-    1 s): a new client is served meanwhile, and the deadline closes each of them unanswered."""
+    """32 clients trickling headers past the 1 s deadline: a new one is served; each is closed unanswered."""
     slow = [socket.create_connection(("127.0.0.1", server.state.port), timeout=5) for _ in range(32)]
     for step, byte in enumerate(b"GET / HTTP"):
         for connection in slow:
