@@ -1,5 +1,4 @@
-"""Shared fixtures and helpers: synthetic IDX folders, the real MNIST folder, an isolated tfds
-cache, running the scripts in-process, an untrained predictor."""
+"""Shared fixtures and helpers: synthetic and real MNIST, an isolated tfds cache, the scripts, a predictor."""
 
 from __future__ import annotations
 
@@ -20,9 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# One XLA compilation cache per test process (pytest-xdist's workers each have their own: JAX
-# writes its entries in place), so the many tests that build the same small programs compile
-# each once. Transparent: the same programs, the same numbers.
+# One XLA compilation cache per test process (per xdist worker): the same small programs compile once.
 os.environ["LENET_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lenet-jax-tests-xla-")
 atexit.register(shutil.rmtree, os.environ["LENET_JAX_CACHE_DIR"], ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["LENET_JAX_CACHE_DIR"])
@@ -73,11 +70,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) 
 def make_idx_dir(
     folder: Path, n_train: int = 96, n_test: int = 40, seed: int = 0, compress: bool = True
 ) -> Path:
-    """A folder of the four IDX files with a learnable synthetic task.
-
-    Each class c is a bright 6x6 square at a position that depends on c, plus noise, so that
-    a few optimizer steps visibly lower the loss.
-    """
+    """The four IDX files of a learnable task: class c a bright 6x6 square placed by c, over noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -93,8 +86,7 @@ def make_idx_dir(
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tfds_cache(tmp_path_factory):
-    """Every test prepares tfds datasets in a temporary folder (one per xdist worker), never the
-    user's."""
+    """tfds datasets are prepared in a temporary folder (one per xdist worker), never the user's."""
     os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
 
 
@@ -137,9 +129,7 @@ def trained_run(mnist_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def untrained_predictor():
-    """A Predictor with random weights: for tests of input handling, which need no accuracy,
-    no data and no checkpoint (weights drawn with numpy: initialising the model op by op
-    compiles every op)."""
+    """Random weights for input-handling tests (drawn by numpy: an op-by-op init compiles every op)."""
     from lenet_jax.config import Config
     from lenet_jax.model import init_params, model_from_config
     from lenet_jax.predict import Predictor
