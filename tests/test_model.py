@@ -16,12 +16,8 @@ def test_recipe_model_has_61706_parameters_and_10_logits():
     model = model_from_config(Config())
     params = jax.eval_shape(lambda key: init_params(model, key), jax.random.PRNGKey(0))  # no compile
     assert count_params(params) == 61_706
-    shapes = jax.tree_util.tree_map(jnp.shape, params)
-    assert shapes["conv1"]["kernel"] == (5, 5, 1, 6)
-    assert shapes["conv2"]["kernel"] == (5, 5, 6, 16)
-    assert shapes["dense1"]["kernel"] == (400, 120)
-    assert shapes["dense2"]["kernel"] == (120, 84)
-    assert shapes["dense3"]["kernel"] == (84, 10)
+    kernels = [params[name]["kernel"].shape for name in ("conv1", "conv2", "dense1", "dense2", "dense3")]
+    assert kernels == [(5, 5, 1, 6), (5, 5, 6, 16), (400, 120), (120, 84), (84, 10)]
     logits = jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1)))
     assert logits.shape == (3, 10)
 

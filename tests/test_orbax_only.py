@@ -1,5 +1,4 @@
-"""The README's snippet that reads a checkpoint with orbax alone runs as written and gives the
-weights this package restores."""
+"""The README's orbax-only snippet runs as written and reads the weights this package restores."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def snippet() -> str:
 
 @pytest.fixture
 def workdir_with_two_epochs(tmp_path):
-    """checkpoints/recipe under tmp_path, saved as training saves it: epochs 1 and 2 (different
-    weights, averaged weights kept too) and the temporary folder a cut-short save leaves."""
+    """Epochs 1 and 2 saved as training saves them (with averaged weights), and a cut-short save's folder."""
     config = get_preset("smoke").replace(ema_decay=0.9)
     # Random weights of the model's shapes: no init program to compile (seconds on 2 cores).
     abstract = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))

@@ -1,8 +1,4 @@
-"""Resume: a run stopped any way and rerun ends bit for bit where the uninterrupted run ends; a
-resume with other settings is refused in one line.
-
-To cover a feature whose state must survive a stop, add its flags to RUNS and a row to CASES.
-"""
+"""A stopped run rerun ends bit for bit as the uninterrupted one (a new feature: a RUNS and a CASES row)."""
 
 import re
 import signal
@@ -61,7 +57,6 @@ def argv(kind: str, workdir: Path, data: Path) -> list[str]:
 
 
 def train(args: list[str]) -> int:
-    """scripts/train.py in this process, exactly as its __main__ runs it: the exit code."""
     return cli.run(script_main("train.py"), args)
 
 

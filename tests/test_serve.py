@@ -49,9 +49,7 @@ def server(trained_run):
 
 
 def post(url, body, content_type="image/png", path="/predict"):
-    request = urllib.request.Request(
-        url + path, data=body, method="POST", headers={"Content-Type": content_type}
-    )
+    request = urllib.request.Request(url + path, body, {"Content-Type": content_type}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

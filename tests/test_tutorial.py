@@ -26,8 +26,7 @@ def test_the_markdown_and_the_notebook_hold_the_same_code():
 
 
 def kernel_of_this_python(folder: Path) -> KernelManager:
-    """A kernel manager that starts this interpreter's ipykernel (a kernelspec named python3
-    elsewhere may start another Python)."""
+    """This interpreter's ipykernel (a kernelspec named python3 may start another Python)."""
     spec = folder / "this-python"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
