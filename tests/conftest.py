@@ -55,6 +55,30 @@ def run_cli(capsys, script, *argv):
     return code, capsys.readouterr().err
 
 
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under root with its bytes (None for a folder, the target for a link)."""
+    root = Path(root)
+    if root.is_symlink():
+        return {".": os.readlink(root)}
+    if not root.exists():
+        return {}
+    if root.is_file():
+        return {".": _contents(root)}
+    tree: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
+    return tree
+
+
+def _contents(path: Path) -> object:
+    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
+    info = path.stat()
+    if not path.is_file() or info.st_size > 2**26:
+        return ("not read", info.st_mode, info.st_size)
+    return path.read_bytes()
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
     """Writes array (uint8) as an IDX file with the given magic number."""
     header = np.asarray([magic, *array.shape], ">u4").tobytes()

@@ -5,6 +5,7 @@ import json
 import jax
 import optax
 import pytest
+from conftest import snapshot
 
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
@@ -13,10 +14,6 @@ from lenet_jax.errors import CheckpointError
 from lenet_jax.train import make_trainer, train_and_evaluate
 
 TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
-
-
-def snapshot(folder):
-    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

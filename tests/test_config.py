@@ -39,13 +39,22 @@ def test_presets_are_valid_and_documented():
         assert "Run:" in make.__doc__ and "Expected:" in make.__doc__
 
 
-def test_a_config_built_directly_is_validated():
-    with pytest.raises(ConfigError, match="batch_size must be at least 1, not 0"):
-        Config(batch_size=0)
-    with pytest.raises(ConfigError, match="lr must be a finite number, not inf"):
-        Config(lr=float("inf"))
-    with pytest.raises(ConfigError, match="optimizer must be one of sgd, momentum, .*, not 'adamax'"):
-        Config(optimizer="adamax")
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, not 0"),
+        ({"lr": float("inf")}, "lr must be a finite number, not inf"),
+        ({"optimizer": "adamax"}, "optimizer must be one of sgd, momentum, .*, not 'adamax'"),
+        ({"augment_rotate": -1}, "augment_rotate must be >= 0"),
+        ({"augment_scale": 1.5}, "augment_scale must be below 1"),
+        ({"augment_blur": -1}, "augment_blur must be >= 0"),
+        ({"augment_stroke": 4}, "augment_stroke must be at most 3"),
+    ],
+)
+def test_a_config_built_directly_or_replaced_is_validated(fields, message):
+    for build in (Config, Config().replace):
+        with pytest.raises(ConfigError, match=message):
+            build(**fields)
 
 
 def test_optimizer_choices_are_the_registry():

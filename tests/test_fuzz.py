@@ -21,7 +21,7 @@ from pathlib import Path
 import conftest
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, snapshot, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.workdir import read_metrics
@@ -65,30 +65,6 @@ def run_cli(capsys, script: str, *argv) -> tuple[int, str, str]:
         sys.argv[0] = program
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def snapshot(root: Path) -> dict[str, object]:
-    """Every path under root with its bytes (None for a folder, the target for a link)."""
-    root = Path(root)
-    if root.is_symlink():
-        return {".": os.readlink(root)}
-    if not root.exists():
-        return {}
-    if root.is_file():
-        return {".": _contents(root)}
-    tree: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
-    return tree
-
-
-def _contents(path: Path) -> object:
-    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
-    info = path.stat()
-    if not path.is_file() or info.st_size > 2**26:
-        return ("not read", info.st_mode, info.st_size)
-    return path.read_bytes()
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
@@ -843,9 +819,8 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
         def full(self, *args, **kwargs):
             raise RuntimeError("write() failed: No space left on device; writing x.array_record")
 
-        monkeypatch.setattr(
-            tfds.core.file_adapters.ArrayRecordFileAdapter, "write_examples", classmethod(full)
-        )
+        adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
+        monkeypatch.setattr(adapter, "write_examples", classmethod(full))
         check(capsys, "train.py", argv, code, message, unchanged=[run], absent=[tmp_path / "tfds"])
         return
     assert run_cli(capsys, "train.py", *argv)[0] == 0  # prepares the cache

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import script_main
+from conftest import script_main, snapshot
 from crafted_images import (
     blank,
     digit_like,
@@ -20,7 +20,6 @@ from crafted_images import (
     truncated,
     ztxt_bomb,
 )
-from test_fuzz import snapshot  # every path under a folder, with its bytes
 
 from lenet_jax import cli
 
