@@ -128,15 +128,12 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory):
-    """A quick real model: the fast preset, 1 epoch on 12,000 images (~97% test accuracy),
-    without its label smoothing, which caps the predicted probabilities near 0.9 (the
-    prediction tests pick confidently-classified digits); without smoothing, its 38-step warm-up
-    to lr 0.2 needs the gradients clipped (seed 0 diverges at step 37 otherwise)."""
+    """The fast preset, 1 epoch on 12,000 images (~97%), unsmoothed (smoothing caps probabilities near
+    0.9; the prediction tests pick confident digits), so clipped (else seed 0 diverges at step 37)."""
     from lenet_jax.config import get_preset
     from lenet_jax.train import train_and_evaluate
 
-    # Trained once per session: pytest-xdist's workers share their base folder's parent, and the
-    # first to take the lock trains while the others wait (xdist's documented recipe).
+    # Once per session: the first xdist worker to lock the shared parent folder trains (xdist's recipe).
     shared = tmp_path_factory.getbasetemp()
     shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
     workdir = shared / "trained-run"
