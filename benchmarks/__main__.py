@@ -7,13 +7,11 @@
     python -m benchmarks robustness --workdir W     # accuracy on digits unlike MNIST's
     python -m benchmarks device-check --data-dir DIR  # what is open about a GPU (device_check.py)
 
-(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate:
-ratios are medians of per-round ratios, with min and max; PyTorch runs at 1 and 2 threads and is
-compared at the faster. time-to-99 trains each seed through `make_trainer`'s loop API, evaluated
-`--evals-per-epoch` times an epoch (after the call passing each interval), and the twin
-(`benchmarks.torch_presets`) at the same steps: training seconds to 99% test accuracy from before
-the set-up (every seed compiles unless --warm-cache), evaluation excluded, with the compile seconds
-before the first call ends, each side's ms per step after it, and `--list-programs`.
+(`python scripts/benchmark.py ...` is the same.) Contenders get an untimed warm-up, then alternate;
+ratios are medians of per-round ratios, with min and max; PyTorch is compared at its faster thread
+count. time-to-99: training seconds to 99% test accuracy from before the set-up (every seed compiles
+unless --warm-cache), evaluation excluded, the twin evaluated at the same steps as lenet-jax; with
+the first call's compile seconds and each side's ms per step after it (`--list-programs`).
 """
 
 from __future__ import annotations
@@ -49,11 +47,10 @@ def emit(record: dict) -> None:
 
 def machine() -> dict[str, Any]:
     cpu, flags = cpu_description()
+    features = {"avx512": "avx512f", "avx2": "avx2", "fma": "fma"}  # our name: /proc/cpuinfo's flag
     return {
         "cpu": cpu,
-        "avx512": "avx512f" in flags,
-        "avx2": "avx2" in flags,
-        "fma": "fma" in flags,
+        **{name: flag in flags for name, flag in features.items()},
         "cpus": os.cpu_count(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
@@ -62,9 +59,7 @@ def machine() -> dict[str, Any]:
 
 def spread(values: list[float]) -> dict[str, float]:
     return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
+        name: round(f(values), 3) for name, f in (("median", statistics.median), ("min", min), ("max", max))
     }
 
 
@@ -430,14 +425,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cli.quiet_library_logs()
-    if args.command == "device-check":
-        from benchmarks import device_check
+    from benchmarks import device_check  # here: it imports this module
 
-        return device_check.run(args)
     commands = {"speed": speed, "time-to-99": time_to_99, "augmentation-cost": augmentation_cost}
-    commands["robustness"] = robustness.robustness
-    commands[args.command](args)
-    return 0
+    commands |= {"robustness": robustness.robustness, "device-check": device_check.run}
+    return commands[args.command](args) or 0
 
 
 if __name__ == "__main__":

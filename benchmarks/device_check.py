@@ -1,12 +1,8 @@
-"""device-check: what is open about a backend, answered in one command, one JSON line per check.
+"""device-check: what is open about a backend, one JSON line per check (docs/device-check.md).
 
-    python -m benchmarks device-check --data-dir DIR [--out DIR] [--quick] [--checks NAME ...]
-
-Written for a GPU lent for minutes (scripts/device_check.sh is the call; docs/device-check.md says
-what each check answers); it runs on whatever backend JAX has. The summary line ends with the
-backend's row for lenet_jax.speed's table. A failing check prints its error and the others still
-run. --quick: every check in tiny form (512 training images, one seed, XLA's optimizations off):
-the CPU rehearsal, not a measurement. --checks: only those (e.g. again, those that failed).
+Written for a GPU lent for minutes (scripts/device_check.sh is the call); it runs on any backend. A
+failing check prints its error and the others still run; the summary ends with the backend's row
+for lenet_jax.speed's table. --quick: every check tiny (512 images, XLA's optimizations off).
 """
 
 from __future__ import annotations
@@ -101,15 +97,10 @@ def fast_1_epoch(ctx) -> dict:
     }
 
 
-def trainer_with(config, train, conv: str, steps_per_call: int):
-    """make_trainer with this conv (lenet_jax.speed's row for this backend names it meanwhile)."""
-    with mock.patch.dict(speed.defaults(), conv=conv):
-        return make_trainer(config, train, steps_per_call=steps_per_call)
-
-
 def ms_per_step(ctx, config, conv: str, steps_per_call: int) -> float:
     """Training ms per step over the second of two epochs (the first compiles and warms up)."""
-    trainer = trainer_with(config, ctx.dataset.train, conv, steps_per_call)
+    with mock.patch.dict(speed.defaults(), conv=conv):  # this backend's row names `conv` meanwhile
+        trainer = make_trainer(config, ctx.dataset.train, steps_per_call=steps_per_call)
     steps = num_batches(len(ctx.dataset.train), config.batch_size)
     state, _, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
     _, _, seconds = train_epoch(trainer, state, 2, steps)
@@ -279,9 +270,8 @@ def run(args) -> int:
         with open(ctx.out / "device-check.jsonl", "w") as lines:
 
             def emit(record: dict) -> None:
-                print(json.dumps(record), flush=True)
-                lines.write(json.dumps(record) + "\n")
-                lines.flush()  # a run cut off by the device's time limit keeps what it printed
+                for stream in (sys.stdout, lines):  # flushed: a run cut off by the time limit keeps them
+                    print(json.dumps(record), file=stream, flush=True)
 
             for name in chosen:
                 began, cpu = time.perf_counter(), cpu_seconds()
@@ -310,7 +300,10 @@ def summary(ctx, results: dict, start: float) -> dict:
         return None if "error" in result else result.get(key) if key else result
 
     to_99 = figure("time_to_99")
-    figures = {
+    measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"
+    return {
+        "summary": "device check",
+        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
         "fast_1_epoch": figure("fast_1_epoch"),
         "time_to_99_seconds": {c: r["time_to_99_seconds"] for c, r in to_99.items()} if to_99 else None,
         "deterministic": figure("determinism", "same_bits_twice"),
@@ -318,12 +311,6 @@ def summary(ctx, results: dict, start: float) -> dict:
         "eval_images_per_second": figure("eval", "images_per_second"),
         "recipe_left_plateau": figure("recipe_3_epochs", "left_plateau"),
         "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
-    }
-    measured = f"{datetime.date.today()} {jax.devices()[0].device_kind}"
-    return {
-        "summary": "device check",
-        **{k: results["env"].get(k) for k in ("backend", "device_kind", "devices", "jax")},
-        **figures,
         "failed": [name for name, r in results.items() if "error" in r],
         "speed_table_row": {
             "conv": ctx.best_conv,

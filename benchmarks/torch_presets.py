@@ -25,6 +25,7 @@ from torch import nn
 
 from benchmarks.torch_lenet import load_idx, nchw
 from lenet_jax.config import AUGMENTATION_STRENGTHS, PRESETS, Config
+from lenet_jax.torch_checkpoint import flax_kernel, torch_weight
 
 # The standard deviation of a unit normal truncated to [-2, 2] (Flax's truncated-normal correction).
 TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
@@ -128,14 +129,6 @@ def initialize(model: TwinLeNet, scheme: str, generator: torch.Generator) -> Non
         model.feature_norm.bias.zero_()
 
 
-def _dense1_rows(kernel: np.ndarray, channels: int, to_torch: bool) -> np.ndarray:
-    """The first Dense kernel's rows reordered from (H, W, C) to (C, H, W) order, or back."""
-    side = math.isqrt(kernel.shape[0] // channels)
-    if to_torch:
-        return kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
-    return kernel.reshape(channels, side, side, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
-
-
 def _leaf_names(model: TwinLeNet) -> dict[str, tuple[str, str]]:
     """The twin's state_dict keys -> (layer, leaf) of lenet-jax's `params` pytree."""
     weights = {layer: "kernel" for layer in LAYERS}
@@ -149,16 +142,12 @@ def _leaf_names(model: TwinLeNet) -> dict[str, tuple[str, str]]:
 
 @torch.no_grad()
 def load_flax_params(model: TwinLeNet, params: Any) -> None:
-    """Copies lenet-jax parameters (the `params` pytree, arrays of any kind) into the twin:
-    conv kernels HWIO -> OIHW, Dense kernels (in, out) -> Linear weights (out, in)."""
+    """Copies lenet-jax parameters (the `params` pytree, arrays of any kind) into the twin, kernels
+    as the tutorial's weights (lenet_jax.torch_checkpoint's layout: the twin's is MyLeNet's)."""
     state = {}
     for key, (layer, leaf) in _leaf_names(model).items():
         array = np.asarray(params[layer][leaf], np.float32)
-        if leaf == "kernel" and array.ndim == 4:
-            array = array.transpose(3, 2, 0, 1)
-        elif leaf == "kernel":
-            array = _dense1_rows(array, 16, to_torch=True).T if layer == "dense1" else array.T
-        state[key] = torch.tensor(array)  # a copy
+        state[key] = torch.tensor(torch_weight(layer, array) if leaf == "kernel" else array)  # a copy
     model.load_state_dict(state)
 
 
@@ -168,10 +157,7 @@ def to_flax_params(model: TwinLeNet) -> dict[str, dict[str, np.ndarray]]:
     state = model.state_dict()
     for key, (layer, leaf) in _leaf_names(model).items():
         array = state[key].numpy()
-        if leaf == "kernel" and array.ndim == 4:
-            array = array.transpose(2, 3, 1, 0)
-        elif leaf == "kernel":
-            array = _dense1_rows(array.T, 16, to_torch=False) if layer == "dense1" else array.T
+        array = flax_kernel(layer, array) if leaf == "kernel" else array
         out.setdefault(layer, {})[leaf] = np.array(array, order="C")
     return out
 
@@ -308,12 +294,6 @@ class PresetTwin:
         self.step += 1
         return loss.detach()
 
-    def epoch_batches(self):
-        """(images, labels) of one shuffled epoch, the last batch partial."""
-        order = torch.randperm(len(self.train_y), generator=self.generator)
-        for index in order.split(self.config.batch_size):
-            yield self.train_x[index], self.train_y[index]
-
     def evaluations(self, evals_per_epoch: int, steps_per_call: int = 1):
         """Trains, yielding a row where the JAX trainer's calls of steps_per_call steps let it
         evaluate: after the call passing each 1/evals_per_epoch of an epoch, and at each epoch's
@@ -321,8 +301,9 @@ class PresetTwin:
         every, elapsed = max(1, self.steps_per_epoch // evals_per_epoch), 0.0
         for _ in range(self.config.epochs):
             start, call_start = time.perf_counter(), self.step
-            for images, labels in self.epoch_batches():
-                self.train_step(images, labels)
+            order = torch.randperm(len(self.train_y), generator=self.generator)
+            for index in order.split(self.config.batch_size):  # a shuffled epoch, the last batch partial
+                self.train_step(self.train_x[index], self.train_y[index])
                 if self.first_step_seconds is None:
                     self.first_step_seconds = time.perf_counter() - start
                 epoch_end = self.step % self.steps_per_epoch == 0

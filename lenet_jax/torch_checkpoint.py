@@ -205,15 +205,15 @@ def _read_safetensors(path: Path) -> TorchWeights:
 _DENSE1_ORDER = np.arange(math.prod(CONV_FEATURES)).reshape(CONV_FEATURES).transpose(1, 2, 0).reshape(-1)
 
 
-def _kernel(layer: str, weight: np.ndarray) -> np.ndarray:
-    """A PyTorch weight of `layer` as its Flax kernel."""
+def flax_kernel(layer: str, weight: np.ndarray) -> np.ndarray:
+    """A PyTorch weight of `layer` (conv1, ..., dense3) as its Flax kernel."""
     if weight.ndim == 4:
         return weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     return (weight[:, _DENSE1_ORDER] if layer == "dense1" else weight).T  # (out, in) -> (in, out)
 
 
-def _weight(layer: str, kernel: np.ndarray) -> np.ndarray:
-    """A Flax kernel of `layer` as its PyTorch weight: `_kernel` undone."""
+def torch_weight(layer: str, kernel: np.ndarray) -> np.ndarray:
+    """A Flax kernel of `layer` as its PyTorch weight: `flax_kernel` undone."""
     if kernel.ndim == 4:
         return kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     return (kernel[np.argsort(_DENSE1_ORDER)] if layer == "dense1" else kernel).T
@@ -244,7 +244,7 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
         )
     params = {}
     for ours, prefix, _ in LAYERS:
-        kernel = np.ascontiguousarray(_kernel(ours, state_dict[f"{prefix}.weight"].astype(np.float32)))
+        kernel = np.ascontiguousarray(flax_kernel(ours, state_dict[f"{prefix}.weight"].astype(np.float32)))
         params[ours] = {"kernel": kernel, "bias": state_dict[f"{prefix}.bias"].astype(np.float32)}
     return params
 
@@ -254,7 +254,7 @@ def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
     state_dict = {}
     for ours, prefix, _ in LAYERS:
         kernel = np.asarray(params[ours]["kernel"], np.float32)
-        state_dict[f"{prefix}.weight"] = np.ascontiguousarray(_weight(ours, kernel))
+        state_dict[f"{prefix}.weight"] = np.ascontiguousarray(torch_weight(ours, kernel))
         state_dict[f"{prefix}.bias"] = np.array(params[ours]["bias"], np.float32)  # writable, for torch
     return state_dict
 
