@@ -10,23 +10,13 @@ import socket
 import threading
 import time
 
+import crafted_images as ci
 import pytest
-from crafted_images import (
-    big_digit,
-    blank,
-    digit_like,
-    drawing_in_mode,
-    encode,
-    png_claiming,
-    sparse_ink,
-    truncated,
-    ztxt_bomb,
-)
 from test_serve import serving
 
 from lenet_jax.serve import MAX_BODY_BYTES, create_app
 
-GOOD = encode(digit_like())
+GOOD = ci.encode(ci.digit_like())
 CONNECTIONS = 40  # the fixture's uvicorn answers 503 beyond
 
 
@@ -129,9 +119,9 @@ CASES = [
     ("form: 40 parts", form(*[("f", f"{i}.png", None, b"x") for i in range(40)]), 400, "files is 16", {}),
     ("octet-stream body", request(body=GOOD, content_type="application/octet-stream"), 200, None, {}),
     ("query string", request(path="/predict?mode=fast", body=GOOD), 200, None, {}),
-    ("4096x4096 (the cap)", request(body=big_digit()), 200, None, {}),
-    ("sparse ink", request(body=sparse_ink()), 422, "too little ink", {}),
-    ("palette, transparent index", request(body=drawing_in_mode("P+transparency")), 200, None, {}),
+    ("4096x4096 (the cap)", request(body=ci.big_digit()), 200, None, {}),
+    ("sparse ink", request(body=ci.sparse_ink()), 422, "too little ink", {}),
+    ("palette, transparent index", request(body=ci.drawing_in_mode("P+transparency")), 200, None, {}),
     ("text/plain", request(body=GOOD, content_type="text/plain"), 415, "Content-Type must be one of", {}),
     ("no Content-Type", request(body=GOOD, content_type=None), 415, "not none", {}),
     ("curl --data-binary", request(body=GOOD, content_type=FORM_URLENCODED), 415, "-F file=@digit.png", {}),
@@ -147,11 +137,11 @@ CASES = [
     ("600 MB declared, body never sent", request(length="600000000"), 413, "over the 2,097,152 byte", {}),
     ("empty body", request(), 400, "the image is empty", {}),
     ("not an image", request(body=b"GIF89a? no, just text"), 400, "not an image file", {}),
-    ("truncated PNG", request(body=truncated()), 422, "image file is truncated", {}),
-    ("zTXt bomb", request(body=ztxt_bomb()), 422, "Decompressed data too large", {}),
-    ("20000x20000 header", request(body=png_claiming(20000, 20000)), 413, "over the limit of 16,777,216", {}),
-    ("4097x4096 header", request(body=png_claiming(4097, 4096)), 413, "4097x4096 = 16,781,312 pixels", {}),
-    ("blank image", request(body=blank()), 422, "no ink", {}),
+    ("truncated PNG", request(body=ci.truncated()), 422, "image file is truncated", {}),
+    ("zTXt bomb", request(body=ci.ztxt_bomb()), 422, "Decompressed data too large", {}),
+    ("20000x20000", request(body=ci.png_claiming(20000, 20000)), 413, "over the limit of 16,777,216", {}),
+    ("4097x4096 header", request(body=ci.png_claiming(4097, 4096)), 413, "4097x4096 = 16,781,312 pixels", {}),
+    ("blank image", request(body=ci.blank()), 422, "no ink", {}),
     ("body shorter than declared", request(length=100) + b"short", None, None, {"half_close": True}),
     ("body stalls", request(length=100) + b"short", 408, "stopped arriving", {}),
     ("idle connection", b"", None, None, {}),
