@@ -83,17 +83,12 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) 
     """Writes array (uint8) as an IDX file with the given magic number."""
     header = np.asarray([magic, *array.shape], ">u4").tobytes()
     data = header + np.ascontiguousarray(array, np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data, compresslevel=1))
-    else:
-        path.write_bytes(data)
+    path = path.with_name(path.name + ".gz") if compress else path
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
     return path
 
 
-def make_idx_dir(
-    folder: Path, n_train: int = 96, n_test: int = 40, seed: int = 0, compress: bool = True
-) -> Path:
+def make_idx_dir(folder: Path, n_train=96, n_test=40, seed=0, compress=True) -> Path:
     """The four IDX files of a learnable task: class c a bright 6x6 square placed by c, over noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

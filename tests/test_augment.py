@@ -19,12 +19,9 @@ def strokes(n=6):
     return jnp.asarray(images)
 
 
-def test_zero_strength_is_no_augmentation():
+def test_zero_strength_is_no_augmentation_and_a_tiny_one_the_identity():
     assert make_augment(Augmentation()) is None
     assert make_augment(augmentation_from_config(Config())) is None
-
-
-def test_tiny_strength_is_the_identity():
     images = strokes()
     out = make_augment(Augmentation(translate=1e-9))(jax.random.PRNGKey(0), images)
     np.testing.assert_allclose(out, images, atol=1e-6)

@@ -12,9 +12,8 @@ from lenet_jax.steps import create_train_state
 
 def test_evaluator_matches_a_direct_computation():
     rng = np.random.default_rng(0)
-    split = Split(
-        rng.integers(0, 256, (23, 28, 28, 1)).astype(np.uint8), rng.integers(0, 10, 23).astype(np.int32)
-    )
+    images, labels = rng.integers(0, 256, (23, 28, 28, 1), np.uint8), rng.integers(0, 10, 23, np.int32)
+    split = Split(images, labels)
     model = LeNet(init_scheme="flax")
     params = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0)).params
     result = Evaluator(model, batch_size=8).evaluate(params, split)

@@ -164,24 +164,18 @@ def _empty_split(folder: Path, images: str, labels: str) -> None:
     _idx(folder, images, (0, 28, 28)), _idx(folder, labels, 0, 0x801)
 
 
+DAMAGED = "the file is damaged, download it again"
 # fmt: off
 DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "missing file": (lambda d: (d / f"{TL}.gz").unlink(), f"has no {TL}[.gz]"),
-    "wrong magic": (
-        lambda d: _idx(d, TI, (96, 28, 28), 0x801), "has magic number 0x00000801, expected 0x00000803"
-    ),
-    "truncated gzip": (
-        lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]),
-        "the file is damaged, download it again",
-    ),
-    "not gzip at all": (
-        lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), "the file is damaged, download it again"
-    ),
+    "wrong magic": (lambda d: _idx(d, TI, (96, 28, 28), 0x801),
+                    "has magic number 0x00000801, expected 0x00000803"),
+    "truncated gzip": (lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]), DAMAGED),
+    "not gzip at all": (lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), DAMAGED),
     "empty file": (lambda d: _raw(d, EL, b""), "not even a header"),
     "header promises more": (
         lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
-        "its header promises 50 images but it holds 1",
-    ),
+        "its header promises 50 images but it holds 1"),
     "counts disagree": (lambda d: _idx(d, EL, 39, 0x801), f"has 40 images but {EL}.gz has 39 labels"),
     "not 28x28": (lambda d: _idx(d, TI, (96, 32, 32)), "holds 32x32 images, expected 28x28"),
     "label out of range": (lambda d: _idx(d, TL, 96, 0x801, fill=10), "has label 10 at index 0, outside 0-9"),
@@ -190,11 +184,8 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "0 training images": (lambda d: _empty_split(d, TI, TL), f"{TI}.gz holds no images"),
     "--train-size above the split": (lambda d: None, "--train-size 1000 is larger than", "--train-size=1000"),
     "--validation-size takes all": (lambda d: None, "leaves no training images", "--validation-size", "96"),
-    "--batch-size above the split": (
-        lambda d: None,
-        "--batch-size 1000000000 is larger than the 64 training images: use 64 or less",
-        "--batch-size", "1000000000",
-    ),
+    "--batch-size above the split": (lambda d: None, "--batch-size 1000000000 is larger than the 64 training "
+                                     "images: use 64 or less", "--batch-size", "1000000000"),
     "folder missing": (lambda d: shutil.rmtree(d), "does not exist: pass --data-dir"),
     "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
     "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), "cannot be resolved"),

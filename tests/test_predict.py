@@ -68,13 +68,8 @@ def test_verdict_marks_low_confidence_unsure_with_the_runner_up():
 
     probs = np.full(10, 0.11 / 8)
     probs[7], probs[1] = 0.48, 0.41
-    assert verdict(probs) == {
-        "prediction": 7,
-        "probability": pytest.approx(0.48),
-        "unsure": True,
-        "runner_up": 1,
-        "runner_up_probability": pytest.approx(0.41),
-    }
+    approx = {"probability": pytest.approx(0.48), "runner_up_probability": pytest.approx(0.41)}
+    assert verdict(probs) == {"prediction": 7, "unsure": True, "runner_up": 1, **approx}
     sure = np.eye(10)[3] * 0.9 + 0.01
     assert verdict(sure)["unsure"] is False and verdict(sure)["prediction"] == 3
     assert verdict(sure, threshold=0.95)["unsure"] is True and 0.5 < UNSURE_BELOW < 1
