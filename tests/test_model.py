@@ -1,3 +1,5 @@
+import itertools
+
 import chex
 import flax.linen as nn
 import jax
@@ -72,10 +74,8 @@ def test_options_change_the_function_not_the_parameters():
     # Per image, no batch statistics: an image's logits do not depend on the rest of the batch.
     alone = normed.apply({"params": normed_params}, x[:1])
     np.testing.assert_allclose(outputs["feature_norm"][:1], alone, rtol=1e-5, atol=1e-6)
-    values = list(outputs.values())
-    for i in range(len(values)):
-        for j in range(i + 1, len(values)):
-            assert not np.allclose(values[i], values[j])
+    for a, b in itertools.combinations(outputs.values(), 2):
+        assert not np.allclose(a, b)
 
 
 @pytest.mark.parametrize("block", [ConvBlock, ToeplitzBlock])

@@ -94,10 +94,8 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    flags = (
-        "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking"
-    )
-    for flag in [*flags.split(), "--disable-component-update", "--disable-sync", "--no-first-run"]:
+    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-sync --no-first-run"
+    for flag in [*flags.split(), "--disable-background-networking", "--disable-component-update"]:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))

@@ -37,13 +37,8 @@ def kernel_of_this_python(folder: Path) -> KernelManager:
 
 
 def printed(notebook) -> str:
-    return "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type == "stream" and output.name == "stdout"
-    )
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
 
 
 @pytest.mark.e2e
