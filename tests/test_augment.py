@@ -59,8 +59,7 @@ def test_translation_moves_the_centre_of_mass_by_at_most_the_strength():
 
 
 def test_bilinear_sampling_matches_map_coordinates():
-    # The fast 2x2-window gather against SciPy-style bilinear sampling with zeros outside,
-    # at coordinates inside, on and far beyond the border.
+    # The 2x2-window gather against SciPy's bilinear sampling, inside, on and far beyond the border.
     from jax.scipy.ndimage import map_coordinates
 
     from lenet_jax.augment import _bilinear

@@ -84,9 +84,7 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_documented_and_keeps_lenet5_size(name):
-    # The speed and accuracy presets may change activations, pooling, init, optimizer and
-    # augmentation, and add the feature LayerNorm (32 parameters), never the layers' sizes:
-    # <= 62k parameters (LeNet-5's 61,706).
+    # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
     import jax
 
     from lenet_jax.model import count_params, init_params, model_from_config

@@ -39,8 +39,7 @@ def test_fingerprint_depends_on_content(tmp_path):
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(plain)
 
 
-# The download's reachability check: it probes the first hop the download itself makes, which is
-# the proxy when the standard variables name one (tfds downloads with requests, which uses them).
+# The download's reachability probe: the download's first hop (a proxy the standard variables name).
 
 
 @pytest.fixture
@@ -100,8 +99,7 @@ def test_unreachable_proxy_fails_fast_naming_it(probes, monkeypatch):
     assert probes == [("proxy.example", 3128)]
 
 
-# array-record has wheels for Linux and Apple-silicon macOS only: elsewhere a --data-dir folder
-# is read straight from its IDX files, and the download path is refused in one line.
+# array-record has wheels for Linux and Apple-silicon macOS only: elsewhere IDX files are read directly.
 
 
 @pytest.fixture

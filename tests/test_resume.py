@@ -12,8 +12,7 @@ from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints, load_weights
 from lenet_jax.workdir import read_metrics
 
-# 640 synthetic images, batch 16: 40 steps an epoch, in several jitted calls at any steps per
-# call, so a stop can land inside epoch 2. The smoke preset: 2 epochs, Flax's init.
+# 40 steps an epoch, in several jitted calls at any steps per call: a stop lands inside epoch 2.
 TRAIN = ["--preset", "smoke", "--train-size", "640", "--batch-size", "16", "--log-every", "5"]
 RUNS = {  # kind of run -> flags over TRAIN
     "plain": [],

@@ -25,9 +25,8 @@ def random_split(n: int, seed: int) -> Split:
 
 
 def test_auto_and_plain_train_and_evaluate_the_same_function():
-    # Every trick at once (Toeplitz blocks, a scan of steps per call, augmentation in its own
-    # jit, XLA:CPU options, grouped evaluation) against the program as written: the same start,
-    # batches and augmentation keys give the same states and metrics up to float rounding.
+    # Every trick at once (Toeplitz blocks, scanned steps, augmentation's own jit, XLA:CPU options,
+    # grouped evaluation) against the program as written: the same states and metrics up to rounding.
     model = {"activation": "relu", "pool": "max", "feature_norm": True, "dense_activation": True}
     extras = {"augment_rotate": 10.0, "elastic_alpha": 2.0, "label_smoothing": 0.1, "ema_decay": 0.9}
     config = TINY.replace(**model, **extras)
@@ -70,8 +69,7 @@ class _Rows(list):
 
 
 def test_steps_per_call_changes_nothing_but_the_calls():
-    # 7 steps per epoch as 7 calls of 1 step, 3 calls of 3 (the last padded by 2 skipped steps)
-    # and 1 call of 7 (the default, capped at the epoch): the same states, losses and log lines.
+    # 7 steps an epoch as 7 calls of 1, 3 of 3 (2 skipped padding steps) and 1 of 7 (the default): alike.
     train = random_split(100, 1)
     results = {}
     for per_call in (1, 3, None):
