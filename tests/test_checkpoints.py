@@ -50,9 +50,8 @@ def test_resuming_with_an_optimizer_of_another_state_is_refused_before_any_resto
 
 
 def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_run, idx_dir, capsys):
-    result = train_and_evaluate(
-        TINY.replace(epochs=2), adam_run, optimizer=optax.adam(3e-4), data_dir=idx_dir
-    )
+    two = TINY.replace(epochs=2)
+    result = train_and_evaluate(two, adam_run, optimizer=optax.adam(3e-4), data_dir=idx_dir)
     assert "has the state structure of the checkpoint's" in capsys.readouterr().out
     assert [row["epoch"] for row in result.metrics] == [1, 2] and Checkpoints(adam_run).epochs() == [1, 2]
     assert result.metrics[-1]["step"] == 2 * 6  # 96 images / 16 per batch

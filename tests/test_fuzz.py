@@ -759,9 +759,7 @@ def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
     checkpoints = snapshot(run / "checkpoints")
     with monkeypatch.context() as patch:
         inject(patch)
-        got, _, err = run_cli(capsys, "train.py", *argv)
-    assert_one_line(err, got, code, message)
-    assert_flags_exist("train.py", err)
+        check(capsys, "train.py", argv, code, message)
     if case == "workdir probe, disk full":
         assert not (tmp_path / "new").exists()
         return

@@ -168,9 +168,7 @@ def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_
 
 @pytest.fixture
 def taken_port():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
         yield taken.getsockname()[1]
 
 
