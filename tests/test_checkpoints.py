@@ -10,7 +10,7 @@ from conftest import snapshot
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import load_dataset
-from lenet_jax.errors import CheckpointError
+from lenet_jax.errors import CheckpointError, DivergedError
 from lenet_jax.train import make_trainer, train_and_evaluate
 
 TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
@@ -60,8 +60,6 @@ def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_r
 
 
 def test_a_diverging_python_optimizer_is_not_told_about_a_learning_rate_it_did_not_use(idx_dir, tmp_path):
-    from lenet_jax.errors import DivergedError
-
     config = TINY.replace(activation="relu")
     with pytest.raises(DivergedError, match="optimizer passed to train_and_evaluate") as diverged:
         train_and_evaluate(config, tmp_path / "run", optimizer=optax.sgd(1e5), data_dir=idx_dir)

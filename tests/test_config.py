@@ -1,10 +1,12 @@
 """Configs: presets, validation, flags generated from the fields."""
 
+import jax
 import pytest
 
 from lenet_jax import cli
 from lenet_jax.config import PRESETS, Config, get_preset
 from lenet_jax.errors import ConfigError
+from lenet_jax.model import count_params, init_params, model_from_config
 
 
 def parse(*argv):
@@ -85,9 +87,6 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_documented_and_keeps_lenet5_size(name):
     # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
-    import jax
-
-    from lenet_jax.model import count_params, init_params, model_from_config
 
     config = get_preset(name)
     doc = PRESETS[name].__doc__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import errno
 import functools
@@ -15,16 +16,24 @@ import signal
 import socket
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import conftest
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from absl import logging as absl_logging
 from conftest import REPO_ROOT, make_idx_dir, snapshot, start_python, write_idx
 
 from lenet_jax import cli
-from lenet_jax.workdir import read_metrics
+from lenet_jax.checkpoints import load_weights
+from lenet_jax.data import load_dataset
+from lenet_jax.resume import PLATEAU_NOTE
+from lenet_jax.workdir import read_metrics, workdir_lock
 
 TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 
@@ -300,8 +309,6 @@ def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
 
 def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
     """--distributed outside a cluster (jax's CPU collectives setting put back afterwards)."""
-    import jax
-
     previous = jax.config.jax_cpu_collectives_implementation
     try:
         argv = ["--workdir", tmp_path / "run", "--distributed"]
@@ -506,8 +513,6 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
 @contextlib.contextmanager
 def _python_memory_below(limit: int):
     """Python's allocations peak below `limit` (RSS: test_unbounded_logs_keep_a_small_process)."""
-    import tracemalloc
-
     tracemalloc.start()
     try:
         yield
@@ -578,8 +583,6 @@ WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's wor
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
 def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
     """One writer per workdir, refused at once; readers go on; a killed holder's lock blocks nothing."""
-    from lenet_jax.workdir import workdir_lock
-
     argv, code, message = WORKDIR_IN_USE[case]
     if argv[0] == "convert.py":  # a workdir a convert would take: an empty one
         run = tmp_path / "new"
@@ -653,8 +656,6 @@ def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
 
 def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
     """The write of a checkpoint item (meta: JSON; params: arrays) raises `error`."""
-    import orbax.checkpoint as ocp
-
     handler = ocp.JsonCheckpointHandler if item == "meta" else ocp.StandardCheckpointHandler
     original = handler.async_save
 
@@ -667,8 +668,6 @@ def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
 
 
 def _no_room(monkeypatch) -> None:
-    import collections
-
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 300_000, 300_000))
 
@@ -732,9 +731,6 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
 
 def _device_oom(*args, **kwargs):
     """XLA's own RESOURCE_EXHAUSTED: a 64 GiB buffer, which the test machine cannot give."""
-    import jax
-    import jax.numpy as jnp
-
     return jax.jit(lambda: jnp.zeros(2**36 + 2**34, jnp.uint8))()
 
 
@@ -877,11 +873,6 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     capsys, caplog, monkeypatch, tmp_path, run, data
 ):
     """The recipe's plateau told once; the API logs none of tfds's or orbax's expected warnings."""
-    from absl import logging as absl_logging
-
-    from lenet_jax.checkpoints import load_weights
-    from lenet_jax.data import load_dataset
-    from lenet_jax.resume import PLATEAU_NOTE
 
     argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
     code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)

@@ -5,11 +5,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lenet_jax.config import Config
+from lenet_jax.data import Split
 from lenet_jax.model import ConvBlock, LeNet, count_params, init_params, model_from_config
 from lenet_jax.toeplitz import ToeplitzBlock, pool_2x2
+from lenet_jax.train import make_trainer
 
 O0 = {"xla_backend_optimization_level": 0}  # init runs once: compiling it fast is what counts
 
@@ -99,10 +102,6 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
 @pytest.mark.parametrize("init_scheme", ["torch", "flax"])
 def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_path):
     # LeNet(...).init(jax.random.PRNGKey(seed), x), as a notebook writes it, is the run's start.
-    import optax
-
-    from lenet_jax.data import Split
-    from lenet_jax.train import make_trainer
 
     config = Config(init_scheme=init_scheme, seed=3, feature_norm=True)
     train = Split(np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32))
