@@ -2,6 +2,7 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_cli, script_main
@@ -9,9 +10,11 @@ from crafted_images import MODES, digit_like, drawing_in_mode, sparse_ink
 from PIL import Image
 
 from lenet_jax import cli
+from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
-from lenet_jax.predict import NoInkError, load_predictor, preprocess, read_image
+from lenet_jax.figures import confusion_matrix, per_class_scores
+from lenet_jax.predict import UNSURE_BELOW, NoInkError, load_predictor, preprocess, read_image, verdict
 
 
 def test_preprocess_makes_an_mnist_style_digit():
@@ -64,8 +67,6 @@ def test_sparse_ink_is_refused_not_guessed():
 
 
 def test_verdict_marks_low_confidence_unsure_with_the_runner_up():
-    from lenet_jax.predict import UNSURE_BELOW, verdict
-
     probs = np.full(10, 0.11 / 8)
     probs[7], probs[1] = 0.48, 0.41
     approx = {"probability": pytest.approx(0.48), "runner_up_probability": pytest.approx(0.41)}
@@ -76,8 +77,6 @@ def test_verdict_marks_low_confidence_unsure_with_the_runner_up():
 
 
 def test_predict_text_line_says_unsure():
-    from lenet_jax.commands.predict import json_row, text_line
-
     probs = np.full(10, 0.11 / 8, np.float32)
     probs[7], probs[1] = 0.48, 0.41
     assert text_line("a.png", probs) == "a.png: 7? (unsure: 7 0.48, 1 0.41)"
@@ -89,8 +88,6 @@ def test_predict_text_line_says_unsure():
 
 
 def test_test_time_views_are_shifts_and_zooms_of_the_image():
-    import jax.numpy as jnp
-
     from lenet_jax.predict import TTA_SHIFTS, TTA_ZOOMS, _views
 
     image = np.zeros((1, 28, 28, 1), np.float32)
@@ -169,8 +166,6 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
 
 
 def test_confusion_matrix_and_per_class_scores():
-    from lenet_jax.figures import confusion_matrix, per_class_scores
-
     labels = np.asarray([0, 0, 1, 1, 1, 2])
     predictions = np.asarray([0, 1, 1, 1, 2, 2])
     matrix = confusion_matrix(labels, predictions)
