@@ -485,9 +485,12 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
     before, checkpoints = snapshot(run), snapshot(run / "checkpoints")
     # Never a copy of what a file claims to hold (traced only for gigabytes: tracing is slow).
     bounded = _python_memory_below if "GiB" in damage or "/dev/zero" in damage else contextlib.nullcontext
+    report = ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"]
+    scripts = {"resume": ("train.py", train_argv(run, data)), "report": ("evaluate.py", report)}
+    script, argv = scripts.get(command, ("results.py", [run]))
+    with bounded(2**26):
+        code, out, err = run_cli(capsys, script, *argv)
     if command == "resume":
-        with bounded(2**26):
-            code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
         assert code == 0 and err == "", err
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
         assert json.loads((run / "config.json").read_text())["config"]["seed"] == 0
@@ -495,12 +498,6 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
         assert snapshot(run / "checkpoints") == checkpoints
         _kept(run, before)
     else:
-        argv = ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"]
-        with bounded(2**26):
-            if command == "report":
-                code, out, err = run_cli(capsys, "evaluate.py", *argv)
-            else:
-                code, out, err = run_cli(capsys, "results.py", run)
         assert code == 0 and "Traceback" not in err, err
         assert len([line for line in err.splitlines() if not line.startswith("Report for")]) <= 1, err
         assert snapshot(run) == before  # read only

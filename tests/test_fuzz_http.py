@@ -30,13 +30,10 @@ def server(untrained_predictor):
 
 def request(method="POST", path="/predict", body=b"", content_type="image/png", length=True, headers=()):
     """A raw HTTP/1.1 request closing its connection; Content-Length: True the body's, None none, or text."""
+    length = len(body) if length is True else length
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    if length is True:
-        lines.append(f"Content-Length: {len(body)}")
-    elif length is not None:
-        lines.append(f"Content-Length: {length}")
+    lines += [] if content_type is None else [f"Content-Type: {content_type}"]
+    lines += [] if length is None else [f"Content-Length: {length}"]
     return ("\r\n".join([*lines, *headers]) + "\r\n\r\n").encode("latin-1") + body
 
 
