@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from conftest import make_idx_dir
 
-from lenet_jax import idx
-from lenet_jax.data import (
-    PADDING_INDEX,
-    epoch_order,
-    gather_batch,
-    load_dataset,
-    resolve_data_dir,
-    sequential_order,
-)
+from lenet_jax import data, idx
+from lenet_jax.data import epoch_order, gather_batch, load_dataset, resolve_data_dir
 from lenet_jax.errors import DataError
 
 
@@ -69,7 +62,7 @@ def test_epoch_order_covers_every_image_once_and_pads_the_last_batch():
     assert order.shape == (3, 4) and order.dtype == np.int32
     flat = order.ravel()
     assert sorted(flat[flat >= 0].tolist()) == list(range(10))
-    assert (order[-1, 2:] == PADDING_INDEX).all()
+    assert (order[-1, 2:] == data.PADDING_INDEX).all()
 
 
 def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
@@ -83,7 +76,7 @@ def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
 
 
 def test_sequential_order():
-    np.testing.assert_array_equal(sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
+    np.testing.assert_array_equal(data.sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
 
 
 def test_gather_batch_scales_and_masks_padding():

@@ -4,6 +4,7 @@ import json
 import signal
 import struct
 import time
+import types
 from pathlib import Path
 
 import chex
@@ -30,12 +31,9 @@ def test_single_device_mesh_is_a_no_op():
 
 
 def test_batch_size_must_divide_over_the_devices():
-    class FakeMesh:
-        class devices:  # noqa: N801 - mimics Mesh.devices.size
-            size = 3
-
+    mesh = types.SimpleNamespace(devices=types.SimpleNamespace(size=3))  # what is read of a Mesh
     with pytest.raises(ConfigError, match="--batch-size 64 does not divide over 3 devices"):
-        parallel.check_batch_size(64, FakeMesh)
+        parallel.check_batch_size(64, mesh)
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -1,5 +1,6 @@
 """A stopped run rerun ends bit for bit as the uninterrupted one (a new feature: a RUNS and a CASES row)."""
 
+import functools
 import re
 import signal
 from pathlib import Path
@@ -39,14 +40,12 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
     """kind of run -> the workdir of its uninterrupted run (trained in-process, once)."""
-    runs: dict[str, Path] = {}
 
+    @functools.cache
     def get(kind: str) -> Path:
-        if kind not in runs:
-            workdir = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "run"
-            assert train(argv(kind, workdir, data)) == 0
-            runs[kind] = workdir
-        return runs[kind]
+        workdir = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "run"
+        assert train(argv(kind, workdir, data)) == 0
+        return workdir
 
     return get
 
