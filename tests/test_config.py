@@ -4,9 +4,11 @@ import jax
 import pytest
 
 from lenet_jax import cli
+from lenet_jax.config import OPTIMIZERS as CHOICES
 from lenet_jax.config import PRESETS, Config, get_preset
 from lenet_jax.errors import ConfigError
 from lenet_jax.model import count_params, init_params, model_from_config
+from lenet_jax.optimizers import OPTIMIZERS
 
 
 def parse(*argv):
@@ -54,9 +56,6 @@ def test_a_config_built_directly_or_replaced_is_validated(fields, message):
 
 
 def test_optimizer_choices_are_the_registry():
-    from lenet_jax.config import OPTIMIZERS as CHOICES
-    from lenet_jax.optimizers import OPTIMIZERS
-
     assert CHOICES is OPTIMIZERS  # one list, where the optimizers are
 
 

@@ -9,7 +9,7 @@ from conftest import run_cli, script_main
 from crafted_images import MODES, digit_like, drawing_in_mode, sparse_ink
 from PIL import Image
 
-from lenet_jax import cli
+from lenet_jax import cli, predict
 from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
@@ -88,18 +88,16 @@ def test_predict_text_line_says_unsure():
 
 
 def test_test_time_views_are_shifts_and_zooms_of_the_image():
-    from lenet_jax.predict import TTA_SHIFTS, TTA_ZOOMS, _views
-
     image = np.zeros((1, 28, 28, 1), np.float32)
     image[0, 8:20, 12:16] = 1.0
-    views = np.asarray(_views(jnp.asarray(image)))[..., 0]
-    assert views.shape == (1 + len(TTA_SHIFTS) + len(TTA_ZOOMS), 28, 28)
+    views = np.asarray(predict._views(jnp.asarray(image)))[..., 0]
+    assert views.shape == (1 + len(predict.TTA_SHIFTS) + len(predict.TTA_ZOOMS), 28, 28)
     np.testing.assert_array_equal(views[0], image[0, ..., 0])
     ys, xs = np.indices((28, 28))
     centre = lambda v: np.asarray([(ys * v).sum(), (xs * v).sum()]) / v.sum()  # noqa: E731
-    for view, shift in zip(views[1:], TTA_SHIFTS, strict=False):
+    for view, shift in zip(views[1:], predict.TTA_SHIFTS, strict=False):
         np.testing.assert_allclose(centre(view) - centre(views[0]), shift, atol=1e-4)
-    sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(TTA_SHIFTS) :]]
+    sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(predict.TTA_SHIFTS) :]]
     assert sizes[0] < np.count_nonzero(views[0] > 0.5) < sizes[1]  # zoomed out, zoomed in
 
 
