@@ -2,10 +2,7 @@
 
     from lenet_jax import Config, get_preset, train_and_evaluate, load_predictor
 
-Configs as code (`Config`, `get_preset`, `PRESETS`), training (`train_and_evaluate`, or
-`make_trainer` and `train_epoch` for a loop of your own), the model and optimizers, a run's
-checkpoints (`evaluate_checkpoint`, `load_weights`, `load_predictor`) and the PyTorch tutorial's
-`.pth` files. Each name is documented where it is defined, and imported on first use, so that
+Each name of `_MODULES` is documented where it is defined, and imported on first use, so that
 `import lenet_jax` alone stays cheap.
 """
 

@@ -1,19 +1,10 @@
 """Data augmentation on the device, in JAX, per image, keyed by the training step.
 
-Each image gets its own random affine transform (translation, rotation, scale, shear) and, if
-enabled, an elastic distortion (Simard, Steinkraus & Platt 2003: a random displacement field,
-smoothed by a Gaussian of width sigma and scaled so that its largest displacement is alpha),
-applied by bilinear resampling with zeros outside the image. Then, if enabled, the pen and the
-scanner (`_pen_and_scan`): stroke width (grey-level dilation or erosion), blur, resolution loss
-(down- then up-sampling) and ink gamma, each of random strength per image, as real digits differ
-from MNIST's thin sharp pen. The key comes from the step's rng
-(`steps.augmentation_key`: fold_in(state.rng, state.step)), so augmentation is deterministic
-per seed and a resumed run replays it exactly. All strengths 0: no augmentation at all.
-
-Cost: the whole batch is transformed at once (one random draw, two plain matrix products for
-the smoothing, one gather of 2x2 windows) rather than vmapping a per-image function, which is
-cheaper on XLA:CPU (docs/results.md has the figures). The training program runs it as its own
-jitted program (`lenet_jax.speed.train_call`), where it costs less than inside the training step's.
+Each image gets its own random affine transform and, if enabled, an elastic distortion (Simard,
+Steinkraus & Platt 2003: a random displacement field smoothed by a Gaussian of width sigma, largest
+displacement alpha), by bilinear resampling; then, if enabled, another pen and scanner. Keyed by
+`steps.augmentation_key` (replayed exactly on resume); all strengths 0: none. The whole batch is
+transformed at once, not vmapped per image: cheaper on XLA:CPU (docs/results.md).
 """
 
 from __future__ import annotations
@@ -30,11 +21,7 @@ from jax import lax
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Strengths: translate in pixels, rotate and shear in degrees, scale as a fraction
-    (0.1: zoom in [0.9, 1.1]), elastic alpha in pixels with smoothing sigma in pixels; stroke:
-    the largest growth of stroke radius in pixels (thinning: up to half as much); blur: the largest Gaussian
-    sigma in pixels; lowres: the largest down-sampling factor less 1 (1: down to half size);
-    gamma: ink gamma up to exp(+-gamma) (darker or fainter stroke edges)."""
+    """Strengths, as the Config fields of the same names (`augment_*`, `elastic_*`) describe them."""
 
     translate: float = 0.0
     rotate: float = 0.0
@@ -55,10 +42,6 @@ class Augmentation:
     def pen(self) -> bool:
         return any((self.stroke, self.blur, self.lowres, self.gamma))
 
-    @property
-    def enabled(self) -> bool:
-        return self.geometric or self.pen
-
 
 def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
     """G with G @ x = x convolved with a normalised Gaussian ('same' size, zero padding)."""
@@ -68,12 +51,8 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
 
 
 def _uniform_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform noise in (-1, 1) with 256 levels, four values per random 32-bit word.
-
-    The elastic field needs 2*H*W values per image, the bulk of the step's random numbers, and
-    threefry costs ~7 ns per word on a CPU; the field is a Gaussian average of this noise, so
-    8 bits per value lose nothing visible and cost a quarter of the random words.
-    """
+    """Uniform noise in (-1, 1) with 256 levels, four values per random 32-bit word: the elastic
+    field, a Gaussian average of it, loses nothing visible, and needs a quarter of the words."""
     n = math.prod(shape)
     words = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
     values = jnp.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], axis=-1).reshape(-1)[:n]
@@ -81,12 +60,9 @@ def _uniform_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation) -> jax.Array:
-    """(B, 2, H, W) displacements: uniform noise smoothed by a Gaussian, max |d| = alpha.
-
-    The noise is drawn directly in the layout (H, B*2, W), which it may be since its values
-    are independent; then both smoothings are single plain matrix products, with no batched
-    product or transpose in between (faster than a vmapped einsum).
-    """
+    """(B, 2, H, W) displacements: uniform noise smoothed by a Gaussian, max |d| = alpha. The
+    noise is drawn in the layout (H, B*2, W) (its values are independent), so both smoothings are
+    plain matrix products, with no batched product or transpose in between."""
     gy = jnp.asarray(_gaussian_matrix(h, aug.elastic_sigma))
     gx = jnp.asarray(_gaussian_matrix(w, aug.elastic_sigma))
     noise = _uniform_bytes(key, (h, batch * 2 * w))
@@ -97,13 +73,8 @@ def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation
 
 
 def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
-    """images (B, H, W) sampled at float coordinates ys, xs (B, P); zero outside the image.
-
-    One gather of a 2x2 window per output pixel (XLA:CPU's cost is per gathered slice: ~2x
-    faster than jax.scipy.ndimage.map_coordinates' four single-pixel gathers). The image is
-    padded with zeros so that a window clipped to the border reads only zeros: a window starting
-    at row -2 covers padding rows only, one starting at row H covers rows H and H+1 (padding).
-    """
+    """images (B, H, W) sampled at float coordinates ys, xs (B, P), zero outside: one gather of a
+    2x2 window per pixel (~2x faster on XLA:CPU than map_coordinates' four single-pixel gathers)."""
     b, h, w = images.shape
     padded = jnp.pad(images, ((0, 0), (2, 3), (2, 3)))
     y0, x0 = jnp.floor(ys), jnp.floor(xs)
@@ -122,11 +93,8 @@ def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
 
 
 def _source_coordinates(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation):
-    """Where each output pixel reads the input: (B, H*W) rows and columns, per-image affine.
-
-    Inverse map: output pixel p reads centre + A^-1 (p - centre - t), where
-    A = zoom * rotation(angle) @ shear_matrix(shear); det A = zoom^2, so A^-1 is closed-form.
-    """
+    """Where each output pixel reads the input: (B, H*W) rows and columns, per-image affine: pixel
+    p reads centre + A^-1 (p - centre - t), A = zoom * rotation @ shear (A^-1 in closed form)."""
     u = jax.random.uniform(key, (batch, 5), minval=-1, maxval=1)
     ty, tx = u[:, 0:1] * aug.translate, u[:, 1:2] * aug.translate
     angle = u[:, 2:3] * math.radians(aug.rotate)
@@ -218,12 +186,9 @@ def _pen_and_scan(key: jax.Array, images: jax.Array, aug: Augmentation) -> jax.A
 
 
 def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """key, images (B, H, W, 1) float -> augmented images; None when all strengths are 0.
-
-    Written over the whole batch rather than vmapped per image: one random draw, one pair of
-    smoothing products and one gather per batch (per-image keys would mean B small draws).
-    """
-    if not aug.enabled:
+    """key, images (B, H, W, 1) float -> augmented images (one random draw, one gather per batch);
+    None when all strengths are 0."""
+    if not (aug.geometric or aug.pen):
         return None
 
     def augment(key: jax.Array, images: jax.Array) -> jax.Array:
@@ -246,15 +211,7 @@ def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Arra
 
 def augmentation_from_config(config) -> Augmentation:
     """The Augmentation a Config's augment_* / elastic_* fields describe."""
+    names = [field.name for field in dataclasses.fields(Augmentation)]
     return Augmentation(
-        translate=config.augment_translate,
-        rotate=config.augment_rotate,
-        scale=config.augment_scale,
-        shear=config.augment_shear,
-        elastic_alpha=config.elastic_alpha,
-        elastic_sigma=config.elastic_sigma,
-        stroke=config.augment_stroke,
-        blur=config.augment_blur,
-        lowres=config.augment_lowres,
-        gamma=config.augment_gamma,
+        **{n: getattr(config, n if n.startswith("elastic") else f"augment_{n}") for n in names}
     )

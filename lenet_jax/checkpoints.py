@@ -1,12 +1,6 @@
-"""Per-epoch checkpoints with orbax: `WORKDIR/checkpoints/<epoch>/{params,train_state,meta}`.
-
-Items per epoch, so that each reader restores only what it needs: `params` (evaluation and
-prediction), `ema_params` (runs with --ema-decay: read instead of params), `train_state` (step,
-optimizer state, rng: resuming) and `meta` (JSON: format version, epoch, step, config, optimizer
-source, provenance, the epoch's metrics row). Orbax renames a checkpoint into place once it is
-complete. Restores take `jax.eval_shape` targets, compared first with the checkpoint's own
-metadata, so that a checkpoint that does not fit is told apart from a damaged one.
-"""
+"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`, one item per reader's need:
+`params`, `ema_params` (--ema-decay), `train_state` (resuming), `meta` (JSON: config, metrics row, ...).
+Restore targets are checked against the saved metadata first: not fitting is told from damaged."""
 
 from __future__ import annotations
 
@@ -52,8 +46,7 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
 
 
 def describe(tree: Any) -> dict[str, str]:
-    """'path' -> 'shape dtype' for every array of a pytree (arrays, ShapeDtypeStructs or orbax
-    metadata), with paths spelled alike for NamedTuples, dicts and lists."""
+    """'path' -> 'shape dtype' for every array of a pytree (arrays, ShapeDtypeStructs or orbax metadata)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
         jax.tree_util.keystr(path, simple=True, separator="."): f"{tuple(leaf.shape)} {leaf.dtype}"
@@ -62,8 +55,7 @@ def describe(tree: Any) -> dict[str, str]:
 
 
 def _refused(path: Path) -> str | None:
-    """Why a JSON file that orbax reads whole must not be read (not a regular file, too large);
-    None if it may be, or is missing (orbax says what is missing)."""
+    """Why a JSON file that orbax reads whole must not be read; None if it may be, or is missing."""
     try:
         check_small_file(path)
     except FileNotFoundError:
@@ -92,8 +84,7 @@ def _differences(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) 
 
 
 class Checkpoints(contextlib.AbstractContextManager):
-    """The epoch checkpoints of one workdir; a context manager (orbax runs a thread, which must
-    be stopped on every exit, or orbax prints a traceback at interpreter exit)."""
+    """The epoch checkpoints of one workdir; a context manager, as orbax's thread must be stopped."""
 
     def __init__(self, workdir: str | os.PathLike, keep: int | None = None, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
@@ -105,8 +96,7 @@ class Checkpoints(contextlib.AbstractContextManager):
                 max_to_keep=keep,
                 create=not read_only,
                 read_only=read_only,
-                # Synchronous: a save of this small model takes milliseconds, and a save that has
-                # returned is on disk, which keeps crash and signal handling simple.
+                # Synchronous: a save takes milliseconds, and one that returned is on disk.
                 enable_async_checkpointing=False,
                 # A save cut short by a crash leaves a temporary directory; remove it on start.
                 cleanup_tmp_directories=not read_only,
@@ -114,8 +104,7 @@ class Checkpoints(contextlib.AbstractContextManager):
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def _check_step_metadata(self) -> None:
-        """CheckpointError naming the epoch whose step metadata orbax would read whole when it
-        lists the epochs (a link to /dev/zero, a 4 GiB file): before orbax reads any."""
+        """CheckpointError naming an epoch whose metadata orbax must not read whole (/dev/zero, 4 GiB)."""
         folders = self.directory.iterdir() if self.directory.is_dir() else []
         for folder in sorted(f for f in folders if f.name.isdigit() and f.is_dir()):
             reason = _refused(folder / CHECKPOINT_METADATA)
@@ -142,9 +131,7 @@ class Checkpoints(contextlib.AbstractContextManager):
         items["meta"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta})
         self._check_space(epoch, state)
         try:
-            # A save cut short (a full disk, a second Ctrl-C) leaves orbax's helper threads of
-            # the other items running: they must end before the manager closes, and what they
-            # log when they fail in turn is the same fault, which the caller reports.
+            # A failed save's helper threads must end before the manager closes; their logs repeat its fault.
             with helper_threads_quiet_on_failure():
                 self._manager.save(epoch, args=ocp.args.Composite(**items))
                 self._manager.wait_until_finished()
@@ -155,8 +142,7 @@ class Checkpoints(contextlib.AbstractContextManager):
             raise
 
     def _check_space(self, epoch: int, state: TrainState) -> None:
-        """OSError(ENOSPC) before a save that the disk has no room for: orbax's concurrent item
-        writes, one failing on a full disk, print tracebacks no handler can catch."""
+        """OSError(ENOSPC) up front: orbax's writes failing on a full disk print uncatchable tracebacks."""
         needed = (
             2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state)) + SAVE_MARGIN
         )
@@ -198,13 +184,10 @@ class Checkpoints(contextlib.AbstractContextManager):
         return CheckpointError(f"the checkpoint of epoch {epoch} is damaged ({reason}): {fallback}")
 
     def _check_fits(self, epoch: int, item: str, target: Any) -> None:
-        """CheckpointError if `item` of `epoch` does not have the target's structure (another
-        model, optimizer or version); the checkpoint itself may well be intact."""
+        """CheckpointError if `item` of `epoch` (maybe intact) does not have the target's structure."""
         path = self.directory / str(epoch) / item
-        if not path.is_dir():
-            if jax.tree_util.tree_leaves(target):
-                raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
-            return
+        if not path.is_dir():  # every item has arrays (the step, the rng, the weights)
+            raise self._damaged(epoch, FileNotFoundError(f"no {item} in it"))
         try:
             with quiet(), ocp.StandardCheckpointer() as reader:
                 metadata = reader.metadata(path).item_metadata
@@ -222,8 +205,7 @@ class Checkpoints(contextlib.AbstractContextManager):
             )
 
     def _check_small_files(self, epoch: int, items) -> None:
-        """A damaged checkpoint error if one of the JSON files orbax reads whole (metadata,
-        the meta) is not a regular file or is larger than any a run writes."""
+        """A damaged checkpoint error if a JSON file orbax reads whole is not small and regular."""
         folder = self.directory / str(epoch)
         names = [CHECKPOINT_METADATA] + [f"{item}/{name}" for item in items for name in ITEM_JSON_FILES]
         for name in names:
@@ -279,8 +261,7 @@ class Checkpoints(contextlib.AbstractContextManager):
 
 
 def upgrade_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
-    """A meta of any earlier format version in the current one, its config with every field of
-    this version (new ones at their defaults); a newer version is refused."""
+    """A meta of any earlier format version in the current one (new fields at their defaults)."""
     version = meta.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -321,15 +302,13 @@ RestoredParams = Weights  # the name of lenet-jax 0.1.0
 
 
 def load_weights(workdir: str | os.PathLike, epoch: int | None = None, averaged: bool = True) -> Weights:
-    """The params of one epoch's checkpoint (newest by default), nothing else restored.
-    averaged: the run's moving average of the weights where it kept one (what it evaluated)."""
+    """The params (averaged: the moving average where kept) of one epoch's checkpoint (newest by default)."""
     with Checkpoints(workdir, read_only=True) as checkpoints:
         epoch = checkpoints._check_epoch(epoch)
         meta = checkpoints.restore_meta(epoch)
         config = Config.from_dict(meta["config"])
         model = model_from_config(config)
-        # Restore target from eval_shape: the params' shapes and dtypes without running init,
-        # placed on this process's devices (whatever mesh the training run had).
+        # eval_shape: the params' shapes and dtypes without running init, on this process's devices.
         abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
         abstract = parallel.with_sharding(abstract, parallel.replicated(parallel.data_mesh()))
         averaged = averaged and config.averages_weights

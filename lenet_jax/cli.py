@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -24,11 +25,7 @@ from lenet_jax.errors import (
     storage_error,
     storage_fault,
 )
-from lenet_jax.speed import (  # noqa: F401 - the scripts' names for them (0.2)
-    CACHE_DIR_ENV,
-    enable_compilation_cache,
-    limit_malloc_arenas,
-)
+from lenet_jax.speed import CACHE_DIR_ENV, enable_compilation_cache, limit_malloc_arenas  # noqa: F401 - 0.2's
 
 
 def flag_name(field_name: str) -> str:
@@ -55,41 +52,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help=f"named config to start from: {', '.join(PRESETS)} (default: {DEFAULT_PRESET})",
     )
     group = parser.add_argument_group("config fields (each overrides the preset's value)")
-    types = field_types()
-    defaults = Config()
+    types, defaults = field_types(), Config()
     for field in dataclasses.fields(Config):
         kind = types[field.name]
         help_text = f"{field.metadata['help']} (recipe: {getattr(defaults, field.name)})"
         old = field.metadata.get("old_name")
         names = [flag_name(field.name)] + ([flag_name(old)] if old else [])
         if kind is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:  # choices are checked by config.validate: the same message from Python
+            parse = _number(kind) if kind in (int, float) else kind
             group.add_argument(
-                *names,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        else:
-            # Choices are checked by config.validate, so the message is the same from Python.
-            group.add_argument(
-                *names,
-                dest=field.name,
-                type=_number(kind) if kind in (int, float) else kind,
-                default=None,
-                metavar=field.name.upper(),
-                help=help_text,
+                *names, dest=field.name, type=parse, default=None, metavar=field.name.upper(), help=help_text
             )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset named by --preset, with every given flag applied (validated)."""
     config = get_preset(args.preset)
-    overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(Config)
-        if getattr(args, field.name) is not None
-    }
-    return config.replace(**overrides)
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)}
+    return config.replace(**{name: value for name, value in given.items() if value is not None})
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,11 +82,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Runs a script's main; a LenetError becomes one line on stderr and its exit code.
-
-    With --debug in argv the traceback is shown instead.
-    """
+    """Runs a script's main; a LenetError becomes one line on stderr and its exit code (with
+    --debug in argv: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    limit_malloc_arenas()  # before the command starts any thread (lenet_jax.speed, trick 8)
     try:
         try:
             return main(argv)
@@ -122,9 +103,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         if "--debug" in argv:
             raise
         message = str(e)
-        field = getattr(e, "field", None)  # a ConfigError names a Config field: say its flag
-        if field and message.startswith(field):
-            message = flag_name(field) + message[len(field) :]
+        field = getattr(e, "field", None)  # the Config field the message names: say its flag
+        if field:
+            message = re.sub(rf"\b{field}\b", flag_name(field), message, count=1)
         # A stop the user asked for (Ctrl-C, SIGTERM) is a notice, not an error.
         print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {message}", file=sys.stderr)
         return e.exit_code
@@ -151,10 +132,9 @@ def run_summary(workdir, rows: list[dict]) -> str:
 
 
 def command(name: str) -> str:
-    """How to run another script as printed in a hint, so that it works pasted into a shell
-    without the venv active: this interpreter and scripts/NAME.py (paths relative to the
-    current folder when inside it), or the installed lenet-NAME command when there is no
-    scripts/ folder (an installed package)."""
+    """Another script's command as a hint prints it, working pasted into a shell without the venv:
+    this interpreter and scripts/NAME.py (relative to the current folder when inside it), or the
+    installed lenet-NAME command when there is no scripts/ folder."""
     script = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
     if not script.is_file():
         return f"lenet-{name}"

@@ -1,8 +1,5 @@
-"""Configs as code: every default of a run lives here, once.
-
-`Config` holds every field a run depends on (`lenet_jax.cli` makes one flag per field); `PRESETS`
-maps names to functions returning one. It is recorded in config.json and every checkpoint.
-"""
+"""Configs as code: `Config` holds every field (and default) a run depends on, one flag each
+(`lenet_jax.cli`), recorded in config.json and every checkpoint; `PRESETS` names some."""
 
 from __future__ import annotations
 
@@ -34,8 +31,7 @@ FROM_PYTHON = "python"  # the `optimizer` recorded for a run given its optimizer
 
 
 def _field(default: Any, help: str, choices: Any = None, old_name: str | None = None) -> Any:
-    """A dataclass field that carries its command-line help (and choices) as metadata; old_name:
-    what lenet-jax 0.1.0 called it (still accepted as a flag and in saved configs)."""
+    """A dataclass field carrying its flag's help and choices, and its 0.1.0 name (still accepted)."""
     return dataclasses.field(
         default=default,
         metadata={"help": help, "choices": tuple(choices) if choices else None, "old_name": old_name},
@@ -133,9 +129,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_record(self, optimizer_from_python: bool = False) -> dict[str, Any]:
-        """What config.json and checkpoints record: to_dict(), except that a run given its
-        optimizer from Python records `optimizer: "python"` and none of the fields that only
-        build the config's optimizer (they were not used)."""
+        """to_dict(); a run given its optimizer from Python: `optimizer: "python"`, no OPTIMIZER_FIELDS."""
         record = self.to_dict()
         if optimizer_from_python:
             for name in OPTIMIZER_FIELDS:
@@ -148,8 +142,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Inverse of `to_dict` and `to_record` (a Python optimizer's run gets the default
-        optimizer fields); unknown keys are an error (a config from another version)."""
+        """Inverse of `to_dict` and `to_record`; unknown keys are a ConfigError (another version)."""
         values = _current_names(values)
         if values.get("optimizer") == FROM_PYTHON:
             del values["optimizer"]

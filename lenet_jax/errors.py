@@ -4,8 +4,7 @@ only with --debug). Anything else is a bug and keeps its traceback.
 
 Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged; 4 the
 machine refused a read or write (disk full, permissions, read-only: rerunning once fixed resumes);
-5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
-"""
+5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM)."""
 
 from __future__ import annotations
 
@@ -61,8 +60,7 @@ class DeviceMemoryError(LenetError):
 
 
 def device_memory_asked(error: BaseException) -> str | None:
-    """What XLA's out-of-memory RESOURCE_EXHAUSTED asked for ("32.4 GB", or "memory"); None for
-    anything else (tensorstore's RESOURCE_EXHAUSTED is a full disk)."""
+    """What XLA's out-of-memory error asked for ("32.4 GB", or "memory"); None for anything else."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
         return None
@@ -71,17 +69,21 @@ def device_memory_asked(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def out_of_memory_names(flag: str) -> Iterator[None]:
-    """A device out-of-memory error inside becomes DeviceMemoryError naming `flag`, to lower."""
+def out_of_memory_names(name: str, now: object = None) -> Iterator[None]:
+    """A device out-of-memory error inside becomes DeviceMemoryError naming what to lower: a Config
+    field (the scripts print its flag: lenet_jax.cli.run) with its value `now`, or flags."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through
         asked = device_memory_asked(e)
         if asked is None:
             raise
-        raise DeviceMemoryError(
-            f"the device ran out of memory (asked for {asked}): lower {flag}; what was saved is intact"
-        ) from e
+        value = "" if now is None else f" (now {now})"
+        error = DeviceMemoryError(
+            f"the device ran out of memory (asked for {asked}): lower {name}{value}; what was saved is intact"
+        )
+        error.field = name if name.isidentifier() else None
+        raise error from e
 
 
 class TrainingInterrupted(LenetError):

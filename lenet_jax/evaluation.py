@@ -1,9 +1,8 @@
-"""Evaluation of parameters on a split: used by training after every epoch and by
-`scripts/evaluate.py`, so that both compute the same numbers the same way.
+"""Evaluation of parameters on a split, the same for training (every epoch) and `evaluate`.
 
 The split is visited in order in fixed-size batches, the last one padded and masked, so every
-image counts exactly once and the accuracy is exact. The reported total loss is the recipe's:
-the sum over batches of each batch's mean loss.
+image counts once and the accuracy is exact. The total loss is the recipe's: the sum over batches
+of each batch's mean loss.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 
 from lenet_jax import parallel
 from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
-from lenet_jax.data import PADDING_INDEX, Dataset, Split, gather_batch, load_dataset, sequential_order
+from lenet_jax.data import Dataset, Split, gather_batch, load_dataset, pad_rows, sequential_order
 from lenet_jax.errors import out_of_memory_names
 from lenet_jax.model import model_from_config
 from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
@@ -28,10 +27,8 @@ restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoin
 
 
 class Evaluator:
-    """Evaluates params of one model on splits, with one jitted step compiled once per shape.
-
-    groups: batches per device call (lenet_jax.speed.eval_groups); the metrics stay per batch.
-    """
+    """Evaluates params of one model on splits, with one jitted step compiled once per shape;
+    groups: batches per device call (lenet_jax.speed.eval_groups), the metrics staying per batch."""
 
     def __init__(self, model: Any, batch_size: int, groups: int = 1):
         self.batch_size, self.groups = batch_size, groups
@@ -41,9 +38,7 @@ class Evaluator:
         replicated = parallel.replicated(self.mesh)
         indices_sharding = parallel.batch_sharded(self.mesh, 1 if groups == 1 else 2)  # (B,) or (G, B)
 
-        # Jitted: gather (on device) + forward + metrics. The split's arrays are arguments, not
-        # constants, so evaluating another split reuses the compilation. Sharded like training:
-        # each device evaluates its slice of every batch.
+        # The split's arrays are arguments, not constants: another split reuses the compilation.
         @functools.partial(
             jax.jit,
             in_shardings=(replicated, replicated, replicated, indices_sharding),
@@ -58,10 +53,7 @@ class Evaluator:
     def _on_device(self, split: Split) -> tuple[jax.Array, jax.Array]:
         # Copied to the device once per split object and kept: evaluation runs every epoch.
         if split not in self._device_splits:
-            self._device_splits[split] = (
-                parallel.put_replicated(split.images, self.mesh),
-                parallel.put_replicated(split.labels, self.mesh),
-            )
+            self._device_splits[split] = parallel.put_replicated((split.images, split.labels), self.mesh)
         return self._device_splits[split]
 
     def evaluate(self, params: Any, split: Split) -> dict[str, float]:
@@ -71,20 +63,16 @@ class Evaluator:
         # padding would only cost memory (--eval-batch-size 1000000: 32 GB).
         devices = self.mesh.devices.size
         batch = min(self.batch_size, -(-len(split) // devices) * devices)
-        order = sequential_order(len(split), batch)  # (batches, batch)
-        padding = -len(order) % self.groups  # whole groups: pad with all-padding batches
-        order = np.concatenate([order, np.full((padding, batch), PADDING_INDEX, np.int32)])
+        order = pad_rows(sequential_order(len(split), batch), self.groups)  # whole groups
         calls = order if self.groups == 1 else order.reshape(-1, self.groups, batch)
-        with out_of_memory_names(f"--eval-batch-size (now {self.batch_size})"):
+        with out_of_memory_names("eval_batch_size", self.batch_size):
             images, labels = self._on_device(split)
             # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
             results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
             results = parallel.host_value(results)
-        counts = np.concatenate([np.ravel(r["count"]) for r in results])
-        real = counts > 0  # all-padding batches are not batches
-        losses = np.concatenate([np.ravel(r["loss"]) for r in results]).astype(np.float64)[real]
-        correct = int(sum(int(r["correct"].sum()) for r in results))
-        count = int(counts.sum())
+        merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in results[0]}
+        losses = merged["loss"].astype(np.float64)[merged["count"] > 0]  # all-padding batches are none
+        correct, count = int(merged["correct"].sum()), int(merged["count"].sum())
         return {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),
@@ -99,10 +87,8 @@ def evaluate_state(evaluator: Evaluator, state: TrainState, dataset: Dataset) ->
     """An epoch's evaluation metrics: of the averaged weights when the run keeps an average
     (what evaluate.py and predict.py use), with the raw weights' under "raw_*" beside them."""
     row: dict[str, Any] = {}
-    evaluated = [("", evaluated_params(state))]
-    if state.ema_params is not None:
-        evaluated.append(("raw_", state.params))
-    for prefix, params in evaluated:
+    raw = [] if state.ema_params is None else [("raw_", state.params)]
+    for prefix, params in [("", evaluated_params(state)), *raw]:
         test = evaluator.evaluate(params, dataset.test)
         row[prefix + "test_accuracy"] = test["accuracy"]
         row[prefix + "test_total_loss"] = test["total_loss"]
@@ -122,13 +108,9 @@ def evaluate_checkpoint(
     averaged: bool = True,
     speed: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluates one epoch's checkpoint (newest by default) on the whole test set.
-
-    The model and eval batch size come from the config stored in the checkpoint, so the numbers
-    equal those training logged for that epoch (its averaged weights when it kept an average;
-    averaged=False: the raw weights, logged as raw_test_*). speed: "auto" or "plain"
-    (lenet_jax.speed), the same numbers up to float rounding.
-    """
+    """Evaluates one epoch's checkpoint (newest by default) on the whole test set, with the model
+    and eval batch size of its config: the numbers training logged for that epoch (averaged=False:
+    the raw weights', logged as raw_test_*). speed "plain": the same up to float rounding."""
     restored = load_weights(workdir, epoch, averaged)
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size
@@ -139,9 +121,7 @@ def evaluate_checkpoint(
         "epoch": restored.epoch,
         "step": restored.meta["step"],
         "averaged_weights": restored.averaged,
-        "test_accuracy": test["accuracy"],
-        "test_total_loss": test["total_loss"],
-        "test_mean_loss": test["mean_loss"],
+        **{f"test_{name}": test[name] for name in ("accuracy", "total_loss", "mean_loss")},
         "correct": test["correct"],
         "count": test["count"],
     }

@@ -1,8 +1,4 @@
-"""Reports on a trained model, as PNG files (matplotlib) and JSON: `write_report` writes the
-training curves of each workdir (curves.png) and, from the first one's checkpoint, the test
-set's confusion matrix (confusion.png), the most confident mistakes (mistakes.png), per-digit
-precision and recall (per_class.png, per_class.json) and the first convolution's filters.
-"""
+"""Reports on a trained model as PNG (matplotlib) and JSON files: `write_report`."""
 
 from __future__ import annotations
 
@@ -29,9 +25,8 @@ from lenet_jax.run_log import read_rows  # noqa: E402
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """int (10, 10): row = true digit, column = predicted digit."""
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
-    return matrix
+    counts = np.bincount(np.asarray(labels) * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2)
+    return counts.reshape(NUM_CLASSES, NUM_CLASSES).astype(np.int64)
 
 
 def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
@@ -132,8 +127,8 @@ def write_report(
     epoch: int | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Writes the report files into out_dir; returns the per-class scores and file names.
-    Everything is read and computed first: a report that fails leaves nothing behind."""
+    """Writes curves, confusion matrix, mistakes, per-class scores and filters into out_dir (all
+    computed first: a failed report leaves nothing); returns the scores and file names."""
     out = Path(out_dir)
     paths = [Path(w) for w in workdirs]
     note = lambda line: print(line, file=sys.stderr)  # noqa: E731

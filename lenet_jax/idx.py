@@ -1,9 +1,8 @@
 """Reading and checking IDX files, the format of MNIST and of the datasets laid out like it.
 
-A data directory holds four files, each gzipped (`NAME.gz`) or not (`NAME`):
-train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
-t10k-labels-idx1-ubyte. Fashion-MNIST, KMNIST and EMNIST-MNIST ship in the same layout.
-Every check raises `DataError` with one line naming the file, the problem and the fix.
+A data directory holds the four files of SPLIT_FILES, each gzipped (`NAME.gz`) or not (`NAME`);
+Fashion-MNIST, KMNIST and EMNIST-MNIST ship in the same layout. Every check raises `DataError`
+with one line naming the file, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -30,16 +29,19 @@ SPLIT_FILES = {
 }
 
 
-def find_idx_file(data_dir: Path, stem: str) -> Path:
-    """The path of `stem` or `stem.gz` in data_dir."""
-    for name in (stem + ".gz", stem):
-        path = data_dir / name
-        if path.is_file():
-            return path
-    raise DataError(
-        f"{data_dir} has no {stem}[.gz]: put the four MNIST-format IDX files in one folder "
-        "and pass it with --data-dir"
-    )
+def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
+    """The (images, labels) files of a split in data_dir, each NAME.gz or NAME."""
+    return tuple(_find(data_dir, stem) for stem in SPLIT_FILES[split])
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    path = next((p for p in (data_dir / f"{stem}.gz", data_dir / stem) if p.is_file()), None)
+    if path is None:
+        raise DataError(
+            f"{data_dir} has no {stem}[.gz]: put the four MNIST-format IDX files in one folder "
+            "and pass it with --data-dir"
+        )
+    return path
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -65,13 +67,9 @@ def _header(data: bytes, path: Path, magic: int, ndim: int) -> list[int]:
     return fields[1:]
 
 
-def read_images(path: Path) -> np.ndarray:
-    """IDX3 images as uint8 (N, 28, 28, 1)."""
-    return parse_images(_read_bytes(path), path)
-
-
-def parse_images(data: bytes, path: Path) -> np.ndarray:
-    """IDX3 images from the file's (decompressed) bytes; path only names it in errors."""
+def read_images(path: Path, data: bytes | None = None) -> np.ndarray:
+    """IDX3 images as uint8 (N, 28, 28, 1); data: the file's decompressed bytes if already read."""
+    data = _read_bytes(path) if data is None else data
     count, rows, cols = _header(data, path, IMAGES_MAGIC, 3)
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
@@ -87,13 +85,9 @@ def parse_images(data: bytes, path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, pixels, offset=16).reshape(count, rows, cols, 1)
 
 
-def read_labels(path: Path) -> np.ndarray:
-    """IDX1 labels as int32 (N,), checked to lie in 0..9."""
-    return parse_labels(_read_bytes(path), path)
-
-
-def parse_labels(data: bytes, path: Path) -> np.ndarray:
-    """IDX1 labels from the file's (decompressed) bytes; path only names it in errors."""
+def read_labels(path: Path, data: bytes | None = None) -> np.ndarray:
+    """IDX1 labels as int32 (N,), checked to lie in 0..9; data as for read_images."""
+    data = _read_bytes(path) if data is None else data
     (count,) = _header(data, path, LABELS_MAGIC, 1)
     if len(data) - 8 < count:
         raise DataError(
@@ -110,12 +104,11 @@ def parse_labels(data: bytes, path: Path) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28, 1), labels int32 (N,)) from two IDX files, counts checked."""
-    return _check_pair(read_images(images_path), read_labels(labels_path), images_path, labels_path)
-
-
-def _check_pair(images, labels, images_path: Path, labels_path: Path):
+def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28, 1), labels int32 (N,)) from two IDX files, counts checked.
+    digest: a hashlib object, updated with each file's name (no .gz) and decompressed bytes."""
+    raw = [_read_bytes(path) for path in (images_path, labels_path)]
+    images, labels = read_images(images_path, raw[0]), read_labels(labels_path, raw[1])
     if len(images) != len(labels):
         raise DataError(
             f"{images_path.name} has {len(images)} images but {labels_path.name} has "
@@ -126,35 +119,16 @@ def _check_pair(images, labels, images_path: Path, labels_path: Path):
             f"{images_path} holds no images: a dataset needs at least one training and one test "
             "image; check that the right files are in that folder"
         )
+    if digest is not None:
+        for path, data in zip((images_path, labels_path), raw, strict=True):
+            digest.update(path.name.removesuffix(".gz").encode())
+            digest.update(data)
     return images, labels
 
 
-def split_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
-    """The (images, labels) files of a split in data_dir."""
-    images_stem, labels_stem = SPLIT_FILES[split]
-    return find_idx_file(data_dir, images_stem), find_idx_file(data_dir, labels_stem)
-
-
-def local_config_name(digest: str) -> str:
-    """The tfds config of a folder's files (`lenet_jax.mnist_idx`), named by their content."""
-    return f"idx_{digest[:16]}"
-
-
 def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The source name and the (images, labels) of each split that the tfds path serves for
-    data_dir, read straight from the files: the path used where tfds cannot be."""
-    name = local_config_name(check_and_fingerprint(data_dir))
-    splits = {split: read_pair(*split_paths(data_dir, split)) for split in SPLIT_FILES}
-    return f"mnist_idx/{name}", splits
-
-
-def check_and_fingerprint(data_dir: Path) -> str:
-    """Validates the four files of data_dir and returns the sha256 of their decompressed bytes.
-
-    Runs on every start, before tfds is involved, so bad files are refused in one line at once.
-    The digest identifies the dataset in the tfds cache: decompressed, so that the same data
-    gzipped again (gzip headers hold a timestamp) or stored uncompressed stays the same dataset.
-    """
+    """The sha256 of data_dir's four files and each split's (images, labels), all checked; the digest
+    (of the decompressed bytes: gzip headers hold a time) names the dataset (`local_config_name`)."""
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
         raise DataError(
@@ -162,11 +136,15 @@ def check_and_fingerprint(data_dir: Path) -> str:
             "pointing at the folder with the four IDX files"
         )
     digest = hashlib.sha256()
-    for split, stems in SPLIT_FILES.items():
-        paths = split_paths(data_dir, split)
-        raw_images, raw_labels = (_read_bytes(path) for path in paths)
-        _check_pair(parse_images(raw_images, paths[0]), parse_labels(raw_labels, paths[1]), *paths)
-        for stem, data in zip(stems, (raw_images, raw_labels), strict=True):
-            digest.update(stem.encode())
-            digest.update(data)
-    return digest.hexdigest()
+    splits = {split: read_pair(*split_paths(data_dir, split), digest) for split in SPLIT_FILES}
+    return digest.hexdigest(), splits
+
+
+def check_and_fingerprint(data_dir: Path) -> str:
+    """Validates the four files of data_dir (on every start, before tfds) and returns their sha256."""
+    return read_folder(data_dir)[0]
+
+
+def local_config_name(digest: str) -> str:
+    """The tfds config of a folder's files (`lenet_jax.mnist_idx`), named by their content."""
+    return f"idx_{digest[:16]}"

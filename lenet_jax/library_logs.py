@@ -1,7 +1,5 @@
-"""What tfds and orbax log on their own ("Using custom data configuration", "read_only=True":
-nothing to act on), kept off the console. The scripts silence absl globally
-(`cli.quiet_library_logs`); the Python API only around its own calls (`quiet()`).
-"""
+"""What tfds and orbax log with nothing to act on, kept off the console: the scripts silence absl
+globally (`cli.quiet_library_logs`), the Python API only around its own calls (`quiet()`)."""
 
 from __future__ import annotations
 
@@ -29,31 +27,20 @@ def quiet():
         _QUIET.depth -= 1
 
 
-class _HoldNewThreads(logging.Filter):
-    """Holds back the records of threads other than `known`; once `dropping`, drops them."""
-
-    def __init__(self, known: set[int]):
-        super().__init__()
-        self.known = known
-        self.held: list[logging.LogRecord] = []
-        self.dropping = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.thread in self.known:
-            return True
-        if not self.dropping:
-            self.held.append(record)
-        return False
-
-
 @contextlib.contextmanager
 def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
-    """Around a call that starts helper threads (an orbax save): what they log through absl is
-    held back and logged if the call returns; dropped if it raises (a full disk, a second
-    Ctrl-C), as they then fail with the same fault, which the caller reports in one line."""
+    """Around a call that starts helper threads (an orbax save): their absl records are logged if
+    it returns, dropped if it raises (they then fail with the fault the caller reports)."""
     logger = logging.getLogger("absl")
     before = set(threading.enumerate())
-    hold = _HoldNewThreads({t.ident for t in before if t.ident is not None})
+    known, held, failed = {t.ident for t in before}, [], threading.Event()
+
+    def hold(record: logging.LogRecord) -> bool:
+        """Passes the records of threads that were there; holds back the others' (drops, once failed)."""
+        if record.thread not in known and not failed.is_set():
+            held.append(record)
+        return record.thread in known
+
     logger.addFilter(hold)
     previous_hook = sys.unraisablehook
 
@@ -68,17 +55,17 @@ def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
     try:
         yield
     except BaseException:
-        hold.dropping = True  # both stay installed: helpers may still report after this returns
+        failed.set()  # both stay installed: helpers may still report after this returns
         # The writes that failed in turn are collected later, asyncio logging each one's fault.
         logging.getLogger("asyncio").addFilter(_not_an_unretrieved_storage_fault)
         for thread in [t for t in threading.enumerate() if t not in before]:
             thread.join(timeout=join_timeout)
-        hold.held.clear()
+        held.clear()
         raise
     if sys.unraisablehook is closed_loop_hook:
         sys.unraisablehook = previous_hook
     logger.removeFilter(hold)
-    for record in hold.held:
+    for record in held:
         logger.handle(record)
 
 

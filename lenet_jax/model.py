@@ -8,6 +8,7 @@ avg-pool 2/2 -> flatten (5*5*16) -> Dense 120 -> Dense 84 -> Dense 10, 61,706 pa
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,22 +22,14 @@ NUM_CLASSES = idx.NUM_CLASSES
 IMAGE_SHAPE = (idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1)
 
 # The choices of each model field, with what they compute (config.py validates against these).
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "sigmoid": nn.sigmoid,
-    "tanh": nn.tanh,
-    "relu": nn.relu,
-}
+ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
 POOLS = {"avg": nn.avg_pool, "max": nn.max_pool}
 INIT_SCHEMES = ("torch", "flax")  # PyTorch's default initialisation, or Flax's
 
 
 def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
-    """PyTorch's default Conv/Linear initialiser: uniform in +-1/sqrt(fan_in).
-
-    For weights PyTorch uses kaiming_uniform_(a=sqrt(5)), whose bound gain*sqrt(3/fan_in) with
-    gain = sqrt(2/(1+5)) simplifies to 1/sqrt(fan_in); its biases use the same bound. The
-    fan-in is passed in rather than read from the shape because a bias's shape does not hold it.
-    """
+    """PyTorch's default Conv/Linear initialiser for weights (kaiming_uniform_(a=sqrt(5))) and biases:
+    uniform in +-1/sqrt(fan_in), the fan-in given (a bias's shape does not hold it)."""
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
@@ -46,11 +39,8 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
 
 
 class ConvBlock(nn.Conv):
-    """LeNet's unit, the tutorial's Conv2d -> activation -> 2x2 stride-2 pooling, as one layer.
-
-    It is an nn.Conv (parameters `kernel` (kh, kw, in, out) and `bias`) followed by the rest, so
-    a block computing the same function another way keeps every checkpoint's names and shapes.
-    """
+    """LeNet's unit, the tutorial's Conv2d -> activation -> 2x2 stride-2 pooling: an nn.Conv and the
+    rest, so a block computing it another way keeps every checkpoint's parameter names and shapes."""
 
     activation: str = "sigmoid"
     pool: str = "avg"
@@ -61,11 +51,8 @@ class ConvBlock(nn.Conv):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as in the PyTorch tutorial, with the usual variations as options.
-
-    block: the class of the two conv blocks, ConvBlock or a drop-in with its parameters
-    (lenet_jax.speed picks a faster one for the CPU; the model never asks the backend).
-    """
+    """LeNet-5 as in the PyTorch tutorial, with the usual variations as options. block: the class
+    of the conv blocks, ConvBlock or a drop-in (lenet_jax.speed's choice; the model never asks)."""
 
     activation: str = "sigmoid"
     pool: str = "avg"
@@ -73,6 +60,13 @@ class LeNet(nn.Module):
     feature_norm: bool = False
     init_scheme: str = "torch"
     block: type[ConvBlock] = ConvBlock
+    conv_impl: str | None = None  # 0.2's field, one more version: ignored, with a warning
+
+    def __post_init__(self) -> None:
+        if self.conv_impl is not None:
+            message = "LeNet(conv_impl=...) is ignored since lenet-jax 0.3: pass block= (speed.conv_block)"
+            warnings.warn(message, DeprecationWarning, stacklevel=4)  # the caller of LeNet(...)
+        super().__post_init__()
 
     def _initializers(self, fan_in: int) -> dict[str, Any]:
         if self.init_scheme == "torch":
@@ -98,15 +92,9 @@ class LeNet(nn.Module):
 
 
 def model_from_config(config: Any, block: type[ConvBlock] = ConvBlock) -> LeNet:
-    """The LeNet that a config (lenet_jax.config.Config) describes."""
-    return LeNet(
-        activation=config.activation,
-        pool=config.pool,
-        dense_activation=config.dense_activation,
-        feature_norm=config.feature_norm,
-        init_scheme=config.init_scheme,
-        block=block,
-    )
+    """The LeNet that a config (lenet_jax.config.Config) describes: its fields of LeNet's names."""
+    fields = ("activation", "pool", "dense_activation", "feature_norm", "init_scheme")
+    return LeNet(**{name: getattr(config, name) for name in fields}, block=block)
 
 
 def init_params(model: nn.Module, key: jax.Array) -> Any:

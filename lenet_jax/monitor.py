@@ -17,9 +17,8 @@ from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
 class LossMonitor(contextlib.AbstractContextManager):
-    """The step losses of one epoch, held on the device and read only every `every` steps (the
-    loop never waits on the device in between), naming the exact step of a non-finite one.
-    `show`: print them (with a progress bar on a terminal). A context manager (closes the bar)."""
+    """One epoch's step losses, read from the device only every `every` steps, naming the exact step
+    of a non-finite one; `show`: printed (with a progress bar on a terminal, closed on exit)."""
 
     def __init__(self, step: int, epoch: int, every: int, diverged_hint: str, steps: int = 0, show=False):
         self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
@@ -32,8 +31,7 @@ class LossMonitor(contextlib.AbstractContextManager):
             self._bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, unit="step")
 
     def add(self, losses: jax.Array, count: int) -> list[tuple[int, float]]:
-        """One call's losses (the first `count` are real steps); returns (and prints) the
-        (step, loss) pairs to log now: those of the steps that are multiples of `every`."""
+        """One call's losses (the first `count` real); returns (and prints) the (step, loss) pairs due."""
         self.pending.append((losses, count))
         first, self.step = self.step + 1, self.step + count
         if self._bar is not None:
@@ -72,9 +70,8 @@ class LossMonitor(contextlib.AbstractContextManager):
 
 
 class StopSignals:
-    """SIGINT/SIGTERM as a flag the loop checks between calls (`check`), so that a stop never
-    cuts a call or a checkpoint write; a second signal stops at once. saved(): the newest epoch
-    with a checkpoint (0: none), where a rerun resumes from."""
+    """SIGINT/SIGTERM as a flag checked between calls, so a stop never cuts a checkpoint write; a
+    second signal stops at once. saved(): the newest epoch with a checkpoint (0: none)."""
 
     def __init__(self, saved: Callable[[], int | None] = lambda: 0):
         self.received: int | None = None

@@ -1,9 +1,8 @@
 """Optimizers are values: a registry of named optax factories, and schedules.
 
-`train_and_evaluate` takes any `optax.GradientTransformation`; `build_optimizer(config, ...)`
-makes one from the config's name and hyperparameters. Every registered optimizer is wrapped in
-`optax.inject_hyperparams`, so its learning rate lives in the optimizer state, where
-`current_learning_rate` reads it for logging (and where a checkpoint keeps it).
+`train_and_evaluate` takes any `optax.GradientTransformation`; `build_optimizer` makes the config's,
+wrapped in `optax.inject_hyperparams` so that its learning rate lives in the optimizer state (read
+for logging by `current_learning_rate`, kept by every checkpoint).
 """
 
 from __future__ import annotations
@@ -71,10 +70,8 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
 
 
 def current_learning_rate(opt_state: Any) -> Any:
-    """The learning rate that `inject_hyperparams` stored in opt_state, or None if there is none.
-
-    Optimizers passed in from Python need not inject it; then nothing is logged.
-    """
+    """The learning rate `inject_hyperparams` stored in opt_state; None without one (a Python
+    optimizer need not inject it: nothing is logged)."""
     try:
         # hyperparams_states holds a schedule's own state under the same key: skip non-arrays.
         return optax.tree_utils.tree_get(

@@ -1,13 +1,9 @@
 """Data parallelism over every device the run sees, on one process or several (jax.distributed).
 
-A 1-D `Mesh` with a `data` axis spans `jax.devices()` (all processes' devices). Params, optimizer
-state and the dataset are replicated; each global batch is sharded along its batch axis, so
-every device computes the loss of its slice and XLA inserts the gradient all-reduce. With one
-device all of this is a no-op. The global batch size is the config's `batch_size`; it must be a
-multiple of the number of devices (64 over 1, 2, 4, 8 or 16 devices).
-
-Every process holds the whole dataset and derives the same epoch order from the seed; each one
-materialises only the index rows of its own devices (`global_batch`).
+A 1-D `Mesh` with a `data` axis spans `jax.devices()`. Params, optimizer state and the dataset are
+replicated; each global batch (`batch_size`, a multiple of the number of devices) is sharded along
+its batch axis, so XLA inserts the gradient all-reduce; with one device all of this is a no-op.
+Every process holds the whole dataset and derives the same epoch order from the seed.
 """
 
 from __future__ import annotations
@@ -27,8 +23,7 @@ DATA_AXIS = "data"
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
     """Joins a multi-process run (jax.distributed), with gloo collectives on CPU; all three None:
     jax detects the cluster (SLURM, Open MPI, Cloud TPU, ...). Call before anything uses a device."""
-    explicit = (coordinator, num_processes, process_id)
-    if any(value is not None for value in explicit) and not all(value is not None for value in explicit):
+    if len({value is None for value in (coordinator, num_processes, process_id)}) > 1:  # some, not all
         raise ConfigError(
             "give all of --coordinator, --num-processes and --process-id, or --distributed alone"
         )
@@ -83,8 +78,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh, ndim: int = 1, axis: int | None = None) -> NamedSharding:
-    """Sharded along the batch axis: `axis`, by default the last one (the batch axis of (B,)
-    and (G, B) index arrays); axis=1 for (steps, B, ...) batches."""
+    """Sharded along the batch axis: `axis`, by default the last one ((B,) and (G, B) indices)."""
     spec = [None] * ndim
     spec[ndim - 1 if axis is None else axis] = DATA_AXIS
     return NamedSharding(mesh, PartitionSpec(*spec))
@@ -111,11 +105,8 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
 
 def global_batch(indices: np.ndarray, mesh: Mesh) -> Any:
-    """The global index array of a step, as jit takes it; with one process the numpy array
-    itself (jit places it by its in_shardings, no extra work per step)."""
-    if jax.process_count() == 1:
-        return indices
-    return _global_array(indices, batch_sharded(mesh, indices.ndim))
+    """The global index array of a step; with one process the numpy array itself (jit places it)."""
+    return indices if jax.process_count() == 1 else _global_array(indices, batch_sharded(mesh, indices.ndim))
 
 
 def with_sharding(abstract: Any, sharding: Any) -> Any:

@@ -1,10 +1,5 @@
-"""Recognising digits in ordinary images: MNIST-style preprocessing and a batched predictor.
-
-`preprocess` makes a photo or scan of any size, colour and polarity look like an MNIST digit;
-`read_image` decodes a file or uploaded bytes safely (pixel count checked from the header, any
-transparency over white paper, an `ImageError` with a one-line reason); `load_predictor` returns
-a checkpoint's callable from images (arrays or file paths) to probabilities.
-"""
+"""Recognising digits in ordinary images: safe decoding (`read_image`), MNIST-style
+preprocessing (`preprocess`) and a checkpoint's batched predictor (`load_predictor`)."""
 
 from __future__ import annotations
 
@@ -30,8 +25,7 @@ from lenet_jax.idx import IMAGE_SIZE
 from lenet_jax.model import model_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# Images with more pixels than this (read from the header) are refused before decoding: a
-# decoded 4096x4096 image already takes tens of MB, and a few KB of PNG can claim billions.
+# Refused from the header, before decoding: a few KB of PNG can claim billions of pixels.
 MAX_IMAGE_PIXELS = 4096 * 4096
 DIGIT_BOX = 20  # MNIST scales each digit to fit 20x20 ...
 CANVAS = IMAGE_SIZE  # ... and centres its centre of mass in 28x28
@@ -39,11 +33,8 @@ INK_THRESHOLD = 0.25  # fraction of the ink range below which a pixel is backgro
 MIN_CONTRAST = 0.15  # below this (on a 0-1 scale) the image is taken as blank
 PREDICT_BATCH = 256  # images per device call; padded, so the forward pass compiles once ...
 SMALL_BATCH = 32  # ... or twice: a few images (a page's drawing) are padded to 32 only, not 256
-# MNIST's digits all have >= 28 pixels at quarter strength or more (a thin mouse-drawn "1" ~20,
-# two specks on a large page 2): below 10 it is not a digit.
-MIN_INK_PIXELS = 10
-# Test-time augmentation: the probabilities are the mean over these views of each image (shifts
-# in pixels, zooms about the centre); on benchmarks/robustness.py it helps real-looking digits.
+MIN_INK_PIXELS = 10  # MNIST digits have >= 28 pixels at quarter strength, a thin drawn "1" ~20
+# Test-time augmentation: the mean over these views helps real-looking digits (benchmarks/robustness.py).
 TTA_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_ZOOMS = (0.9, 1.1)
 UNSURE_BELOW = 0.6  # below it the answer is marked unsure (chosen on the validation split: docs/results.md)
@@ -67,21 +58,25 @@ class NoInkError(ImageError):
     """The image holds no digit: blank, or all one colour."""
 
 
+def _to_unit(values: np.ndarray, eight_bit: bool, sixteen_bit: bool = False) -> np.ndarray:
+    """float32 in [0, 1], a new array: /65535 if 16-bit (or above 255), /255 if 8-bit (or above 1)."""
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ImageError("the image has NaN or infinite pixel values")
+    top = float(values.max())
+    if sixteen_bit or top > 255:
+        values /= 65535.0
+    elif eight_bit or top > 1:
+        values /= 255.0
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """float32 (H, W) in [0, 1], a new array, from grey, grey+alpha, RGB or RGBA (alpha over white
-    paper); uint8, 16-bit or float (in [0, 1], [0, 255] or [0, 65535])."""
+    """float32 (H, W) in [0, 1], a new array, from grey or colour, any alpha over white paper."""
     array = np.asarray(image)
     if array.size == 0:
         raise ImageError(f"the image is empty (shape {array.shape})")
-    grey = array.astype(np.float32)
-    top = float(grey.max())
-    if not np.isfinite(top):  # max() is NaN if any pixel is
-        raise ImageError("the image has NaN or infinite pixel values")
-    if array.dtype == np.uint8 or 1.0 < top <= 255.0:
-        grey /= 255.0
-    elif top > 255.0:
-        grey /= 65535.0
-    np.clip(grey, 0.0, 1.0, out=grey)
+    grey = _to_unit(array, eight_bit=array.dtype == np.uint8)
     if grey.ndim == 3:
         if grey.shape[-1] in (2, 4):  # grey+alpha, RGBA: transparent pixels are paper
             alpha = grey[..., -1:]
@@ -96,14 +91,8 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-    """An image of a digit -> uint8 (28, 28, 1), white ink on black, MNIST-style.
-
-    To grey; invert if the background (the border's median) is light; drop faint noise below
-    25% of the ink range; crop to the ink's bounding box; scale to fit 20x20 keeping the aspect
-    ratio (anti-aliased; strokes that fade below full strength at that scale are brought back
-    to it, as MNIST's strokes all reach it); paste into 28x28 with the centre of mass at the
-    centre. Raises NoInkError for a blank or single-colour image.
-    """
+    """An image of a digit -> uint8 (28, 28, 1), white ink on black, made the way MNIST was:
+    inverted if the paper is light, cropped to the ink, fitted to 20x20, centred by mass in 28x28."""
     grey = to_grey(image)  # a fresh array: worked on in place, to keep large images cheap
     background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
     if background > 0.5:  # dark ink on light paper
@@ -135,8 +124,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     canvas = np.zeros((CANVAS, CANVAS), np.float32)
     top, left = (CANVAS - digit.shape[0]) // 2, (CANVAS - digit.shape[1]) // 2
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    # Shift the centre of mass to the centre, staying inside. MNIST's digits have it at pixel
-    # (14, 14) on average (measured over its test set), not at the geometric 13.5: match that.
+    # Centre of mass to (14, 14), MNIST's mean (not the geometric 13.5), staying inside.
     total = canvas.sum()
     ys, xs = np.indices(canvas.shape)
     dy = int(round(CANVAS / 2 - (ys * canvas).sum() / total))
@@ -166,8 +154,7 @@ def pixel_limit(max_pixels: int) -> str:
 
 
 def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values, mask of opaque pixels or None) of an opened image: the only place its pixels
-    are decoded. 8-bit images come out grey, any transparency composited over white paper."""
+    """(values, mask of opaque pixels or None): 8-bit images grey, any transparency over white paper."""
     if image.mode in _HIGH_DEPTH_MODES:  # 16/32-bit grey and float: keep their depth
         values = np.asarray(image)
         transparent = image.info.get("transparency")
@@ -186,8 +173,7 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file's pixels as grey over white paper: uint8 (H, W), or float32 in [0, 1] for
-    16-bit, 32-bit and float images; max_pixels is checked from the header, before decoding."""
+    """An image file as grey over white: uint8 (H, W), or float32 in [0, 1] for deeper images."""
     try:
         image = Image.open(file)  # reads the header only
     except UnidentifiedImageError:
@@ -215,15 +201,7 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
             raise ImageError(f"cannot decode the image ({one_line(e)})") from e
     if values.dtype == np.uint8:
         return values
-    values = values.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise ImageError("the image has NaN or infinite pixel values")
-    top = float(values.max())
-    if mode.startswith("I;16") or top > 255:
-        values /= 65535.0
-    elif top > 1 or mode != "F":
-        values /= 255.0
-    np.clip(values, 0.0, 1.0, out=values)
+    values = _to_unit(values, eight_bit=mode != "F", sixteen_bit=mode.startswith("I;16"))
     if alpha is not None:
         values[~alpha] = 1.0
     return values
@@ -263,8 +241,7 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
 def read_image(
     source: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS
 ) -> np.ndarray:
-    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array;
-    ImageError naming the file if it cannot be used."""
+    """An image (a file path, its bytes, or a binary file object) as decode_image's grey array."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image(io.BytesIO(source), max_pixels)
     if not isinstance(source, (str, os.PathLike)):
@@ -286,8 +263,7 @@ class ImageInputs:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> ImageInputs:
-    """Files as given, and the image files (by suffix, sorted) of each directory given, unopened:
-    what is not a regular file is a problem when named, skipped when found in a directory."""
+    """Files as given, and each directory's image files (by suffix, sorted), unopened."""
     found = ImageInputs()
     for item in inputs:
         try:
@@ -337,8 +313,7 @@ def quiet_pil_warnings() -> None:
 
 
 def verdict(probabilities: Sequence[float] | np.ndarray, threshold: float = UNSURE_BELOW) -> dict[str, Any]:
-    """One image's answer from its 10 probabilities: the digit, its probability, whether it is
-    unsure (top probability below threshold) and the runner-up with its probability."""
+    """One image's answer from its 10 probabilities: the digit, whether unsure, the runner-up."""
     p = np.asarray(probabilities, np.float64)
     first, second = (int(d) for d in np.argsort(-p, kind="stable")[:2])
     return {
@@ -363,16 +338,12 @@ def _views(images: jax.Array) -> jax.Array:
 
 
 class Predictor:
-    """Probabilities of the 10 digits for images; one jitted forward pass, batched.
-
-    tta (default on): the mean of the probabilities over a few shifted and zoomed views of each
-    image (TTA_SHIFTS, TTA_ZOOMS), all in the same call."""
+    """Probabilities of the 10 digits for images, batched (tta: averaged over `_views`)."""
 
     def __init__(self, model: Any, params: Any, epoch: int | None = None, tta: bool = True):
         self.params, self.epoch, self.tta = params, epoch, tta
 
-        # Jitted for PREDICT_BATCH (or SMALL_BATCH) images: inputs are padded to it, so any number
-        # of images reuses one of two compilations. uint8 in, scaled on the device as in training.
+        # Inputs padded to SMALL_BATCH or PREDICT_BATCH: two compilations; uint8 scaled on the device.
         @functools.partial(jax.jit, static_argnums=2)
         def probabilities(params, images, tta):
             images = images.astype(jnp.float32) / 255.0
@@ -384,10 +355,8 @@ class Predictor:
 
     @staticmethod
     def preprocessed(images: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 (N, 28, 28, 1): each image through `preprocess`."""
-        if not len(images):
-            return np.zeros((0, CANVAS, CANVAS, 1), np.uint8)
-        return np.stack([preprocess(image) for image in images])
+        """uint8 (N, 28, 28, 1): each image through `preprocess` (reshape: none gives N = 0)."""
+        return np.array([preprocess(image) for image in images], np.uint8).reshape(-1, CANVAS, CANVAS, 1)
 
     def predict_mnist(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 10) for already MNIST-formatted uint8 images (N, 28, 28, 1)."""
@@ -395,8 +364,7 @@ class Predictor:
         size = SMALL_BATCH if len(images) <= SMALL_BATCH else PREDICT_BATCH
         for start in range(0, len(images), size):
             chunk = images[start : start + size]
-            padded = np.zeros((size, CANVAS, CANVAS, 1), np.uint8)
-            padded[: len(chunk)] = chunk
+            padded = np.pad(np.asarray(chunk, np.uint8), ((0, size - len(chunk)), (0, 0), (0, 0), (0, 0)))
             out.append(np.asarray(self._probabilities(self.params, padded, self.tta))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 

@@ -1,6 +1,5 @@
 """What a run was made with (versions, backend, device, CPU, git commit), recorded in config.json
-and every checkpoint's meta so that a figure can be traced to the software and hardware behind it.
-"""
+and every checkpoint's meta: a figure can be traced to the software and hardware behind it."""
 
 from __future__ import annotations
 

@@ -12,8 +12,7 @@ from lenet_jax.errors import ConfigError, LenetError
 from lenet_jax.model import count_params
 from lenet_jax.workdir import IMPORTED_DATASET, is_row
 
-# Fields a resume may change: not the model, the data order or the updates made (speed computes the
-# same function otherwise; the run says it is not bit-identical).
+# Fields a resume may change: not the model, the data order or the updates (speed: the same function).
 SAFE_TO_CHANGE_ON_RESUME = frozenset({"epochs", "log_every", "keep", "eval_batch_size", "speed"})
 # The recipe's sigmoid + PyTorch init with SGD sits on a plateau first (the tutorial's too).
 PLATEAU_NOTE = (
@@ -24,8 +23,7 @@ PLATEAU_NOTE = (
 def start_state(
     trainer: Any, checkpoints: Checkpoints, dataset_source: str, resume: bool, say
 ) -> tuple[Any, list[dict]]:
-    """The state to start from (fresh, or the newest checkpoint's) and the checkpoints' metrics
-    rows, oldest first; says which (`say`). trainer: a lenet_jax.train.Trainer."""
+    """(fresh or the newest checkpoint's state, the checkpoints' metrics rows); says which (`say`)."""
     epochs = checkpoints.epochs()
     devices = f"{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)"
     say(f"LeNet: {count_params(trainer.abstract_state().params):,} parameters; {devices}")
@@ -71,8 +69,7 @@ def start_state(
 
 
 def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, from_python: bool) -> None:
-    """ConfigError naming every difference between a checkpoint's run and this one that would
-    change the model, the data order or the updates."""
+    """ConfigError naming every difference from the checkpoint's run that changes the results."""
     saved = meta["config"]
     current = config.to_record(from_python)
     unsafe = (set(current) | set(saved)) - SAFE_TO_CHANGE_ON_RESUME

@@ -1,8 +1,5 @@
-"""A run's log: TensorBoard (tensorboardX) and `metrics.jsonl`, and the console's epoch line.
-
-The recipe's three tags are the tutorial's, verbatim (its dashboards still work). The checkpoints
-are the truth: the logs are completed from their metas when damaged or missing.
-"""
+"""A run's log: TensorBoard (the tutorial's tags, verbatim) and `metrics.jsonl`, completed from the
+checkpoints' metas when damaged or missing; and the console's epoch line."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenet_jax.errors import LenetError
+from lenet_jax.errors import CheckpointError, LenetError
 from lenet_jax.speed import torch_blocked
 from lenet_jax.workdir import (
     METRICS_FILE,
@@ -66,8 +63,7 @@ class EventFile:
         self._writer.write_event(event)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        # A raw Summary: SummaryWriter.add_scalar would rewrite "Train Loss" to "Train_Loss", and
-        # the recipe's dashboards expect its tags verbatim.
+        # A raw Summary: SummaryWriter.add_scalar would rewrite the tutorial's "Train Loss" to "Train_Loss".
         self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])))
 
     def flush(self) -> None:
@@ -78,12 +74,8 @@ class EventFile:
 
 
 class RunLog(contextlib.AbstractContextManager):
-    """One run's metrics to TensorBoard and metrics.jsonl (a JSON row per finished epoch).
-
-    On resume both forget what came after the checkpoint resumed from, and the rows the file
-    lacks are rebuilt from the checkpoints' (`checkpoint_rows`): no epoch duplicated or missing.
-    enabled=False (processes other than 0 of a multi-process run): writes nothing.
-    """
+    """One run's metrics to TensorBoard and metrics.jsonl; on resume both forget what came after the
+    checkpoint, and rows the file lacks come from `checkpoint_rows`. enabled=False: writes nothing."""
 
     def __init__(
         self,
@@ -146,13 +138,10 @@ class RunLog(contextlib.AbstractContextManager):
         if row.get("learning_rate") is not None:
             self.scalar(TAG_LEARNING_RATE, row["learning_rate"], row["step"])
 
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            self.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         except OSError:
             if kind is None:  # else the error the run ends with (often this same full disk) is told
                 raise
@@ -167,8 +156,7 @@ def complete_rows(rows: list[dict], checkpoint_rows: list[dict]) -> tuple[list[d
 
 
 def read_rows(workdir: str | os.PathLike, note: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
-    """The per-epoch rows of a run, oldest first: its metrics.jsonl, completed from the
-    checkpoints' metas (note(line) is told); reads only. LenetError if there are none."""
+    """A run's rows, oldest first: metrics.jsonl, completed from the checkpoints' metas (note told)."""
     logged, problem = scan_metrics(Path(workdir) / METRICS_FILE)
     metas = _checkpoint_metas(workdir)
     saved = [metas[epoch]["metrics"] for epoch in sorted(metas) if is_row(metas[epoch].get("metrics"))]
@@ -204,12 +192,9 @@ def read_run_config(workdir: str | os.PathLike) -> dict[str, Any]:
 
 def _checkpoint_metas(workdir: str | os.PathLike) -> dict[int, dict[str, Any]]:
     """epoch -> meta of every checkpoint whose meta can be read; damaged ones are left out."""
-    from lenet_jax.checkpoints import Checkpoints, checkpoint_dir  # orbax: only when needed
-    from lenet_jax.errors import CheckpointError
+    from lenet_jax.checkpoints import Checkpoints  # orbax: only when needed
 
-    try:
-        if not checkpoint_dir(workdir).is_dir():
-            return {}
+    try:  # no checkpoints folder: a CheckpointError too
         with Checkpoints(workdir, read_only=True) as checkpoints:
             return checkpoints.readable_metas(checkpoints.epochs())
     except CheckpointError:

@@ -1,13 +1,9 @@
 """The draw-a-digit web app: a Starlette (ASGI) app around the predictor, run by uvicorn.
 
 GET / is the page (lenet_jax/static/index.html); POST /predict takes an image, raw or as a form
-upload (`curl -F file=@digit.png`), and answers JSON, preprocessed and predicted as by
-scripts/predict.py; GET /healthz is for process managers. The app's bounds: the body's size is
-checked from its Content-Length before it is read, a chunked body is cut at the same cap, the body
-must arrive within `body_seconds`, an image's pixels are counted before it is decoded, and at most
-`max_predictions` images are decoded and predicted at once (others wait up to `queue_seconds`).
-Errors are {"error": "one line"} with their status; a bug is a 500 and one log line.
-`uvicorn_server` adds the connections' bounds (docs/serving.md).
+upload (`curl -F file=@digit.png`), and answers JSON as scripts/predict.py predicts; GET /healthz
+is for process managers. Errors are {"error": "one line"} with their status; a bug is a 500 and one
+log line. The bounds of the app (`Bounds`) and of uvicorn (`uvicorn_server`): docs/serving.md.
 """
 
 from __future__ import annotations
@@ -45,8 +41,6 @@ from lenet_jax.predict import (
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a drawn digit is a few kB; refuse anything absurd
 TOO_LARGE = f"over the {MAX_BODY_BYTES:,} byte limit: send a smaller image"
 MAX_PREDICTIONS = 2  # images decoded and predicted at once: a large one takes far more than its body
-QUEUE_SECONDS = 10.0  # how long a request waits for a prediction slot before a 503
-BODY_SECONDS = 30.0  # the whole body must arrive within this
 MAX_FORM_PARTS = 16  # files and fields of a multipart/form-data body
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond (each may hold a body of MAX_BODY_BYTES)
 HEADER_SECONDS = 10.0  # a request's headers must be complete within this
@@ -61,8 +55,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Bounds:
     max_predictions: int = MAX_PREDICTIONS
-    queue_seconds: float = QUEUE_SECONDS
-    body_seconds: float = BODY_SECONDS
+    queue_seconds: float = 10.0  # how long a request waits for a prediction slot before a 503
+    body_seconds: float = 30.0  # the whole body must arrive within this
     max_pixels: int = MAX_IMAGE_PIXELS
     debug: bool = False  # log a bug's traceback rather than one line
 
@@ -132,10 +126,8 @@ def upload_kind(content_type: str) -> str:
     kind = content_type.split(";")[0].strip().lower()
     if kind not in UPLOAD_TYPES:
         shown = repr(content_type[:60]) if content_type else "none"
-        raise HTTPException(
-            415,
-            f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} ({UPLOAD_HOW})",
-        )
+        message = f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}, not {shown} ({UPLOAD_HOW})"
+        raise HTTPException(415, message)
     return kind
 
 

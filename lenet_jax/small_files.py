@@ -1,7 +1,5 @@
-"""Reading a run's small files (metrics.jsonl, config.json, checkpoint metas, the tfds cache's
-JSON) with size and line caps checked first: a 4 GiB sparse file, a link to /dev/zero or a FIFO
-costs no memory and never blocks, but is refused with FileRefused (a ValueError, so unreadable).
-"""
+"""Reading small files (metrics.jsonl, config.json, metas) with size and line caps checked first:
+a 4 GiB file, /dev/zero or a FIFO is refused with FileRefused (a ValueError), costing nothing."""
 
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ The measurements: docs/performance.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,12 +38,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"conv": "toeplitz", "steps_per_call": 16, "measured": "2-vCPU Xeon, docs/performance.md"},
     "gpu": {"conv": "xla", "steps_per_call": 64, "measured": "not measured"},
 }
-OTHER_BACKENDS = "gpu"  # TPU, Metal...: the GPU's row, not measured either
 
 
 def defaults() -> dict[str, Any]:
-    """The DEFAULTS row of the default backend."""
-    return DEFAULTS.get(jax.default_backend(), DEFAULTS[OTHER_BACKENDS])
+    """The DEFAULTS row of the default backend (TPU, Metal...: the GPU's, not measured either)."""
+    return DEFAULTS.get(jax.default_backend(), DEFAULTS["gpu"])
 
 
 # 1. Convolutions as matrix products (lenet_jax.toeplitz): XLA:CPU's convolutions for LeNet's tiny
@@ -56,15 +57,12 @@ def conv_block(speed: str) -> type:
 #    once per call, not per step.
 def steps_per_call(speed: str, steps_per_epoch: int, override: int | None = None) -> int:
     """Training steps per jitted call: 1 when plain, else the backend's (or override)."""
-    if speed == "plain":
-        return 1
-    return max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
+    return 1 if speed == "plain" else max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
 
 
 def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) -> tuple[Any, jax.Array]:
-    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan;
-    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one shape, one
-    compilation. Same numbers as separate calls of step_fn (a test checks, bit for bit on CPU)."""
+    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan:
+    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one compilation."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if steps == 1:  # 3. one step without a loop: in one XLA:CPU gives lax.conv's gradients slow layouts
         state, metrics = step_fn(state, jax.tree_util.tree_map(lambda x: x[0], xs))
@@ -88,7 +86,7 @@ CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options(speed: str) -> dict[str, str]:
-    """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them; else XLA's defaults."""
+    """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them (they are experimental); else {}."""
     if speed == "plain" or jax.default_backend() != "cpu" or not _cpu_options_supported():
         return {}
     return dict(CPU_OPTIONS)
@@ -96,9 +94,7 @@ def compiler_options(speed: str) -> dict[str, str]:
 
 @functools.cache
 def _cpu_options_supported() -> bool:
-    """The option is experimental: a jaxlib that does not know it rejects it at compile time, so
-    it is tried once on a tiny program and dropped (with a debug log) if rejected."""
-    try:
+    try:  # a jaxlib that does not know them rejects them at compile time
         spec = jax.ShapeDtypeStruct((2,), jnp.float32)  # lowered from a shape: nothing to run
         jax.jit(jnp.sum, compiler_options=CPU_OPTIONS).lower(spec).compile()
     except Exception as error:  # noqa: BLE001 - any rejection means: do without
@@ -108,21 +104,18 @@ def _cpu_options_supported() -> bool:
 
 
 def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps: int, speed: str) -> Callable:
-    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto":
-    tricks 2-5. train_step: the step without augmentation (augment is applied here)."""
+    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto"
+    (tricks 2-5); train_step: the step without augmentation (augment is applied here)."""
     replicated = parallel.replicated(mesh)
     per_step = parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
     ndims = {"image": 5, "label": 2, "mask": 2}
     batches_sharding = {name: parallel.batch_sharded(mesh, ndim, axis=1) for name, ndim in ndims.items()}
     jit = functools.partial(jax.jit, compiler_options=compiler_options(speed))
+    training = functools.partial(jit, donate_argnums=0, out_shardings=(replicated, replicated))
+    on_indices = (replicated, replicated, replicated, per_step)  # state, images, labels, indices
 
     # The gather happens inside the scan, per step: no float copy of all the call's batches.
-    @functools.partial(
-        jit,
-        donate_argnums=0,
-        in_shardings=(replicated, replicated, replicated, per_step, replicated),
-        out_shardings=(replicated, replicated),
-    )
+    @functools.partial(training, in_shardings=(*on_indices, replicated))
     def train_on_indices(state, images, labels, indices, count):
         step_on_indices = lambda s, rows: train_step(s, gather_batch(images, labels, rows))  # noqa: E731
         return run_steps(step_on_indices, state, indices, count)
@@ -133,20 +126,13 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     # 5. Augmentation as a jitted program of its own before the training call: cheaper on XLA:CPU
     #    than inside the step's program. Each batch gets the key its step would draw; lax.map, not
     #    vmap: less memory traffic per batch.
-    @functools.partial(
-        jit, in_shardings=(replicated, replicated, replicated, per_step), out_shardings=batches_sharding
-    )
+    @functools.partial(jit, in_shardings=on_indices, out_shardings=batches_sharding)
     def augmented_batches(state, images, labels, indices):
         batches = jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
         keys = jax.vmap(functools.partial(augmentation_key, state))(jnp.arange(len(indices)))
         return {**batches, "image": jax.lax.map(lambda a: augment(*a), (keys, batches["image"]))}
 
-    @functools.partial(
-        jit,
-        donate_argnums=0,
-        in_shardings=(replicated, batches_sharding, replicated),
-        out_shardings=(replicated, replicated),
-    )
+    @functools.partial(training, in_shardings=(replicated, batches_sharding, replicated))
     def train_on_batches(state, batches, count):
         return run_steps(train_step, state, batches, count)
 
@@ -191,20 +177,15 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
 def limit_malloc_arenas() -> None:
-    """Caps glibc's malloc arenas for the threads created from now on (call it first thing in a
-    script). No-op off glibc or where $MALLOC_ARENA_MAX already decides."""
-    import ctypes
-    import platform
-
+    """Caps glibc's malloc arenas for the threads created from now on (call it first thing); no-op
+    off glibc or where $MALLOC_ARENA_MAX already decides."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no mallopt in this C library: keep its default
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # no mallopt in this process's C library: keep its default
-        pass
 
 
-# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.data): decoding
+# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.mnist_idx): decoding
 #    60,000 records through tfds takes seconds, loading the arrays milliseconds.
 def array_cache(speed: str) -> bool:
     return speed == "auto"
@@ -231,10 +212,8 @@ def unrolled_threefry(speed: str) -> None:
     """Lowers jax.random's threefry hash unrolled on the CPU (process-wide; not when plain)."""
     if speed != "auto":
         return
-    try:
+    with contextlib.suppress(ImportError, AttributeError):  # internals moved: jax's own lowering, same bits
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as threefry
 
         mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule, platform="cpu")
-    except (ImportError, AttributeError):  # a jax whose internals moved: its own lowering, same bits
-        pass

@@ -1,13 +1,9 @@
 """Train state and the pure step functions.
 
-`TrainState` is a plain pytree (step, params, opt_state, rng): no functions inside, so it can be
-checkpointed, restored against a `jax.eval_shape` target, and donated to jit. The model and the
-optimizer are closed over by the step factories instead; they are static to jit.
-
-Steps are pure: `train_step(state, batch) -> (state, metrics)` and
-`eval_step(params, batch) -> metrics`. Batches carry a `mask` (1 = real image, 0 = padding) so
-that a partial last batch has the same shape as the others (one compilation) and the same
-mean loss as the smaller batch it stands for.
+`TrainState` is a plain pytree (checkpointed, restored against a `jax.eval_shape` target, donated to
+jit); the model and optimizer are closed over. `train_step(state, batch) -> (state, metrics)`,
+`eval_step(params, batch) -> metrics`; a batch's `mask` (0 = padding) gives a partial last batch
+the shape of the others (one compilation) and the mean loss of the smaller batch it stands for.
 """
 
 from __future__ import annotations
@@ -30,11 +26,8 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training. rng is a raw uint32[2] key (checkpointable).
-
-    ema_params: an exponential moving average of params (evaluated instead of them), or None
-    when the run keeps none (None is an empty pytree: no leaves to save, donate or restore).
-    """
+    """Everything that changes during training; rng is a raw uint32[2] key (checkpointable).
+    ema_params: a moving average of params (evaluated instead of them), or None (no leaves)."""
 
     step: jax.Array
     params: Any
@@ -49,11 +42,8 @@ class TrainState:
 def create_train_state(
     model: nn.Module, optimizer: optax.GradientTransformation, key: jax.typing.ArrayLike, ema: bool = False
 ) -> TrainState:
-    """A fresh state: params = model.init(key, ...) (what a notebook's init with the same key
-    gives), the step rng from the key's first split.
-
-    ema: keep an average of the weights too (it starts equal to the initial params).
-    """
+    """A fresh state: params = model.init(key, ...) (as in a notebook), the step rng the key's first
+    split; ema: keep an average of the weights too (starting equal to them)."""
     params = init_params(model, key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -67,10 +57,8 @@ def create_train_state(
 def masked_cross_entropy(
     logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
-    """Mean softmax cross-entropy over the real (mask = 1) examples of a batch.
-
-    label_smoothing: the target puts 1 - s on the label and s spread evenly over all classes.
-    """
+    """Mean softmax cross-entropy over the real (mask = 1) examples of a batch; label_smoothing s:
+    the target puts 1 - s on the label and s spread evenly over all classes."""
     if label_smoothing:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         losses = optax.softmax_cross_entropy(logits, targets)
@@ -80,12 +68,8 @@ def masked_cross_entropy(
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-    """The averaging decay at a step: min(decay, (1 + step) / (10 + step)).
-
-    The ramp lets the average forget the random initial weights quickly early on (a constant
-    0.999 would still hold ~37% of them after 1,000 steps), as TensorFlow's
-    ExponentialMovingAverage(num_updates=...) does.
-    """
+    """The averaging decay at a step, min(decay, (1 + step) / (10 + step)): the ramp forgets the
+    initial weights fast early on, as TensorFlow's ExponentialMovingAverage(num_updates=...)."""
     step = step.astype(jnp.float32)
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
@@ -108,14 +92,9 @@ def make_train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure training step for this model and optimizer (not jitted: the caller decides).
-
-    augment(key, images), if given, transforms the batch's images first, with a key folded
-    from the state's rng and step: deterministic per seed, replayed exactly on resume.
-    label_smoothing: of the training loss only (evaluation reports the plain cross-entropy).
-    ema_decay: > 0 updates state.ema_params after each step (the state must have been created
-    with ema=True).
-    """
+    """The pure training step (not jitted: the caller decides). augment(key, images): transforms the
+    batch first, keyed by `augmentation_key`; label_smoothing: of the training loss only; ema_decay >
+    0: updates state.ema_params."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         images = batch["image"]

@@ -6,8 +6,6 @@ compare them); `lenet_jax.speed` swaps it in on a CPU. A reader of the model nee
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,24 +17,15 @@ from lenet_jax.model import ACTIVATIONS, ConvBlock
 def toeplitz_conv(
     x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2, pool_layout: bool = False
 ) -> jax.Array:
-    """A stride-1 NHWC convolution computed as one matrix product (same math as lax.conv).
+    """A stride-1 NHWC convolution (lax.conv's math) as one matrix product: XLA:CPU's convolution for
+    LeNet's tiny channel counts runs far below matmul speed (docs/performance.md).
 
-    The output width is cut into `blocks` equal blocks. Each (output row, width block) is the
-    product of the input patch it sees (kh rows x the block's input columns, flattened) with a
-    banded ("Toeplitz") matrix built from the kernel:
-        out[n, h, b*B + w, o] = patch[n, h, b, :] @ T[:, w*O + o]
-        patch[n, h, b] = x[n, h:h+kh, b*B : b*B + B+kw-1, :].ravel()
-    so the whole convolution is one (N*Ho*blocks, kh*(B+kw-1)*C) @ (kh*(B+kw-1)*C, B*O) product.
-    T holds each weight B times, and zeros; a dense product of this size still runs at matmul
-    speed on a CPU, while XLA:CPU's convolution for LeNet's tiny channel counts (1->6, 6->16)
-    does not (docs/performance.md). Two blocks measured best.
-    T comes from an einsum with a constant 0/1 selection tensor, so its gradient with respect
-    to the kernel is an einsum too (no scatter).
-
-    pool_layout=True (output height and block width even) orders T's columns as (w % 2, w // 2,
-    o) instead of (w, o) and returns shape (N, Ho/2, 2, blocks, 2, B/2, O), where
-    [n, i, p, b, q, k, o] is the output at row 2i+p, column b*B + 2k+q: the four members of
-    each 2x2 pooling window sit in four contiguous slabs (see max_pool_2x2_from_pool_layout).
+    The output width is cut into `blocks` blocks of B columns (two measured best); each (output row,
+    block) is its input patch (kh rows x B+kw-1 columns, flattened) times a banded ("Toeplitz")
+    matrix T, built from the kernel by an einsum with a 0/1 selection tensor (so its gradient is an
+    einsum too, no scatter). pool_layout=True (even output height and block width) orders T's
+    columns even ones first and returns (N, Ho/2, 2, blocks, 2, B/2, O), [n, i, p, b, q, k, o] the
+    output at row 2i+p, column b*B + 2k+q: each 2x2 pooling window in four contiguous slabs.
     """
     kh, kw, cin, cout = kernel.shape
     if padding:
@@ -72,12 +61,8 @@ def can_pool_layout(height: int, width: int, padding: int, kernel_size: int, blo
 
 
 def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
-    """2x2 stride-2 max-pooling of toeplitz_conv(..., pool_layout=True)'s output, as NHWC.
-
-    Elementwise maxima of contiguous slabs: XLA:CPU vectorises these, where a max-reduction
-    over the 2x2 windows of an NHWC array with 6 channels innermost is slow, and so is its
-    gradient (docs/performance.md).
-    """
+    """2x2 stride-2 max-pooling of toeplitz_conv(..., pool_layout=True)'s output, as NHWC: maxima
+    of contiguous slabs, which XLA:CPU vectorises (a reduction over NHWC windows it does not)."""
     y = jnp.maximum(y[:, :, :, :, 0], y[:, :, :, :, 1])  # the window's two columns
     y = jnp.maximum(y[:, :, 0], y[:, :, 1])  # and its two rows
     n, h, blocks, width, c = y.shape
@@ -92,29 +77,8 @@ def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
     return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
 
 
-def conv_max_pool_act(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array,
-    padding: int,
-    activation: Callable[[jax.Array], jax.Array],
-) -> jax.Array:
-    """activation(conv(x) + bias), then 2x2 max-pooling, computed as pool-then-bias-then-act.
-
-    Exact, on 4x fewer values: max commutes with adding a constant and with any non-decreasing
-    activation (sigmoid, tanh, relu), and float rounding is non-decreasing too. Where the output
-    size allows, the convolution comes in the pool layout, where pooling is elementwise.
-    """
-    if can_pool_layout(x.shape[1], x.shape[2], padding, kernel.shape[0]):
-        pooled = max_pool_2x2_from_pool_layout(toeplitz_conv(x, kernel, padding, pool_layout=True))
-    else:
-        pooled = pool_2x2(toeplitz_conv(x, kernel, padding), "max")
-    return activation(pooled + bias)
-
-
 class ToeplitzBlock(ConvBlock):
-    """model.ConvBlock's parameters and function, its convolution as one matrix product (and
-    max-pooling before the bias and activation: exact, on 4x fewer values)."""
+    """model.ConvBlock's parameters and function, its convolution as one matrix product."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -124,6 +88,12 @@ class ToeplitzBlock(ConvBlock):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         padding = self.padding[0][0] if isinstance(self.padding, (tuple, list)) else self.padding
         activation = ACTIVATIONS[self.activation]
-        if self.pool == "max":
-            return conv_max_pool_act(x, kernel, bias, padding, activation)
-        return pool_2x2(activation(toeplitz_conv(x, kernel, padding) + bias), self.pool)
+        if self.pool != "max":
+            return pool_2x2(activation(toeplitz_conv(x, kernel, padding) + bias), self.pool)
+        # Max-pooling before the bias and activation: exact (max commutes with adding a constant and
+        # with any non-decreasing function, float rounding included), on 4x fewer values.
+        if can_pool_layout(x.shape[1], x.shape[2], padding, kernel.shape[0]):
+            pooled = max_pool_2x2_from_pool_layout(toeplitz_conv(x, kernel, padding, pool_layout=True))
+        else:
+            pooled = pool_2x2(toeplitz_conv(x, kernel, padding), "max")
+        return activation(pooled + bias)

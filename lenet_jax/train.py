@@ -1,9 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Set up (data, model, optimizer, the jitted step), restore the newest checkpoint or init, then per
-epoch: train on every batch (in an order drawn from the seed and the epoch), evaluate on the
-test set (and the validation split if any), log, checkpoint. The pure steps are in
-`lenet_jax.steps`; `lenet_jax.speed` holds what `--speed auto` does differently.
+epoch: train on every batch (in an order drawn from the seed and the epoch), evaluate, log,
+checkpoint. The pure steps are in `lenet_jax.steps`; `lenet_jax.speed` holds what "auto" adds.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ class TrainResult:
 
 @dataclasses.dataclass
 class Trainer:
-    """What a run sets up once (`make_trainer`, used by the loop, the benchmark and the tests):
-    the model, the optimizer, the jitted training call and the training data on the device."""
+    """What a run sets up once (`make_trainer`): the model, the optimizer, the jitted training call
+    and the training data on the device."""
 
     config: Config
     model: nn.Module
@@ -100,8 +99,7 @@ class Trainer:
         warnings.warn(message, DeprecationWarning, stacklevel=2)
         return self
 
-    def __call__(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
-        return self.train_call(state, indices, count)  # 0.2's program(state, indices, count)
+    __call__ = train_call  # 0.2's program(state, indices, count)
 
     def diverged_hint(self) -> str:
         if self.from_python:
@@ -111,12 +109,9 @@ class Trainer:
 
 
 def plain_train_call(train_step, mesh) -> Any:
-    """One training step per jitted call: `(state, images, labels, indices (1, B), count)`.
-
-    The training images stay on the device as uint8; each call gathers its batch inside jit.
-    The state is donated (updated in place); batches are sharded over the devices, the rest is
-    replicated, so XLA all-reduces the gradients (with one device nothing changes).
-    """
+    """One training step per jitted call: `(state, images, labels, indices (1, B), count)`, the
+    batch gathered inside jit from the uint8 images on the device, the state donated (updated in
+    place), the batch sharded over the devices and the rest replicated (XLA all-reduces the grads)."""
     replicated = parallel.replicated(mesh)
 
     @functools.partial(
@@ -177,12 +172,9 @@ def make_trainer(
 
 
 def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int, log=None, stop=None):
-    """Trains one epoch from `state` (at step `step`); returns (state, losses, seconds).
-
-    log(step, loss) gets every config.log_every-th step's loss (also printed, with a progress
-    bar on a terminal); without it the epoch runs silently. stop (StopSignals) is checked
-    between calls. Raises DivergedError on a non-finite loss.
-    """
+    """Trains one epoch from `state` (at step `step`): (state, losses, seconds). log(step, loss)
+    gets every log_every-th step's loss (also printed); without it the epoch runs silently. stop
+    (StopSignals) is checked between calls. DivergedError on a non-finite loss."""
     every, hint, show = trainer.config.log_every, trainer.diverged_hint(), log is not None
     start = time.perf_counter()
     with LossMonitor(step, epoch, every, hint, trainer.steps_per_epoch, show) as monitor:
@@ -208,13 +200,10 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Trains LeNet as `config` says, evaluating and checkpointing every epoch in workdir.
 
-    optimizer: any optax GradientTransformation; None builds the one the config names.
-    data_dir: folder of MNIST-format IDX files; None uses $LENET_DATA_DIR, else tfds download.
-    resume: continue from the newest checkpoint in workdir; False refuses a workdir that holds
-    checkpoints, unless replace=True: then, once data and settings are checked, the old run is
-    set aside, and deleted when the new run has saved its first checkpoint (put back if it fails
-    before). Raises DivergedError on a NaN/inf loss and TrainingInterrupted on SIGINT/SIGTERM;
-    the last complete checkpoint stays usable either way.
+    optimizer: any optax GradientTransformation (None: the config's). data_dir: as load_dataset's.
+    resume: continue from the newest checkpoint; False refuses a workdir with checkpoints, unless
+    replace: the old run set aside, deleted at the new run's first checkpoint (put back if it fails
+    before). DivergedError (NaN/inf loss), TrainingInterrupted (SIGINT/SIGTERM): the last checkpoint stays.
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)

@@ -6,8 +6,7 @@
     WORKDIR/checkpoints/<N>/  epoch N's orbax checkpoint (lenet_jax.checkpoints)
     WORKDIR/.lock             held by the one process training there (`workdir_lock`)
 
-The checkpoints are the truth: each one's meta holds its epoch's metrics row, so the logs can
-always be rebuilt from them. Nothing here deletes a run that is intact.
+Each checkpoint's meta holds its metrics row, so logs can be rebuilt; nothing here deletes an intact run.
 """
 
 from __future__ import annotations
@@ -66,8 +65,7 @@ def missing_folders(path: Path) -> list[Path]:
 
 
 def remove_if_empty(folders: list[Path]) -> None:
-    """Removes those of `folders` (deepest first) that are empty: what a run that failed at
-    once created, so that it leaves nothing behind."""
+    """Removes those of `folders` (deepest first) that are empty: a run that failed leaves nothing."""
     for folder in folders:
         try:
             folder.rmdir()
@@ -97,10 +95,8 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
-    """Holds WORKDIR/.lock (an flock, released by the OS however the process dies) while a
-    process writes a run there; a second writer gets LenetError naming the holder (PID, host).
-    Readers take none: orbax renames a checkpoint into place once complete. enabled=False
-    (processes other than 0 of a multi-process run): does nothing."""
+    """Holds WORKDIR/.lock (an flock: freed however the process dies) while writing a run there; a
+    second writer gets LenetError naming the holder. Readers take none (orbax renames into place)."""
     if not enabled or fcntl is None:
         yield
         return
@@ -116,8 +112,7 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
                 f"{workdir} is in use by {holder}: wait until that run ends (or stop it), or pass "
                 "another --workdir"
             ) from None
-        # The holder before may have removed the file between our open and our lock: ours is
-        # then a lock on nothing. Locked and still the file at that path: it is ours.
+        # Ours only if still the file at that path (the holder before may have removed it meanwhile).
         if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
             break
         os.close(fd)
@@ -132,8 +127,7 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
 
 
 def set_aside(workdir: Path) -> Path | None:
-    """Moves a run's files into WORKDIR/replaced-run-<time>/ (for --restart --force); None if
-    there was nothing to move. RunGuard deletes it once the new run has a checkpoint."""
+    """Moves a run's files into WORKDIR/replaced-run-<time>/ (--restart --force); None if there are none."""
     present = [name for name in RUN_FILES if os.path.lexists(workdir / name)]
     if not present:
         return None
@@ -164,10 +158,8 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
 
 
 class RunGuard(contextlib.AbstractContextManager):
-    """A context manager for what a training run leaves in its workdir whatever happens: an old
-    run set aside for --restart --force is deleted once the new run has a checkpoint, put back if
-    it fails before; folders it created are removed if left empty; a storage fault (disk full,
-    permission denied) becomes one line saying what is intact."""
+    """What a training run leaves in its workdir whatever happens: a set-aside old run deleted once
+    the new one has a checkpoint, else put back; a storage fault told in one line saying what is intact."""
 
     def __init__(self, workdir: str | os.PathLike):
         self.created = missing_folders(resolve_workdir(workdir))
@@ -206,8 +198,7 @@ class RunGuard(contextlib.AbstractContextManager):
 
 
 def clear_run(workdir: str | os.PathLike) -> None:
-    """Deletes a run's checkpoints, metrics, TensorBoard events and config (at once; the
-    training script instead sets them aside until the new run has a checkpoint)."""
+    """Deletes a run's checkpoints, metrics, TensorBoard events and config at once."""
     path = resolve_workdir(workdir)
     if path.is_dir():
         with workdir_lock(path):  # never a run that is training
@@ -222,8 +213,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(the valid rows, what else was there: None if nothing); a file that is not regular or is
-    too large is not read (lenet_jax.small_files)."""
+    """(the valid rows, what else was there: None if nothing); read with lenet_jax.small_files' caps."""
     try:
         text = read_small_file(path)
     except FileNotFoundError:
@@ -247,17 +237,15 @@ def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 def is_row(row: Any) -> bool:
     """Whether `row` is an epoch's metrics row (of any lenet-jax version)."""
-    if not isinstance(row, dict):
-        return False
-    kinds = {key: int if key in ("epoch", "step") else (int, float) for key in ROW_FIELDS}
-    return all(
-        isinstance(row.get(key), kind) and not isinstance(row[key], bool) for key, kind in kinds.items()
+    return isinstance(row, dict) and all(
+        isinstance(row.get(key), int if key in ("epoch", "step") else (int, float))
+        and not isinstance(row[key], bool)
+        for key in ROW_FIELDS
     )
 
 
 def salvage_logs(workdir: Path) -> list[str]:
-    """Sets aside a damaged or foreign config.json, metrics.jsonl or tensorboard/ (renamed
-    NAME.damaged-<time>), so that they never block a run; one line per file moved."""
+    """Renames a damaged config.json, metrics.jsonl or tensorboard/ NAME.damaged-<time>: one note each."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     checks = {
         CONFIG_FILE: lambda p: p.is_file() and isinstance(_read_json(p), dict),
@@ -285,8 +273,7 @@ def _read_json(path: Path) -> Any:
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-    """The config record of a workdir's config.json (0.1.0's is the bare record; later ones nest
-    it under "config", beside "optimizer_source" and "provenance")."""
+    """The config record of a workdir's config.json (0.1.0's is the bare record, later ones nest it)."""
     path = Path(workdir) / CONFIG_FILE
     saved = _read_json(path)
     if saved is None:

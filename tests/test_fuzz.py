@@ -782,7 +782,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
     "dataset_info.json garbage": (
         lambda d, mp: (d / "dataset_info.json").write_text("{garbage"), 0, "preparing it again"),
     "unreadable even prepared anew": (
-        lambda d, mp: mp.setattr("lenet_jax.data._split_arrays", _unreadable), 2,
+        lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
         f"cannot be read {SHORT}, even prepared anew: delete it"),
     "disk full while preparing": (None, 4, "to the tfds cache"),
 }

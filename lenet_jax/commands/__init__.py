@@ -1,8 +1,5 @@
-"""The command-line programs: `python scripts/NAME.py` and the installed `lenet-NAME` commands.
-
-Each module holds one program's `main(argv) -> exit code` (importable and tested in-process) and
-`console`, what its installed command runs.
-"""
+"""The command-line programs (`python scripts/NAME.py`, the installed `lenet-NAME`): each module
+holds one's `main(argv) -> exit code` (tested in-process) and `console`, what `lenet-NAME` runs."""
 
 from __future__ import annotations
 

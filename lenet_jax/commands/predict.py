@@ -72,12 +72,10 @@ def main(argv: list[str]) -> int:
         try:
             with open_image_file(path) as file:
                 ready.append((path, preprocess(decode_image(file, args.max_pixels))))
-        except ImageTooLargeError as e:
-            failures += 1
-            failed(path, f"{e}: scale it down, or raise --max-pixels")
         except ImageError as e:
             failures += 1
-            failed(path, str(e))
+            too_large = isinstance(e, ImageTooLargeError)
+            failed(path, f"{e}: scale it down, or raise --max-pixels" if too_large else str(e))
     probabilities = predictor.predict_mnist(np.stack([image for _, image in ready])) if ready else []
     for (path, _), probs in zip(ready, probabilities, strict=True):
         print(json_row(path, probs) if args.json else text_line(path, probs))

@@ -1,23 +1,20 @@
-"""A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow.
+"""A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow, and its splits.
 
-tfds's stock `mnist` builder needs TensorFlow to prepare the data. This one reads the IDX files
-with numpy, stores `Tensor(uint8)` features in `array_record` files, and is served with
-`tfds.data_source`, so that the data are cached and versioned the tfds way without TensorFlow.
-
-Configs:
-- `mnist`: downloads the official MNIST files as tfds does for online users; `checksums.tsv`
-  beside this file (tfds's own, for the same URLs) makes tfds verify their size and sha256.
-- `idx_<sha256 prefix>`: a local folder of the four IDX files (`--data-dir`), named by the
-  files' content so that a different dataset in the same layout gets its own cache entry.
-
-tfds writes `array_record` files with the array-record package, which has wheels for Linux and
-macOS on Apple silicon only. Elsewhere (`array_record_available()` is False) a local folder is
-read straight from its IDX files (`idx.read_folder`) and the download path is refused in one line.
+tfds's stock `mnist` builder needs TensorFlow to prepare the data; this one reads the IDX files with
+numpy, stores uint8 tensors in `array_record` files and is served with `tfds.data_source`. Configs:
+`mnist` downloads the official files (tfds verifies them against `checksums.tsv` beside this file);
+`idx_<sha256 prefix>` serves a local folder (`--data-dir`), named by the files' content. Where the
+array-record package has no wheel (only Linux and Apple-silicon macOS have one), a local folder is
+read straight from its files (`idx.read_folder`) and the download is refused in one line.
+`load_splits` prepares a dataset once (a damaged one again, once) and serves its arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import shutil
 import socket
 import urllib.parse
 import urllib.request
@@ -26,10 +23,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lenet_jax import idx
-from lenet_jax.errors import DataError, storage_fault
+from lenet_jax import idx, parallel
+from lenet_jax.data import Split
+from lenet_jax.errors import DataError, LenetError, storage_error, storage_fault
+from lenet_jax.library_logs import quiet
+from lenet_jax.small_files import check_small_file
 
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+MAX_ARRAYS_CACHE_BYTES = 2**28  # MNIST's training arrays are 47 MB
 
 
 @dataclasses.dataclass
@@ -40,16 +41,6 @@ class IdxConfig(tfds.core.BuilderConfig):
 
 
 ONLINE_MNIST = IdxConfig(name="mnist", description="The official MNIST files, downloaded.")
-
-
-def local_config(data_dir: Path) -> IdxConfig:
-    """The config serving the IDX files in data_dir (validated while preparing)."""
-    digest = idx.check_and_fingerprint(data_dir)
-    return IdxConfig(
-        name=idx.local_config_name(digest),
-        description=f"IDX files from {data_dir} (sha256 {digest})",
-        source_dir=str(data_dir),
-    )
 
 
 def array_record_available() -> bool:
@@ -71,40 +62,24 @@ def require_array_record() -> None:
         )
 
 
-def _first_hop(url: str) -> tuple[str, int, str]:
-    """(host, port, what) of the first connection a download of url makes: the proxy's when the
-    standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...) or the system's settings name one,
-    as they do for the download itself (tfds downloads with requests, which honours them)."""
+def _check_reachable(url: str, timeout: float = 10.0) -> None:
+    """OSError within seconds (tfds retries for minutes) when the first hop of a download of url
+    cannot be reached: the proxy when the standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...)
+    or the system's settings name one, as for the download itself (requests honours them)."""
     parsed = urllib.parse.urlparse(url)
-    default_port = 443 if parsed.scheme == "https" else 80
-    target = (parsed.hostname, parsed.port or default_port, parsed.hostname)
+    host = what = parsed.hostname
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parsed.hostname):
-        return target
-    hop = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
-    proxy_port = {"https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
-    return hop.hostname, hop.port or proxy_port.get(hop.scheme, 80), f"proxy {hop.hostname}"
-
-
-def _check_reachable(url: str, timeout: float = 10.0) -> None:
-    """Fails within seconds when the host, or the proxy that leads to it, cannot be reached
-    (tfds itself retries for minutes)."""
-    host, port, what = _first_hop(url)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname):
+        hop = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
+        proxy_port = {"https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+        host, port, what = hop.hostname, hop.port or proxy_port.get(hop.scheme, 80), f"proxy {hop.hostname}"
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
         raise OSError(f"cannot connect to {what} port {port}: {e}") from e
-
-
-def check_download_possible() -> None:
-    """DataError at once when the MNIST files cannot be downloaded (offline): called before
-    tfds starts preparing, so that nothing is printed or created for a download that fails."""
-    try:
-        _check_reachable(MNIST_URL)
-    except OSError as e:
-        _refuse_download(e)
 
 
 def _refuse_download(error: BaseException):
@@ -114,6 +89,114 @@ def _refuse_download(error: BaseException):
         f"could not download MNIST ({reason}): offline? pass --data-dir DIR "
         f"(or set LENET_DATA_DIR) with the four IDX files ({names}; .gz or not)"
     ) from error
+
+
+def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
+    """The full train and test splits of a folder (None: the download) and their tfds name, prepared
+    on first use; array_cache: keep the arrays beside tfds's files (lenet_jax.speed.array_cache)."""
+    if folder is None:
+        require_array_record()  # the download goes through tfds's array_record files
+        config = ONLINE_MNIST
+    else:  # named by the files' content, validated here
+        digest = idx.check_and_fingerprint(folder)
+        about = f"IDX files from {folder} (sha256 {digest})"
+        config = IdxConfig(name=idx.local_config_name(digest), description=about, source_dir=str(folder))
+    # Process 0 prepares the dataset while the others wait: two preparing into one folder collide.
+    # quiet(): tfds warns about what is expected here ("Using custom data configuration", ...).
+    with quiet():
+        if parallel.is_main_process():
+            builder, train, test = _prepared(config, array_cache)
+        parallel.barrier("dataset prepared")
+        if not parallel.is_main_process():
+            builder = MnistIdx(config=config, file_format="array_record")
+            train, test = (_split_arrays(builder, split, array_cache) for split in ("train", "test"))
+    return train, test, f"{builder.name}/{builder.builder_config.name}"
+
+
+def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
+    """One prepared split as arrays, decoded through tfds.data_source; use_cache: kept beside it
+    (`arrays-<split>.npz`, lenet_jax.speed.array_cache) where writable, decoded again if unreadable."""
+    cache = Path(builder.data_path) / f"arrays-{split}.npz"
+    if use_cache and cache.is_file():
+        with contextlib.suppress(Exception):  # BadZipFile, KeyError, ValueError...: decode again
+            check_small_file(cache, MAX_ARRAYS_CACHE_BYTES)
+            with np.load(cache) as arrays:
+                return Split(np.asarray(arrays["images"]), np.asarray(arrays["labels"]))
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(list(range(len(source))))
+    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    labels = np.asarray([r["label"] for r in records], np.int32)
+    if use_cache:
+        with contextlib.suppress(OSError):  # written atomically
+            tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, images=images, labels=labels)
+            os.replace(tmp, cache)
+    return Split(images, labels)
+
+
+def _prepared(config, array_cache: bool = True):
+    """(builder, train, test) of a config, preparing it first if needed; derived data, one that cannot
+    be read (damaged, a crash while written) is prepared again, once."""
+    for attempt in (1, 2):
+        builder, preparing = None, False
+        try:
+            for name in ("dataset_info.json", "features.json"):  # read whole by tfds: bounded first
+                with contextlib.suppress(FileNotFoundError):
+                    check_small_file(cache_dir(config) / name)
+            builder = MnistIdx(config=config, file_format="array_record")  # reads its dataset_info.json
+            preparing = not builder.is_prepared()
+            if preparing:
+                _prepare(builder, config)
+                preparing = False
+            return builder, *(_split_arrays(builder, split, array_cache) for split in ("train", "test"))
+        except LenetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache
+            cache = Path(builder.data_dir) if builder is not None else cache_dir(config)
+            fault = storage_fault(e)
+            if fault is not None:
+                raise storage_error(
+                    fault,
+                    "the dataset could not be prepared there (TFDS_DATA_DIR chooses another folder)",
+                    where=f"to the tfds cache {cache}",
+                ) from e
+            if preparing or not cache.is_dir():
+                raise  # not a cache that was there: a bug, with its traceback
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            if attempt == 2:
+                raise DataError(
+                    f"the tfds cache {cache} cannot be read ({reason}), even prepared anew: delete "
+                    "it (derived data, rebuilt from the source files) and rerun, or set "
+                    "TFDS_DATA_DIR to another folder"
+                ) from e
+            print(f"note: the tfds cache {cache} was damaged ({reason}); preparing it again", flush=True)
+            try:
+                shutil.rmtree(cache)
+            except OSError as removing:
+                raise DataError(
+                    f"the tfds cache {cache} is damaged ({reason}) and cannot be deleted "
+                    f"({removing.strerror}): delete it (derived data) or set TFDS_DATA_DIR to another "
+                    "folder"
+                ) from e
+
+
+def _prepare(builder, config) -> None:
+    """Prepares a dataset (downloading the MNIST files if it is the online one)."""
+    root = Path(builder.data_dir_root)
+    own = (f"{MnistIdx.name}/{config.name}", MnistIdx.name, "downloads", "")
+    new = [root / name for name in own if not (root / name).exists()]
+    if config.source_dir is None:  # offline: one line, before tfds prints or creates anything
+        try:
+            _check_reachable(MNIST_URL)
+        except OSError as e:
+            _refuse_download(e)
+    print(f"Preparing {builder.name}/{config.name} in {builder.data_dir} (once)...", flush=True)
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        for folder in new:  # what this attempt created: nothing of it is usable
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def cache_dir(config: IdxConfig) -> Path:
@@ -131,42 +214,34 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [ONLINE_MNIST]
 
     def _info(self) -> tfds.core.DatasetInfo:
+        shape = (idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1)
+        # Bytes encoding: ~3x faster to decode than the default int64 list.
+        image = tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
+        label = tfds.features.ClassLabel(num_classes=idx.NUM_CLASSES)
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    # Bytes encoding: ~3x faster to decode than the default int64 list.
-                    "image": tfds.features.Tensor(
-                        shape=(idx.IMAGE_SIZE, idx.IMAGE_SIZE, 1),
-                        dtype=np.uint8,
-                        encoding=tfds.features.Encoding.BYTES,
-                    ),
-                    "label": tfds.features.ClassLabel(num_classes=idx.NUM_CLASSES),
-                }
-            ),
+            features=tfds.features.FeaturesDict({"image": image, "label": label}),
             supervised_keys=("image", "label"),
-            # Keep the files' order: "the last N training images" must mean those of the files.
-            disable_shuffling=True,
+            disable_shuffling=True,  # the files' order: "the last N training images" are the files'
             homepage="http://yann.lecun.com/exdb/mnist/",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        if self.builder_config.source_dir is None:
-            urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
-            require_array_record()
-            try:
-                _check_reachable(MNIST_URL)
-                # Verified against checksums.tsv (size and sha256) by tfds.
-                paths = dl_manager.download(urls)
-            except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
-                if storage_fault(e) is not None:  # a full disk is no network failure
-                    raise
-                _refuse_download(e)
+        if self.builder_config.source_dir is not None:
+            folder = Path(self.builder_config.source_dir)
             return {
-                split: self._generate_examples(Path(paths[images]), Path(paths[labels]))
-                for split, (images, labels) in idx.SPLIT_FILES.items()
+                split: self._generate_examples(*idx.split_paths(folder, split)) for split in idx.SPLIT_FILES
             }
-        folder = Path(self.builder_config.source_dir)
-        return {split: self._generate_examples(*idx.split_paths(folder, split)) for split in idx.SPLIT_FILES}
+        urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
+        require_array_record()
+        try:
+            _check_reachable(MNIST_URL)
+            paths = dl_manager.download(urls)  # verified against checksums.tsv (size, sha256) by tfds
+        except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
+            if storage_fault(e) is not None:  # a full disk is no network failure
+                raise
+            _refuse_download(e)
+        pairs = {split: [Path(paths[stem]) for stem in stems] for split, stems in idx.SPLIT_FILES.items()}
+        return {split: self._generate_examples(*pair) for split, pair in pairs.items()}
 
     def _generate_examples(self, images_path: Path, labels_path: Path):
         images, labels = idx.read_pair(images_path, labels_path)
