@@ -270,11 +270,9 @@ FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts wit
     "distributed with coordinator": (
         "--distributed --coordinator h:1", "--distributed takes no --coordinator"),
     "process id alone": ("--process-id 1", "give all of --coordinator, --num-processes"),
-    "num processes 0": (
-        "--coordinator localhost:1234 --num-processes 0 --process-id 0",
+    "num processes 0": ("--coordinator localhost:1234 --num-processes 0 --process-id 0",
         "--num-processes must be at least 1"),
-    "process id out of range": (
-        "--coordinator localhost:1234 --num-processes 2 --process-id 5",
+    "process id out of range": ("--coordinator localhost:1234 --num-processes 2 --process-id 5",
         "--process-id must be in 0..1, not 5"),
     "coordinator without port": (
         "--coordinator notahost --num-processes 1 --process-id 0", "--coordinator must be HOST:PORT"),
@@ -372,24 +370,21 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
     "meta a list": (_meta_is("[1, 2]"), EV, "is damaged"),
     "meta without config": (_without("config"), EV, "its meta lacks the config or the step"),
     "meta without step, resume": (_without("step"), TR, "its meta lacks the config or the step"),
-    "meta from a newer version": (
-        _edit(lambda m: {**m, "format_version": 99}), EV,
+    "meta from a newer version": (_edit(lambda m: {**m, "format_version": 99}), EV,
         "has format version 99, newer than this lenet-jax reads"),
     "meta config invalid": (
         _config_with(epochs=-1), EV, "records a config this lenet-jax cannot use (epochs must be at least 1"),
     "meta config from another version": (_config_with(wings=2), EV, "unknown config fields ['wings']"),
     "epoch that does not exist": (None, _evaluate("--epoch", "5"), "available epochs: 1, 2"),
     "only epoch 1 damaged": (_cut(1), _evaluate("--epoch", "1"), "no earlier epoch is there to fall back to"),
-    "no checkpoints": (
-        lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
+    "no checkpoints": (lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
         "has no checkpoints: train first"),
     "damaged, with a report": (
         _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
     "other settings, resume": (
         None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
     "restart without force": (None, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
-    "meta 4 GiB, sparse": (
-        lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
+    "meta 4 GiB, sparse": (lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
         "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
     "checkpoint metadata a link to /dev/zero": (
         lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
@@ -692,8 +687,7 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
         _orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
     "checkpoint save, permission denied": (
         _orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
-    "checkpoint arrays, disk full (tensorstore)": (
-        _orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
+    "checkpoint arrays, disk full (tensorstore)": (_orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
         "(No space left on device): the checkpoint of epoch 2"),
     "checkpoint, no room left": (_no_room, 4, "MiB free, the checkpoint of epoch 3 needs about"),
     "checkpoint, second Ctrl-C": (_orbax_fails(KeyboardInterrupt()), 130,
