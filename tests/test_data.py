@@ -21,8 +21,7 @@ def test_load_dataset_serves_the_idx_files_through_tfds(idx_dir):
     # The prepared dataset is an ordinary tfds dataset, loadable with tfds.data_source.
     import tensorflow_datasets as tfds
 
-    name, config = dataset.source.split("/")
-    source = tfds.data_source(f"{name}/{config}", split="test")
+    source = tfds.data_source(dataset.source, split="test")
     assert len(source) == 40 and int(source[0]["label"]) == int(dataset.test.labels[0])
     # A second load comes from the cache and is identical.
     again = load_dataset(idx_dir)

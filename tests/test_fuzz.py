@@ -458,8 +458,7 @@ LOG_DAMAGE = {
 
 def _kept(run: Path, before: dict[str, object]) -> None:
     """Whatever the damaged files held is still in the workdir (set aside, or in place)."""
-    now = snapshot(run)
-    contents = [value for value in now.values() if isinstance(value, bytes)]
+    contents = [value for value in snapshot(run).values() if isinstance(value, bytes)]
     for key, value in before.items():
         if isinstance(value, bytes):
             assert value in contents, f"{key}'s bytes were lost"

@@ -30,9 +30,8 @@ def in_folder(*entries):
 
 
 def unix_socket(path: Path) -> None:
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.close()  # the socket file stays
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))  # the socket file stays
 
 
 def symlink_to(target):

@@ -23,8 +23,7 @@ def test_recipe_model_has_61706_parameters_and_10_logits():
     assert count_params(params) == 61_706
     kernels = [params[name]["kernel"].shape for name in ("conv1", "conv2", "dense1", "dense2", "dense3")]
     assert kernels == [(5, 5, 1, 6), (5, 5, 6, 16), (400, 120), (120, 84), (84, 10)]
-    logits = jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1)))
-    assert logits.shape == (3, 10)
+    assert jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
 
 
 @pytest.fixture(scope="module")

@@ -64,9 +64,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 
 def assert_same_run(expected: Path, got: Path):
     for averaged in (False, True):  # the raw weights and (where kept) their moving average
-        chex.assert_trees_all_equal(
-            load_weights(got, averaged=averaged).params, load_weights(expected, averaged=averaged).params
-        )
+        chex.assert_trees_all_equal(*[load_weights(run, averaged=averaged).params for run in (got, expected)])
     assert without_timings(read_metrics(got)) == without_timings(read_metrics(expected))
     assert [row["epoch"] for row in read_metrics(got)] == [1, 2]
 

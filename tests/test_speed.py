@@ -126,9 +126,8 @@ def test_training_with_and_without_the_options_agrees(preset):
     config = get_preset(preset)
     model = model_from_config(config)
     optimizer = build_optimizer(config, 20)
-    step = make_train_step(
-        model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
-    )
+    options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
+    step = make_train_step(model, optimizer, **options)
     key = jax.random.PRNGKey(0)
     images = [jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)) for i in range(20)]
     batches = [{"image": image, "label": jnp.arange(32) % 10, "mask": jnp.ones(32)} for image in images]
