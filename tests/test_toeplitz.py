@@ -60,10 +60,8 @@ def test_conv_implementations_give_the_same_model(activation, pool, feature_norm
     """The fast path changes no parameter and, up to float rounding, no result."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
     labels = jnp.arange(8) % 10
-    fast, ref = (
-        LeNet(activation=activation, pool=pool, feature_norm=feature_norm, **block)
-        for block in ({"block": ToeplitzBlock}, {})
-    )
+    options = {"activation": activation, "pool": pool, "feature_norm": feature_norm}
+    fast, ref = LeNet(**options, block=ToeplitzBlock), LeNet(**options)
     params = init_params(ref, jax.random.PRNGKey(0))
     chex.assert_trees_all_equal(init_params(fast, jax.random.PRNGKey(0)), params)  # the same start
 
