@@ -24,8 +24,7 @@ def test_load_dataset_serves_the_idx_files_through_tfds(idx_dir):
     source = tfds.data_source(dataset.source, split="test")
     assert len(source) == 40 and int(source[0]["label"]) == int(dataset.test.labels[0])
     # A second load comes from the cache and is identical.
-    again = load_dataset(idx_dir)
-    np.testing.assert_array_equal(again.test.images, dataset.test.images)
+    np.testing.assert_array_equal(load_dataset(idx_dir).test.images, dataset.test.images)
 
 
 def test_a_different_dataset_gets_its_own_cache_entry(tmp_path):
