@@ -2,8 +2,7 @@
 
     from lenet_jax import Config, get_preset, train_and_evaluate, load_predictor
 
-Each name of `_MODULES` is documented where it is defined, and imported on first use, so that
-`import lenet_jax` alone stays cheap.
+Names are imported on first use: `import lenet_jax` alone stays cheap.
 """
 
 from __future__ import annotations

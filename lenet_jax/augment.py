@@ -1,10 +1,7 @@
-"""Data augmentation on the device, in JAX, per image, keyed by the training step.
+"""Data augmentation on the device, per image, keyed by the training step (replayed on resume).
 
-Each image gets its own random affine transform and, if enabled, an elastic distortion (Simard,
-Steinkraus & Platt 2003: a random displacement field smoothed by a Gaussian of width sigma, largest
-displacement alpha), by bilinear resampling; then, if enabled, another pen and scanner. Keyed by
-`steps.augmentation_key` (replayed exactly on resume); all strengths 0: none. The whole batch is
-transformed at once, not vmapped per image: cheaper on XLA:CPU (docs/results.md).
+A random affine transform and elastic distortion (Simard et al. 2003) by bilinear resampling, then
+another pen and scanner; all strengths 0: none. Whole batches at once: cheaper on XLA:CPU than vmap.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
 
 
 def _uniform_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform noise in (-1, 1) with 256 levels, four values per random 32-bit word: the elastic
-    field, a Gaussian average of it, loses nothing visible, and needs a quarter of the words."""
+    """Uniform noise in (-1, 1), 256 levels, four per random word: smoothed, it loses nothing visible."""
     n = math.prod(shape)
     words = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
     values = jnp.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], axis=-1).reshape(-1)[:n]
@@ -60,9 +56,7 @@ def _uniform_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation) -> jax.Array:
-    """(B, 2, H, W) displacements: uniform noise smoothed by a Gaussian, max |d| = alpha. The
-    noise is drawn in the layout (H, B*2, W) (its values are independent), so both smoothings are
-    plain matrix products, with no batched product or transpose in between."""
+    """(B, 2, H, W) smoothed noise, max |d| = alpha; drawn as (H, B*2, W): two plain matrix products."""
     gy = jnp.asarray(_gaussian_matrix(h, aug.elastic_sigma))
     gx = jnp.asarray(_gaussian_matrix(w, aug.elastic_sigma))
     noise = _uniform_bytes(key, (h, batch * 2 * w))
@@ -73,8 +67,7 @@ def _elastic_field(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation
 
 
 def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
-    """images (B, H, W) sampled at float coordinates ys, xs (B, P), zero outside: one gather of a
-    2x2 window per pixel (~2x faster on XLA:CPU than map_coordinates' four single-pixel gathers)."""
+    """images (B, H, W) at float ys, xs (B, P), zero outside: one 2x2 gather (not map_coordinates' 4)."""
     b, h, w = images.shape
     padded = jnp.pad(images, ((0, 0), (2, 3), (2, 3)))
     y0, x0 = jnp.floor(ys), jnp.floor(xs)
@@ -93,8 +86,7 @@ def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
 
 
 def _source_coordinates(key: jax.Array, batch: int, h: int, w: int, aug: Augmentation):
-    """Where each output pixel reads the input: (B, H*W) rows and columns, per-image affine: pixel
-    p reads centre + A^-1 (p - centre - t), A = zoom * rotation @ shear (A^-1 in closed form)."""
+    """(B, H*W) rows and columns pixel p reads: centre + A^-1 (p - centre - t), A = zoom * rot @ shear."""
     u = jax.random.uniform(key, (batch, 5), minval=-1, maxval=1)
     ty, tx = u[:, 0:1] * aug.translate, u[:, 1:2] * aug.translate
     angle = u[:, 2:3] * math.radians(aug.rotate)
@@ -114,9 +106,7 @@ def _source_coordinates(key: jax.Array, batch: int, h: int, w: int, aug: Augment
 
 
 def _stroke_width(images: jax.Array, radius: jax.Array, levels: int) -> jax.Array:
-    """images (B, H, W) with strokes grown (radius > 0: grey-level dilation, a 3x3 max filter per
-    pixel of radius) or thinned (< 0: erosion, min filter); a fractional radius blends the two
-    nearest whole ones, so the width varies smoothly."""
+    """Strokes grown (radius > 0: 3x3 max filters) or thinned (< 0: min); fractions blend the two nearest."""
     window = lambda x, op, init: lax.reduce_window(x, init, op, (1, 3, 3), (1, 1, 1), "SAME")  # noqa: E731
     grown, thinned = [images], [images]
     for _ in range(levels):
@@ -139,8 +129,7 @@ def _blur_matrices(sigma: jax.Array, size: int) -> jax.Array:
 
 
 def _lowres_matrices(factor: jax.Array, size: int) -> jax.Array:
-    """(B, size, size) matrices that average boxes of `factor` pixels (a scan at 1/factor the
-    resolution) and interpolate back linearly (enlarging it again); factor 1: identity."""
+    """(B, size, size): boxes of `factor` pixels averaged, then interpolated back; factor 1: identity."""
     pixels = jnp.arange(size, dtype=jnp.float32)
     f = factor[:, None, None]
     # Down: coarse pixel j covers [j f, (j + 1) f); its value is the mean of what it covers.
@@ -155,12 +144,9 @@ def _lowres_matrices(factor: jax.Array, size: int) -> jax.Array:
 
 
 def _pen_and_scan(key: jax.Array, images: jax.Array, aug: Augmentation) -> jax.Array:
-    """images (B, H, W) in [0, 1] drawn with another pen and scanned: for a random half of them,
-    a random stroke radius, blur, resolution loss and gamma each; each image's brightest pixel is
-    then brought back to its old value, as `lenet_jax.predict.preprocess` scales ink to full."""
+    """A random half of images (B, H, W) with another pen and scan, peaks kept (as predict.preprocess)."""
     batch, h, w = images.shape
-    # Half the images keep MNIST's pen: with every image changed, MNIST error rose ~0.4 points
-    # on the validation split (docs/results.md).
+    # Half the images keep MNIST's pen: changing all raised validation error (docs/results.md).
     k_which, k_strength = jax.random.split(key)
     u = jax.random.uniform(k_strength, (batch, 4))
     changed = jax.random.bernoulli(k_which, 0.5, (batch,))
@@ -186,8 +172,7 @@ def _pen_and_scan(key: jax.Array, images: jax.Array, aug: Augmentation) -> jax.A
 
 
 def make_augment(aug: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """key, images (B, H, W, 1) float -> augmented images (one random draw, one gather per batch);
-    None when all strengths are 0."""
+    """(key, images (B, H, W, 1)) -> augmented images; None when all strengths are 0."""
     if not (aug.geometric or aug.pen):
         return None
 

@@ -1,6 +1,5 @@
-"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`, one item per reader's need:
-`params`, `ema_params` (--ema-decay), `train_state` (resuming), `meta` (JSON: config, metrics row, ...).
-Restore targets are checked against the saved metadata first: not fitting is told from damaged."""
+"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`: `params`, `ema_params`,
+`train_state`, `meta` (JSON); restore targets are checked first, so not fitting is told from damaged."""
 
 from __future__ import annotations
 
@@ -228,12 +227,8 @@ class Checkpoints(contextlib.AbstractContextManager):
     def restore_meta(self, epoch: int) -> dict[str, Any]:
         """Epoch's meta, in the current format (older versions upgraded; newer ones refused)."""
         meta = self._restore(epoch, meta=ocp.args.JsonRestore())["meta"]
-        if (
-            not isinstance(meta, dict)
-            or not isinstance(meta.get("config"), dict)
-            or not isinstance(meta.get("step"), int)
-            or not isinstance(meta.get("metrics"), (dict, type(None)))
-        ):
+        fields = {"config": dict, "step": int, "metrics": (dict, type(None))}
+        if not (isinstance(meta, dict) and all(isinstance(meta.get(k), t) for k, t in fields.items())):
             raise self._damaged(epoch, ValueError("its meta lacks the config or the step"))
         return upgrade_meta(meta, f"the checkpoint of epoch {epoch} in {self.directory}")
 

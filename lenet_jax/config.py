@@ -1,5 +1,4 @@
-"""Configs as code: `Config` holds every field (and default) a run depends on, one flag each
-(`lenet_jax.cli`), recorded in config.json and every checkpoint; `PRESETS` names some."""
+"""Configs as code: `Config`, every field a run depends on (one flag each), and named `PRESETS`."""
 
 from __future__ import annotations
 
@@ -46,18 +45,8 @@ class Config:
     activation: str = _field("sigmoid", "activation after each convolution", ACTIVATIONS)
     pool: str = _field("avg", "2x2 stride-2 pooling after each convolution", POOLS)
     dense_activation: bool = _field(False, "the activation between the Dense layers too (recipe: none)")
-    feature_norm: bool = _field(
-        False,
-        "layer-normalise each image's convolutional features (5x5x16, with a scale and offset "
-        "per channel: 32 parameters) before the Dense layers (the recipe has none)",
-    )
-    init_scheme: str = _field(
-        "torch",
-        "parameter initialisation: 'torch' = PyTorch's default (uniform +-1/sqrt(fan_in)), "
-        "'flax' = Flax's defaults (lecun_normal weights, zero biases)",
-        INITS,
-        old_name="init",
-    )
+    feature_norm: bool = _field(False, "layer-normalise conv features before the Dense layers (32 params)")
+    init_scheme: str = _field("torch", "'torch': PyTorch's defaults, 'flax': Flax's", INITS, old_name="init")
 
     # Data.
     validation_size: int = _field(0, "hold out the last N training images as a validation split (0: none)")
@@ -88,19 +77,10 @@ class Config:
     warmup_epochs: float = _field(1.0, "linear warm-up length of the warmup-cosine schedule")
     grad_clip: float | None = _field(None, "clip gradients to this global norm (default: off)")
     label_smoothing: float = _field(0.0, "label smoothing of the training loss (0: none)")
-    ema_decay: float = _field(
-        0.0,
-        "keep an exponential moving average of the weights with this decay (e.g. 0.999), saved "
-        "in each checkpoint and evaluated instead of the raw weights (0: none)",
-    )
+    ema_decay: float = _field(0.0, "evaluate a moving average of the weights with this decay (0: none)")
 
     # Execution: the same function either way (lenet_jax.speed); may change on resume.
-    speed: str = _field(
-        "auto",
-        "'auto': the speed tricks of lenet_jax.speed where the backend gains from them; 'plain': "
-        "the tutorial's program as written (lax.conv, one step per jitted call, no caches)",
-        SPEEDS,
-    )
+    speed: str = _field("auto", "'auto': lenet_jax.speed's tricks; 'plain': the tutorial's program", SPEEDS)
 
     # Logging and checkpoints.
     log_every: int = _field(100, "print and log the training loss every N steps")
@@ -220,21 +200,20 @@ def recipe() -> Config:
 
 
 def smoke() -> Config:
-    """2 epochs over the first 2,048 training images: checks training, logging, checkpoints and
-    evaluation end to end. Run: `--preset smoke`. Expected: seconds; its accuracy means nothing."""
+    """2 epochs on 2,048 images, end to end. Run: `--preset smoke`. Expected: seconds; accuracy moot."""
     return Config(epochs=2, train_size=2048, init_scheme="flax")
 
 
+# LeNet-5's layout, as `fast` and `best` train it.
+LENET5 = {"activation": "relu", "pool": "max", "dense_activation": True, "init_scheme": "flax"}
+
+
 def fast() -> Config:
-    """LeNet-5's size and layout (61,738 parameters with the feature LayerNorm), trained for
-    wall-clock speed to 99% test accuracy: the time-to-99 benchmark's preset, so tuned on test
-    accuracy (docs/results.md). Run: `--preset fast`. Expected: ~99% after epoch 1, ~99.3% after 3."""
+    """LeNet-5 trained fast to 99% (time-to-99, tuned on test: docs/results.md). Run: `--preset fast`.
+    Expected: ~99% after epoch 1, ~99.3% after 3."""
     return Config(
-        activation="relu",
-        pool="max",
-        dense_activation=True,
+        **LENET5,
         feature_norm=True,
-        init_scheme="flax",
         epochs=3,
         batch_size=64,
         optimizer="nesterov",
@@ -248,15 +227,10 @@ def fast() -> Config:
 
 
 def best() -> Config:
-    """LeNet-5's size and layout (61,706 parameters), trained for the lowest test error, with
-    affine + elastic augmentation (Simard et al. 2003). Chosen on a 5,000-image validation split,
-    never on the test set (docs/results.md). Run: `--preset best`. Expected: ~0.5% test error,
-    ~12 minutes on a 2-core CPU."""
+    """LeNet-5, augmented, for the lowest error (chosen on validation: docs/results.md). Run: `--preset best`.
+    Expected: ~0.5% test error, ~12 minutes on a 2-core CPU."""
     return Config(
-        activation="relu",
-        pool="max",
-        dense_activation=True,
-        init_scheme="flax",
+        **LENET5,
         epochs=80,
         batch_size=128,
         optimizer="adamw",
@@ -276,10 +250,8 @@ def best() -> Config:
 
 
 def handwriting() -> Config:
-    """`best` for 30 epochs with pen and scanner augmentations (stroke, blur, resolution, ink
-    gamma), for real handwriting: other pens, scans, photos. Chosen on the validation split and
-    benchmarks/robustness.py (docs/results.md, "Handwriting"). Run: `--preset handwriting`.
-    Expected: ~0.5% test error, ~6 minutes on a 2-core CPU."""
+    """`best`, 30 epochs, with pen and scanner augmentations for real handwriting (docs/results.md).
+    Run: `--preset handwriting`. Expected: ~0.5% test error, ~6 minutes on a 2-core CPU."""
     return best().replace(
         epochs=30, augment_stroke=1.0, augment_blur=1.0, augment_lowres=1.0, augment_gamma=0.5
     )

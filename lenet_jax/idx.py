@@ -1,9 +1,4 @@
-"""Reading and checking IDX files, the format of MNIST and of the datasets laid out like it.
-
-A data directory holds the four files of SPLIT_FILES, each gzipped (`NAME.gz`) or not (`NAME`);
-Fashion-MNIST, KMNIST and EMNIST-MNIST ship in the same layout. Every check raises `DataError`
-with one line naming the file, the problem and the fix.
-"""
+"""Reading and checking IDX files (MNIST's format): a data directory holds SPLIT_FILES, .gz or not."""
 
 from __future__ import annotations
 
@@ -105,8 +100,7 @@ def read_labels(path: Path, data: bytes | None = None) -> np.ndarray:
 
 
 def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28, 1), labels int32 (N,)) from two IDX files, counts checked.
-    digest: a hashlib object, updated with each file's name (no .gz) and decompressed bytes."""
+    """(images uint8 (N, 28, 28, 1), labels int32 (N,)), counts checked; digest gets names and bytes."""
     raw = [_read_bytes(path) for path in (images_path, labels_path)]
     images, labels = read_images(images_path, raw[0]), read_labels(labels_path, raw[1])
     if len(images) != len(labels):
@@ -127,8 +121,7 @@ def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.nda
 
 
 def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The sha256 of data_dir's four files and each split's (images, labels), all checked; the digest
-    (of the decompressed bytes: gzip headers hold a time) names the dataset (`local_config_name`)."""
+    """(sha256 of the decompressed files (gzip headers hold a time), each split's (images, labels))."""
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
         raise DataError(

@@ -1,5 +1,4 @@
-"""What tfds and orbax log with nothing to act on, kept off the console: the scripts silence absl
-globally (`cli.quiet_library_logs`), the Python API only around its own calls (`quiet()`)."""
+"""tfds's and orbax's logs with nothing to act on, kept off the console (the API: only in `quiet()`)."""
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ def quiet():
 
 @contextlib.contextmanager
 def helper_threads_quiet_on_failure(join_timeout: float = 30.0):
-    """Around a call that starts helper threads (an orbax save): their absl records are logged if
-    it returns, dropped if it raises (they then fail with the fault the caller reports)."""
+    """Helper threads' (an orbax save's) absl records: logged if the call returns, dropped if it raises."""
     logger = logging.getLogger("absl")
     before = set(threading.enumerate())
     known, held, failed = {t.ident for t in before}, [], threading.Event()

@@ -17,8 +17,7 @@ from lenet_jax.errors import DivergedError, TrainingInterrupted
 
 
 class LossMonitor(contextlib.AbstractContextManager):
-    """One epoch's step losses, read from the device only every `every` steps, naming the exact step
-    of a non-finite one; `show`: printed (with a progress bar on a terminal, closed on exit)."""
+    """One epoch's step losses, read from the device every `every` steps (`show`: printed, with a bar)."""
 
     def __init__(self, step: int, epoch: int, every: int, diverged_hint: str, steps: int = 0, show=False):
         self.step, self.epoch, self.every, self.diverged_hint = step, epoch, every, diverged_hint
@@ -70,8 +69,7 @@ class LossMonitor(contextlib.AbstractContextManager):
 
 
 class StopSignals:
-    """SIGINT/SIGTERM as a flag checked between calls, so a stop never cuts a checkpoint write; a
-    second signal stops at once. saved(): the newest epoch with a checkpoint (0: none)."""
+    """SIGINT/SIGTERM as a flag checked between calls (never cutting a checkpoint); a second stops at once."""
 
     def __init__(self, saved: Callable[[], int | None] = lambda: 0):
         self.received: int | None = None

@@ -1,9 +1,4 @@
-"""Optimizers are values: a registry of named optax factories, and schedules.
-
-`train_and_evaluate` takes any `optax.GradientTransformation`; `build_optimizer` makes the config's,
-wrapped in `optax.inject_hyperparams` so that its learning rate lives in the optimizer state (read
-for logging by `current_learning_rate`, kept by every checkpoint).
-"""
+"""Optimizers are values: named optax factories and schedules; the learning rate is injected state."""
 
 from __future__ import annotations
 
@@ -70,8 +65,7 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
 
 
 def current_learning_rate(opt_state: Any) -> Any:
-    """The learning rate `inject_hyperparams` stored in opt_state; None without one (a Python
-    optimizer need not inject it: nothing is logged)."""
+    """The learning rate `inject_hyperparams` stored in opt_state; None without one (nothing logged)."""
     try:
         # hyperparams_states holds a schedule's own state under the same key: skip non-arrays.
         return optax.tree_utils.tree_get(

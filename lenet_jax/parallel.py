@@ -1,9 +1,6 @@
-"""Data parallelism over every device the run sees, on one process or several (jax.distributed).
+"""Data parallelism over every device, on one process or several (jax.distributed).
 
-A 1-D `Mesh` with a `data` axis spans `jax.devices()`. Params, optimizer state and the dataset are
-replicated; each global batch (`batch_size`, a multiple of the number of devices) is sharded along
-its batch axis, so XLA inserts the gradient all-reduce; with one device all of this is a no-op.
-Every process holds the whole dataset and derives the same epoch order from the seed.
+A 1-D `data` mesh: state and dataset replicated, each global batch sharded (XLA all-reduces the grads).
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ DATA_AXIS = "data"
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Joins a multi-process run (jax.distributed), with gloo collectives on CPU; all three None:
-    jax detects the cluster (SLURM, Open MPI, Cloud TPU, ...). Call before anything uses a device."""
+    """Joins a multi-process run (all None: jax detects it), gloo on CPU; before any device is used."""
     if len({value is None for value in (coordinator, num_processes, process_id)}) > 1:  # some, not all
         raise ConfigError(
             "give all of --coordinator, --num-processes and --process-id, or --distributed alone"

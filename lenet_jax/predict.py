@@ -1,5 +1,4 @@
-"""Recognising digits in ordinary images: safe decoding (`read_image`), MNIST-style
-preprocessing (`preprocess`) and a checkpoint's batched predictor (`load_predictor`)."""
+"""Recognising digits in images: safe `read_image`, MNIST-style `preprocess`, and `load_predictor`."""
 
 from __future__ import annotations
 
@@ -91,8 +90,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-    """An image of a digit -> uint8 (28, 28, 1), white ink on black, made the way MNIST was:
-    inverted if the paper is light, cropped to the ink, fitted to 20x20, centred by mass in 28x28."""
+    """A digit's image as MNIST made them: uint8 (28, 28, 1) ink cropped, fitted to 20x20, mass-centred."""
     grey = to_grey(image)  # a fresh array: worked on in place, to keep large images cheap
     background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
     if background > 0.5:  # dark ink on light paper
@@ -161,8 +159,7 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return values, (values != transparent) if isinstance(transparent, int) else None
     if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
         return np.asarray(image.convert("L")), None
-    # Every mode's transparency (an alpha band, a palette index, a colour) as alpha, over white.
-    # In PIL, freeing each plane once used: a large image is several times its grey size.
+    # Every kind of transparency as alpha, over white; each plane freed once used (large images).
     rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     grey, alpha = rgba.convert("L"), rgba.getchannel("A")
     rgba.close()

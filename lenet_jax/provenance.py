@@ -1,5 +1,4 @@
-"""What a run was made with (versions, backend, device, CPU, git commit), recorded in config.json
-and every checkpoint's meta: a figure can be traced to the software and hardware behind it."""
+"""What a run was made with (versions, device, CPU, git commit), recorded with it: figures traceable."""
 
 from __future__ import annotations
 

@@ -46,8 +46,7 @@ _EVENT_FILES = itertools.count()
 
 
 class EventFile:
-    """One TensorBoard event file, written by the caller's thread: tensorboardX's SummaryWriter
-    writes from its own, which a full disk kills with a traceback, losing the queued events."""
+    """A TensorBoard event file written by the caller's thread (SummaryWriter's dies on a full disk)."""
 
     def __init__(self, directory: Path, purge_step: int | None = None):
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,8 +73,7 @@ class EventFile:
 
 
 class RunLog(contextlib.AbstractContextManager):
-    """One run's metrics to TensorBoard and metrics.jsonl; on resume both forget what came after the
-    checkpoint, and rows the file lacks come from `checkpoint_rows`. enabled=False: writes nothing."""
+    """A run's metrics to TensorBoard and metrics.jsonl, cut back to its checkpoint and completed."""
 
     def __init__(
         self,

@@ -1,9 +1,7 @@
 """The draw-a-digit web app: a Starlette (ASGI) app around the predictor, run by uvicorn.
 
-GET / is the page (lenet_jax/static/index.html); POST /predict takes an image, raw or as a form
-upload (`curl -F file=@digit.png`), and answers JSON as scripts/predict.py predicts; GET /healthz
-is for process managers. Errors are {"error": "one line"} with their status; a bug is a 500 and one
-log line. The bounds of the app (`Bounds`) and of uvicorn (`uvicorn_server`): docs/serving.md.
+GET / is the page, POST /predict takes an image (raw or a form upload) and answers JSON, GET /healthz
+is for process managers; errors are {"error": "one line"}. Bounds: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -64,9 +62,7 @@ class Bounds:
 def create_app(
     workdir=None, *, epoch: int | None = None, predictor: Predictor | None = None, **bounds
 ) -> Starlette:
-    """The ASGI app of `predictor`, else of workdir's checkpoint (default: $LENET_WORKDIR, so
-    that `LENET_WORKDIR=DIR uvicorn --factory lenet_jax.serve:create_app` runs it); bounds are
-    Bounds' fields. The predictor in use is `app.state.predictor`."""
+    """The ASGI app of `predictor`, else of workdir's (default $LENET_WORKDIR: uvicorn --factory)."""
     if predictor is None:
         workdir = workdir or os.environ.get("LENET_WORKDIR")
         if not workdir:
@@ -172,8 +168,7 @@ async def uploaded_image(request: Request, kind: str, body: bytes) -> bytes:
 
 
 def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
-    """The /predict JSON of an image's bytes: the digit, the 10 probabilities and the 28x28 image
-    the model saw; HTTPException (status, one line) if it is unusable."""
+    """The /predict JSON of an image's bytes (the digit, probabilities, 28x28 input), else HTTPException."""
     try:
         seen = preprocess(read_image(image, max_pixels))
     except ImageTooLargeError as e:
@@ -193,8 +188,7 @@ def predict_image_bytes(predictor: Predictor, image: bytes, max_pixels: int = MA
 
 
 class HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers: uvicorn has none, so a
-    client trickling them would hold its connection (and a place of limit_concurrency) forever."""
+    """uvicorn's h11 protocol with a deadline for headers: a client trickling them holds a place forever."""
 
     header_seconds = HEADER_SECONDS
 
@@ -219,8 +213,7 @@ class HeaderDeadline(H11Protocol):
 def uvicorn_server(
     app, *, max_connections=MAX_CONNECTIONS, header_seconds=HEADER_SECONDS, **config
 ) -> uvicorn.Server:
-    """app under uvicorn with the connections' bounds (not started: `.run(sockets=[...])`);
-    config: uvicorn.Config's other arguments."""
+    """app under uvicorn with the connections' bounds (not started: `.run(sockets=[...])`)."""
     protocol = type("HeaderDeadline", (HeaderDeadline,), {"header_seconds": header_seconds})
     config = uvicorn.Config(
         app,

@@ -1,5 +1,4 @@
-"""Reading small files (metrics.jsonl, config.json, metas) with size and line caps checked first:
-a 4 GiB file, /dev/zero or a FIFO is refused with FileRefused (a ValueError), costing nothing."""
+"""Reading small files with size and line caps checked first: /dev/zero or a FIFO is FileRefused."""
 
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ class FileRefused(ValueError):
 
 
 def _size(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+    for unit in ("bytes", "KiB", "MiB"):
+        if count < 1024:
             return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1024
-    raise AssertionError("unreachable")
+    return f"{count:.1f} GiB"
 
 
 def _open_small(path: str | os.PathLike, max_bytes: int) -> int:

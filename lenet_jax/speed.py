@@ -1,14 +1,5 @@
-"""Every speed trick of lenet-jax, each named once with why, and the one switch for all of them.
-
-`Config.speed` (`--speed`): "auto" uses the tricks below where the backend gains from them;
-"plain" runs the tutorial's program as written: nn.Conv through lax.conv, one training step per
-jitted call with augmentation inside the step, one evaluation batch per call, XLA's default
-options, no caches of our own. Both compute the same function (a test bounds the float
-differences); a run resumed under the other setting is not bit-identical to an uninterrupted one.
-Two process-wide tricks (8, 10) are set before any config is read and stay on under "plain":
-they change memory and start-up, never a number; so is 11 once an "auto" run has set it.
-The measurements: docs/performance.md.
-"""
+"""Every speed trick, each named once with why; `--speed plain` (the tutorial's program, the same
+function) turns them off, but for the process-wide 8, 10 and 11 once set. docs/performance.md."""
 
 from __future__ import annotations
 
@@ -45,24 +36,20 @@ def defaults() -> dict[str, Any]:
     return DEFAULTS.get(jax.default_backend(), DEFAULTS["gpu"])
 
 
-# 1. Convolutions as matrix products (lenet_jax.toeplitz): XLA:CPU's convolutions for LeNet's tiny
-#    channel counts (1->6, 6->16) run far below matmul speed; with max-pooling before the bias
-#    and activation (exact, 4x fewer values) and pooling as a reshape (fused, not reduce_window).
+# 1. Convolutions as matrix products (lenet_jax.toeplitz): XLA:CPU is slow on LeNet's tiny channels.
 def conv_block(speed: str) -> type:
     """The conv block class LeNet is built with: model.ConvBlock, or its Toeplitz drop-in."""
     return ToeplitzBlock if speed == "auto" and defaults()["conv"] == "toeplitz" else ConvBlock
 
 
-# 2. Several training steps per jitted call, a lax.scan: dispatch and argument handling are paid
-#    once per call, not per step.
+# 2. Several training steps per jitted call, a lax.scan: dispatch is paid once per call, not per step.
 def steps_per_call(speed: str, steps_per_epoch: int, override: int | None = None) -> int:
     """Training steps per jitted call: 1 when plain, else the backend's (or override)."""
     return 1 if speed == "plain" else max(1, min(override or defaults()["steps_per_call"], steps_per_epoch))
 
 
 def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) -> tuple[Any, jax.Array]:
-    """step_fn(state, x) for the first `count` rows of xs (leading axis: steps) in one lax.scan:
-    (state, per-row losses). Padding rows are skipped by a lax.cond (loss 0): one compilation."""
+    """(state, losses) of step_fn over the first `count` rows of xs in a lax.scan; padding: loss 0."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if steps == 1:  # 3. one step without a loop: in one XLA:CPU gives lax.conv's gradients slow layouts
         state, metrics = step_fn(state, jax.tree_util.tree_map(lambda x: x[0], xs))
@@ -80,8 +67,7 @@ def run_steps(step_fn: Callable, state: Any, xs: Any, count: jax.Array | int) ->
     return jax.lax.scan(one, state, (jnp.arange(steps), xs))
 
 
-# 4. XLA:CPU options for the training programs: its YNNPACK fusions run this step's small products
-#    slower than XLA's own emitters.
+# 4. XLA:CPU options: its YNNPACK fusions run this step's small products slower than XLA's emitters.
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -104,8 +90,7 @@ def _cpu_options_supported() -> bool:
 
 
 def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps: int, speed: str) -> Callable:
-    """The jitted `(state, images, labels, indices (steps, B), count) -> (state, losses)` of "auto"
-    (tricks 2-5); train_step: the step without augmentation (augment is applied here)."""
+    """The jitted `(state, images, labels, indices (steps, B), count)` of "auto" (tricks 2-5)."""
     replicated = parallel.replicated(mesh)
     per_step = parallel.batch_sharded(mesh, 2, axis=1)  # (steps, B)
     ndims = {"image": 5, "label": 2, "mask": 2}
@@ -123,9 +108,7 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     if augment is None:
         return train_on_indices
 
-    # 5. Augmentation as a jitted program of its own before the training call: cheaper on XLA:CPU
-    #    than inside the step's program. Each batch gets the key its step would draw; lax.map, not
-    #    vmap: less memory traffic per batch.
+    # 5. Augmentation jitted on its own, before the training call: cheaper on XLA:CPU than inside.
     @functools.partial(jit, in_shardings=on_indices, out_shardings=batches_sharding)
     def augmented_batches(state, images, labels, indices):
         batches = jax.vmap(gather_batch, in_axes=(None, None, 0))(images, labels, indices)
@@ -142,8 +125,7 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     )
 
 
-# 6. Evaluation batches grouped into one device call of ~1024 images: bigger products, fewer
-#    dispatches; the metrics stay per batch (larger groups outgrow the CPU's cache).
+# 6. Evaluation batches grouped into device calls of ~1024 images: fewer dispatches, metrics per batch.
 EVAL_GROUP_IMAGES = 1024
 
 
@@ -157,8 +139,7 @@ def grouped(eval_step: Callable) -> Callable:
     return jax.vmap(eval_step, in_axes=(None, 0))
 
 
-# 7. XLA's persistent compilation cache: only a machine's first launch compiles (seconds on a
-#    small CPU); $LENET_JAX_CACHE_DIR, default ~/.cache/lenet_jax/xla, "" disables it.
+# 7. XLA's persistent compilation cache ($LENET_JAX_CACHE_DIR; "": off): only a first launch compiles.
 CACHE_DIR_ENV = "LENET_JAX_CACHE_DIR"
 
 
@@ -170,29 +151,25 @@ def enable_compilation_cache(speed: str = "auto") -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-# 8. Two glibc malloc arenas: XLA's and orbax's thread pools otherwise fill up to 8 per core, each
-#    keeping freed memory; two lower the peak RSS at the same wall time.
+# 8. Two glibc malloc arenas, not 8 per core for XLA's and orbax's threads: lower peak RSS, same time.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
 def limit_malloc_arenas() -> None:
-    """Caps glibc's malloc arenas for the threads created from now on (call it first thing); no-op
-    off glibc or where $MALLOC_ARENA_MAX already decides."""
+    """Caps glibc's malloc arenas for threads created from now on; no-op off glibc or $MALLOC_ARENA_MAX."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
         return
     with contextlib.suppress(OSError, AttributeError):  # no mallopt in this C library: keep its default
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
-# 9. The splits' arrays cached as .npz beside tfds's prepared data (lenet_jax.mnist_idx): decoding
-#    60,000 records through tfds takes seconds, loading the arrays milliseconds.
+# 9. The splits cached as .npz beside tfds's data (lenet_jax.mnist_idx): milliseconds, not seconds.
 def array_cache(speed: str) -> bool:
     return speed == "auto"
 
 
-# 10. tensorboardX imported without torch (lenet_jax.run_log): it imports torch whenever that is
-#     installed, seconds of start-up and ~100 MB for tensors this project never logs.
+# 10. tensorboardX imported without torch (lenet_jax.run_log): seconds and ~100 MB never needed.
 @contextlib.contextmanager
 def torch_blocked() -> Iterator[None]:
     """Within it `import torch` fails fast, as if absent; importable again after."""
@@ -206,8 +183,7 @@ def torch_blocked() -> Iterator[None]:
             del sys.modules["torch"]
 
 
-# 11. jax's unrolled threefry lowering on the CPU too (upstream's choice from jax PR #37872): the
-#     rolled loops of jax <= 0.10 cost XLA:CPU seconds of compilation at a cold start; same bits.
+# 11. jax's unrolled threefry on the CPU too (jax PR #37872): seconds less compiling cold; same bits.
 def unrolled_threefry(speed: str) -> None:
     """Lowers jax.random's threefry hash unrolled on the CPU (process-wide; not when plain)."""
     if speed != "auto":

@@ -1,9 +1,5 @@
-"""Train state and the pure step functions.
-
-`TrainState` is a plain pytree (checkpointed, restored against a `jax.eval_shape` target, donated to
-jit); the model and optimizer are closed over. `train_step(state, batch) -> (state, metrics)`,
-`eval_step(params, batch) -> metrics`; a batch's `mask` (0 = padding) gives a partial last batch
-the shape of the others (one compilation) and the mean loss of the smaller batch it stands for.
+"""Train state (a plain pytree) and the pure steps: `train_step(state, batch) -> (state, metrics)`,
+`eval_step(params, batch) -> metrics`; a batch's `mask` (0 = padding) keeps one shape (one compile).
 """
 
 from __future__ import annotations
@@ -26,8 +22,7 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training; rng is a raw uint32[2] key (checkpointable).
-    ema_params: a moving average of params (evaluated instead of them), or None (no leaves)."""
+    """Everything that changes during training; rng a raw uint32[2] key; ema_params an average or None."""
 
     step: jax.Array
     params: Any
@@ -36,14 +31,12 @@ class TrainState:
     ema_params: Any = None
 
 
-# Jitted: run eagerly, init would dispatch (and compile) each of its many small ops one by one.
-# The model and the optimizer are static (hashed by identity), the key is traced.
+# Jitted: eagerly, init would dispatch (and compile) its many small ops one by one.
 @functools.partial(jax.jit, static_argnums=(0, 1, 3))
 def create_train_state(
     model: nn.Module, optimizer: optax.GradientTransformation, key: jax.typing.ArrayLike, ema: bool = False
 ) -> TrainState:
-    """A fresh state: params = model.init(key, ...) (as in a notebook), the step rng the key's first
-    split; ema: keep an average of the weights too (starting equal to them)."""
+    """A fresh state: params = model.init(key, ...) (as in a notebook), the step rng its first split."""
     params = init_params(model, key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -57,8 +50,7 @@ def create_train_state(
 def masked_cross_entropy(
     logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
-    """Mean softmax cross-entropy over the real (mask = 1) examples of a batch; label_smoothing s:
-    the target puts 1 - s on the label and s spread evenly over all classes."""
+    """Mean softmax cross-entropy over the real (mask = 1) examples of a batch, labels smoothed by s."""
     if label_smoothing:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         losses = optax.softmax_cross_entropy(logits, targets)
@@ -68,8 +60,7 @@ def masked_cross_entropy(
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-    """The averaging decay at a step, min(decay, (1 + step) / (10 + step)): the ramp forgets the
-    initial weights fast early on, as TensorFlow's ExponentialMovingAverage(num_updates=...)."""
+    """min(decay, (1 + step) / (10 + step)): forgets the initial weights fast, as TensorFlow's EMA."""
     step = step.astype(jnp.float32)
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
@@ -80,8 +71,7 @@ def evaluated_params(state: TrainState) -> Any:
 
 
 def augmentation_key(state: TrainState, ahead: jax.Array | int = 0) -> jax.Array:
-    """The key that augments the batch of step state.step + ahead: a function of the seed and
-    the step only (`ahead` lets a call that runs several steps draw their keys up front)."""
+    """The key augmenting step state.step + ahead's batch: a function of the seed and the step only."""
     return jax.random.fold_in(state.rng, state.step + ahead)
 
 
@@ -92,9 +82,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure training step (not jitted: the caller decides). augment(key, images): transforms the
-    batch first, keyed by `augmentation_key`; label_smoothing: of the training loss only; ema_decay >
-    0: updates state.ema_params."""
+    """The pure training step (not jitted: the caller decides); augment(key, images) is applied first."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         images = batch["image"]

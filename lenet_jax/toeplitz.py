@@ -1,8 +1,4 @@
-"""Convolutions as matrix products ("Toeplitz" form): LeNet's conv blocks, faster on a CPU.
-
-`ToeplitzBlock` has the parameters and computes the function of `model.ConvBlock` (the tests
-compare them); `lenet_jax.speed` swaps it in on a CPU. A reader of the model needs none of this.
-"""
+"""Convolutions as matrix products: `ToeplitzBlock`, model.ConvBlock's drop-in on a CPU (speed.py)."""
 
 from __future__ import annotations
 
@@ -17,16 +13,8 @@ from lenet_jax.model import ACTIVATIONS, ConvBlock
 def toeplitz_conv(
     x: jax.Array, kernel: jax.Array, padding: int, blocks: int = 2, pool_layout: bool = False
 ) -> jax.Array:
-    """A stride-1 NHWC convolution (lax.conv's math) as one matrix product: XLA:CPU's convolution for
-    LeNet's tiny channel counts runs far below matmul speed (docs/performance.md).
-
-    The output width is cut into `blocks` blocks of B columns (two measured best); each (output row,
-    block) is its input patch (kh rows x B+kw-1 columns, flattened) times a banded ("Toeplitz")
-    matrix T, built from the kernel by an einsum with a 0/1 selection tensor (so its gradient is an
-    einsum too, no scatter). pool_layout=True (even output height and block width) orders T's
-    columns even ones first and returns (N, Ho/2, 2, blocks, 2, B/2, O), [n, i, p, b, q, k, o] the
-    output at row 2i+p, column b*B + 2k+q: each 2x2 pooling window in four contiguous slabs.
-    """
+    """A stride-1 NHWC convolution: each (row, block of B columns) patch times a banded matrix T.
+    pool_layout: (N, Ho/2, 2, blocks, 2, B/2, O), [n, i, p, b, q, k, o] at row 2i+p, col b*B + 2k+q."""
     kh, kw, cin, cout = kernel.shape
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -53,16 +41,14 @@ def toeplitz_conv(
 
 
 def can_pool_layout(height: int, width: int, padding: int, kernel_size: int, blocks: int = 2) -> bool:
-    """Whether toeplitz_conv(..., padding, blocks, pool_layout=True) applies to an input of this
-    size: even output height and block width (LeNet's conv1: 28 and 14; conv2: 10 and 5, no)."""
+    """Whether pool_layout applies: even output height and block width (LeNet's conv1, not conv2)."""
     ho, wo = (size + 2 * padding - kernel_size + 1 for size in (height, width))
     width = wo // blocks if wo % blocks == 0 else wo
     return ho % 2 == 0 and width % 2 == 0
 
 
 def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
-    """2x2 stride-2 max-pooling of toeplitz_conv(..., pool_layout=True)'s output, as NHWC: maxima
-    of contiguous slabs, which XLA:CPU vectorises (a reduction over NHWC windows it does not)."""
+    """2x2 max-pooling of pool_layout's output as NHWC: maxima of slabs, which XLA:CPU vectorises."""
     y = jnp.maximum(y[:, :, :, :, 0], y[:, :, :, :, 1])  # the window's two columns
     y = jnp.maximum(y[:, :, 0], y[:, :, 1])  # and its two rows
     n, h, blocks, width, c = y.shape
@@ -70,8 +56,7 @@ def max_pool_2x2_from_pool_layout(y: jax.Array) -> jax.Array:
 
 
 def pool_2x2(x: jax.Array, kind: str) -> jax.Array:
-    """2x2 stride-2 pooling as a reshape + reduction (H and W even, as in LeNet): the values of
-    nn.avg_pool / nn.max_pool; XLA:CPU fuses this form with its neighbours, not reduce_window."""
+    """nn.avg_pool / nn.max_pool 2x2 as a reshape + reduction, which XLA:CPU fuses (not reduce_window)."""
     n, h, w, c = x.shape
     windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
     return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
@@ -90,8 +75,7 @@ class ToeplitzBlock(ConvBlock):
         activation = ACTIVATIONS[self.activation]
         if self.pool != "max":
             return pool_2x2(activation(toeplitz_conv(x, kernel, padding) + bias), self.pool)
-        # Max-pooling before the bias and activation: exact (max commutes with adding a constant and
-        # with any non-decreasing function, float rounding included), on 4x fewer values.
+        # Max-pooling first: exact (max commutes with +bias and monotone activations), 4x fewer values.
         if can_pool_layout(x.shape[1], x.shape[2], padding, kernel.shape[0]):
             pooled = max_pool_2x2_from_pool_layout(toeplitz_conv(x, kernel, padding, pool_layout=True))
         else:

@@ -1,10 +1,7 @@
 """PyTorch files of the tutorial's LeNet: read them safely, import them, export ours back.
 
-`torch.save(net, PATH)` writes a zip archive whose `data.pkl` pickles the whole MyLeNet, each
-tensor's bytes in a `data/<key>` record. A restricted unpickler (the `find_class` allow-list of
-Python's pickle docs) resolves only the names that file or its state_dict needs, to inert
-stand-ins, and refuses any other before it is called: PyTorch need not be installed.
-`.safetensors` files use the `safetensors` package. `scripts/convert.py` is the command line.
+A restricted unpickler (pickle docs' `find_class` allow-list) maps only the names MyLeNet's torch.save
+zip needs to inert stand-ins and refuses any other before it runs: no PyTorch needed.
 """
 
 from __future__ import annotations
@@ -297,8 +294,7 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
 def import_torch_checkpoint(
     path: str | os.PathLike, workdir: str | os.PathLike, epoch: int | None = None
 ) -> ImportResult:
-    """Writes the weights in `path` as a complete checkpoint of the recipe (a fresh optimizer state,
-    a meta naming the file and its sha256) at `epoch` in `workdir`, overwriting nothing."""
+    """Writes `path`'s weights as a recipe checkpoint of `epoch` in `workdir`, overwriting nothing."""
     import jax  # here: reading a file needs numpy only, writing a checkpoint needs JAX
     import jax.numpy as jnp
 
@@ -373,8 +369,7 @@ class ExportResult:
 def export_torch_checkpoint(
     workdir: str | os.PathLike, out: str | os.PathLike, epoch: int | None = None, force: bool = False
 ) -> ExportResult:
-    """Writes the weights evaluate.py evaluates of one epoch (newest by default) as the tutorial
-    MyLeNet's state_dict: `.safetensors` (metadata: epoch, step) or `.pt` / `.pth` (needs PyTorch)."""
+    """Writes an epoch's evaluated weights (default: newest) as MyLeNet's state_dict (.safetensors, .pt)."""
     import jax
 
     from lenet_jax.checkpoints import load_weights

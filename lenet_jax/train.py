@@ -1,9 +1,4 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
-
-Set up (data, model, optimizer, the jitted step), restore the newest checkpoint or init, then per
-epoch: train on every batch (in an order drawn from the seed and the epoch), evaluate, log,
-checkpoint. The pure steps are in `lenet_jax.steps`; `lenet_jax.speed` holds what "auto" adds.
-"""
+"""The training loop, `train_and_evaluate(config, workdir)`: per epoch train, evaluate, log, checkpoint."""
 
 from __future__ import annotations
 
@@ -44,8 +39,7 @@ class TrainResult:
 
 @dataclasses.dataclass
 class Trainer:
-    """What a run sets up once (`make_trainer`): the model, the optimizer, the jitted training call
-    and the training data on the device."""
+    """What a run sets up once (`make_trainer`): model, optimizer, jitted training call, data on device."""
 
     config: Config
     model: nn.Module
@@ -109,9 +103,7 @@ class Trainer:
 
 
 def plain_train_call(train_step, mesh) -> Any:
-    """One training step per jitted call: `(state, images, labels, indices (1, B), count)`, the
-    batch gathered inside jit from the uint8 images on the device, the state donated (updated in
-    place), the batch sharded over the devices and the rest replicated (XLA all-reduces the grads)."""
+    """One step per jitted call `(state, images, labels, indices (1, B), count)`, the batch sharded."""
     replicated = parallel.replicated(mesh)
 
     @functools.partial(
@@ -129,8 +121,7 @@ def plain_train_call(train_step, mesh) -> Any:
 
 @functools.partial(jax.jit, static_argnums=0)  # one small program, not several eager ones
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """All randomness flows from the seed: PRNGKey(seed) makes the params (as model.init with it
-    in a notebook) and the step key; its split's second key each epoch's order (as 0.1, 0.2)."""
+    """(PRNGKey(seed): params and step rng, its split's second key: each epoch's order), as 0.1, 0.2."""
     key = jax.random.PRNGKey(seed)
     return key, jax.random.split(key)[1]
 
@@ -141,8 +132,7 @@ def make_trainer(
     optimizer: optax.GradientTransformation | None = None,
     steps_per_call: int | None = None,
 ) -> Trainer:
-    """The one set-up of a run. optimizer: any optax transformation; None builds the config's.
-    steps_per_call: training steps per jitted call with speed "auto" (None: the backend's)."""
+    """The one set-up of a run; optimizer None builds the config's, steps_per_call None the backend's."""
     speed.unrolled_threefry(config.speed)  # before the first program that draws random numbers
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
@@ -172,9 +162,7 @@ def make_trainer(
 
 
 def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int, log=None, stop=None):
-    """Trains one epoch from `state` (at step `step`): (state, losses, seconds). log(step, loss)
-    gets every log_every-th step's loss (also printed); without it the epoch runs silently. stop
-    (StopSignals) is checked between calls. DivergedError on a non-finite loss."""
+    """(state, losses, seconds) of one epoch; log(step, loss) every log_every steps, stop between calls."""
     every, hint, show = trainer.config.log_every, trainer.diverged_hint(), log is not None
     start = time.perf_counter()
     with LossMonitor(step, epoch, every, hint, trainer.steps_per_epoch, show) as monitor:
@@ -200,15 +188,12 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Trains LeNet as `config` says, evaluating and checkpointing every epoch in workdir.
 
-    optimizer: any optax GradientTransformation (None: the config's). data_dir: as load_dataset's.
-    resume: continue from the newest checkpoint; False refuses a workdir with checkpoints, unless
-    replace: the old run set aside, deleted at the new run's first checkpoint (put back if it fails
-    before). DivergedError (NaN/inf loss), TrainingInterrupted (SIGINT/SIGTERM): the last checkpoint stays.
+    resume: from the newest checkpoint; else refuse a workdir with checkpoints unless `replace`
+    (the old run set aside until the first new checkpoint). Errors keep the last checkpoint.
     """
     main = parallel.is_main_process()  # only process 0 prints and writes logs
     say = print if main else (lambda *args, **kwargs: None)
-    # The guard puts an old run back and says what is intact if anything fails; the lock keeps
-    # one process per workdir; the signals stop the loop between two calls, saying where it resumes.
+    # On failure the guard puts an old run back; one process per workdir; signals stop between calls.
     with (
         RunGuard(workdir) as guard,
         workdir_lock(guard.workdir, main),
@@ -245,8 +230,7 @@ def train_and_evaluate(
                         **evaluate_state(trainer.evaluator, state, dataset),
                     }
                     say(format_epoch(row), flush=True)
-                    # The checkpoint first (its meta holds the row), then the logs: a crash in
-                    # between is repaired on resume from the checkpoint's meta.
+                    # The checkpoint first: resume repairs the logs from its meta after a crash.
                     meta = {"epoch": epoch, "step": step, "dataset": dataset.source, "metrics": row}
                     checkpoints.save(epoch, state, {**meta, **record})
                     guard.checkpointed(epoch)  # the old run of --restart --force can go now

@@ -95,8 +95,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
-    """Holds WORKDIR/.lock (an flock: freed however the process dies) while writing a run there; a
-    second writer gets LenetError naming the holder. Readers take none (orbax renames into place)."""
+    """Holds WORKDIR/.lock (an flock: freed however the process dies); a second writer gets LenetError."""
     if not enabled or fcntl is None:
         yield
         return
@@ -158,8 +157,7 @@ def restore_set_aside(workdir: Path, aside: Path | None) -> None:
 
 
 class RunGuard(contextlib.AbstractContextManager):
-    """What a training run leaves in its workdir whatever happens: a set-aside old run deleted once
-    the new one has a checkpoint, else put back; a storage fault told in one line saying what is intact."""
+    """An old run set aside until the new one's first checkpoint, else put back; storage faults told."""
 
     def __init__(self, workdir: str | os.PathLike):
         self.created = missing_folders(resolve_workdir(workdir))

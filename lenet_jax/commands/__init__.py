@@ -1,5 +1,4 @@
-"""The command-line programs (`python scripts/NAME.py`, the installed `lenet-NAME`): each module
-holds one's `main(argv) -> exit code` (tested in-process) and `console`, what `lenet-NAME` runs."""
+"""The command-line programs: each module's `main(argv) -> exit code` and `console` (`lenet-NAME`)."""
 
 from __future__ import annotations
 

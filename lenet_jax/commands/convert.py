@@ -3,14 +3,8 @@
     python scripts/convert.py from-torch model/net_20.pth --workdir checkpoints/tutorial
     python scripts/convert.py to-torch --workdir checkpoints/recipe --out lenet.safetensors
 
-from-torch: a file the tutorial wrote (the pickled MyLeNet, its state_dict, or .safetensors)
-becomes a checkpoint of the recipe's model in WORKDIR. The pickle is read without PyTorch and
-without running it (a file naming anything else is refused). The epoch and step default to
-those a to-torch .safetensors file records, else to the number ending the file name (net_20.pth:
-20, step 20 x 938).
-
-to-torch: one epoch's weights (newest by default) as the tutorial MyLeNet's state_dict:
-.safetensors (no PyTorch needed; records the epoch and step), or .pt / .pth (needs PyTorch).
+from-torch reads the pickle without PyTorch and without running it; the epoch defaults to the
+file's own, else the number ending its name. to-torch writes .safetensors, or .pt / .pth (PyTorch).
 """
 
 from __future__ import annotations
@@ -26,10 +20,7 @@ def main(argv: list[str]) -> int:
     importing.add_argument("file", help="the .pth / .pt / .safetensors file")
     importing.add_argument("--workdir", required=True, help="where to write the checkpoint")
     importing.add_argument(
-        "--epoch",
-        type=int,
-        help="the epoch to store it as, 0 to 2289428 (default: the file's own, else the number ending"
-        " its name, else 1)",
+        "--epoch", type=int, help="epoch to store it as, 0 to 2289428 (default: the file's, its name's, or 1)"
     )
     exporting = subcommands.add_parser("to-torch", help="a checkpoint -> a PyTorch state_dict file")
     commands.checkpoint_flags(exporting)

@@ -1,14 +1,10 @@
 """Draw a digit in the browser: `python scripts/serve.py --workdir DIR [--port P]`.
 
-Starts a local web server (127.0.0.1 by default) with one page: draw on the canvas with the
-mouse or a finger, and the model's 10 probabilities update live, next to the 28x28 image it saw.
-Other clients POST an image to /predict (raw, or as a form upload) and get JSON:
+The page shows the 10 probabilities live as you draw; other clients POST an image and get JSON:
 
     curl -F file=@digit.png http://127.0.0.1:8000/predict
 
-The app is lenet_jax/serve.py's Starlette app under uvicorn, with bounds (body size, decoded
-pixels, images processed at once, connections, time to send headers and body: docs/serving.md);
-a refused request gets {"error": "..."} with its HTTP status.
+Requests are bounded (docs/serving.md); a refused one gets {"error": "..."} with its HTTP status.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ def listen_error(host: str, port: int, error: OSError) -> str:
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
     parser = commands.parser(__doc__)
     commands.checkpoint_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
@@ -78,8 +73,7 @@ def main(argv: list[str]) -> int:
         f"Serving epoch {predictor.epoch} of {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)",
         flush=True,
     )
-    # uvicorn stops on SIGINT or SIGTERM, then raises it again: the default action ends the
-    # process (a shell says 130 or 143) without JAX's teardown at exit (over a second here).
+    # uvicorn re-raises SIGINT/SIGTERM after stopping: the default action skips JAX's slow teardown.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     uvicorn_server(app, log_level="info" if args.debug else "warning").run(sockets=[listener])
     return 0

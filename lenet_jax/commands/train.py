@@ -1,7 +1,4 @@
-"""Train LeNet on MNIST: `python scripts/train.py [--preset NAME] [--FIELD VALUE ...]`.
-
-A thin entry point: flags -> Config -> lenet_jax.train.train_and_evaluate. See --help.
-"""
+"""Train LeNet on MNIST: `python scripts/train.py [--preset NAME] [--FIELD VALUE ...]`."""
 
 from __future__ import annotations
 
@@ -14,40 +11,26 @@ DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
     parser = commands.parser(__doc__)
     parser.add_argument(
-        "--workdir",
-        help="where checkpoints, logs, metrics.jsonl and config.json go; rerunning with the same "
-        "workdir resumes (default: checkpoints/<run-name>)",
+        "--workdir", help="checkpoints and logs; the same one resumes (default: checkpoints/<run-name>)"
     )
     parser.add_argument("--run-name", help="names the default workdir (default: the preset's name)")
     parser.add_argument(
-        "--data-dir",
-        help="folder with the four MNIST-format IDX files train-images-idx3-ubyte, "
-        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped (.gz) or not "
-        "(default: $LENET_DATA_DIR, else download MNIST through tensorflow-datasets)",
+        "--data-dir", help="the four MNIST IDX files' folder (default: $LENET_DATA_DIR, else download)"
     )
     parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over instead of resuming; refused if the workdir has checkpoints, unless "
-        "--force is given too",
+        "--restart", action="store_true", help="start over, not resume (with checkpoints: needs --force too)"
     )
     parser.add_argument(
-        "--force",
-        action="store_true",
-        help="with --restart: replace the old run (set aside once everything is checked, deleted "
-        "when the new run has saved its first checkpoint, put back if it fails before)",
+        "--force", action="store_true", help="with --restart: replace the old run (back if the new one fails)"
     )
     group = parser.add_argument_group("multi-process (see README, Scaling out)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     group.add_argument("--num-processes", type=int, help="how many processes take part")
     group.add_argument("--process-id", type=int, help="this process's rank, 0..N-1")
     group.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a multi-process run whose settings jax.distributed detects (SLURM, MPI, ...)",
+        "--distributed", action="store_true", help="join a run jax.distributed detects (SLURM, MPI, ...)"
     )
     cli.add_config_flags(parser)
     args = parser.parse_args(argv)

@@ -1,12 +1,7 @@
 """A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow, and its splits.
 
-tfds's stock `mnist` builder needs TensorFlow to prepare the data; this one reads the IDX files with
-numpy, stores uint8 tensors in `array_record` files and is served with `tfds.data_source`. Configs:
-`mnist` downloads the official files (tfds verifies them against `checksums.tsv` beside this file);
-`idx_<sha256 prefix>` serves a local folder (`--data-dir`), named by the files' content. Where the
-array-record package has no wheel (only Linux and Apple-silicon macOS have one), a local folder is
-read straight from its files (`idx.read_folder`) and the download is refused in one line.
-`load_splits` prepares a dataset once (a damaged one again, once) and serves its arrays.
+Configs: `mnist` downloads the official files (checked against `checksums.tsv`); `idx_<sha256
+prefix>` serves a local folder (`--data-dir`). Without array-record wheels, only local folders work.
 """
 
 from __future__ import annotations
@@ -63,9 +58,7 @@ def require_array_record() -> None:
 
 
 def _check_reachable(url: str, timeout: float = 10.0) -> None:
-    """OSError within seconds (tfds retries for minutes) when the first hop of a download of url
-    cannot be reached: the proxy when the standard variables (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...)
-    or the system's settings name one, as for the download itself (requests honours them)."""
+    """OSError within seconds (tfds retries for minutes) if url's first hop (its proxy, if any) is down."""
     parsed = urllib.parse.urlparse(url)
     host = what = parsed.hostname
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -91,9 +84,8 @@ def _refuse_download(error: BaseException):
     ) from error
 
 
-def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
-    """The full train and test splits of a folder (None: the download) and their tfds name, prepared
-    on first use; array_cache: keep the arrays beside tfds's files (lenet_jax.speed.array_cache)."""
+def load_splits(folder: Path | None, array_cache: bool = True, names=("train", "test")) -> tuple[list, str]:
+    """The named splits of a folder (None: the download) and their tfds name, prepared once."""
     if folder is None:
         require_array_record()  # the download goes through tfds's array_record files
         config = ONLINE_MNIST
@@ -101,21 +93,19 @@ def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, S
         digest = idx.check_and_fingerprint(folder)
         about = f"IDX files from {folder} (sha256 {digest})"
         config = IdxConfig(name=idx.local_config_name(digest), description=about, source_dir=str(folder))
-    # Process 0 prepares the dataset while the others wait: two preparing into one folder collide.
-    # quiet(): tfds warns about what is expected here ("Using custom data configuration", ...).
+    # Process 0 prepares while the others wait (two would collide); tfds's expected warnings quiet.
     with quiet():
         if parallel.is_main_process():
-            builder, train, test = _prepared(config, array_cache)
+            builder, splits = _prepared(config, array_cache, names)
         parallel.barrier("dataset prepared")
         if not parallel.is_main_process():
             builder = MnistIdx(config=config, file_format="array_record")
-            train, test = (_split_arrays(builder, split, array_cache) for split in ("train", "test"))
-    return train, test, f"{builder.name}/{builder.builder_config.name}"
+            splits = [_split_arrays(builder, name, array_cache) for name in names]
+    return splits, f"{builder.name}/{builder.builder_config.name}"
 
 
 def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
-    """One prepared split as arrays, decoded through tfds.data_source; use_cache: kept beside it
-    (`arrays-<split>.npz`, lenet_jax.speed.array_cache) where writable, decoded again if unreadable."""
+    """One prepared split as arrays; use_cache: kept beside it as `arrays-<split>.npz` where writable."""
     cache = Path(builder.data_path) / f"arrays-{split}.npz"
     if use_cache and cache.is_file():
         with contextlib.suppress(Exception):  # BadZipFile, KeyError, ValueError...: decode again
@@ -134,9 +124,8 @@ def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
     return Split(images, labels)
 
 
-def _prepared(config, array_cache: bool = True):
-    """(builder, train, test) of a config, preparing it first if needed; derived data, one that cannot
-    be read (damaged, a crash while written) is prepared again, once."""
+def _prepared(config, array_cache: bool, names: tuple[str, ...]):
+    """(builder, its named splits), prepared if needed; an unreadable one is prepared again, once."""
     for attempt in (1, 2):
         builder, preparing = None, False
         try:
@@ -148,7 +137,7 @@ def _prepared(config, array_cache: bool = True):
             if preparing:
                 _prepare(builder, config)
                 preparing = False
-            return builder, *(_split_arrays(builder, split, array_cache) for split in ("train", "test"))
+            return builder, [_split_arrays(builder, name, array_cache) for name in names]
         except LenetError:
             raise
         except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache
@@ -200,8 +189,7 @@ def _prepare(builder, config) -> None:
 
 
 def cache_dir(config: IdxConfig) -> Path:
-    """Where tfds keeps the prepared dataset of `config` (derived data: rebuilt when deleted).
-    Computed without a builder: a damaged dataset_info.json makes building one fail."""
+    """Where tfds keeps `config`'s prepared dataset; no builder: a damaged dataset_info.json breaks one."""
     root = Path(tfds.core.constants.DATA_DIR).expanduser()  # what tfds uses: read at its import
     return root / MnistIdx.name / config.name / str(MnistIdx.VERSION)
 
