@@ -104,24 +104,31 @@ def load_dataset(
     $LENET_DATA_DIR, failing that a download of the official files. validation_size, train_size:
     as Dataset.subset. array_cache: keep the arrays beside tfds's files (lenet_jax.speed.array_cache).
     """
+    (train, test), source = _load_splits(data_dir, array_cache, ("train", "test"))
+    return Dataset(train, test, None, source).subset(validation_size, train_size)
+
+
+def load_test_split(data_dir: str | os.PathLike | None = None, array_cache: bool = True) -> Split:
+    """The test split alone, as load_dataset's (evaluation: the training images would only cost memory)."""
+    return _load_splits(data_dir, array_cache, ("test",))[0][0]
+
+
+def _load_splits(data_dir, array_cache: bool, names: tuple[str, ...]) -> tuple[list[Split], str]:
     folder = resolve_data_dir(data_dir)
     missing = _missing_for_tfds()
     if folder is not None and missing:
         # No tfds path here (array-record has no wheel for the platform, or a machine set up
         # without tfds, e.g. a GPU image): the same arrays, read from the files each run.
         digest, splits = idx.read_folder(folder)
-        train, test = (Split(*splits[name]) for name in ("train", "test"))
-        source = f"mnist_idx/{idx.local_config_name(digest)}"
-    elif missing == "tensorflow-datasets":
+        return [Split(*splits[name]) for name in names], f"mnist_idx/{idx.local_config_name(digest)}"
+    if missing == "tensorflow-datasets":
         raise DataError(
             "downloading MNIST needs tensorflow-datasets, which is not installed: pip install "
             "tensorflow-datasets, or pass --data-dir DIR (or set LENET_DATA_DIR) with the four IDX files"
         )
-    else:
-        from lenet_jax import mnist_idx  # here: tfds takes ~1 s to import, and only loading data needs it
+    from lenet_jax import mnist_idx  # here: tfds takes ~1 s to import, and only loading data needs it
 
-        train, test, source = mnist_idx.load_splits(folder, array_cache)
-    return Dataset(train, test, None, source).subset(validation_size, train_size)
+    return mnist_idx.load_splits(folder, array_cache, names)
 
 
 def _missing_for_tfds() -> str | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from lenet_jax import parallel
 from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
-from lenet_jax.data import Dataset, Split, gather_batch, load_dataset, pad_rows, sequential_order
+from lenet_jax.data import Dataset, Split, gather_batch, load_test_split, pad_rows, sequential_order
 from lenet_jax.errors import out_of_memory_names
 from lenet_jax.model import model_from_config
 from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
@@ -115,8 +115,8 @@ def evaluate_checkpoint(
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size
     evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size))
-    dataset = load_dataset(data_dir, array_cache=array_cache(speed))
-    test = evaluator.evaluate(restored.params, dataset.test)
+    test_split = load_test_split(data_dir, array_cache(speed))
+    test = evaluator.evaluate(restored.params, test_split)
     return {
         "epoch": restored.epoch,
         "step": restored.meta["step"],

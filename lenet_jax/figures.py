@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lenet_jax.data import load_dataset  # noqa: E402
+from lenet_jax.data import load_test_split  # noqa: E402
 from lenet_jax.errors import LenetError, storage_fault  # noqa: E402
 from lenet_jax.idx import NUM_CLASSES  # noqa: E402
 from lenet_jax.predict import load_predictor  # noqa: E402
@@ -136,7 +136,7 @@ def write_report(
     for path in paths:  # legend names: the folder's, or its path where two share one
         runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
     predictor = load_predictor(paths[0], epoch, tta=False)  # the report matches the logged accuracy
-    test = load_dataset(data_dir).test
+    test = load_test_split(data_dir)
     probabilities = predictor.predict_mnist(test.images)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,4 @@
-"""Shared fixtures and helpers: synthetic IDX folders, the real MNIST folder, an isolated tfds
-cache, running the scripts in-process, an untrained predictor."""
+"""Shared fixtures and helpers: synthetic and real MNIST, an isolated tfds cache, the scripts, a predictor."""
 
 from __future__ import annotations
 
@@ -20,9 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# One XLA compilation cache per test process (pytest-xdist's workers each have their own: JAX
-# writes its entries in place), so the many tests that build the same small programs compile
-# each once. Transparent: the same programs, the same numbers.
+# One XLA compilation cache per test process (per xdist worker): the same small programs compile once.
 os.environ["LENET_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lenet-jax-tests-xla-")
 atexit.register(shutil.rmtree, os.environ["LENET_JAX_CACHE_DIR"], ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["LENET_JAX_CACHE_DIR"])
@@ -58,26 +55,41 @@ def run_cli(capsys, script, *argv):
     return code, capsys.readouterr().err
 
 
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under root with its bytes (None for a folder, the target for a link)."""
+    root = Path(root)
+    if root.is_symlink():
+        return {".": os.readlink(root)}
+    if not root.exists():
+        return {}
+    if root.is_file():
+        return {".": _contents(root)}
+    tree: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
+    return tree
+
+
+def _contents(path: Path) -> object:
+    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
+    info = path.stat()
+    if not path.is_file() or info.st_size > 2**26:
+        return ("not read", info.st_mode, info.st_size)
+    return path.read_bytes()
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
     """Writes array (uint8) as an IDX file with the given magic number."""
     header = np.asarray([magic, *array.shape], ">u4").tobytes()
     data = header + np.ascontiguousarray(array, np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data, compresslevel=1))
-    else:
-        path.write_bytes(data)
+    path = path.with_name(path.name + ".gz") if compress else path
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
     return path
 
 
-def make_idx_dir(
-    folder: Path, n_train: int = 96, n_test: int = 40, seed: int = 0, compress: bool = True
-) -> Path:
-    """A folder of the four IDX files with a learnable synthetic task.
-
-    Each class c is a bright 6x6 square at a position that depends on c, plus noise, so that
-    a few optimizer steps visibly lower the loss.
-    """
+def make_idx_dir(folder: Path, n_train=96, n_test=40, seed=0, compress=True) -> Path:
+    """The four IDX files of a learnable task: class c a bright 6x6 square placed by c, over noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -93,8 +105,7 @@ def make_idx_dir(
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tfds_cache(tmp_path_factory):
-    """Every test prepares tfds datasets in a temporary folder (one per xdist worker), never the
-    user's."""
+    """tfds datasets are prepared in a temporary folder (one per xdist worker), never the user's."""
     os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
 
 
@@ -112,15 +123,12 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory):
-    """A quick real model: the fast preset, 1 epoch on 12,000 images (~97% test accuracy),
-    without its label smoothing, which caps the predicted probabilities near 0.9 (the
-    prediction tests pick confidently-classified digits); without smoothing, its 38-step warm-up
-    to lr 0.2 needs the gradients clipped (seed 0 diverges at step 37 otherwise)."""
+    """The fast preset, 1 epoch on 12,000 images (~97%), unsmoothed (smoothing caps probabilities near
+    0.9; the prediction tests pick confident digits), so clipped (else seed 0 diverges at step 37)."""
     from lenet_jax.config import get_preset
     from lenet_jax.train import train_and_evaluate
 
-    # Trained once per session: pytest-xdist's workers share their base folder's parent, and the
-    # first to take the lock trains while the others wait (xdist's documented recipe).
+    # Once per session: the first xdist worker to lock the shared parent folder trains (xdist's recipe).
     shared = tmp_path_factory.getbasetemp()
     shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
     workdir = shared / "trained-run"
@@ -137,9 +145,7 @@ def trained_run(mnist_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def untrained_predictor():
-    """A Predictor with random weights: for tests of input handling, which need no accuracy,
-    no data and no checkpoint (weights drawn with numpy: initialising the model op by op
-    compiles every op)."""
+    """Random weights for input-handling tests (drawn by numpy: an op-by-op init compiles every op)."""
     from lenet_jax.config import Config
     from lenet_jax.model import init_params, model_from_config
     from lenet_jax.predict import Predictor

@@ -1,5 +1,4 @@
-"""Image files crafted for the tests of lenet_jax.predict and the server: one digit drawing in
-every PIL mode and container, and the hostile or odd files a user or an attacker may send."""
+"""Crafted images for predict and serve: a digit in every PIL mode and container, and hostile files."""
 
 from __future__ import annotations
 
@@ -82,8 +81,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height grey pixels, with a few bytes of data: a
-    decoder that trusts the header allocates all of them."""
+    """A few bytes of PNG whose header claims width x height pixels (a trusting decoder allocates them)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     data = zlib.compress(b"\0" * (width + 1) * 4)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")

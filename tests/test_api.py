@@ -2,7 +2,9 @@
 
 import contextlib
 import io
+import pkgutil
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,10 +15,8 @@ from lenet_jax.evaluation import evaluate_checkpoint
 
 
 def test_every_public_callable_is_documented():
-    undocumented = [
-        n for n in lenet_jax.__all__ if callable(getattr(lenet_jax, n)) and not getattr(lenet_jax, n).__doc__
-    ]
-    assert undocumented == []
+    public = {name: getattr(lenet_jax, name) for name in lenet_jax.__all__}
+    assert [name for name, value in public.items() if callable(value) and not value.__doc__] == []
 
 
 def readme_python_blocks(section: str) -> list[str]:
@@ -40,8 +40,7 @@ def test_readme_python_api_example_prints_the_models_accuracy_and_a_prediction(
     (metrics_log,) = tmp_path.rglob("metrics.jsonl")  # the run's workdir, wherever the block puts it
     evaluated = evaluate_checkpoint(metrics_log.parent)
     assert evaluated["count"] == 10_000 and float(accuracy) == evaluated["test_accuracy"]
-    # One row of 10 probabilities per image; what the block's comment promises: the first 8 test
-    # digits recognised.
+    # One row of 10 probabilities per image; as the block's comment promises, the first 8 digits right.
     probabilities = namespace["predict"](namespace["test"].images[:8])
     assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(-1), 1, atol=1e-5)
     labels = namespace["test"].labels[:8].tolist()
@@ -49,31 +48,18 @@ def test_readme_python_api_example_prints_the_models_accuracy_and_a_prediction(
 
 
 def test_every_function_docs_from_pytorch_names_exists():
-    import importlib
-
     text = (REPO_ROOT / "docs" / "from-pytorch.md").read_text()
     names = set(re.findall(r"`(lenet_jax(?:\.\w+)+)", text))
     assert len(names) > 15
     for dotted in sorted(names):
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
-            try:
-                value = importlib.import_module(".".join(parts[:cut]))
-                break
-            except ImportError:
-                continue
-        for attr in parts[cut:]:
-            value = getattr(value, attr)  # AttributeError: the page names something that is gone
+        pkgutil.resolve_name(dotted)  # ImportError or AttributeError: the page names something gone
 
 
-# A heading cited as README (or a docs/ page), then a comma or the word section, then its title
-# (quoted or not): the title must be a heading of that document.
+# README or a docs/ page, then a comma or "section", then a heading's title (quoted or not).
 CROSS_REFERENCE = re.compile(r'(README|docs/[\w-]+\.md)(?:,|\s+section)\s+(?:"([^"]+)"|([A-Z][\w -]*\w))')
 
 
 def test_every_cross_reference_names_an_existing_heading():
-    import subprocess
-
     command = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
     files = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
     found = []

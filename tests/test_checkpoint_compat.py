@@ -1,5 +1,4 @@
-"""Workdirs written by earlier versions keep working: evaluate, predict and resume (a newer
-version's is refused: tests/test_fuzz.py, "meta from a newer version")."""
+"""Earlier versions' workdirs evaluate, predict, resume (a newer one's: test_fuzz.py, "meta from a newer")."""
 
 import shutil
 from pathlib import Path

@@ -1,23 +1,19 @@
-"""Checkpoints say what made them, and a restore tells a damaged checkpoint from one that does
-not fit: only the damaged one is called damaged, and nothing is ever advised deleted."""
+"""Checkpoints say what made them; a restore tells a damaged checkpoint from one that does not fit."""
 
 import json
 
 import jax
 import optax
 import pytest
+from conftest import snapshot
 
 from lenet_jax.checkpoints import Checkpoints, describe
 from lenet_jax.config import Config
 from lenet_jax.data import load_dataset
-from lenet_jax.errors import CheckpointError
+from lenet_jax.errors import CheckpointError, DivergedError
 from lenet_jax.train import make_trainer, train_and_evaluate
 
 TINY = Config(epochs=1, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
-
-
-def snapshot(folder):
-    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -54,9 +50,8 @@ def test_resuming_with_an_optimizer_of_another_state_is_refused_before_any_resto
 
 
 def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_run, idx_dir, capsys):
-    result = train_and_evaluate(
-        TINY.replace(epochs=2), adam_run, optimizer=optax.adam(3e-4), data_dir=idx_dir
-    )
+    two = TINY.replace(epochs=2)
+    result = train_and_evaluate(two, adam_run, optimizer=optax.adam(3e-4), data_dir=idx_dir)
     assert "has the state structure of the checkpoint's" in capsys.readouterr().out
     assert [row["epoch"] for row in result.metrics] == [1, 2] and Checkpoints(adam_run).epochs() == [1, 2]
     assert result.metrics[-1]["step"] == 2 * 6  # 96 images / 16 per batch
@@ -65,15 +60,10 @@ def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_r
 
 
 def test_a_diverging_python_optimizer_is_not_told_about_a_learning_rate_it_did_not_use(idx_dir, tmp_path):
-    from lenet_jax.errors import DivergedError
-
-    with pytest.raises(DivergedError) as diverged:
-        train_and_evaluate(
-            TINY.replace(activation="relu"), tmp_path / "run", optimizer=optax.sgd(1e5), data_dir=idx_dir
-        )
-    assert "--lr" not in str(diverged.value) and "optimizer passed to train_and_evaluate" in str(
-        diverged.value
-    )
+    config = TINY.replace(activation="relu")
+    with pytest.raises(DivergedError, match="optimizer passed to train_and_evaluate") as diverged:
+        train_and_evaluate(config, tmp_path / "run", optimizer=optax.sgd(1e5), data_dir=idx_dir)
+    assert "--lr" not in str(diverged.value)
 
 
 def test_damaged_and_mismatched_checkpoints_get_different_messages(idx_dir, tmp_path):

@@ -1,10 +1,14 @@
 """Configs: presets, validation, flags generated from the fields."""
 
+import jax
 import pytest
 
 from lenet_jax import cli
+from lenet_jax.config import OPTIMIZERS as CHOICES
 from lenet_jax.config import PRESETS, Config, get_preset
 from lenet_jax.errors import ConfigError
+from lenet_jax.model import count_params, init_params, model_from_config
+from lenet_jax.optimizers import OPTIMIZERS
 
 
 def parse(*argv):
@@ -33,25 +37,25 @@ def test_config_roundtrips_through_json_dict():
         Config.from_dict({**c.to_dict(), "colour": "red"})
 
 
-def test_presets_are_valid_and_documented():
-    for name, make in PRESETS.items():
-        assert isinstance(get_preset(name), Config)
-        assert "Run:" in make.__doc__ and "Expected:" in make.__doc__
-
-
-def test_a_config_built_directly_is_validated():
-    with pytest.raises(ConfigError, match="batch_size must be at least 1, not 0"):
-        Config(batch_size=0)
-    with pytest.raises(ConfigError, match="lr must be a finite number, not inf"):
-        Config(lr=float("inf"))
-    with pytest.raises(ConfigError, match="optimizer must be one of sgd, momentum, .*, not 'adamax'"):
-        Config(optimizer="adamax")
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, not 0"),
+        ({"lr": float("inf")}, "lr must be a finite number, not inf"),
+        ({"optimizer": "adamax"}, "optimizer must be one of sgd, momentum, .*, not 'adamax'"),
+        ({"augment_rotate": -1}, "augment_rotate must be >= 0"),
+        ({"augment_scale": 1.5}, "augment_scale must be below 1"),
+        ({"augment_blur": -1}, "augment_blur must be >= 0"),
+        ({"augment_stroke": 4}, "augment_stroke must be at most 3"),
+    ],
+)
+def test_a_config_built_directly_or_replaced_is_validated(fields, message):
+    for build in (Config, Config().replace):
+        with pytest.raises(ConfigError, match=message):
+            build(**fields)
 
 
 def test_optimizer_choices_are_the_registry():
-    from lenet_jax.config import OPTIMIZERS as CHOICES
-    from lenet_jax.optimizers import OPTIMIZERS
-
     assert CHOICES is OPTIMIZERS  # one list, where the optimizers are
 
 
@@ -80,15 +84,12 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_keeps_lenet5_size(name):
-    # The speed and accuracy presets may change activations, pooling, init, optimizer and
-    # augmentation, and add the feature LayerNorm (32 parameters), never the layers' sizes:
-    # <= 62k parameters (LeNet-5's 61,706).
-    import jax
-
-    from lenet_jax.model import count_params, init_params, model_from_config
+def test_every_preset_is_documented_and_keeps_lenet5_size(name):
+    # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
 
     config = get_preset(name)
+    doc = PRESETS[name].__doc__
+    assert isinstance(config, Config) and "Run:" in doc and "Expected:" in doc
     model = model_from_config(config)
     shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
     assert count_params(shapes) == 61_706 + (32 if config.feature_norm else 0) <= 62_000

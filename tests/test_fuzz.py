@@ -1,16 +1,9 @@
-"""Fuzz: bad input and faults against train.py, evaluate.py and results.py, one parameterized
-test per family (data, flags, checkpoints, workdir contents, faults).
-
-Every case runs a script's main in-process, as its __main__ does, and asserts the exit code, a
-single stderr line without a traceback (for failures), that every flag the line names exists
-for that script, and that nothing on disk changed that should not have (snapshots of files and
-bytes before and after). Successes (a repaired log, a rebuilt cache) assert what was repaired
-and that nothing was lost. Tiny synthetic IDX data: the whole file runs in well under a minute.
-"""
+"""Fuzz train.py, evaluate.py, results.py in-process: one line naming real flags, nothing lost."""
 
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import errno
 import functools
@@ -21,17 +14,26 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import conftest
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, start_python, write_idx
+from absl import logging as absl_logging
+from conftest import REPO_ROOT, make_idx_dir, snapshot, start_python, write_idx
 
 from lenet_jax import cli
-from lenet_jax.workdir import read_metrics
+from lenet_jax.checkpoints import load_weights
+from lenet_jax.data import load_dataset
+from lenet_jax.resume import PLATEAU_NOTE
+from lenet_jax.workdir import read_metrics, workdir_lock
 
 TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 
@@ -52,8 +54,7 @@ def script_flags(name: str) -> set[str]:
 
 
 def assert_flags_exist(script: str, message: str, argv=()) -> None:
-    """Every --flag a message names is one of the script it names ("evaluate.py --epoch 1"),
-    else of the script that printed it (or one the user gave, quoted back)."""
+    """Every --flag named is the named script's ("evaluate.py --epoch 1"), the printer's or the user's."""
     named = re.compile(r"(\w+\.py)((?: --[a-z][\w-]*(?: [^\s;,()]+)?)+)")
     for other, flags in named.findall(message):
         for flag in re.findall(r"--[a-z][\w-]*", flags):
@@ -75,30 +76,6 @@ def run_cli(capsys, script: str, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def snapshot(root: Path) -> dict[str, object]:
-    """Every path under root with its bytes (None for a folder, the target for a link)."""
-    root = Path(root)
-    if root.is_symlink():
-        return {".": os.readlink(root)}
-    if not root.exists():
-        return {}
-    if root.is_file():
-        return {".": _contents(root)}
-    tree: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
-    return tree
-
-
-def _contents(path: Path) -> object:
-    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
-    info = path.stat()
-    if not path.is_file() or info.st_size > 2**26:
-        return ("not read", info.st_mode, info.st_size)
-    return path.read_bytes()
-
-
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
     assert code == expected_code, err
     assert "Traceback" not in err, err
@@ -107,8 +84,7 @@ def assert_one_line(err: str, code: int, expected_code: int, message: str) -> No
 
 
 def check(capsys, script, argv, code, message, unchanged=(), absent=()):
-    """Runs the script; asserts the one line, and that `unchanged` paths are byte for byte as
-    they were and `absent` ones were not created. Returns (out, err)."""
+    """The one line; `unchanged` paths byte for byte as they were, `absent` ones not created."""
     before = {path: snapshot(path) for path in unchanged}
     got, out, err = run_cli(capsys, script, *argv)
     assert_one_line(err, got, code, message)
@@ -121,8 +97,7 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
 
 
 def fail_writes(monkeypatch, pattern: str, code: int) -> None:
-    """open() for writing of a path matching `pattern` raises OSError(code): a full disk or a
-    denied write, as root cannot be denied by permission bits."""
+    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
     original = builtins.open
 
     def failing(file, mode="r", *args, **kwargs):
@@ -198,24 +173,18 @@ def _empty_split(folder: Path, images: str, labels: str) -> None:
     _idx(folder, images, (0, 28, 28)), _idx(folder, labels, 0, 0x801)
 
 
+DAMAGED = "the file is damaged, download it again"
 # fmt: off
 DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "missing file": (lambda d: (d / f"{TL}.gz").unlink(), f"has no {TL}[.gz]"),
-    "wrong magic": (
-        lambda d: _idx(d, TI, (96, 28, 28), 0x801), "has magic number 0x00000801, expected 0x00000803"
-    ),
-    "truncated gzip": (
-        lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]),
-        "the file is damaged, download it again",
-    ),
-    "not gzip at all": (
-        lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), "the file is damaged, download it again"
-    ),
+    "wrong magic": (lambda d: _idx(d, TI, (96, 28, 28), 0x801),
+                    "has magic number 0x00000801, expected 0x00000803"),
+    "truncated gzip": (lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]), DAMAGED),
+    "not gzip at all": (lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), DAMAGED),
     "empty file": (lambda d: _raw(d, EL, b""), "not even a header"),
     "header promises more": (
         lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
-        "its header promises 50 images but it holds 1",
-    ),
+        "its header promises 50 images but it holds 1"),
     "counts disagree": (lambda d: _idx(d, EL, 39, 0x801), f"has 40 images but {EL}.gz has 39 labels"),
     "not 28x28": (lambda d: _idx(d, TI, (96, 32, 32)), "holds 32x32 images, expected 28x28"),
     "label out of range": (lambda d: _idx(d, TL, 96, 0x801, fill=10), "has label 10 at index 0, outside 0-9"),
@@ -224,11 +193,8 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "0 training images": (lambda d: _empty_split(d, TI, TL), f"{TI}.gz holds no images"),
     "--train-size above the split": (lambda d: None, "--train-size 1000 is larger than", "--train-size=1000"),
     "--validation-size takes all": (lambda d: None, "leaves no training images", "--validation-size", "96"),
-    "--batch-size above the split": (
-        lambda d: None,
-        "--batch-size 1000000000 is larger than the 64 training images: use 64 or less",
-        "--batch-size", "1000000000",
-    ),
+    "--batch-size above the split": (lambda d: None, "--batch-size 1000000000 is larger than the 64 training "
+                                     "images: use 64 or less", "--batch-size", "1000000000"),
     "folder missing": (lambda d: shutil.rmtree(d), "does not exist: pass --data-dir"),
     "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
     "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), "cannot be resolved"),
@@ -247,8 +213,7 @@ def test_fuzz_data(capsys, tmp_path, case):
 
 
 def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, data):
-    """LENET_DATA_DIR pointing nowhere; no data folder at all, offline; evaluate.py with bad
-    data (its workdir untouched)."""
+    """LENET_DATA_DIR pointing nowhere; no data folder, offline; evaluate.py with bad data."""
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path / "nowhere"))
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
     check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
@@ -305,11 +270,9 @@ FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts wit
     "distributed with coordinator": (
         "--distributed --coordinator h:1", "--distributed takes no --coordinator"),
     "process id alone": ("--process-id 1", "give all of --coordinator, --num-processes"),
-    "num processes 0": (
-        "--coordinator localhost:1234 --num-processes 0 --process-id 0",
+    "num processes 0": ("--coordinator localhost:1234 --num-processes 0 --process-id 0",
         "--num-processes must be at least 1"),
-    "process id out of range": (
-        "--coordinator localhost:1234 --num-processes 2 --process-id 5",
+    "process id out of range": ("--coordinator localhost:1234 --num-processes 2 --process-id 5",
         "--process-id must be in 0..1, not 5"),
     "coordinator without port": (
         "--coordinator notahost --num-processes 1 --process-id 0", "--coordinator must be HOST:PORT"),
@@ -343,10 +306,7 @@ def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
 
 
 def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
-    """--distributed where no cluster is detected: one line naming the flags to pass instead
-    (jax's CPU collectives setting is put back: the process stays single-process)."""
-    import jax
-
+    """--distributed outside a cluster (jax's CPU collectives setting put back afterwards)."""
     previous = jax.config.jax_cpu_collectives_implementation
     try:
         argv = ["--workdir", tmp_path / "run", "--distributed"]
@@ -410,24 +370,21 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
     "meta a list": (_meta_is("[1, 2]"), EV, "is damaged"),
     "meta without config": (_without("config"), EV, "its meta lacks the config or the step"),
     "meta without step, resume": (_without("step"), TR, "its meta lacks the config or the step"),
-    "meta from a newer version": (
-        _edit(lambda m: {**m, "format_version": 99}), EV,
+    "meta from a newer version": (_edit(lambda m: {**m, "format_version": 99}), EV,
         "has format version 99, newer than this lenet-jax reads"),
     "meta config invalid": (
         _config_with(epochs=-1), EV, "records a config this lenet-jax cannot use (epochs must be at least 1"),
     "meta config from another version": (_config_with(wings=2), EV, "unknown config fields ['wings']"),
     "epoch that does not exist": (None, _evaluate("--epoch", "5"), "available epochs: 1, 2"),
     "only epoch 1 damaged": (_cut(1), _evaluate("--epoch", "1"), "no earlier epoch is there to fall back to"),
-    "no checkpoints": (
-        lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
+    "no checkpoints": (lambda r: [shutil.rmtree(p) for p in (r / "checkpoints").iterdir()], EV,
         "has no checkpoints: train first"),
     "damaged, with a report": (
         _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
     "other settings, resume": (
         None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
     "restart without force": (None, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
-    "meta 4 GiB, sparse": (
-        lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
+    "meta 4 GiB, sparse": (lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
         "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
     "checkpoint metadata a link to /dev/zero": (
         lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
@@ -501,8 +458,7 @@ LOG_DAMAGE = {
 
 def _kept(run: Path, before: dict[str, object]) -> None:
     """Whatever the damaged files held is still in the workdir (set aside, or in place)."""
-    now = snapshot(run)
-    contents = [value for value in now.values() if isinstance(value, bytes)]
+    contents = [value for value in snapshot(run).values() if isinstance(value, bytes)]
     for key, value in before.items():
         if isinstance(value, bytes):
             assert value in contents, f"{key}'s bytes were lost"
@@ -518,16 +474,17 @@ WORKDIR_CASES = (
 
 @pytest.mark.parametrize("command,damage", WORKDIR_CASES, ids=[f"{c}: {d}" for c, d in WORKDIR_CASES])
 def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
-    """A damaged or foreign log never blocks: resume repairs it (damaged file kept aside, one
-    note), evaluate --report and results.py read around it (and change nothing)."""
+    """A damaged log never blocks: resume repairs it (kept aside); --report and results.py read around it."""
     LOG_DAMAGE[damage](run)
     before, checkpoints = snapshot(run), snapshot(run / "checkpoints")
-    # Never a copy of what a file claims to hold (traced only where it claims gigabytes: tracing
-    # triples a report's time).
-    bounded = _python_memory_below if "GiB" in damage or "/dev/zero" in damage else _untraced
+    # Never a copy of what a file claims to hold (traced only for gigabytes: tracing is slow).
+    bounded = _python_memory_below if "GiB" in damage or "/dev/zero" in damage else contextlib.nullcontext
+    report = ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"]
+    scripts = {"resume": ("train.py", train_argv(run, data)), "report": ("evaluate.py", report)}
+    script, argv = scripts.get(command, ("results.py", [run]))
+    with bounded(2**26):
+        code, out, err = run_cli(capsys, script, *argv)
     if command == "resume":
-        with bounded(2**26):
-            code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
         assert code == 0 and err == "", err
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
         assert json.loads((run / "config.json").read_text())["config"]["seed"] == 0
@@ -535,12 +492,6 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
         assert snapshot(run / "checkpoints") == checkpoints
         _kept(run, before)
     else:
-        argv = ["--workdir", run, "--data-dir", data, "--report", tmp_path / "report"]
-        with bounded(2**26):
-            if command == "report":
-                code, out, err = run_cli(capsys, "evaluate.py", *argv)
-            else:
-                code, out, err = run_cli(capsys, "results.py", run)
         assert code == 0 and "Traceback" not in err, err
         assert len([line for line in err.splitlines() if not line.startswith("Report for")]) <= 1, err
         assert snapshot(run) == before  # read only
@@ -552,10 +503,7 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
 
 @contextlib.contextmanager
 def _python_memory_below(limit: int):
-    """Python's allocations inside the block peak below `limit` bytes (tracemalloc: the reads of
-    the logs; the process's RSS is measured by test_unbounded_logs_keep_a_small_process)."""
-    import tracemalloc
-
+    """Python's allocations peak below `limit` (RSS: test_unbounded_logs_keep_a_small_process)."""
     tracemalloc.start()
     try:
         yield
@@ -565,43 +513,31 @@ def _python_memory_below(limit: int):
     assert peak < limit, f"Python allocated {peak / 2**20:.0f} MiB"
 
 
-def _untraced(limit: int):
-    return contextlib.nullcontext()
-
-
-def _loop(run: Path, tmp: Path) -> Path:
-    (tmp / "loop").symlink_to(tmp / "loop")
-    return tmp / "loop"
-
-
-def _file(run: Path, tmp: Path) -> Path:
-    (tmp / "file").write_text("x")
-    return tmp / "file"
-
-
-def _empty(run: Path, tmp: Path) -> Path:
-    (tmp / "empty").mkdir()
-    return tmp / "empty"
-
-
-def _run(run: Path, tmp: Path) -> Path:
-    return run
+def _workdir(kind: str, run: Path, tmp: Path) -> Path:
+    """The trained run, or tmp/kind made a symlink loop, a file (or a path under it), an empty folder."""
+    if kind == "loop":
+        (tmp / "loop").symlink_to(tmp / "loop")
+    elif kind.startswith("file"):
+        (tmp / "file").write_text("x")
+    elif kind == "empty":
+        (tmp / "empty").mkdir()
+    return run if kind == "run" else tmp / kind
 
 
 RESTART = ["--restart", "--force", "--data-dir"]
 # fmt: off
-WORKDIR_FAILURES = {  # name: (the workdir, from (the trained run, tmp_path); script; more argv; message)
-    "restart --force, bad data": (_run, "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
-    "restart --force, 0 images": (_run, "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
-    "restart --force, a bad flag": (_run, "train.py", [*RESTART, "{data}", "--lr", "inf"], "--lr must be"),
-    "symlink loop, train": (_loop, "train.py", ["--data-dir", "{data}"], "cannot be resolved"),
-    "symlink loop, evaluate": (_loop, "evaluate.py", [], "cannot be resolved"),
-    "symlink loop, results": (_loop, "results.py", [], "not the workdir of"),
-    "a file": (_file, "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "under a file": (lambda *rt: _file(*rt) / "run", "train.py", ["--data-dir", "{data}"], "is not writable"),
-    "empty, evaluate": (_empty, "evaluate.py", [], "does not exist: pass the --workdir"),
-    "empty, results": (_empty, "results.py", [], "not the workdir of a training run"),
-    "missing, results": (lambda r, t: t / "nowhere", "results.py", [], "not the workdir of a training run"),
+WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv; message)
+    "restart --force, bad data": ("run", "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
+    "restart --force, 0 images": ("run", "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
+    "restart --force, a bad flag": ("run", "train.py", [*RESTART, "{data}", "--lr", "inf"], "--lr must be"),
+    "symlink loop, train": ("loop", "train.py", ["--data-dir", "{data}"], "cannot be resolved"),
+    "symlink loop, evaluate": ("loop", "evaluate.py", [], "cannot be resolved"),
+    "symlink loop, results": ("loop", "results.py", [], "not the workdir of"),
+    "a file": ("file", "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "under a file": ("file/run", "train.py", ["--data-dir", "{data}"], "is not writable"),
+    "empty, evaluate": ("empty", "evaluate.py", [], "does not exist: pass the --workdir"),
+    "empty, results": ("empty", "results.py", [], "not the workdir of a training run"),
+    "missing, results": ("nowhere", "results.py", [], "not the workdir of a training run"),
 }
 # fmt: on
 
@@ -609,9 +545,9 @@ WORKDIR_FAILURES = {  # name: (the workdir, from (the trained run, tmp_path); sc
 @pytest.mark.parametrize("case", list(WORKDIR_FAILURES))
 def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
     """What cannot be used is refused in one line, and the run there is left as it was."""
-    prepare, script, extra, message = WORKDIR_FAILURES[case]
+    kind, script, extra, message = WORKDIR_FAILURES[case]
     empty = make_idx_dir(tmp_path / "empty-data", n_train=0, n_test=0)
-    workdir = prepare(run, tmp_path)
+    workdir = _workdir(kind, run, tmp_path)
     extra = _fill(extra, tmp=tmp_path, data=data)
     if script == "train.py":
         argv = [*TRAIN, "--epochs", "2", "--workdir", workdir, *extra]
@@ -637,13 +573,7 @@ WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's wor
 
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
 def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
-    """One writer per workdir: while a process holds the lock, a trainer, a --restart or a
-    convert into it is refused at once and changes nothing; readers go on; the lock of a
-    process that was killed blocks nothing (the OS released it)."""
-    import subprocess
-
-    from lenet_jax.workdir import workdir_lock
-
+    """One writer per workdir, refused at once; readers go on; a killed holder's lock blocks nothing."""
     argv, code, message = WORKDIR_IN_USE[case]
     if argv[0] == "convert.py":  # a workdir a convert would take: an empty one
         run = tmp_path / "new"
@@ -668,11 +598,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
 
 
 def test_unbounded_logs_keep_a_small_process(run, tmp_path):
-    """A 4 GiB sparse metrics.jsonl, config.json a link to /dev/zero, an epoch's meta a 4 GiB
-    sparse file: results.py reads the run around them and its whole process peaks below
-    300 MB of RSS (it grew until killed, 6 GiB, before)."""
-    import subprocess
-
+    """4 GiB sparse logs and a link to /dev/zero: results.py peaks below 300 MB RSS (6 GiB before)."""
     os.truncate(_metrics(run), 4 * 2**30)
     _to_dev_zero(run / "config.json")
     os.truncate(_meta(run, 1), 4 * 2**30)
@@ -694,8 +620,6 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
 @pytest.mark.parametrize("value,message", [("abc", "invalid int value: 'abc'"), ("0", "must be 1 to 1024")])
 def test_fuzz_launch_flags(value, message):
     """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
-    import subprocess
-
     launch = REPO_ROOT / "scripts/launch.py"
     command = [sys.executable, launch, "--num-processes", value, "--", "--epochs", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -703,9 +627,7 @@ def test_fuzz_launch_flags(value, message):
 
 
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
-    """A half-written checkpoint (a crash mid-save, or a save under way: orbax renames an epoch's
-    folder when complete) is never read: a reader sees the epochs before it and cleans nothing
-    up; the trainer removes it, leaves a folder of the user's in checkpoints/ alone, and resumes."""
+    """A half-written checkpoint is never read; the trainer removes it, leaving the user's folders."""
     partial = run / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
     shutil.copytree(run / "checkpoints" / "2", partial)
     _truncate_item(run, partial.name, "params")
@@ -725,8 +647,6 @@ def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
 
 def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
     """The write of a checkpoint item (meta: JSON; params: arrays) raises `error`."""
-    import orbax.checkpoint as ocp
-
     handler = ocp.JsonCheckpointHandler if item == "meta" else ocp.StandardCheckpointHandler
     original = handler.async_save
 
@@ -739,8 +659,6 @@ def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
 
 
 def _no_room(monkeypatch) -> None:
-    import collections
-
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 300_000, 300_000))
 
@@ -768,8 +686,7 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
         _orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
     "checkpoint save, permission denied": (
         _orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
-    "checkpoint arrays, disk full (tensorstore)": (
-        _orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
+    "checkpoint arrays, disk full (tensorstore)": (_orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
         "(No space left on device): the checkpoint of epoch 2"),
     "checkpoint, no room left": (_no_room, 4, "MiB free, the checkpoint of epoch 3 needs about"),
     "checkpoint, second Ctrl-C": (_orbax_fails(KeyboardInterrupt()), 130,
@@ -804,9 +721,6 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
 
 def _device_oom(*args, **kwargs):
     """XLA's own RESOURCE_EXHAUSTED: a 64 GiB buffer, which the test machine cannot give."""
-    import jax
-    import jax.numpy as jnp
-
     return jax.jit(lambda: jnp.zeros(2**36 + 2**34, jnp.uint8))()
 
 
@@ -821,9 +735,7 @@ def _failing_replace(original, pattern, code):
 
 @pytest.mark.parametrize("case", list(FAULT_CASES))
 def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
-    """A full disk, a denied write, a second Ctrl-C while saving epoch 3 of a 2-epoch run: one
-    line saying what is intact; the checkpoints before are untouched, no half-written one is
-    left, and rerunning the same command resumes and completes the run."""
+    """A fault resuming to epoch 3: one line saying what is intact, nothing lost, and a rerun completes."""
     inject, code, message = FAULT_CASES[case]
     argv = [*TRAIN, "--epochs", "3", "--workdir", run, "--data-dir", data]
     if case == "workdir probe, disk full":
@@ -833,9 +745,7 @@ def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
     checkpoints = snapshot(run / "checkpoints")
     with monkeypatch.context() as patch:
         inject(patch)
-        got, _, err = run_cli(capsys, "train.py", *argv)
-    assert_one_line(err, got, code, message)
-    assert_flags_exist("train.py", err)
+        check(capsys, "train.py", argv, code, message)
     if case == "workdir probe, disk full":
         assert not (tmp_path / "new").exists()
         return
@@ -874,8 +784,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
 
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))
 def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
-    """The prepared tfds dataset is derived data: damaged, it is prepared again once; still
-    unreadable, or impossible to write, one line naming the folder."""
+    """A damaged tfds cache is prepared again once; still unreadable or unwritable: one line."""
     tfds_data_dir(monkeypatch, tmp_path / "tfds")
     argv = train_argv(run, data)
     damage, code, message = TFDS_CACHE_DAMAGE[case]
@@ -885,9 +794,8 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
         def full(self, *args, **kwargs):
             raise RuntimeError("write() failed: No space left on device; writing x.array_record")
 
-        monkeypatch.setattr(
-            tfds.core.file_adapters.ArrayRecordFileAdapter, "write_examples", classmethod(full)
-        )
+        adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
+        monkeypatch.setattr(adapter, "write_examples", classmethod(full))
         check(capsys, "train.py", argv, code, message, unchanged=[run], absent=[tmp_path / "tfds"])
         return
     assert run_cli(capsys, "train.py", *argv)[0] == 0  # prepares the cache
@@ -903,7 +811,7 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
 
 def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
     """evaluate.py --report: a full disk, a report folder that is a file."""
-    argv, file = ["--workdir", run, "--data-dir", data, "--report"], _file(run, tmp_path)
+    argv, file = ["--workdir", run, "--data-dir", data, "--report"], _workdir("file", run, tmp_path)
     check(capsys, "evaluate.py", [*argv, file], 2, "cannot create the report folder", unchanged=[run, file])
     fail_writes(monkeypatch, r"\.png$", errno.ENOSPC)
     message = "curves.png (No space left on device): the command stopped there; free some space"
@@ -914,9 +822,7 @@ def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
 
 
 def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys, tmp_path, data):
-    """Issue 16, done when: a metrics.jsonl cut mid-line (a crash, a full disk) is repaired on
-    resume, and the run ends with the same epochs, test accuracy and total loss per epoch as an
-    uninterrupted one."""
+    """Issue 16: a metrics.jsonl cut mid-line is repaired on resume; the run ends as an uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     code, out, _ = run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
     assert code == 0 and "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
@@ -936,9 +842,7 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
 
 @pytest.mark.e2e
 def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
-    """A real process: SIGTERM twice inside epoch 2's checkpoint write. One `stopped:` line with
-    the resume hint, exit 143, no orbax traceback at exit; epoch 1 intact, and the same command
-    resumes."""
+    """A real process, SIGTERM twice inside epoch 2's save: one line, exit 143, epoch 1 kept, resumes."""
     helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
     stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
@@ -958,13 +862,7 @@ def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
 def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     capsys, caplog, monkeypatch, tmp_path, run, data
 ):
-    """The recipe's sigmoid plateau is told in one line at the start; the Python API (data,
-    checkpoints) logs none of tfds's and orbax's expected warnings, as the scripts show none."""
-    from absl import logging as absl_logging
-
-    from lenet_jax.checkpoints import load_weights
-    from lenet_jax.data import load_dataset
-    from lenet_jax.resume import PLATEAU_NOTE
+    """The recipe's plateau told once; the API logs none of tfds's or orbax's expected warnings."""
 
     argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
     code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)

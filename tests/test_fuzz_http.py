@@ -1,8 +1,4 @@
-"""Fuzz family "HTTP requests": the app under uvicorn against malformed, oversized, hostile and
-odd requests, sent as raw bytes. Each case checks the status, for the app's answers a JSON error
-without a traceback or an object repr, for what uvicorn's parser refuses before the app sees it
-its plain-text 400 (or the connection closed), that nothing was logged (one line for a bug), and
-that the server still serves the page afterwards."""
+"""Fuzz the app under uvicorn with raw requests: status, one-line error, nothing logged, still serving."""
 
 from __future__ import annotations
 
@@ -14,23 +10,13 @@ import socket
 import threading
 import time
 
+import crafted_images as ci
 import pytest
-from crafted_images import (
-    big_digit,
-    blank,
-    digit_like,
-    drawing_in_mode,
-    encode,
-    png_claiming,
-    sparse_ink,
-    truncated,
-    ztxt_bomb,
-)
 from test_serve import serving
 
 from lenet_jax.serve import MAX_BODY_BYTES, create_app
 
-GOOD = encode(digit_like())
+GOOD = ci.encode(ci.digit_like())
 CONNECTIONS = 40  # the fixture's uvicorn answers 503 beyond
 
 
@@ -43,21 +29,16 @@ def server(untrained_predictor):
 
 
 def request(method="POST", path="/predict", body=b"", content_type="image/png", length=True, headers=()):
-    """A raw HTTP/1.1 request, the last of its connection; length: True for the body's, None for
-    no Content-Length, or its text."""
+    """A raw HTTP/1.1 request closing its connection; Content-Length: True the body's, None none, or text."""
+    length = len(body) if length is True else length
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    if length is True:
-        lines.append(f"Content-Length: {len(body)}")
-    elif length is not None:
-        lines.append(f"Content-Length: {length}")
+    lines += [] if content_type is None else [f"Content-Type: {content_type}"]
+    lines += [] if length is None else [f"Content-Length: {length}"]
     return ("\r\n".join([*lines, *headers]) + "\r\n\r\n").encode("latin-1") + body
 
 
 def form(*parts, boundary="b0undary", declared=None):
-    """A multipart/form-data request of parts (name, filename or None, content type or None,
-    data), separated by boundary; the header declares `declared` (default: the same)."""
+    """A multipart request of parts (name, filename, content type, data); the header declares `declared`."""
     body = b""
     for name, filename, kind, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
@@ -124,8 +105,7 @@ OR_RESET = {"or_reset": True}  # or the connection reset, the request unread: cl
 BIG = b"x" * (MAX_BODY_BYTES // 4)
 BUSY = "Exceeded concurrency limit."  # and uvicorn's 503 "Service Unavailable" beyond max_connections
 PARSER = "Invalid HTTP request received."  # uvicorn's plain-text 400, before the app sees the request
-# (id, request bytes, expected status (None: closed unanswered), text of the error (None: a
-# prediction or no body), options)
+# (id, request, status (None: closed unanswered), error text (None: a prediction or no body), options)
 CASES = [
     ("PNG body", request(body=GOOD), 200, None, {}),
     ("curl -F file=@digit.png", form(("file", "digit.png", "image/png", GOOD)), 200, None, {}),
@@ -136,9 +116,9 @@ CASES = [
     ("form: 40 parts", form(*[("f", f"{i}.png", None, b"x") for i in range(40)]), 400, "files is 16", {}),
     ("octet-stream body", request(body=GOOD, content_type="application/octet-stream"), 200, None, {}),
     ("query string", request(path="/predict?mode=fast", body=GOOD), 200, None, {}),
-    ("4096x4096 (the cap)", request(body=big_digit()), 200, None, {}),
-    ("sparse ink", request(body=sparse_ink()), 422, "too little ink", {}),
-    ("palette, transparent index", request(body=drawing_in_mode("P+transparency")), 200, None, {}),
+    ("4096x4096 (the cap)", request(body=ci.big_digit()), 200, None, {}),
+    ("sparse ink", request(body=ci.sparse_ink()), 422, "too little ink", {}),
+    ("palette, transparent index", request(body=ci.drawing_in_mode("P+transparency")), 200, None, {}),
     ("text/plain", request(body=GOOD, content_type="text/plain"), 415, "Content-Type must be one of", {}),
     ("no Content-Type", request(body=GOOD, content_type=None), 415, "not none", {}),
     ("curl --data-binary", request(body=GOOD, content_type=FORM_URLENCODED), 415, "-F file=@digit.png", {}),
@@ -154,11 +134,11 @@ CASES = [
     ("600 MB declared, body never sent", request(length="600000000"), 413, "over the 2,097,152 byte", {}),
     ("empty body", request(), 400, "the image is empty", {}),
     ("not an image", request(body=b"GIF89a? no, just text"), 400, "not an image file", {}),
-    ("truncated PNG", request(body=truncated()), 422, "image file is truncated", {}),
-    ("zTXt bomb", request(body=ztxt_bomb()), 422, "Decompressed data too large", {}),
-    ("20000x20000 header", request(body=png_claiming(20000, 20000)), 413, "over the limit of 16,777,216", {}),
-    ("4097x4096 header", request(body=png_claiming(4097, 4096)), 413, "4097x4096 = 16,781,312 pixels", {}),
-    ("blank image", request(body=blank()), 422, "no ink", {}),
+    ("truncated PNG", request(body=ci.truncated()), 422, "image file is truncated", {}),
+    ("zTXt bomb", request(body=ci.ztxt_bomb()), 422, "Decompressed data too large", {}),
+    ("20000x20000", request(body=ci.png_claiming(20000, 20000)), 413, "over the limit of 16,777,216", {}),
+    ("4097x4096 header", request(body=ci.png_claiming(4097, 4096)), 413, "4097x4096 = 16,781,312 pixels", {}),
+    ("blank image", request(body=ci.blank()), 422, "no ink", {}),
     ("body shorter than declared", request(length=100) + b"short", None, None, {"half_close": True}),
     ("body stalls", request(length=100) + b"short", 408, "stopped arriving", {}),
     ("idle connection", b"", None, None, {}),
@@ -244,8 +224,7 @@ def test_http_requests_fuzz(data, status, error, options, server, caplog):
 
 
 def test_headers_trickled_by_32_clients_do_not_lock_out_a_new_one(server):
-    """32 connections trickling header bytes (one every 0.2 s, the fixture's header deadline being
-    1 s): a new client is served meanwhile, and the deadline closes each of them unanswered."""
+    """32 clients trickling headers past the 1 s deadline: a new one is served; each is closed unanswered."""
     slow = [socket.create_connection(("127.0.0.1", server.state.port), timeout=5) for _ in range(32)]
     for step, byte in enumerate(b"GET / HTTP"):
         for connection in slow:

@@ -1,7 +1,4 @@
-"""Fuzz family "predict images": scripts/predict.py against odd, damaged, hostile and
-non-file inputs. Each case runs the script in-process next to a good image and checks the exit
-code, a single stderr line without a traceback, that the good image still gets its prediction,
-and that nothing on disk changed."""
+"""Fuzz predict.py with odd and hostile inputs beside a good image: one line, the good one predicted."""
 
 from __future__ import annotations
 
@@ -11,29 +8,11 @@ import re
 import socket
 from pathlib import Path
 
+import crafted_images as ci
 import pytest
-from conftest import script_main
-from crafted_images import (
-    blank,
-    digit_like,
-    drawing_in_mode,
-    encode,
-    png_claiming,
-    sparse_ink,
-    truncated,
-    ztxt_bomb,
-)
-from test_fuzz import snapshot  # every path under a folder, with its bytes
+from conftest import script_main, snapshot
 
 from lenet_jax import cli
-
-
-def file(name, data):
-    def make(root: Path) -> list[str]:
-        (root / name).write_bytes(data() if callable(data) else data)
-        return [str(root / name)]
-
-    return make
 
 
 def in_folder(*entries):
@@ -42,7 +21,7 @@ def in_folder(*entries):
     def make(root: Path) -> list[str]:
         folder = root / "dir"
         folder.mkdir()
-        (folder / "good.png").write_bytes(encode(digit_like()))
+        (folder / "good.png").write_bytes(ci.encode(ci.digit_like()))
         for name, maker in entries:
             maker(folder / name)
         return [str(folder)]
@@ -51,64 +30,65 @@ def in_folder(*entries):
 
 
 def unix_socket(path: Path) -> None:
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.close()  # the socket file stays
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))  # the socket file stays
 
 
 def symlink_to(target):
     return lambda path: path.symlink_to(target)
 
 
-def empty_folder(root: Path) -> list[str]:
-    (root / "empty").mkdir()
-    return [str(root / "empty")]
+def made(name, maker):
+    """root/name made by maker(path), given alone."""
+
+    def make(root: Path) -> list[str]:
+        maker(root / name)
+        return [str(root / name)]
+
+    return make
 
 
-def folder_without_images(root: Path) -> list[str]:
-    (root / "notes").mkdir()
-    (root / "notes" / "readme.txt").write_text("no images here")
-    return [str(root / "notes")]
+def file(name, data):
+    return made(name, lambda path: path.write_bytes(data() if callable(data) else data))
 
 
-def symlink_loop(root: Path) -> list[str]:
-    (root / "a.png").symlink_to(root / "b.png")
-    (root / "b.png").symlink_to(root / "a.png")
-    return [str(root / "a.png")]
+def notes(path: Path) -> None:
+    path.mkdir()
+    (path / "readme.txt").write_text("no images here")
 
 
-def fifo(root: Path) -> list[str]:
-    os.mkfifo(root / "pipe.png")
-    return [str(root / "pipe.png")]
+def symlink_loop(path: Path) -> None:
+    path.symlink_to(path.with_name("b.png"))
+    path.with_name("b.png").symlink_to(path)
 
 
 TOO_LARGE = r"over the limit of 16,777,216 pixels \(4096x4096\): scale it down, or raise --max-pixels"
 SKIP = r"note: skipping .*{}: not a regular file \({}\)"
 # fmt: off
 CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one stderr line or None)
-    ("sparse ink in 3x100000", file("sparse.png", sparse_ink), [], 2, r"sparse.png: too little ink"),
-    ("zTXt decompression bomb", file("bomb.png", ztxt_bomb), [], 2,
+    ("sparse ink in 3x100000", file("sparse.png", ci.sparse_ink), [], 2, r"sparse.png: too little ink"),
+    ("zTXt decompression bomb", file("bomb.png", ci.ztxt_bomb), [], 2,
      r"bomb.png: cannot decode the image \(Decompressed data too large"),
-    ("20000x20000 header", file("huge.png", png_claiming(20000, 20000)), [], 2,
+    ("20000x20000 header", file("huge.png", ci.png_claiming(20000, 20000)), [], 2,
      r"huge.png: the image has 400,000,000 pixels, " + TOO_LARGE),
-    ("10000x10000 header", file("big.png", png_claiming(10000, 10000)), [], 2,
+    ("10000x10000 header", file("big.png", ci.png_claiming(10000, 10000)), [], 2,
      r"big.png: the image is 10000x10000 = 100,000,000 pixels, " + TOO_LARGE),
-    ("one pixel over the cap", file("over.png", png_claiming(4097, 4096)), [], 2,
+    ("one pixel over the cap", file("over.png", ci.png_claiming(4097, 4096)), [], 2,
      r"over.png: the image is 4097x4096 = 16,781,312 pixels, " + TOO_LARGE),
-    ("raised --max-pixels still checks", file("big.png", png_claiming(10000, 10000)),
+    ("raised --max-pixels still checks", file("big.png", ci.png_claiming(10000, 10000)),
      ["--max-pixels", "20000000"], 2, r"big.png: .* over the limit of 20,000,000 pixels: scale"),
     ("text named .png", file("text.png", b"hello, not an image"), [], 2,
      r"text.png: not an image file: give PNG, JPEG"),
     ("empty file", file("empty.png", b""), [], 2, r"empty.png: not an image file"),
-    ("truncated PNG", file("cut.png", truncated), [], 2,
+    ("truncated PNG", file("cut.png", ci.truncated), [], 2,
      r"cut.png: cannot decode the image \(image file is truncated"),
-    ("blank page", file("blank.png", blank), [], 2, r"blank.png: the image has no ink"),
-    ("JPEG named .png", file("photo.png", drawing_in_mode("RGB JPEG")), [], 0, None),
-    ("palette with a transparent index", file("p.png", drawing_in_mode("P+transparency")), [], 0, None),
-    ("LA", file("la.png", drawing_in_mode("LA")), [], 0, None),
-    ("16-bit with a transparent grey", file("i16.png", drawing_in_mode("I;16+transparency")), [], 0, None),
-    ("CMYK JPEG", file("cmyk.jpg", drawing_in_mode("CMYK JPEG")), [], 0, None),
-    ("float TIFF", file("f.tif", drawing_in_mode("F")), [], 0, None),
+    ("blank page", file("blank.png", ci.blank), [], 2, r"blank.png: the image has no ink"),
+    ("JPEG named .png", file("photo.png", ci.drawing_in_mode("RGB JPEG")), [], 0, None),
+    ("palette with a transparent index", file("p.png", ci.drawing_in_mode("P+transparency")), [], 0, None),
+    ("LA", file("la.png", ci.drawing_in_mode("LA")), [], 0, None),
+    ("16-bit with a transparent grey", file("i16.png", ci.drawing_in_mode("I;16+transparency")), [], 0, None),
+    ("CMYK JPEG", file("cmyk.jpg", ci.drawing_in_mode("CMYK JPEG")), [], 0, None),
+    ("float TIFF", file("f.tif", ci.drawing_in_mode("F")), [], 0, None),
     ("named pipe in a folder", in_folder(("pipe.png", os.mkfifo)), [], 0,
      SKIP.format("pipe.png", "a named pipe")),
     ("socket in a folder", in_folder(("sock.png", unix_socket)), [], 0, SKIP.format("sock.png", "a socket")),
@@ -116,17 +96,19 @@ CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one 
      SKIP.format("sub.png", "a directory")),
     ("broken link in a folder", in_folder(("gone.png", symlink_to("nowhere.png"))), [], 0,
      SKIP.format("gone.png", "a broken symbolic link")),
-    ("named pipe given", fifo, [], 2, r"pipe.png: not a regular file \(a named pipe\): give image files"),
+    ("named pipe given", made("pipe.png", os.mkfifo), [], 2,
+     r"pipe.png: not a regular file \(a named pipe\): give image files"),
     ("device given", lambda root: ["/dev/null"], [], 2,
      r"/dev/null: not a regular file \(a character device\)"),
-    ("empty folder", empty_folder, [], 2, r"empty: no image files \(.png, .jpg"),
-    ("folder without images", folder_without_images, [], 2, r"notes: no image files"),
+    ("empty folder", made("empty", Path.mkdir), [], 2, r"empty: no image files \(.png, .jpg"),
+    ("folder without images", made("notes", notes), [], 2, r"notes: no image files"),
     ("missing file", lambda root: [str(root / "typo.png")], [], 2, r"typo.png: no such file or directory"),
-    ("broken link given", lambda root: (root / "l.png").symlink_to("nowhere") or [str(root / "l.png")], [], 2,
-     r"l.png: broken symbolic link"),
-    ("symlink loop", symlink_loop, [], 2, r"cannot use it \(Too many levels of symbolic links\): give"),
-    ("--json with a bad image", file("blank.png", blank), ["--json"], 2, r"blank.png: the image has no ink"),
-    ("--max-pixels 0", file("x.png", blank), ["--max-pixels", "0"], 2,
+    ("broken link given", made("l.png", symlink_to("nowhere")), [], 2, r"l.png: broken symbolic link"),
+    ("symlink loop", made("a.png", symlink_loop), [], 2,
+     r"cannot use it \(Too many levels of symbolic links\): give"),
+    ("--json with a bad image", file("blank.png", ci.blank), ["--json"], 2,
+     r"blank.png: the image has no ink"),
+    ("--max-pixels 0", file("x.png", ci.blank), ["--max-pixels", "0"], 2,
      r"error: argument --max-pixels: expected at least 1, got 0"),
 ]
 # fmt: on
@@ -136,7 +118,7 @@ CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one 
 def test_predict_images_fuzz(make, flags, code, line, untrained_predictor, tmp_path, monkeypatch, capsys):
     inputs = make(tmp_path)
     if not (tmp_path / "dir" / "good.png").exists():  # else in the folder given
-        (tmp_path / "good.png").write_bytes(encode(digit_like()))
+        (tmp_path / "good.png").write_bytes(ci.encode(ci.digit_like()))
         inputs.append(str(tmp_path / "good.png"))
     before = snapshot(tmp_path)
     main = script_main("predict.py")

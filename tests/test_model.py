@@ -1,13 +1,18 @@
+import itertools
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lenet_jax.config import Config
+from lenet_jax.data import Split
 from lenet_jax.model import ConvBlock, LeNet, count_params, init_params, model_from_config
 from lenet_jax.toeplitz import ToeplitzBlock, pool_2x2
+from lenet_jax.train import make_trainer
 
 O0 = {"xla_backend_optimization_level": 0}  # init runs once: compiling it fast is what counts
 
@@ -16,14 +21,9 @@ def test_recipe_model_has_61706_parameters_and_10_logits():
     model = model_from_config(Config())
     params = jax.eval_shape(lambda key: init_params(model, key), jax.random.PRNGKey(0))  # no compile
     assert count_params(params) == 61_706
-    shapes = jax.tree_util.tree_map(jnp.shape, params)
-    assert shapes["conv1"]["kernel"] == (5, 5, 1, 6)
-    assert shapes["conv2"]["kernel"] == (5, 5, 6, 16)
-    assert shapes["dense1"]["kernel"] == (400, 120)
-    assert shapes["dense2"]["kernel"] == (120, 84)
-    assert shapes["dense3"]["kernel"] == (84, 10)
-    logits = jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1)))
-    assert logits.shape == (3, 10)
+    kernels = [params[name]["kernel"].shape for name in ("conv1", "conv2", "dense1", "dense2", "dense3")]
+    assert kernels == [(5, 5, 1, 6), (5, 5, 6, 16), (400, 120), (120, 84), (84, 10)]
+    assert jax.eval_shape(model.apply, {"params": params}, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,8 @@ def test_torch_init_is_uniform_within_one_over_sqrt_fan_in(torch_inits, layer, f
 
 
 def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
-    params = jax.jit(init_params, static_argnums=0, compiler_options=O0)(
-        LeNet(init_scheme="flax"), jax.random.PRNGKey(0)
-    )
+    init = jax.jit(init_params, static_argnums=0, compiler_options=O0)
+    params = init(LeNet(init_scheme="flax"), jax.random.PRNGKey(0))
     assert all(float(jnp.abs(p["bias"]).max()) == 0 for p in params.values())
     kernel = np.ravel(params["dense1"]["kernel"])
     np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(400), rtol=0.1)
@@ -76,10 +75,8 @@ def test_options_change_the_function_not_the_parameters():
     # Per image, no batch statistics: an image's logits do not depend on the rest of the batch.
     alone = normed.apply({"params": normed_params}, x[:1])
     np.testing.assert_allclose(outputs["feature_norm"][:1], alone, rtol=1e-5, atol=1e-6)
-    values = list(outputs.values())
-    for i in range(len(values)):
-        for j in range(i + 1, len(values)):
-            assert not np.allclose(values[i], values[j])
+    for a, b in itertools.combinations(outputs.values(), 2):
+        assert not np.allclose(a, b)
 
 
 @pytest.mark.parametrize("block", [ConvBlock, ToeplitzBlock])
@@ -104,10 +101,6 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
 @pytest.mark.parametrize("init_scheme", ["torch", "flax"])
 def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_path):
     # LeNet(...).init(jax.random.PRNGKey(seed), x), as a notebook writes it, is the run's start.
-    import optax
-
-    from lenet_jax.data import Split
-    from lenet_jax.train import make_trainer
 
     config = Config(init_scheme=init_scheme, seed=3, feature_norm=True)
     train = Split(np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32))
@@ -115,3 +108,11 @@ def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_
     model = LeNet(init_scheme=init_scheme, feature_norm=True)
     expected = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 28, 28, 1)))["params"]
     chex.assert_trees_all_equal(state.params, expected)
+
+
+def test_conv_impl_of_0_2_warns_and_changes_nothing():
+    x = jnp.ones((1, 28, 28, 1))
+    params = init_params(LeNet(), jax.random.PRNGKey(0))
+    with pytest.warns(DeprecationWarning, match="conv_impl"):
+        old = LeNet(conv_impl="xla")
+    chex.assert_trees_all_equal(old.apply({"params": params}, x), LeNet().apply({"params": params}, x))

@@ -8,12 +8,7 @@ import pytest
 
 from lenet_jax.config import Config
 from lenet_jax.model import LeNet
-from lenet_jax.optimizers import (
-    OPTIMIZERS,
-    build_optimizer,
-    current_learning_rate,
-    learning_rate_schedule,
-)
+from lenet_jax.optimizers import OPTIMIZERS, build_optimizer, current_learning_rate, learning_rate_schedule
 from lenet_jax.steps import create_train_state, make_train_step
 
 # Learning rates that suit each optimizer on this tiny problem.
@@ -69,9 +64,8 @@ def test_schedules():
     assert float(constant(0)) == float(constant(19)) == 0.5
     cosine = learning_rate_schedule(Config(lr=0.5, epochs=2, schedule="cosine"), steps)
     assert float(cosine(0)) == pytest.approx(0.5) and float(cosine(20)) == pytest.approx(0.0)
-    warm = learning_rate_schedule(
-        Config(lr=0.5, epochs=2, schedule="warmup-cosine", warmup_epochs=0.5), steps
-    )
+    warmup = Config(lr=0.5, epochs=2, schedule="warmup-cosine", warmup_epochs=0.5)
+    warm = learning_rate_schedule(warmup, steps)
     assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.5)
     assert float(warm(20)) == pytest.approx(0.0, abs=1e-6)
 

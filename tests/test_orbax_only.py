@@ -1,5 +1,4 @@
-"""The README's snippet that reads a checkpoint with orbax alone runs as written and gives the
-weights this package restores."""
+"""The README's orbax-only snippet runs as written and reads the weights this package restores."""
 
 from __future__ import annotations
 
@@ -33,9 +32,8 @@ def snippet() -> str:
 
 
 @pytest.fixture
-def workdir_with_two_epochs(tmp_path):
-    """checkpoints/recipe under tmp_path, saved as training saves it: epochs 1 and 2 (different
-    weights, averaged weights kept too) and the temporary folder a cut-short save leaves."""
+def two_epochs(tmp_path):
+    """Epochs 1 and 2 saved as training saves them (with averaged weights), and a cut-short save's folder."""
     config = get_preset("smoke").replace(ema_decay=0.9)
     # Random weights of the model's shapes: no init program to compile (seconds on 2 cores).
     abstract = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))
@@ -60,9 +58,7 @@ def workdir_with_two_epochs(tmp_path):
     return workdir
 
 
-def test_orbax_only_snippet_reads_the_newest_params(
-    workdir_with_two_epochs, tmp_path, monkeypatch, capsys, caplog
-):
+def test_orbax_only_snippet_reads_the_newest_params(two_epochs, tmp_path, monkeypatch, capsys, caplog):
     from absl import logging as absl_logging
 
     code = snippet()
@@ -81,7 +77,7 @@ def test_orbax_only_snippet_reads_the_newest_params(
     assert capsys.readouterr().out.split() == ["2", "sigmoid", "(5,", "5,", "1,", "6)"]
     assert namespace["meta"]["epoch"] == 2
     params = namespace["params"]
-    expected = restore_params(workdir_with_two_epochs, averaged=False)
+    expected = restore_params(two_epochs, averaged=False)
     assert expected.epoch == 2
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(expected.params))
     assert type(params) is dict and all(type(layer) is dict for layer in params.values())

@@ -4,6 +4,7 @@ import json
 import signal
 import struct
 import time
+import types
 from pathlib import Path
 
 import chex
@@ -30,12 +31,9 @@ def test_single_device_mesh_is_a_no_op():
 
 
 def test_batch_size_must_divide_over_the_devices():
-    class FakeMesh:
-        class devices:  # noqa: N801 - mimics Mesh.devices.size
-            size = 3
-
+    mesh = types.SimpleNamespace(devices=types.SimpleNamespace(size=3))  # what is read of a Mesh
     with pytest.raises(ConfigError, match="--batch-size 64 does not divide over 3 devices"):
-        parallel.check_batch_size(64, FakeMesh)
+        parallel.check_batch_size(64, mesh)
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -62,9 +60,7 @@ def launch(workdir, data_dir, *extra):
 
 @pytest.mark.e2e
 def test_scripts_on_real_mnist_and_two_processes_match_one(mnist_dir, tmp_path, monkeypatch, capsys):
-    """train.py in this process (a relative workdir: resolved against the working directory), then
-    launch.py's 2 processes on the same flags: what a run prints, logs and writes; the same weights
-    and accuracies from both; evaluate.py gives what each epoch logged."""
+    """train.py here (a relative workdir), then launch.py's 2 processes: same output, weights, accuracies."""
     monkeypatch.chdir(tmp_path)
     assert cli.run(script_main("train.py"), [*RUN, "--workdir", "one", "--data-dir", str(mnist_dir)]) == 0
     out = capsys.readouterr().out
@@ -109,13 +105,8 @@ def test_launch_stops_everything_when_one_process_dies(tmp_path):
         if line.startswith("[0] step 10:"):
             break
         assert time.time() < deadline
-    victims = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if str(workdir) in " ".join(p.info["cmdline"] or [])
-        and "--process-id" in (p.info["cmdline"] or [])
-        and p.info["cmdline"][-1] == "1"
-    ]
+    ours = [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
+    victims = [p for p in ours if "--process-id" in p.info["cmdline"] and p.info["cmdline"][-1] == "1"]
     assert len(victims) == 1
     killed_at = time.time()
     victims[0].send_signal(signal.SIGKILL)
@@ -123,6 +114,6 @@ def test_launch_stops_everything_when_one_process_dies(tmp_path):
     assert time.time() - killed_at < 60
     assert launcher.returncode != 0
     assert "error: process 1 was killed by SIGKILL; stopped the other processes" in err
-    assert not any(
-        str(workdir) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
-    )
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])
+    ]

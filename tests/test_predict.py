@@ -2,16 +2,19 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_cli, script_main
 from crafted_images import MODES, digit_like, drawing_in_mode, sparse_ink
 from PIL import Image
 
-from lenet_jax import cli
+from lenet_jax import cli, predict
+from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
-from lenet_jax.predict import NoInkError, load_predictor, preprocess, read_image
+from lenet_jax.figures import confusion_matrix, per_class_scores
+from lenet_jax.predict import UNSURE_BELOW, NoInkError, load_predictor, preprocess, read_image, verdict
 
 
 def test_preprocess_makes_an_mnist_style_digit():
@@ -21,9 +24,8 @@ def test_preprocess_makes_an_mnist_style_digit():
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     assert max(height, width) in (20, 21) and min(height, width) < 20  # aspect ratio kept
     mass = out[..., 0].astype(float)
-    ys, xs = np.indices(mass.shape)
-    assert abs((ys * mass).sum() / mass.sum() - 13.5) <= 1
-    assert abs((xs * mass).sum() / mass.sum() - 13.5) <= 1
+    centre = [(axis * mass).sum() / mass.sum() for axis in np.indices(mass.shape)]  # rows, columns
+    np.testing.assert_allclose(centre, 13.5, rtol=0, atol=1)
 
 
 def test_preprocess_ignores_polarity_colour_position_and_size():
@@ -64,25 +66,16 @@ def test_sparse_ink_is_refused_not_guessed():
 
 
 def test_verdict_marks_low_confidence_unsure_with_the_runner_up():
-    from lenet_jax.predict import UNSURE_BELOW, verdict
-
     probs = np.full(10, 0.11 / 8)
     probs[7], probs[1] = 0.48, 0.41
-    assert verdict(probs) == {
-        "prediction": 7,
-        "probability": pytest.approx(0.48),
-        "unsure": True,
-        "runner_up": 1,
-        "runner_up_probability": pytest.approx(0.41),
-    }
+    approx = {"probability": pytest.approx(0.48), "runner_up_probability": pytest.approx(0.41)}
+    assert verdict(probs) == {"prediction": 7, "unsure": True, "runner_up": 1, **approx}
     sure = np.eye(10)[3] * 0.9 + 0.01
     assert verdict(sure)["unsure"] is False and verdict(sure)["prediction"] == 3
     assert verdict(sure, threshold=0.95)["unsure"] is True and 0.5 < UNSURE_BELOW < 1
 
 
 def test_predict_text_line_says_unsure():
-    from lenet_jax.commands.predict import json_row, text_line
-
     probs = np.full(10, 0.11 / 8, np.float32)
     probs[7], probs[1] = 0.48, 0.41
     assert text_line("a.png", probs) == "a.png: 7? (unsure: 7 0.48, 1 0.41)"
@@ -94,20 +87,16 @@ def test_predict_text_line_says_unsure():
 
 
 def test_test_time_views_are_shifts_and_zooms_of_the_image():
-    import jax.numpy as jnp
-
-    from lenet_jax.predict import TTA_SHIFTS, TTA_ZOOMS, _views
-
     image = np.zeros((1, 28, 28, 1), np.float32)
     image[0, 8:20, 12:16] = 1.0
-    views = np.asarray(_views(jnp.asarray(image)))[..., 0]
-    assert views.shape == (1 + len(TTA_SHIFTS) + len(TTA_ZOOMS), 28, 28)
+    views = np.asarray(predict._views(jnp.asarray(image)))[..., 0]
+    assert views.shape == (1 + len(predict.TTA_SHIFTS) + len(predict.TTA_ZOOMS), 28, 28)
     np.testing.assert_array_equal(views[0], image[0, ..., 0])
     ys, xs = np.indices((28, 28))
     centre = lambda v: np.asarray([(ys * v).sum(), (xs * v).sum()]) / v.sum()  # noqa: E731
-    for view, shift in zip(views[1:], TTA_SHIFTS, strict=False):
+    for view, shift in zip(views[1:], predict.TTA_SHIFTS, strict=False):
         np.testing.assert_allclose(centre(view) - centre(views[0]), shift, atol=1e-4)
-    sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(TTA_SHIFTS) :]]
+    sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(predict.TTA_SHIFTS) :]]
     assert sizes[0] < np.count_nonzero(views[0] > 0.5) < sizes[1]  # zoomed out, zoomed in
 
 
@@ -174,8 +163,6 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
 
 
 def test_confusion_matrix_and_per_class_scores():
-    from lenet_jax.figures import confusion_matrix, per_class_scores
-
     labels = np.asarray([0, 0, 1, 1, 1, 2])
     predictions = np.asarray([0, 1, 1, 1, 2, 2])
     matrix = confusion_matrix(labels, predictions)

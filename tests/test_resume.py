@@ -1,9 +1,6 @@
-"""Resume: a run stopped any way and rerun ends bit for bit where the uninterrupted run ends; a
-resume with other settings is refused in one line.
+"""A stopped run rerun ends bit for bit as the uninterrupted one (a new feature: a RUNS and a CASES row)."""
 
-To cover a feature whose state must survive a stop, add its flags to RUNS and a row to CASES.
-"""
-
+import functools
 import re
 import signal
 from pathlib import Path
@@ -16,8 +13,7 @@ from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints, load_weights
 from lenet_jax.workdir import read_metrics
 
-# 640 synthetic images, batch 16: 40 steps an epoch, in several jitted calls at any steps per
-# call, so a stop can land inside epoch 2. The smoke preset: 2 epochs, Flax's init.
+# 40 steps an epoch, in several jitted calls at any steps per call: a stop lands inside epoch 2.
 TRAIN = ["--preset", "smoke", "--train-size", "640", "--batch-size", "16", "--log-every", "5"]
 RUNS = {  # kind of run -> flags over TRAIN
     "plain": [],
@@ -44,14 +40,12 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
     """kind of run -> the workdir of its uninterrupted run (trained in-process, once)."""
-    runs: dict[str, Path] = {}
 
+    @functools.cache
     def get(kind: str) -> Path:
-        if kind not in runs:
-            workdir = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "run"
-            assert train(argv(kind, workdir, data)) == 0
-            runs[kind] = workdir
-        return runs[kind]
+        workdir = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "run"
+        assert train(argv(kind, workdir, data)) == 0
+        return workdir
 
     return get
 
@@ -61,7 +55,6 @@ def argv(kind: str, workdir: Path, data: Path) -> list[str]:
 
 
 def train(args: list[str]) -> int:
-    """scripts/train.py in this process, exactly as its __main__ runs it: the exit code."""
     return cli.run(script_main("train.py"), args)
 
 
@@ -71,9 +64,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 
 def assert_same_run(expected: Path, got: Path):
     for averaged in (False, True):  # the raw weights and (where kept) their moving average
-        chex.assert_trees_all_equal(
-            load_weights(got, averaged=averaged).params, load_weights(expected, averaged=averaged).params
-        )
+        chex.assert_trees_all_equal(*[load_weights(run, averaged=averaged).params for run in (got, expected)])
     assert without_timings(read_metrics(got)) == without_timings(read_metrics(expected))
     assert [row["epoch"] for row in read_metrics(got)] == [1, 2]
 

@@ -49,9 +49,7 @@ def server(trained_run):
 
 
 def post(url, body, content_type="image/png", path="/predict"):
-    request = urllib.request.Request(
-        url + path, data=body, method="POST", headers={"Content-Type": content_type}
-    )
+    request = urllib.request.Request(url + path, body, {"Content-Type": content_type}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -96,10 +94,8 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    flags = (
-        "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking"
-    )
-    for flag in [*flags.split(), "--disable-component-update", "--disable-sync", "--no-first-run"]:
+    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-sync --no-first-run"
+    for flag in [*flags.split(), "--disable-background-networking", "--disable-component-update"]:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
@@ -172,9 +168,7 @@ def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_
 
 @pytest.fixture
 def taken_port():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
         yield taken.getsockname()[1]
 
 

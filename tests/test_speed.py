@@ -25,9 +25,8 @@ def random_split(n: int, seed: int) -> Split:
 
 
 def test_auto_and_plain_train_and_evaluate_the_same_function():
-    # Every trick at once (Toeplitz blocks, a scan of steps per call, augmentation in its own
-    # jit, XLA:CPU options, grouped evaluation) against the program as written: the same start,
-    # batches and augmentation keys give the same states and metrics up to float rounding.
+    # Every trick at once (Toeplitz blocks, scanned steps, augmentation's own jit, XLA:CPU options,
+    # grouped evaluation) against the program as written: the same states and metrics up to rounding.
     model = {"activation": "relu", "pool": "max", "feature_norm": True, "dense_activation": True}
     extras = {"augment_rotate": 10.0, "elastic_alpha": 2.0, "label_smoothing": 0.1, "ema_decay": 0.9}
     config = TINY.replace(**model, **extras)
@@ -70,8 +69,7 @@ class _Rows(list):
 
 
 def test_steps_per_call_changes_nothing_but_the_calls():
-    # 7 steps per epoch as 7 calls of 1 step, 3 calls of 3 (the last padded by 2 skipped steps)
-    # and 1 call of 7 (the default, capped at the epoch): the same states, losses and log lines.
+    # 7 steps an epoch as 7 calls of 1, 3 of 3 (2 skipped padding steps) and 1 of 7 (the default): alike.
     train = random_split(100, 1)
     results = {}
     for per_call in (1, 3, None):
@@ -124,14 +122,12 @@ def test_options_a_jaxlib_rejects_are_dropped(monkeypatch, fresh_support_check):
 
 @pytest.mark.parametrize("preset", ["recipe", "fast"])
 def test_training_with_and_without_the_options_agrees(preset):
-    """The options change how XLA:CPU runs the products, not what they compute: 20 steps on the
-    same batches give the same losses and weights up to float rounding."""
+    """XLA:CPU's options change how, not what: 20 steps give the same losses and weights up to rounding."""
     config = get_preset(preset)
     model = model_from_config(config)
     optimizer = build_optimizer(config, 20)
-    step = make_train_step(
-        model, optimizer, label_smoothing=config.label_smoothing, ema_decay=config.ema_decay
-    )
+    options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
+    step = make_train_step(model, optimizer, **options)
     key = jax.random.PRNGKey(0)
     images = [jax.random.uniform(jax.random.fold_in(key, i), (32, 28, 28, 1)) for i in range(20)]
     batches = [{"image": image, "label": jnp.arange(32) % 10, "mask": jnp.ones(32)} for image in images]
@@ -146,8 +142,7 @@ def test_training_with_and_without_the_options_agrees(preset):
         results.append((losses, state.params))
     (losses_a, params_a), (losses_b, params_b) = results
     np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-    # atol 1e-4: rounding differences carried through 20 momentum updates; far below what one
-    # update of the fast preset (lr 0.2) changes.
+    # atol 1e-4: rounding carried through 20 momentum updates, far below one update at lr 0.2.
     chex.assert_trees_all_close(params_a, params_b, rtol=1e-4, atol=1e-4)
 
 

@@ -7,14 +7,9 @@ import numpy as np
 import optax
 import pytest
 
+from lenet_jax import toeplitz
 from lenet_jax.model import LeNet, init_params
-from lenet_jax.toeplitz import (
-    ToeplitzBlock,
-    can_pool_layout,
-    max_pool_2x2_from_pool_layout,
-    pool_2x2,
-    toeplitz_conv,
-)
+from lenet_jax.toeplitz import ToeplitzBlock, pool_2x2, toeplitz_conv
 
 
 def xla_conv(x, kernel, padding):
@@ -31,13 +26,14 @@ def test_pool_layout_holds_the_same_outputs_and_pools_to_the_same_values():
     for p, b, q, k_ in [(0, 0, 0, 0), (1, 0, 1, 3), (0, 1, 1, 6), (1, 1, 0, 2)]:
         # [n, i, p, b, q, k, o] is the output at row 2i + p, column 14b + 2k + q.
         np.testing.assert_array_equal(pooled_layout[:, :, p, b, q, k_], plain[:, p::2, 14 * b + 2 * k_ + q])
-    np.testing.assert_array_equal(max_pool_2x2_from_pool_layout(pooled_layout), pool_2x2(plain, "max"))
+    pooled = toeplitz.max_pool_2x2_from_pool_layout(pooled_layout)
+    np.testing.assert_array_equal(pooled, pool_2x2(plain, "max"))
 
 
 def test_can_pool_layout_needs_even_output_rows_and_block_columns():
-    assert can_pool_layout(28, 28, padding=2, kernel_size=5)  # conv1: 28 x (2 blocks of 14)
-    assert not can_pool_layout(14, 14, padding=0, kernel_size=5)  # conv2: 10 x (2 blocks of 5)
-    assert not can_pool_layout(27, 28, padding=2, kernel_size=5)
+    assert toeplitz.can_pool_layout(28, 28, padding=2, kernel_size=5)  # conv1: 28 x (2 blocks of 14)
+    assert not toeplitz.can_pool_layout(14, 14, padding=0, kernel_size=5)  # conv2: 10 x (2 blocks of 5)
+    assert not toeplitz.can_pool_layout(27, 28, padding=2, kernel_size=5)
     with pytest.raises(ValueError, match="even output height and block width"):
         toeplitz_conv(jnp.zeros((1, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), 0, pool_layout=True)
 
@@ -64,10 +60,8 @@ def test_conv_implementations_give_the_same_model(activation, pool, feature_norm
     """The fast path changes no parameter and, up to float rounding, no result."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
     labels = jnp.arange(8) % 10
-    fast, ref = (
-        LeNet(activation=activation, pool=pool, feature_norm=feature_norm, **block)
-        for block in ({"block": ToeplitzBlock}, {})
-    )
+    options = {"activation": activation, "pool": pool, "feature_norm": feature_norm}
+    fast, ref = LeNet(**options, block=ToeplitzBlock), LeNet(**options)
     params = init_params(ref, jax.random.PRNGKey(0))
     chex.assert_trees_all_equal(init_params(fast, jax.random.PRNGKey(0)), params)  # the same start
 

@@ -4,6 +4,7 @@ import chex
 import pytest
 
 from lenet_jax.config import Config
+from lenet_jax.evaluation import evaluate_checkpoint
 from lenet_jax.train import train_and_evaluate
 
 TINY = Config(epochs=2, batch_size=16, eval_batch_size=16, log_every=2, init_scheme="flax")
@@ -20,8 +21,6 @@ def test_same_seed_same_params_other_seed_differs(idx_dir, tmp_path):
 
 
 def test_weight_average_is_checkpointed_and_evaluated(idx_dir, tmp_path):
-    from lenet_jax.evaluation import evaluate_checkpoint
-
     result = train_and_evaluate(TINY.replace(ema_decay=0.9), tmp_path / "a", data_dir=idx_dir)
     row = result.metrics[-1]
     assert {"raw_test_accuracy", "raw_test_total_loss"} <= set(row)

@@ -26,8 +26,7 @@ def test_the_markdown_and_the_notebook_hold_the_same_code():
 
 
 def kernel_of_this_python(folder: Path) -> KernelManager:
-    """A kernel manager that starts this interpreter's ipykernel (a kernelspec named python3
-    elsewhere may start another Python)."""
+    """This interpreter's ipykernel (a kernelspec named python3 may start another Python)."""
     spec = folder / "this-python"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -38,13 +37,8 @@ def kernel_of_this_python(folder: Path) -> KernelManager:
 
 
 def printed(notebook) -> str:
-    return "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type == "stream" and output.name == "stdout"
-    )
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
 
 
 @pytest.mark.e2e

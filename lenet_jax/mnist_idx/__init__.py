@@ -84,8 +84,8 @@ def _refuse_download(error: BaseException):
     ) from error
 
 
-def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, Split, str]:
-    """The train and test splits of a folder (None: the download) and their tfds name, prepared once."""
+def load_splits(folder: Path | None, array_cache: bool = True, names=("train", "test")) -> tuple[list, str]:
+    """The named splits of a folder (None: the download) and their tfds name, prepared once."""
     if folder is None:
         require_array_record()  # the download goes through tfds's array_record files
         config = ONLINE_MNIST
@@ -96,12 +96,12 @@ def load_splits(folder: Path | None, array_cache: bool = True) -> tuple[Split, S
     # Process 0 prepares while the others wait (two would collide); tfds's expected warnings quiet.
     with quiet():
         if parallel.is_main_process():
-            builder, train, test = _prepared(config, array_cache)
+            builder, splits = _prepared(config, array_cache, names)
         parallel.barrier("dataset prepared")
         if not parallel.is_main_process():
             builder = MnistIdx(config=config, file_format="array_record")
-            train, test = (_split_arrays(builder, split, array_cache) for split in ("train", "test"))
-    return train, test, f"{builder.name}/{builder.builder_config.name}"
+            splits = [_split_arrays(builder, name, array_cache) for name in names]
+    return splits, f"{builder.name}/{builder.builder_config.name}"
 
 
 def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
@@ -124,8 +124,8 @@ def _split_arrays(builder, split: str, use_cache: bool = True) -> Split:
     return Split(images, labels)
 
 
-def _prepared(config, array_cache: bool = True):
-    """(builder, train, test) of a config, prepared if needed; an unreadable one is prepared again, once."""
+def _prepared(config, array_cache: bool, names: tuple[str, ...]):
+    """(builder, its named splits), prepared if needed; an unreadable one is prepared again, once."""
     for attempt in (1, 2):
         builder, preparing = None, False
         try:
@@ -137,7 +137,7 @@ def _prepared(config, array_cache: bool = True):
             if preparing:
                 _prepare(builder, config)
                 preparing = False
-            return builder, *(_split_arrays(builder, split, array_cache) for split in ("train", "test"))
+            return builder, [_split_arrays(builder, name, array_cache) for name in names]
         except LenetError:
             raise
         except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache

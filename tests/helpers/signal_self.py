@@ -1,12 +1,6 @@
-"""Runs scripts/train.py, sending itself SIGNAL at a chosen point (the resume tests' stops).
-
-Usage: python signal_self.py SIGNAL POINT <train.py arguments...>
-POINT: `line:PREFIX`: once a stdout line starting with PREFIX is written (e.g. `line:step 45:`),
-at the same point every run, where a signal from outside would race the training.
-`save:EPOCH`: inside orbax's write of epoch EPOCH's `meta` item, after the checkpoint's other
-items may be on disk in orbax's temporary folder (what a power cut or an OOM kill leaves).
-`save-twice:EPOCH`: there, twice: the first asks for a stop, the second stops at once (what an
-impatient Ctrl-C Ctrl-C, or a scheduler's repeated SIGTERM, does during a save).
+"""python signal_self.py SIGNAL POINT <train.py arguments>: train.py sending itself SIGNAL at POINT,
+the same point every run: `line:PREFIX` (a stdout line starting with PREFIX), `save:EPOCH` (inside
+orbax's write of that epoch's meta: a power cut's leftovers), `save-twice:EPOCH` (there, twice).
 """
 
 import os
