@@ -74,7 +74,7 @@ class Trainer:
 
     def train_call(self, state: steps.TrainState, indices: Any, count: int) -> tuple[Any, jax.Array]:
         """Trains on the first `count` batches of `indices`; the losses stay on the device."""
-        with errors.out_of_memory_names(f"--batch-size (now {self.config.batch_size})"):
+        with errors.out_of_memory_names("batch_size", self.config.batch_size):
             return self.call(state, self.images, self.labels, indices, np.int32(count))
 
     @functools.cached_property  # once a run: a Python optimizer's costs an eval_shape of init
