@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import gzip
 import os
 import runpy
@@ -42,17 +43,23 @@ def run_script(name, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+@functools.cache
 def script_main(name):
     """scripts/<name>'s main function, loaded as its __main__ would be."""
     return runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
 
 
 def run_cli(capsys, script, *argv):
-    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stderr)."""
+    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stdout, stderr)."""
     from lenet_jax import cli
 
-    code = cli.run(script_main(script), [str(a) for a in argv])
-    return code, capsys.readouterr().err
+    program = sys.argv[0]
+    sys.argv[0] = str(REPO_ROOT / "scripts" / script)  # argparse names the script by it
+    try:
+        code = cli.run(script_main(script), [str(a) for a in argv])
+    finally:
+        sys.argv[0] = program
+    return code, *capsys.readouterr()
 
 
 def snapshot(root: Path) -> dict[str, object]:

@@ -20,14 +20,13 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
-from conftest import REPO_ROOT, make_idx_dir, snapshot, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, run_cli, script_main, snapshot, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import load_weights
@@ -39,9 +38,6 @@ TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 
 
 # ---- helpers ----
-
-
-script_main = functools.cache(conftest.script_main)
 
 
 @functools.cache
@@ -62,18 +58,6 @@ def assert_flags_exist(script: str, message: str, argv=()) -> None:
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", named.sub("", message)):
         given = flag in map(str, argv)
         assert given or flag in script_flags(script), f"{script} has no {flag}: {message}"
-
-
-def run_cli(capsys, script: str, *argv) -> tuple[int, str, str]:
-    """scripts/SCRIPT's main with argv, in-process, as its __main__ runs it."""
-    program = sys.argv[0]
-    sys.argv[0] = str(REPO_ROOT / "scripts" / script)  # argparse names the script by it
-    try:
-        code = cli.run(script_main(script), [str(a) for a in argv])
-    finally:
-        sys.argv[0] = program
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:

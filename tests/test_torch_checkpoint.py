@@ -127,7 +127,7 @@ def tutorial_state(**change):
 
 def convert(capsys, *argv, code=0):
     """Runs convert.py: exit `code`, and one line on stderr when it fails; returns that line."""
-    result, err = run_cli(capsys, "convert.py", *argv)
+    result, _, err = run_cli(capsys, "convert.py", *argv)
     assert (result, err.count("\n")) == (code, code != 0) and err.startswith("error: " if code else ""), err
     return err
 
