@@ -78,10 +78,8 @@ class TorchPickler(pickle._Pickler):  # the Python pickler, whose save_global ca
     def reducer_override(self, obj):
         if isinstance(obj, Name):
             return str(obj)
-        if isinstance(obj, np.ndarray):
-            obj = View(
-                obj.reshape(-1), 0, obj.shape, [int(np.prod(obj.shape[i + 1 :])) for i in range(obj.ndim)]
-            )
+        if isinstance(obj, np.ndarray):  # C-contiguous: its strides in items are torch's
+            obj = View(obj.reshape(-1), 0, obj.shape, [stride // obj.itemsize for stride in obj.strides])
         if isinstance(obj, View):  # storage, offset, size, stride, requires_grad, backward hooks
             storage = obj.storage.view(Storage)
             args = (storage, obj.offset, *map(tuple, obj[2:]), False, collections.OrderedDict())
