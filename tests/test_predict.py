@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_cli, script_main
-from crafted_images import MODES, digit_like, drawing_in_mode, sparse_ink
+from crafted_images import DRAWINGS, digit_like, sparse_ink
 from PIL import Image
 
 from lenet_jax import cli, predict
@@ -40,11 +40,11 @@ def test_preprocess_ignores_polarity_colour_position_and_size():
         assert np.abs(variant - reference).mean() < 12  # same digit, up to resampling
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DRAWINGS)
 def test_every_mode_and_transparency_reads_as_the_same_drawing(mode):
     # Black ink on white paper, on transparent paper, as a palette index marked transparent, ...
-    reference = preprocess(read_image(drawing_in_mode("L"))).astype(int)
-    assert np.abs(preprocess(read_image(drawing_in_mode(mode))).astype(int) - reference).max() <= 1
+    reference = preprocess(read_image(DRAWINGS["L"]())).astype(int)
+    assert np.abs(preprocess(read_image(DRAWINGS[mode]())).astype(int) - reference).max() <= 1
 
 
 def test_verdict_and_its_lines_mark_low_confidence_unsure_with_the_runner_up():
