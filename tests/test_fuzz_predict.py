@@ -10,9 +10,7 @@ from pathlib import Path
 
 import crafted_images as ci
 import pytest
-from conftest import script_main, snapshot
-
-from lenet_jax import cli
+from conftest import run_cli, script_main, snapshot
 
 
 def in_folder(*entries):
@@ -123,8 +121,7 @@ def test_predict_images_fuzz(make, flags, code, line, untrained_predictor, tmp_p
     before = snapshot(tmp_path)
     main = script_main("predict.py")
     monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
-    got = cli.run(main, [*inputs, "--workdir", str(tmp_path / "unused"), *flags])
-    out, err = capsys.readouterr()
+    got, out, err = run_cli(capsys, "predict.py", *inputs, "--workdir", tmp_path / "unused", *flags)
     assert got == code, err
     assert "Traceback" not in err and "Traceback" not in out
     if line is None:
