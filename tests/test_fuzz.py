@@ -9,6 +9,7 @@ import errno
 import functools
 import io
 import json
+import operator
 import os
 import re
 import shutil
@@ -814,13 +815,8 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
     _metrics(cut).write_bytes(_metrics(cut).read_bytes()[:-40])
     code, out, err = run_cli(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
     assert code == 0 and err == "" and "was damaged or not this project's" in out, err
-
-    def key(rows):
-        return [
-            (r["epoch"], r["step"], r["test_accuracy"], r["test_total_loss"], r["train_loss"]) for r in rows
-        ]
-
-    assert key(read_metrics(cut)) == key(read_metrics(straight))
+    key = operator.itemgetter("epoch", "step", "test_accuracy", "test_total_loss", "train_loss")
+    assert list(map(key, read_metrics(cut))) == list(map(key, read_metrics(straight)))
     assert [r["epoch"] for r in read_metrics(cut)] == [1, 2, 3]
 
 
