@@ -130,7 +130,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory):
-    """fast, 1 epoch on 12,000 images (~97%); unsmoothed for confident digits, so clipped (else it diverges)."""
+    """fast, 1 epoch on 12,000 images (~97%); unsmoothed: confident digits; so clipped (else it diverges)."""
     from lenet_jax.config import get_preset
     from lenet_jax.train import train_and_evaluate
 
