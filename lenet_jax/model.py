@@ -66,6 +66,7 @@ class LeNet(nn.Module):
         if self.conv_impl is not None:
             message = "LeNet(conv_impl=...) is ignored since lenet-jax 0.3: pass block= (speed.conv_block)"
             warnings.warn(message, DeprecationWarning, stacklevel=4)  # the caller of LeNet(...)
+            object.__setattr__(self, "conv_impl", None)  # once: flax's clones of it do not warn again
         super().__post_init__()
 
     def _initializers(self, fan_in: int) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from lenet_jax.data import Split
+from lenet_jax.errors import DeviceMemoryError
 from lenet_jax.evaluation import Evaluator
 from lenet_jax.model import LeNet
 from lenet_jax.steps import create_train_state
@@ -26,3 +28,14 @@ def test_evaluator_matches_a_direct_computation():
     assert result["accuracy"] == result["correct"] / 23
     np.testing.assert_allclose(result["total_loss"], sum(batch_means), rtol=1e-5)
     np.testing.assert_allclose(result["mean_loss"], np.mean(batch_means), rtol=1e-5)
+
+
+def test_out_of_memory_from_python_names_the_config_field(monkeypatch):
+    def exhausted(self, split):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 85899345920 bytes")
+
+    monkeypatch.setattr(Evaluator, "_on_device", exhausted)
+    with pytest.raises(DeviceMemoryError, match=r"asked for 85\.9 GB\): lower eval_batch_size \(now 8\);"):
+        Evaluator(LeNet(), batch_size=8).evaluate(
+            {}, Split(np.zeros((8, 28, 28, 1), np.uint8), np.zeros(8, np.int32))
+        )

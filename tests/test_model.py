@@ -108,3 +108,11 @@ def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_
     model = LeNet(init_scheme=init_scheme, feature_norm=True)
     expected = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 28, 28, 1)))["params"]
     chex.assert_trees_all_equal(state.params, expected)
+
+
+def test_conv_impl_of_0_2_warns_and_changes_nothing():
+    x = jnp.ones((1, 28, 28, 1))
+    params = init_params(LeNet(), jax.random.PRNGKey(0))
+    with pytest.warns(DeprecationWarning, match="conv_impl"):
+        old = LeNet(conv_impl="xla")
+    chex.assert_trees_all_equal(old.apply({"params": params}, x), LeNet().apply({"params": params}, x))
