@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import gzip
 import os
 import runpy
@@ -42,17 +43,23 @@ def run_script(name, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+@functools.cache
 def script_main(name):
     """scripts/<name>'s main function, loaded as its __main__ would be."""
     return runpy.run_path(str(REPO_ROOT / "scripts" / name))["main"]
 
 
 def run_cli(capsys, script, *argv):
-    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stderr)."""
+    """Runs a script's main in-process, exactly as its __main__ does; returns (code, stdout, stderr)."""
     from lenet_jax import cli
 
-    code = cli.run(script_main(script), [str(a) for a in argv])
-    return code, capsys.readouterr().err
+    program = sys.argv[0]
+    sys.argv[0] = str(REPO_ROOT / "scripts" / script)  # argparse names the script by it
+    try:
+        code = cli.run(script_main(script), [str(a) for a in argv])
+    finally:
+        sys.argv[0] = program
+    return code, *capsys.readouterr()
 
 
 def snapshot(root: Path) -> dict[str, object]:
@@ -123,8 +130,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory):
-    """The fast preset, 1 epoch on 12,000 images (~97%), unsmoothed (smoothing caps probabilities near
-    0.9; the prediction tests pick confident digits), so clipped (else seed 0 diverges at step 37)."""
+    """fast, 1 epoch on 12,000 images (~97%); unsmoothed: confident digits; so clipped (else it diverges)."""
     from lenet_jax.config import get_preset
     from lenet_jax.train import train_and_evaluate
 

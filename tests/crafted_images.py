@@ -69,11 +69,6 @@ DRAWINGS = {  # the digit_like drawing (black ink; paper white or transparent) a
     "WebP": lambda: encode(GREY, "WEBP", lossless=True),
 }
 # fmt: on
-MODES = tuple(DRAWINGS)
-
-
-def drawing_in_mode(name: str) -> bytes:
-    return DRAWINGS[name]()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

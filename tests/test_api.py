@@ -19,17 +19,12 @@ def test_every_public_callable_is_documented():
     assert [name for name, value in public.items() if callable(value) and not value.__doc__] == []
 
 
-def readme_python_blocks(section: str) -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, re.S)
-
-
 @pytest.mark.e2e
 def test_readme_python_api_example_prints_the_models_accuracy_and_a_prediction(
     mnist_dir, tmp_path, monkeypatch
 ):
-    (block,) = readme_python_blocks("Python API")
+    section = (REPO_ROOT / "README.md").read_text().split("## Python API\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LENET_DATA_DIR", str(mnist_dir))
     namespace: dict = {}

@@ -81,28 +81,19 @@ def test_elastic_field_strength_and_smoothness():
     assert abs(field.mean()) < 0.5  # zero-mean noise: no systematic drift
 
 
-def bar(width=2):
-    """A vertical bar, `width` pixels wide, in a 28x28 image (B=1, H, W)."""
-    image = np.zeros((1, 28, 28), np.float32)
-    image[0, 6:22, 13 : 13 + width] = 1.0
-    return jnp.asarray(image)
-
-
-def ink_width(image) -> float:
-    return float(np.asarray(image)[0, 14].sum())  # the ink across the bar's middle row
+BAR = np.zeros((1, 28, 28), np.float32)  # a vertical bar 4 pixels wide (B=1, H, W)
+BAR[0, 6:22, 13:17] = 1.0
 
 
 def test_stroke_width_grows_and_thins_strokes():
-    image = bar(4)
-    widths = {
-        r: ink_width(augment._stroke_width(image, jnp.asarray([r]), 2)) for r in (-1, -0.5, 0, 0.5, 1, 2)
-    }
+    drawn = {r: augment._stroke_width(jnp.asarray(BAR), jnp.array([r]), 2) for r in (-1, -0.5, 0, 0.5, 1, 2)}
+    widths = {r: float(np.asarray(image)[0, 14].sum()) for r, image in drawn.items()}  # the middle row
     assert widths[0] == 4 and widths[1] == 6 and widths[2] == 8 and widths[-1] == 2  # a pixel a side
     assert widths[-1] < widths[-0.5] < widths[0] < widths[0.5] < widths[1]  # fractions blend
 
 
 def test_blur_softens_an_edge_and_keeps_the_ink():
-    image = bar(4)
+    image = jnp.asarray(BAR)
     blur = augment._blur_matrices(jnp.asarray([1.5]), 28)
     blurred = blur @ image @ blur.mT
     row = np.asarray(blurred)[0, 14]
@@ -140,7 +131,6 @@ def test_gamma_keeps_paper_and_full_ink_and_moves_the_greys():
 
 def test_pen_augmentation_leaves_the_geometric_draws_as_they_were():
     # Adding the pen to `best`'s distortions does not change which distortion each image gets.
-    geometric = Augmentation(translate=2, rotate=15)
-    a = make_augment(geometric)(jax.random.PRNGKey(4), strokes())
+    a = make_augment(Augmentation(translate=2, rotate=15))(jax.random.PRNGKey(4), strokes())
     b = make_augment(Augmentation(translate=2, rotate=15, gamma=1e-9))(jax.random.PRNGKey(4), strokes())
     np.testing.assert_allclose(a, b, atol=1e-5)

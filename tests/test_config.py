@@ -17,10 +17,14 @@ def parse(*argv):
     return cli.config_from_args(parser.parse_args(list(argv)))
 
 
-def test_recipe_defaults():
+def test_recipe_and_best_presets_and_the_optimizer_choices():
     c = get_preset("recipe")
     assert (c.activation, c.pool, c.dense_activation, c.init_scheme) == ("sigmoid", "avg", False, "torch")
     assert (c.optimizer, c.lr, c.batch_size, c.epochs) == ("sgd", 0.05, 64, 20)
+    best = get_preset("best")  # all training images, no test-set choices
+    assert best.validation_size == 0 and best.train_size is None
+    assert best.ema_decay > 0 and best.elastic_alpha > 0 and best.label_smoothing > 0
+    assert CHOICES is OPTIMIZERS  # one list, where the optimizers are
 
 
 def test_every_field_has_a_flag_and_flags_override_one_field():
@@ -55,10 +59,6 @@ def test_a_config_built_directly_or_replaced_is_validated(fields, message):
             build(**fields)
 
 
-def test_optimizer_choices_are_the_registry():
-    assert CHOICES is OPTIMIZERS  # one list, where the optimizers are
-
-
 def test_errors_name_the_field_and_the_scripts_print_its_flag(capsys):
     """(Every bad flag's line, through the scripts: tests/test_fuzz.py, family "flags".)"""
     with pytest.raises(ConfigError, match="^label_smoothing must be in") as error:
@@ -86,19 +86,12 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_documented_and_keeps_lenet5_size(name):
     # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
-
     config = get_preset(name)
     doc = PRESETS[name].__doc__
     assert isinstance(config, Config) and "Run:" in doc and "Expected:" in doc
     model = model_from_config(config)
     shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
     assert count_params(shapes) == 61_706 + (32 if config.feature_norm else 0) <= 62_000
-
-
-def test_best_preset_trains_on_all_training_images_with_no_test_set_choices():
-    best = get_preset("best")
-    assert best.validation_size == 0 and best.train_size is None
-    assert best.ema_decay > 0 and best.elastic_alpha > 0 and best.label_smoothing > 0
 
 
 def test_init_scheme_keeps_its_0_1_spellings():

@@ -54,13 +54,14 @@ def test_data_dir_falls_back_to_environment(monkeypatch, tmp_path):
     assert resolve_data_dir(None) is None
 
 
-def test_epoch_order_covers_every_image_once_and_pads_the_last_batch():
+def test_epoch_and_sequential_orders_cover_every_image_once_and_pad_the_last_batch():
     key = jax.random.PRNGKey(0)
     order = epoch_order(key, 1, 10, 4)
     assert order.shape == (3, 4) and order.dtype == np.int32
     flat = order.ravel()
     assert sorted(flat[flat >= 0].tolist()) == list(range(10))
     assert (order[-1, 2:] == data.PADDING_INDEX).all()
+    np.testing.assert_array_equal(data.sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
 
 
 def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
@@ -71,10 +72,6 @@ def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
     np.testing.assert_array_equal(epoch_order(key, 3, 100, 8), epoch_order(key, 3, 100, 8))
     assert not np.array_equal(epoch_order(key, 3, 100, 8), epoch_order(key, 4, 100, 8))
     assert not np.array_equal(epoch_order(key, 3, 100, 8), epoch_order(jax.random.PRNGKey(1), 3, 100, 8))
-
-
-def test_sequential_order():
-    np.testing.assert_array_equal(data.sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
 
 
 def test_gather_batch_scales_and_masks_padding():

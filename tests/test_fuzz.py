@@ -9,6 +9,7 @@ import errno
 import functools
 import io
 import json
+import operator
 import os
 import re
 import shutil
@@ -20,14 +21,13 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
-from conftest import REPO_ROOT, make_idx_dir, snapshot, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, run_cli, script_main, snapshot, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import load_weights
@@ -39,9 +39,6 @@ TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 
 
 # ---- helpers ----
-
-
-script_main = functools.cache(conftest.script_main)
 
 
 @functools.cache
@@ -62,18 +59,6 @@ def assert_flags_exist(script: str, message: str, argv=()) -> None:
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", named.sub("", message)):
         given = flag in map(str, argv)
         assert given or flag in script_flags(script), f"{script} has no {flag}: {message}"
-
-
-def run_cli(capsys, script: str, *argv) -> tuple[int, str, str]:
-    """scripts/SCRIPT's main with argv, in-process, as its __main__ runs it."""
-    program = sys.argv[0]
-    sys.argv[0] = str(REPO_ROOT / "scripts" / script)  # argparse names the script by it
-    try:
-        code = cli.run(script_main(script), [str(a) for a in argv])
-    finally:
-        sys.argv[0] = program
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
@@ -830,13 +815,8 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
     _metrics(cut).write_bytes(_metrics(cut).read_bytes()[:-40])
     code, out, err = run_cli(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
     assert code == 0 and err == "" and "was damaged or not this project's" in out, err
-
-    def key(rows):
-        return [
-            (r["epoch"], r["step"], r["test_accuracy"], r["test_total_loss"], r["train_loss"]) for r in rows
-        ]
-
-    assert key(read_metrics(cut)) == key(read_metrics(straight))
+    key = operator.itemgetter("epoch", "step", "test_accuracy", "test_total_loss", "train_loss")
+    assert list(map(key, read_metrics(cut))) == list(map(key, read_metrics(straight)))
     assert [r["epoch"] for r in read_metrics(cut)] == [1, 2, 3]
 
 

@@ -118,7 +118,7 @@ CASES = [
     ("query string", request(path="/predict?mode=fast", body=GOOD), 200, None, {}),
     ("4096x4096 (the cap)", request(body=ci.big_digit()), 200, None, {}),
     ("sparse ink", request(body=ci.sparse_ink()), 422, "too little ink", {}),
-    ("palette, transparent index", request(body=ci.drawing_in_mode("P+transparency")), 200, None, {}),
+    ("palette, transparent index", request(body=ci.DRAWINGS["P+transparency"]()), 200, None, {}),
     ("text/plain", request(body=GOOD, content_type="text/plain"), 415, "Content-Type must be one of", {}),
     ("no Content-Type", request(body=GOOD, content_type=None), 415, "not none", {}),
     ("curl --data-binary", request(body=GOOD, content_type=FORM_URLENCODED), 415, "-F file=@digit.png", {}),

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import crafted_images as ci
 import pytest
-from conftest import script_main, snapshot
-
-from lenet_jax import cli
+from conftest import run_cli, script_main, snapshot
 
 
 def in_folder(*entries):
@@ -83,12 +81,12 @@ CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one 
     ("truncated PNG", file("cut.png", ci.truncated), [], 2,
      r"cut.png: cannot decode the image \(image file is truncated"),
     ("blank page", file("blank.png", ci.blank), [], 2, r"blank.png: the image has no ink"),
-    ("JPEG named .png", file("photo.png", ci.drawing_in_mode("RGB JPEG")), [], 0, None),
-    ("palette with a transparent index", file("p.png", ci.drawing_in_mode("P+transparency")), [], 0, None),
-    ("LA", file("la.png", ci.drawing_in_mode("LA")), [], 0, None),
-    ("16-bit with a transparent grey", file("i16.png", ci.drawing_in_mode("I;16+transparency")), [], 0, None),
-    ("CMYK JPEG", file("cmyk.jpg", ci.drawing_in_mode("CMYK JPEG")), [], 0, None),
-    ("float TIFF", file("f.tif", ci.drawing_in_mode("F")), [], 0, None),
+    ("JPEG named .png", file("photo.png", ci.DRAWINGS["RGB JPEG"]), [], 0, None),
+    ("palette with a transparent index", file("p.png", ci.DRAWINGS["P+transparency"]), [], 0, None),
+    ("LA", file("la.png", ci.DRAWINGS["LA"]), [], 0, None),
+    ("16-bit with a transparent grey", file("i16.png", ci.DRAWINGS["I;16+transparency"]), [], 0, None),
+    ("CMYK JPEG", file("cmyk.jpg", ci.DRAWINGS["CMYK JPEG"]), [], 0, None),
+    ("float TIFF", file("f.tif", ci.DRAWINGS["F"]), [], 0, None),
     ("named pipe in a folder", in_folder(("pipe.png", os.mkfifo)), [], 0,
      SKIP.format("pipe.png", "a named pipe")),
     ("socket in a folder", in_folder(("sock.png", unix_socket)), [], 0, SKIP.format("sock.png", "a socket")),
@@ -123,8 +121,7 @@ def test_predict_images_fuzz(make, flags, code, line, untrained_predictor, tmp_p
     before = snapshot(tmp_path)
     main = script_main("predict.py")
     monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
-    got = cli.run(main, [*inputs, "--workdir", str(tmp_path / "unused"), *flags])
-    out, err = capsys.readouterr()
+    got, out, err = run_cli(capsys, "predict.py", *inputs, "--workdir", tmp_path / "unused", *flags)
     assert got == code, err
     assert "Traceback" not in err and "Traceback" not in out
     if line is None:

@@ -1,10 +1,12 @@
 """IDX reading, and the downloader's platform and network checks."""
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
 
+import chex
 import numpy as np
 import pytest
 from conftest import make_idx_dir, write_idx
@@ -115,12 +117,7 @@ def test_data_dir_serves_the_same_arrays_without_array_record(idx_dir, request):
     through_tfds = data.load_dataset(idx_dir, validation_size=8)
     request.getfixturevalue("without_array_record")
     direct = data.load_dataset(idx_dir, validation_size=8)
-    assert direct.source == through_tfds.source
-    for name in ("train", "test", "validation"):
-        a, b = getattr(through_tfds, name), getattr(direct, name)
-        np.testing.assert_array_equal(a.images, b.images)
-        np.testing.assert_array_equal(a.labels, b.labels)
-        assert (a.images.dtype, a.labels.dtype) == (b.images.dtype, b.labels.dtype)
+    chex.assert_trees_all_equal(dataclasses.asdict(direct), dataclasses.asdict(through_tfds), strict=True)
 
 
 def test_download_without_array_record_is_refused_in_one_line(without_array_record, monkeypatch):

@@ -39,21 +39,13 @@ def two_epochs(tmp_path):
     abstract = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     workdir = tmp_path / "checkpoints" / "recipe"
-    checkpoints = Checkpoints(workdir)
-    try:
+    with Checkpoints(workdir) as checkpoints:
         for epoch in (1, 2):
             params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
-            state = TrainState(
-                step=jnp.asarray(10 * epoch, jnp.int32),
-                params=params,
-                opt_state=optax.adam(1e-3).init(params),
-                rng=jax.random.PRNGKey(epoch),
-                ema_params=jax.tree_util.tree_map(lambda x: x / 2, params),
-            )
-            meta = {"epoch": epoch, "step": 10 * epoch, "config": config.to_dict()}
-            checkpoints.save(epoch, state, meta)
-    finally:
-        checkpoints.close()
+            average = jax.tree_util.tree_map(lambda x: x / 2, params)
+            opt_state = optax.adam(1e-3).init(params)
+            state = TrainState(jnp.int32(10 * epoch), params, opt_state, jax.random.PRNGKey(epoch), average)
+            checkpoints.save(epoch, state, {"epoch": epoch, "step": 10 * epoch, "config": config.to_dict()})
     (workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir()
     return workdir
 

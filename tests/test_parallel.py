@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO_ROOT, make_idx_dir, script_main, start_python
+from conftest import REPO_ROOT, make_idx_dir, run_cli, start_python
 
-from lenet_jax import cli, parallel, run_log
+from lenet_jax import parallel, run_log
 from lenet_jax.errors import ConfigError
 from lenet_jax.evaluation import restore_params
 from lenet_jax.workdir import read_metrics
@@ -62,9 +62,8 @@ def launch(workdir, data_dir, *extra):
 def test_scripts_on_real_mnist_and_two_processes_match_one(mnist_dir, tmp_path, monkeypatch, capsys):
     """train.py here (a relative workdir), then launch.py's 2 processes: same output, weights, accuracies."""
     monkeypatch.chdir(tmp_path)
-    assert cli.run(script_main("train.py"), [*RUN, "--workdir", "one", "--data-dir", str(mnist_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "train 1,920 images, test 10,000 images" in out and "step 10: train loss" in out
+    code, out, _ = run_cli(capsys, "train.py", *RUN, "--workdir", "one", "--data-dir", mnist_dir)
+    assert code == 0 and "train 1,920 images, test 10,000 images" in out and "step 10: train loss" in out
     rows_one = read_metrics(tmp_path / "one")
     assert {"test_accuracy", "test_total_loss", "train_loss", "train_seconds"} <= set(rows_one[0])
     assert {"images_per_second", "learning_rate"} <= set(rows_one[0])
@@ -88,13 +87,17 @@ def test_scripts_on_real_mnist_and_two_processes_match_one(mnist_dir, tmp_path, 
 
     # evaluate.py on an --epoch and on the newest; the 2-process checkpoint restores in one process.
     for run, row in [("one", rows_one[0]), ("two", rows_two[1])]:
-        argv = ["--workdir", run, "--epoch", str(row["epoch"]), "--data-dir", str(mnist_dir)]
-        assert cli.run(script_main("evaluate.py"), argv) == 0
-        result = json.loads(capsys.readouterr().out.splitlines()[-1])
-        assert result["epoch"] == row["epoch"] and result["count"] == 10_000
+        argv = ["--workdir", run, "--epoch", row["epoch"], "--data-dir", mnist_dir]
+        code, out, _ = run_cli(capsys, "evaluate.py", *argv)
+        result = json.loads(out.splitlines()[-1])
+        assert code == 0 and result["epoch"] == row["epoch"] and result["count"] == 10_000
         assert result["test_accuracy"] == row["test_accuracy"]
         if run == "one":
             assert result["test_total_loss"] == row["test_total_loss"]
+
+
+def processes_of(workdir):
+    return [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
 
 
 def test_launch_stops_everything_when_one_process_dies(tmp_path):
@@ -105,7 +108,7 @@ def test_launch_stops_everything_when_one_process_dies(tmp_path):
         if line.startswith("[0] step 10:"):
             break
         assert time.time() < deadline
-    ours = [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
+    ours = processes_of(workdir)
     victims = [p for p in ours if "--process-id" in p.info["cmdline"] and p.info["cmdline"][-1] == "1"]
     assert len(victims) == 1
     killed_at = time.time()
@@ -114,6 +117,4 @@ def test_launch_stops_everything_when_one_process_dies(tmp_path):
     assert time.time() - killed_at < 60
     assert launcher.returncode != 0
     assert "error: process 1 was killed by SIGKILL; stopped the other processes" in err
-    assert not [
-        p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])
-    ]
+    assert not processes_of(workdir)

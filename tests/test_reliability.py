@@ -25,7 +25,7 @@ def test_restart_with_force_replaces_the_run(capsys, idx_dir, tmp_path):
     workdir = tmp_path / "run"
     train_and_evaluate(Config(epochs=2, batch_size=32, init_scheme="flax"), workdir, data_dir=idx_dir)
     argv = ["--workdir", workdir, "--data-dir", idx_dir, "--epochs", "1", "--restart", "--force"]
-    code, err = run_cli(capsys, "train.py", *argv)
+    code, _, err = run_cli(capsys, "train.py", *argv)
     assert code == 0 and err == "" and Checkpoints(workdir).epochs() == [1], err
     assert read_config(workdir)["epochs"] == 1 and [r["epoch"] for r in read_metrics(workdir)] == [1]
 

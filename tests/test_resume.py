@@ -7,7 +7,7 @@ from pathlib import Path
 
 import chex
 import pytest
-from conftest import make_idx_dir, script_main, start_python
+from conftest import make_idx_dir, run_cli, script_main, start_python
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints, load_weights
@@ -44,7 +44,7 @@ def uninterrupted(data, tmp_path_factory):
     @functools.cache
     def get(kind: str) -> Path:
         workdir = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "run"
-        assert train(argv(kind, workdir, data)) == 0
+        assert cli.run(script_main("train.py"), argv(kind, workdir, data)) == 0
         return workdir
 
     return get
@@ -52,10 +52,6 @@ def uninterrupted(data, tmp_path_factory):
 
 def argv(kind: str, workdir: Path, data: Path) -> list[str]:
     return [*TRAIN, *RUNS[kind], "--workdir", str(workdir), "--data-dir", str(data)]
-
-
-def train(args: list[str]) -> int:
-    return cli.run(script_main("train.py"), args)
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
@@ -89,11 +85,11 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(kind, stop, uninterrup
         assert any(p.name.startswith("2.") for p in (workdir / "checkpoints").iterdir())
     assert Checkpoints(workdir).epochs() == [1]  # a half-written epoch 2 is not taken as complete
 
-    assert train(argv(kind, workdir, data)) == 0  # the same command again
-    out, err = capsys.readouterr()
-    assert err == "" and "Resuming from the checkpoint of epoch 1 (step 40)" in out, err
+    code, out, err = run_cli(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
+    assert code == 0 and err == "" and "Resuming from the checkpoint of epoch 1 (step 40)" in out, err
     assert_same_run(uninterrupted(kind), workdir)
-    assert train(argv(kind, workdir, data)) == 0  # a finished run rerun trains nothing, keeps all
+    # A finished run rerun trains nothing, keeps all.
+    assert run_cli(capsys, "train.py", *argv(kind, workdir, data))[0] == 0
     assert_same_run(uninterrupted(kind), workdir)
 
 
@@ -101,8 +97,7 @@ def test_resume_with_other_settings_is_refused_in_one_line(uninterrupted, data, 
     workdir = uninterrupted("plain")
     before = read_metrics(workdir)
     changes = ["--epochs", "3", "--batch-size", "32", "--optimizer", "adam", "--activation", "relu"]
-    code = train([*argv("plain", workdir, data), *changes])
-    err = capsys.readouterr().err
+    code, _, err = run_cli(capsys, "train.py", *argv("plain", workdir, data), *changes)
     assert code == 2 and err.count("\n") == 1, err
     assert "batch_size: checkpoint 16, now 32" in err and "optimizer: checkpoint 'sgd'" in err
     assert "activation: checkpoint 'sigmoid', now 'relu'" in err

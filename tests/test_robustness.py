@@ -23,7 +23,7 @@ def ink(images):
     return np.mean([preprocess(image).astype(float).sum() for image in images])
 
 
-def test_every_transform_makes_predictable_images(small_set):
+def test_every_transform_makes_predictable_images_the_same_every_time(test_digits, small_set):
     assert set(small_set) == set(MNIST_TRANSFORMS) | set(MOUSE_WIDTHS)
     for name, (images, labels) in small_set.items():
         assert len(images) == len(labels) == 20, name
@@ -32,9 +32,6 @@ def test_every_transform_makes_predictable_images(small_set):
     assert ink(small_set["mouse_thick"][0]) > 1.3 * ink(small_set["mouse_thin"][0])
     # Dark ink on light paper: preprocess inverts it.
     assert np.median(small_set["dark_on_light"][0][0]) > 200 and np.median(small_set["mnist"][0][0]) == 0
-
-
-def test_the_set_is_the_same_every_time(test_digits, small_set):
     again = robustness_set(*test_digits, 20)
     for name in small_set:
         np.testing.assert_array_equal(again[name][0][3], small_set[name][0][3])

@@ -14,11 +14,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, script_main, start_python
+from conftest import REPO_ROOT, run_cli, script_main, start_python
 from crafted_images import encode
 from PIL import Image
 
-from lenet_jax import cli
 from lenet_jax.data import load_dataset
 from lenet_jax.predict import UNSURE_BELOW
 from lenet_jax.serve import create_app, uvicorn_server
@@ -189,8 +188,7 @@ def test_serve_script_refuses_bad_arguments_in_one_line(
 ):
     main = script_main("serve.py")
     monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
-    argv = ["--workdir", str(tmp_path / "run"), *[str(taken_port) if f == "TAKEN" else f for f in flags]]
-    code = cli.run(main, argv)
-    out, err = capsys.readouterr()
+    flags = [taken_port if f == "TAKEN" else f for f in flags]
+    code, out, err = run_cli(capsys, "serve.py", "--workdir", tmp_path / "run", *flags)
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.splitlines()) == 1 and out == ""

@@ -14,15 +14,12 @@ from lenet_jax.steps import create_train_state, make_eval_step, make_train_step
 
 
 def batch_of(n, pad_to=None, seed=0):
+    """n random images, labels and a mask of ones; zeros after them up to pad_to."""
     rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    mask = np.ones(n, np.float32)
-    if pad_to:
-        images = np.concatenate([images, np.zeros((pad_to - n, 28, 28, 1), np.float32)])
-        labels = np.concatenate([labels, np.zeros(pad_to - n, np.int32)])
-        mask = np.concatenate([mask, np.zeros(pad_to - n, np.float32)])
-    return {"image": jnp.asarray(images), "label": jnp.asarray(labels), "mask": jnp.asarray(mask)}
+    batch = {"image": rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)}
+    batch |= {"label": rng.integers(0, 10, n).astype(np.int32), "mask": np.ones(n, np.float32)}
+    pad = [(0, (pad_to or n) - n)]
+    return {k: jnp.asarray(np.pad(v, pad + [(0, 0)] * (v.ndim - 1))) for k, v in batch.items()}
 
 
 def test_padded_batch_gives_the_same_update_as_the_small_batch_and_the_step_is_pure():

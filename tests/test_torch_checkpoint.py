@@ -1,8 +1,6 @@
 """PyTorch files of the tutorial's LeNet: read without running them, imported, exported back.
 
-tests/fixtures/torch_tutorial (its make_fixture.py: the tutorial's own model and loop) holds
-PyTorch's accuracy and logits for its net_3.pth. Other torch.save files are written here without
-PyTorch; the tests that run PyTorch itself skip without it.
+The fixture holds PyTorch's own numbers for net_3.pth; other torch.save files are written here.
 """
 
 import collections
@@ -21,10 +19,10 @@ import chex
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import run_cli, script_main
+from conftest import run_cli
 from PIL import Image
 
-from lenet_jax import cli, idx
+from lenet_jax import idx
 from lenet_jax import torch_checkpoint as tc
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
@@ -80,10 +78,8 @@ class TorchPickler(pickle._Pickler):  # the Python pickler, whose save_global ca
     def reducer_override(self, obj):
         if isinstance(obj, Name):
             return str(obj)
-        if isinstance(obj, np.ndarray):
-            obj = View(
-                obj.reshape(-1), 0, obj.shape, [int(np.prod(obj.shape[i + 1 :])) for i in range(obj.ndim)]
-            )
+        if isinstance(obj, np.ndarray):  # C-contiguous: its strides in items are torch's
+            obj = View(obj.reshape(-1), 0, obj.shape, [stride // obj.itemsize for stride in obj.strides])
         if isinstance(obj, View):  # storage, offset, size, stride, requires_grad, backward hooks
             storage = obj.storage.view(Storage)
             args = (storage, obj.offset, *map(tuple, obj[2:]), False, collections.OrderedDict())
@@ -127,7 +123,7 @@ def tutorial_state(**change):
 
 def convert(capsys, *argv, code=0):
     """Runs convert.py: exit `code`, and one line on stderr when it fails; returns that line."""
-    result, err = run_cli(capsys, "convert.py", *argv)
+    result, _, err = run_cli(capsys, "convert.py", *argv)
     assert (result, err.count("\n")) == (code, code != 0) and err.startswith("error: " if code else ""), err
     return err
 
@@ -157,10 +153,9 @@ def assert_logits_close(ours, theirs):
 
 def test_the_imported_tutorial_model_evaluates_as_in_pytorch(imported, mnist_dir, first_test_images, capsys):
     """evaluate.py's and predict.py's numbers are PyTorch's, and the meta says where they came from."""
-    code = cli.run(script_main("evaluate.py"), ["--workdir", str(imported), "--data-dir", str(mnist_dir)])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["epoch"] == 3 and result["count"] == EXPECTED["test_count"] == 10_000
+    code, out, _ = run_cli(capsys, "evaluate.py", "--workdir", imported, "--data-dir", mnist_dir)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and result["epoch"] == 3 and result["count"] == EXPECTED["test_count"] == 10_000
     assert abs(result["correct"] - EXPECTED["test_correct"]) <= 2
     np.testing.assert_allclose(result["test_total_loss"], EXPECTED["test_total_loss"], rtol=1e-4)
     restored = restore_params(imported)
@@ -169,10 +164,9 @@ def test_the_imported_tutorial_model_evaluates_as_in_pytorch(imported, mnist_dir
     assert_logits_close(np.asarray(logits), TORCH_LOGITS)
 
     i = int(np.flatnonzero(TORCH_LOGITS.argmax(1) == labels)[0])  # predict.py: a digit PyTorch gets right
-    Image.fromarray(images[i, ..., 0]).save(imported.parent / "digit.png")
-    argv = [str(imported.parent / "digit.png"), "--workdir", str(imported), "--json"]
-    assert cli.run(script_main("predict.py"), argv) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["prediction"] == labels[i]
+    Image.fromarray(images[i, ..., 0]).save(digit := imported.parent / "digit.png")
+    code, out, _ = run_cli(capsys, "predict.py", digit, "--workdir", imported, "--json")
+    assert code == 0 and json.loads(out.splitlines()[0])["prediction"] == labels[i]
 
     with Checkpoints(imported, read_only=True) as checkpoints:
         meta = checkpoints.restore_meta(3)

@@ -1,7 +1,5 @@
-"""The PyTorch twins of the presets (benchmarks/torch_presets.py) compute what lenet-jax computes:
-forward pass, schedule, optimizer steps, weight average, augmentation. lenet-jax is checked without
-PyTorch against what they computed (tests/fixtures/torch_twins, made by its make_fixture.py); with
-PyTorch, that fixture is checked to be what they compute now."""
+"""lenet-jax computes what the presets' PyTorch twins (benchmarks/torch_presets.py) stored in
+tests/fixtures/torch_twins; with PyTorch, that fixture is what they compute now."""
 
 import importlib
 import json
@@ -75,8 +73,7 @@ def test_same_weight_average_decay():
 
 @pytest.mark.parametrize("name", CASES["train"])
 def test_same_training_steps_from_the_same_weights(name):
-    """Five updates (warm-up into the peak) from the same weights and batches: the twin's losses,
-    parameters and weight average."""
+    """Five updates (warm-up into the peak) from the same start: the twin's losses, params and average."""
     config, steps = CONFIGS["train"][name], make.TRAIN_STEPS
     model, start = start_weights(config, make.case_seed(name))
     optimizer = build_optimizer(config, steps)
