@@ -98,12 +98,8 @@ def load_dataset(
     train_size: int | None = None,
     array_cache: bool = True,
 ) -> Dataset:
-    """Loads train and test splits through tfds, preparing them on first use.
-
-    data_dir: a folder of the four MNIST-format IDX files (gzipped or not); None uses
-    $LENET_DATA_DIR, failing that a download of the official files. validation_size, train_size:
-    as Dataset.subset. array_cache: keep the arrays beside tfds's files (lenet_jax.speed.array_cache).
-    """
+    """The train and test splits of data_dir (four IDX files, .gz or not; None: $LENET_DATA_DIR, else
+    the download) through tfds, prepared on first use; the sizes: Dataset.subset; array_cache: speed's."""
     (train, test), source = _load_splits(data_dir, array_cache, ("train", "test"))
     return Dataset(train, test, None, source).subset(validation_size, train_size)
 

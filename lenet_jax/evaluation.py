@@ -1,9 +1,6 @@
-"""Evaluation of parameters on a split, the same for training (every epoch) and `evaluate`.
-
-The split is visited in order in fixed-size batches, the last one padded and masked, so every
-image counts once and the accuracy is exact. The total loss is the recipe's: the sum over batches
-of each batch's mean loss.
-"""
+"""Evaluation of parameters on a split, the same for training (every epoch) and `evaluate`: in order,
+in fixed-size batches, the last one padded and masked (every image counts once, the accuracy is
+exact); the total loss is the recipe's, the sum over batches of each batch's mean loss."""
 
 from __future__ import annotations
 

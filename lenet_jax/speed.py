@@ -1,5 +1,5 @@
 """Every speed trick, each named once with why; `--speed plain` (the tutorial's program, the same
-function) turns them off, but for the process-wide 8, 10 and 11 once set. docs/performance.md."""
+function) turns them off, but for the process-wide 8 and 10 once set. docs/performance.md."""
 
 from __future__ import annotations
 
@@ -181,13 +181,23 @@ def torch_blocked() -> Iterator[None]:
             del sys.modules["torch"]
 
 
-# 11. jax's unrolled threefry on the CPU too (jax PR #37872): seconds less compiling cold; same bits.
-def unrolled_threefry(speed: str) -> None:
-    """Lowers jax.random's threefry hash unrolled on the CPU (process-wide; not when plain)."""
-    if speed != "auto":
-        return
-    with contextlib.suppress(ImportError, AttributeError):  # internals moved: jax's own lowering, same bits
+# 11. Init compiled with jax's unrolled threefry (jax PR #37872): XLA:CPU compiles the rolled loops
+#     of its many draws ~1 s slower cold; same bits. Only init: the rolled ones run the steps faster.
+@contextlib.contextmanager
+def unrolled_threefry(speed: str) -> Iterator[None]:
+    """Within it, jax.random's threefry hash is lowered unrolled on the CPU (not when plain)."""
+    try:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as threefry
 
-        mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule, platform="cpu")
+        rolled, unrolled = threefry._threefry2x32_cpu_lowering_rule, threefry._threefry2x32_lowering_rule
+    except (ImportError, AttributeError):  # internals moved: jax's own lowering, the same bits
+        speed = "plain"
+    if speed != "auto":
+        yield
+        return
+    mlir.register_lowering(threefry.threefry2x32_p, unrolled, platform="cpu")
+    try:
+        yield
+    finally:
+        mlir.register_lowering(threefry.threefry2x32_p, rolled, platform="cpu")

@@ -57,7 +57,9 @@ class Trainer:
 
     def new_state(self) -> steps.TrainState:
         """A fresh state from the seed, replicated over the run's devices."""
-        state = steps.create_train_state(self.model, self.optimizer, self.key, self.config.averages_weights)
+        ema = self.config.averages_weights
+        with speed.unrolled_threefry(self.config.speed):  # init alone: speed says why
+            state = steps.create_train_state(self.model, self.optimizer, self.key, ema)
         return parallel.put_replicated(state, self.mesh)
 
     def abstract_state(self) -> steps.TrainState:
@@ -129,7 +131,6 @@ def make_trainer(
     steps_per_call: int | None = None,
 ) -> Trainer:
     """The one set-up of a run; optimizer None builds the config's, steps_per_call None the backend's."""
-    speed.unrolled_threefry(config.speed)  # before the first program that draws random numbers
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     if config.batch_size > len(train):  # one padded batch: memory for nothing
