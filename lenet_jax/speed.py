@@ -124,8 +124,9 @@ def train_call(train_step: Callable, augment: Callable | None, mesh: Any, steps:
     )
 
 
-# 6. Evaluation batches grouped into device calls of ~1024 images: fewer dispatches, metrics per batch.
-EVAL_GROUP_IMAGES = 1024
+# 6. Evaluation batches grouped into device calls of ~256 images: fewer dispatches (1024 measured
+#    slower and 190 MB more peak memory: docs/performance.md), metrics per batch.
+EVAL_GROUP_IMAGES = 256
 
 
 def eval_groups(speed: str, batch_size: int) -> int:

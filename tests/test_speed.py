@@ -106,7 +106,7 @@ def test_the_per_backend_choices_come_from_the_table(monkeypatch, fresh_support_
     assert speed.steps_per_call("auto", 1000) == speed.DEFAULTS["cpu"]["steps_per_call"]
     assert speed.steps_per_call("auto", 5) == 5 and speed.steps_per_call("auto", 1000, 3) == 3
     assert speed.steps_per_call("plain", 1000) == 1
-    assert speed.eval_groups("auto", 64) == 16 and speed.eval_groups("plain", 64) == 1
+    assert speed.eval_groups("auto", 64) == 4 and speed.eval_groups("plain", 64) == 1
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert speed.compiler_options("auto") == {}
     assert speed.conv_block("auto") is ConvBlock
