@@ -85,7 +85,6 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Runs a script's main; a LenetError becomes one line on stderr and its exit code (with
     --debug in argv: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    limit_malloc_arenas()  # before the command starts any thread (lenet_jax.speed, trick 8)
     try:
         try:
             return main(argv)

@@ -113,8 +113,7 @@ def _load_splits(data_dir, array_cache: bool, names: tuple[str, ...]) -> tuple[l
     folder = resolve_data_dir(data_dir)
     missing = _missing_for_tfds()
     if folder is not None and missing:
-        # No tfds path here (array-record has no wheel for the platform, or a machine set up
-        # without tfds, e.g. a GPU image): the same arrays, read from the files each run.
+        # No tfds here (no array-record wheel, or an image without tfds): read the files each run.
         digest, splits = idx.read_folder(folder)
         return [Split(*splits[name]) for name in names], f"mnist_idx/{idx.local_config_name(digest)}"
     if missing == "tensorflow-datasets":

@@ -70,8 +70,7 @@ def device_memory_asked(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def out_of_memory_names(name: str, now: object = None) -> Iterator[None]:
-    """A device out-of-memory error inside becomes DeviceMemoryError naming what to lower: a Config
-    field (the scripts print its flag: lenet_jax.cli.run) with its value `now`, or flags."""
+    """Device out of memory inside -> DeviceMemoryError naming what to lower (a Config field: cli.run)."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through

@@ -17,6 +17,7 @@ from lenet_jax.speed import SPEEDS
 
 
 def main(argv: list[str]) -> int:
+    cli.limit_malloc_arenas()  # before JAX starts its threads: peak RSS (the report's)
     parser = commands.parser(__doc__)
     commands.checkpoint_flags(parser)
     parser.add_argument(

@@ -36,6 +36,7 @@ from lenet_jax.predict import (
 
 
 def main(argv: list[str]) -> int:
+    cli.limit_malloc_arenas()  # before JAX starts its threads: peak RSS
     parser = commands.parser(__doc__)
     parser.add_argument("images", nargs="+", help="image files, or directories of them")
     commands.checkpoint_flags(parser)

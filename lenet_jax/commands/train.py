@@ -11,6 +11,7 @@ DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
 
 def main(argv: list[str]) -> int:
+    cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
     parser = commands.parser(__doc__)
     parser.add_argument(
         "--workdir", help="checkpoints and logs; the same one resumes (default: checkpoints/<run-name>)"
