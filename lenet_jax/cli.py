@@ -102,9 +102,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         if "--debug" in argv:
             raise
         message = str(e)
-        field = getattr(e, "field", None)  # the Config field the message names: say its flag
-        if field:
-            message = re.sub(rf"\b{field}\b", flag_name(field), message, count=1)
+        if e.field:  # the Config field the message names: say its flag
+            message = re.sub(rf"\b{e.field}\b", flag_name(e.field), message, count=1)
         # A stop the user asked for (Ctrl-C, SIGTERM) is a notice, not an error.
         print(f"{'stopped' if isinstance(e, TrainingInterrupted) else 'error'}: {message}", file=sys.stderr)
         return e.exit_code

@@ -16,17 +16,17 @@ from collections.abc import Iterator
 
 
 class LenetError(Exception):
-    """Base class of errors caused by input the user can fix."""
+    """Errors caused by input the user can fix. field: a Config field it names (cli.run prints its flag)."""
 
     exit_code = 2
-
-
-class ConfigError(LenetError):
-    """An invalid configuration value. field: the Config field it names (cli.run prints its flag)."""
 
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+class ConfigError(LenetError):
+    """An invalid configuration value."""
 
 
 class DataError(LenetError):
@@ -78,11 +78,9 @@ def out_of_memory_names(name: str, now: object = None) -> Iterator[None]:
         if asked is None:
             raise
         value = "" if now is None else f" (now {now})"
-        error = DeviceMemoryError(
-            f"the device ran out of memory (asked for {asked}): lower {name}{value}; what was saved is intact"
-        )
-        error.field = name if name.isidentifier() else None
-        raise error from e
+        message = f"the device ran out of memory (asked for {asked}): lower {name}{value}; "
+        message += "what was saved is intact"
+        raise DeviceMemoryError(message, field=name if name.isidentifier() else None) from e
 
 
 class TrainingInterrupted(LenetError):
