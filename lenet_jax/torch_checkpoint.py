@@ -1,8 +1,6 @@
-"""PyTorch files of the tutorial's LeNet: read them safely, import them, export ours back.
+"""PyTorch files of the tutorial's LeNet: read them safely (no PyTorch needed), import them, export ours.
 
-A restricted unpickler (pickle docs' `find_class` allow-list) maps only the names MyLeNet's torch.save
-zip needs to inert stand-ins and refuses any other before it runs: no PyTorch needed.
-"""
+The pickle docs' `find_class` allow-list: MyLeNet's names become inert stand-ins, any other is refused."""
 
 from __future__ import annotations
 
@@ -39,6 +37,10 @@ MAX_STEP = 2**31 - 1  # the train state's step is an int32
 MAX_EPOCH = MAX_STEP // TUTORIAL_STEPS_PER_EPOCH
 MAX_FILE_BYTES = 64 << 20  # LeNet's file is 250 KB: a larger one (or record) is not read
 _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PATH)) and convert that"
+
+
+def _not_lenet(source: Any, why: str) -> ConversionError:
+    return ConversionError(f"{source} is not the tutorial's LeNet: {why}")
 
 
 class _Module:
@@ -101,19 +103,15 @@ class _Unpickler(pickle.Unpickler):
             raise ConversionError(f"{source} is not a torch.save archive: {_STATE_DICT_HINT}")
         self._archive, self._prefix, self._source = archive, pickles[0].removesuffix("data.pkl"), source
         super().__init__(self._record("data.pkl"))
-        byteorder = b"little"  # an archive without the record is little-endian
-        if f"{self._prefix}byteorder" in archive.namelist():
-            byteorder = self._record("byteorder").read().strip()
-        self._order = "<" if byteorder == b"little" else ">"
+        has_order = f"{self._prefix}byteorder" in archive.namelist()  # without it: little-endian
+        self._order = "<" if not has_order or self._record("byteorder").read().strip() == b"little" else ">"
 
     def _record(self, name: str) -> Any:
         name = self._prefix + name
         if name not in self._archive.namelist():
             raise ConversionError(f"{self._source} is not a torch.save archive of LeNet (no record {name})")
         if self._archive.getinfo(name).file_size > MAX_FILE_BYTES:
-            raise ConversionError(
-                f"{self._source} is not the tutorial's LeNet: its record {name} is too large"
-            )
+            raise _not_lenet(self._source, f"its record {name} is too large")
         return self._archive.open(name)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -156,7 +154,7 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file: pass the .pth file to convert")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConversionError(f"{path} is not the tutorial's LeNet: it is larger than 64 MiB")
+        raise _not_lenet(path, "it is larger than 64 MiB")
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -216,27 +214,20 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
     for key, shape in expected.items():
         value = state_dict.get(key)
         if value is None:
-            raise ConversionError(
-                f"{source} is not the tutorial's LeNet: its state_dict has no {key!r} (shape {shape}; "
-                f"its keys: {', '.join(map(str, list(state_dict)[:8]))}): convert the file torch.save wrote"
-            )
+            keys = ", ".join(map(str, list(state_dict)[:8]))
+            why = f"its state_dict has no {key!r} (shape {shape}; its keys: {keys})"
+            raise _not_lenet(source, f"{why}: convert the file torch.save wrote")
         if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype.kind != "f":
             what = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise ConversionError(
-                f"{source} is not the tutorial's LeNet: {key!r} has {what}, the tutorial's MyLeNet "
-                f"has {shape} (floating point)"
+            raise _not_lenet(
+                source, f"{key!r} has {what}, the tutorial's MyLeNet has {shape} (floating point)"
             )
     extra = [str(k) for k in state_dict if k not in expected]
     if extra:
-        raise ConversionError(
-            f"{source} is not the tutorial's LeNet: its state_dict has keys MyLeNet does not have "
-            f"({', '.join(extra[:6])})"
-        )
-    params = {}
-    for ours, prefix, _ in LAYERS:
-        kernel = np.ascontiguousarray(flax_kernel(ours, state_dict[f"{prefix}.weight"].astype(np.float32)))
-        params[ours] = {"kernel": kernel, "bias": state_dict[f"{prefix}.bias"].astype(np.float32)}
-    return params
+        raise _not_lenet(source, f"its state_dict has keys MyLeNet does not have ({', '.join(extra[:6])})")
+    f32 = {key: value.astype(np.float32) for key, value in state_dict.items()}
+    kernels = {ours: np.ascontiguousarray(flax_kernel(ours, f32[f"{p}.weight"])) for ours, p, _ in LAYERS}
+    return {ours: {"kernel": kernels[ours], "bias": f32[f"{p}.bias"]} for ours, p, _ in LAYERS}
 
 
 def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
@@ -271,8 +262,7 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
             )
         return epoch, step
     if epoch is None:
-        number = re.search(r"(\d+)$", path.stem)  # the tutorial's net_3.pth: 3
-        epoch = int(number[1] if number else 0) or 1
+        epoch = int(re.search(r"\d*$", path.stem)[0] or 0) or 1  # the tutorial's net_3.pth: 3
     if not 0 <= epoch <= MAX_EPOCH:
         raise ConversionError(
             f"--epoch must be between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer), "
@@ -306,11 +296,9 @@ def import_torch_checkpoint(
     _check_workdir_takes(workdir, epoch, given, config)
     optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
     state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
-    state = state.replace(
-        step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
-    )
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    state = state.replace(step=jnp.asarray(step, jnp.int32), params=params)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()  # at most 64 MiB: read_torch_weights checked
     source = {"kind": "pytorch", "file": str(path), "sha256": sha256, "format": weights.format,
               "contents": weights.contents}  # fmt: skip
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
