@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.numpy
 
 from lenet_jax.errors import ConversionError
@@ -256,18 +255,14 @@ def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tup
     if recorded and epoch in (None, int(written[0])):
         epoch, step = map(int, written)
         if epoch > MAX_EPOCH or step > MAX_STEP:
-            raise ConversionError(
-                f"{path} records epoch {epoch}, step {step}, beyond a 32-bit step: pass --epoch "
-                f"between 0 and {MAX_EPOCH}"
-            )
+            beyond = f"records epoch {epoch}, step {step}, beyond a 32-bit step"
+            raise ConversionError(f"{path} {beyond}: pass --epoch between 0 and {MAX_EPOCH}")
         return epoch, step
     if epoch is None:
         epoch = int(re.search(r"\d*$", path.stem)[0] or 0) or 1  # the tutorial's net_3.pth: 3
     if not 0 <= epoch <= MAX_EPOCH:
-        raise ConversionError(
-            f"--epoch must be between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer), "
-            f"not {epoch}"
-        )
+        bounds = f"between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer)"
+        raise ConversionError(f"--epoch must be {bounds}, not {epoch}")
     return epoch, epoch * TUTORIAL_STEPS_PER_EPOCH
 
 
@@ -304,9 +299,8 @@ def import_torch_checkpoint(
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
     meta = {"epoch": epoch, "step": step, **record, "dataset": IMPORTED_DATASET}
     meta = {**meta, "metrics": {}, "source": source, "provenance": provenance()}
-    with workdir_lock(workdir):  # never into a run that is training there
-        with Checkpoints(workdir) as checkpoints:
-            checkpoints.save(epoch, state, meta)
+    with workdir_lock(workdir), Checkpoints(workdir) as checkpoints:  # never into a run training there
+        checkpoints.save(epoch, state, meta)
         if not (workdir / CONFIG_FILE).is_file():
             write_config(workdir, {**record, "source": source})
     return ImportResult(workdir=workdir, epoch=epoch, step=step, source=source)
