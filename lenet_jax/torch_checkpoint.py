@@ -318,10 +318,8 @@ def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) ->
     if existing and (not given or epoch in existing):
         fix = f"epoch {epoch} is taken; pass --epoch with another number" if given else (
             "pass --epoch N with a number it does not hold to add this file next to them")  # fmt: skip
-        raise ConversionError(
-            f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))}): {fix}, "
-            "or another --workdir"
-        )
+        held = f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))})"
+        raise ConversionError(f"{held}: {fix}, or another --workdir")
     if (workdir / CONFIG_FILE).is_file() and read_config(workdir) != config.to_record():
         raise ConversionError(
             f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the tutorial's "
