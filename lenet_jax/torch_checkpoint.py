@@ -1,6 +1,4 @@
-"""PyTorch files of the tutorial's LeNet: read them safely (no PyTorch needed), import them, export ours.
-
-The pickle docs' `find_class` allow-list: MyLeNet's names become inert stand-ins, any other is refused."""
+"""The tutorial's PyTorch LeNet files: read safely (an allow-list unpickler, no torch), imported, exported."""
 
 from __future__ import annotations
 
@@ -28,7 +26,6 @@ LAYERS = (
     ("dense2", "model.9", (84, 120)),
     ("dense3", "model.10", (10, 84)),
 )
-CONV_FEATURES = (16, 5, 5)  # conv2's pooled output as PyTorch holds it (C, H, W): dense1's inputs
 # The Config fields of the architecture, which must be the recipe's for MyLeNet to hold it.
 ARCHITECTURE_FIELDS = ("activation", "pool", "dense_activation", "feature_norm")
 TUTORIAL_STEPS_PER_EPOCH = 938  # 60,000 images in batches of 64: an imported epoch N is step N * 938
@@ -45,7 +42,7 @@ def _not_lenet(source: Any, why: str) -> ConversionError:
 class _Module:
     """An allowed torch.nn.Module, inert: the attribute dict its pickle sets, nothing run."""
 
-    class_name = ""
+    class_name: str  # "torch.nn.modules.conv.Conv2d": set in _ALLOWED, one subclass per allowed name
     state: dict[str, Any] = {}  # replaced by the pickle's, never mutated
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -84,7 +81,7 @@ _MODULE_CLASSES = (
     ("torch.nn.modules.flatten", "Flatten"), ("torch.nn.modules.linear", "Linear"),
     *((owner, name) for owner in ("model", "__main__") for name in ("MyLeNet", "Reshape")),
 )  # fmt: skip
-# Every name the unpickler resolves, and what to.
+# Every name the unpickler resolves, and what to (inert stand-ins); any other is refused before it runs.
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
@@ -188,8 +185,8 @@ def _read_safetensors(path: Path) -> TorchWeights:
         raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
 
 
-# dense1's inputs: row i of our kernel (flattened H,W,C) is column _DENSE1_ORDER[i] of PyTorch's (C,H,W)
-_DENSE1_ORDER = np.arange(math.prod(CONV_FEATURES)).reshape(CONV_FEATURES).transpose(1, 2, 0).reshape(-1)
+# dense1's inputs (conv2's 16x5x5): row i of our kernel (H,W,C) is column _DENSE1_ORDER[i] of torch's (C,H,W)
+_DENSE1_ORDER = np.arange(16 * 5 * 5).reshape(16, 5, 5).transpose(1, 2, 0).reshape(-1)
 
 
 def flax_kernel(layer: str, weight: np.ndarray) -> np.ndarray:
@@ -210,17 +207,15 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
     """LeNet's Flax params (numpy, float32) from a state_dict of the tutorial's MyLeNet."""
     expected = {f"{prefix}.{name}": shape if name == "weight" else shape[:1]
                 for _, prefix, shape in LAYERS for name in ("weight", "bias")}  # fmt: skip
-    for key, shape in expected.items():
+    for key, want in expected.items():
         value = state_dict.get(key)
         if value is None:
             keys = ", ".join(map(str, list(state_dict)[:8]))
-            why = f"its state_dict has no {key!r} (shape {shape}; its keys: {keys})"
+            why = f"its state_dict has no {key!r} (shape {want}; its keys: {keys})"
             raise _not_lenet(source, f"{why}: convert the file torch.save wrote")
-        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype.kind != "f":
-            what = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise _not_lenet(
-                source, f"{key!r} has {what}, the tutorial's MyLeNet has {shape} (floating point)"
-            )
+        if not isinstance(value, np.ndarray) or value.shape != want or value.dtype.kind != "f":
+            got = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise _not_lenet(source, f"{key!r} has {got}, the tutorial's MyLeNet has {want} (floating point)")
     extra = [str(k) for k in state_dict if k not in expected]
     if extra:
         raise _not_lenet(source, f"its state_dict has keys MyLeNet does not have ({', '.join(extra[:6])})")
@@ -250,8 +245,7 @@ class ImportResult:
 def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tuple[int, int]:
     """The epoch (given, else the file's metadata or name, else 1) and its step, both bounded."""
     written = [weights.metadata.get(k, "") for k in ("epoch", "step")]  # by export_torch_checkpoint
-    # ASCII digits, at most 19 (an int64): anything else is not what export wrote, and is ignored.
-    recorded = all(v.isascii() and v.isdigit() and len(v) <= 19 for v in written)
+    recorded = all(re.fullmatch(r"[0-9]{1,19}", v) for v in written)  # else not export's (an int64): ignored
     if recorded and epoch in (None, int(written[0])):
         epoch, step = map(int, written)
         if epoch > MAX_EPOCH or step > MAX_STEP:
@@ -321,10 +315,8 @@ def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) ->
         held = f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))})"
         raise ConversionError(f"{held}: {fix}, or another --workdir")
     if (workdir / CONFIG_FILE).is_file() and read_config(workdir) != config.to_record():
-        raise ConversionError(
-            f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the tutorial's "
-            "recipe; pass another --workdir"
-        )
+        other = f"{workdir} holds a run of another config ({CONFIG_FILE})"
+        raise ConversionError(f"{other}: imports are the tutorial's recipe; pass another --workdir")
     prepare_workdir(workdir)
 
 
@@ -363,11 +355,9 @@ def export_torch_checkpoint(
     ours, recipe = vars(restored.config), vars(Config())
     differences = [f"{n} {ours[n]!r}, not {recipe[n]!r}" for n in ARCHITECTURE_FIELDS if ours[n] != recipe[n]]
     if differences:
-        raise ConversionError(
-            f"epoch {restored.epoch} of {workdir} is not the tutorial's architecture "
-            f"({'; '.join(differences)}): its MyLeNet could not hold it; only checkpoints of the "
-            "recipe's architecture export"
-        )
+        unlike = f"is not the tutorial's architecture ({'; '.join(differences)})"
+        why = "its MyLeNet could not hold it; only checkpoints of the recipe's architecture export"
+        raise ConversionError(f"epoch {restored.epoch} of {workdir} {unlike}: {why}")
     state_dict = torch_state_dict_from_lenet(jax.device_get(restored.params))
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
