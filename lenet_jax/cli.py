@@ -82,8 +82,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Runs a script's main; a LenetError becomes one line on stderr and its exit code (with
-    --debug in argv: the traceback)."""
+    """Runs main(argv): a LenetError becomes one line on stderr and its exit code (--debug: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         try:
@@ -116,8 +115,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 
 def run_summary(workdir, rows: list[dict]) -> str:
-    """The closing lines of a training run: final and best test accuracy, where the checkpoints
-    are, and the commands that use them."""
+    """A run's closing lines: final and best test accuracy, the checkpoints, the commands that use them."""
     final = rows[-1]
     best = max(rows, key=lambda row: row["test_accuracy"])
     return (
@@ -130,9 +128,7 @@ def run_summary(workdir, rows: list[dict]) -> str:
 
 
 def command(name: str) -> str:
-    """Another script's command as a hint prints it, working pasted into a shell without the venv:
-    this interpreter and scripts/NAME.py (relative to the current folder when inside it), or the
-    installed lenet-NAME command when there is no scripts/ folder."""
+    """Script NAME as a hint: this python and scripts/NAME.py (relative to cwd), else lenet-NAME."""
     script = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
     if not script.is_file():
         return f"lenet-{name}"

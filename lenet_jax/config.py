@@ -95,12 +95,9 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated (0.1.0's field names accepted too)."""
         for name in set(REMOVED_FIELDS) & set(changes):
-            warnings.warn(
-                f"Config.{name} is gone since lenet-jax 0.3 (ignored): speed='plain' turns every "
-                "speed trick off",
-                DeprecationWarning,
-                stacklevel=2,
-            )
+            gone = f"Config.{name} is gone since lenet-jax 0.3 (ignored): speed='plain' turns every "
+            gone += "speed trick off"
+            warnings.warn(gone, DeprecationWarning, stacklevel=2)
         return dataclasses.replace(self, **_current_names(changes))
 
     def to_dict(self) -> dict[str, Any]:

@@ -142,9 +142,8 @@ def num_batches(num_examples: int, batch_size: int) -> int:
 
 def pad_rows(rows: np.ndarray, multiple: int) -> np.ndarray:
     """rows with rows of PADDING_INDEX appended up to a multiple of `multiple` of them."""
-    return np.pad(
-        rows, [(0, -len(rows) % multiple)] + [(0, 0)] * (rows.ndim - 1), constant_values=PADDING_INDEX
-    )
+    widths = [(0, -len(rows) % multiple)] + [(0, 0)] * (rows.ndim - 1)
+    return np.pad(rows, widths, constant_values=PADDING_INDEX)
 
 
 def epoch_order(key: np.ndarray | jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:

@@ -33,14 +33,10 @@ class Evaluator:
         parallel.check_batch_size(batch_size, self.mesh, "--eval-batch-size")
         eval_step = make_eval_step(model) if groups == 1 else grouped(make_eval_step(model))
         replicated = parallel.replicated(self.mesh)
-        indices_sharding = parallel.batch_sharded(self.mesh, 1 if groups == 1 else 2)  # (B,) or (G, B)
+        by_batch = parallel.batch_sharded(self.mesh, 1 if groups == 1 else 2)  # indices (B,) or (G, B)
 
         # The split's arrays are arguments, not constants: another split reuses the compilation.
-        @functools.partial(
-            jax.jit,
-            in_shardings=(replicated, replicated, replicated, indices_sharding),
-            out_shardings=replicated,
-        )
+        @functools.partial(jax.jit, in_shardings=(replicated,) * 3 + (by_batch,), out_shardings=replicated)
         def step_on_indices(params, images, labels, indices):
             return eval_step(params, gather_batch(images, labels, indices))
 

@@ -332,8 +332,6 @@ def export_torch_checkpoint(
     workdir: str | os.PathLike, out: str | os.PathLike, epoch: int | None = None, force: bool = False
 ) -> ExportResult:
     """Writes an epoch's evaluated weights (default: newest) as MyLeNet's state_dict (.safetensors, .pt)."""
-    import jax
-
     from lenet_jax.checkpoints import load_weights
     from lenet_jax.config import Config
 
@@ -358,7 +356,7 @@ def export_torch_checkpoint(
         unlike = f"is not the tutorial's architecture ({'; '.join(differences)})"
         why = "its MyLeNet could not hold it; only checkpoints of the recipe's architecture export"
         raise ConversionError(f"epoch {restored.epoch} of {workdir} {unlike}: {why}")
-    state_dict = torch_state_dict_from_lenet(jax.device_get(restored.params))
+    state_dict = torch_state_dict_from_lenet(restored.params)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         if suffix == ".safetensors":
