@@ -89,9 +89,8 @@ def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) ->
         ax.axis("off")
     for ax, i in zip(np.ravel(axes), wrong, strict=False):
         ax.imshow(images[i, ..., 0], cmap="gray")
-        ax.set_title(
-            f"true {labels[i]}, pred {predictions[i]}\n{probabilities[i, predictions[i]]:.0%}", fontsize=8
-        )
+        title = f"true {labels[i]}, pred {predictions[i]}\n{probabilities[i, predictions[i]]:.0%}"
+        ax.set_title(title, fontsize=8)
     fig.suptitle("most confidently misclassified test digits")
     _save(fig, path)
 

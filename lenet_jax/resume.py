@@ -46,11 +46,8 @@ def start_state(
     # The older ones only for their metrics rows (a damaged metrics.jsonl): a damaged one blocks nothing.
     metas = {**checkpoints.readable_metas(epochs[:-1], note=say), epochs[-1]: newest}
     if epochs[-1] >= trainer.config.epochs:
-        done = trainer.config.epochs
-        say(
-            f"Already complete: {done} epoch{'s' if done != 1 else ''} trained (to train more, raise "
-            "epochs: --epochs N, or epochs=N in Python)"
-        )
+        done, more = trainer.config.epochs, "to train more, raise epochs: --epochs N, or epochs=N in Python"
+        say(f"Already complete: {done} epoch{'s' if done != 1 else ''} trained ({more})")
     else:
         say(f"Resuming from the checkpoint of epoch {epochs[-1]} (step {newest['step']})")
     if trainer.from_python:

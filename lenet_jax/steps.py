@@ -105,10 +105,8 @@ def make_train_step(
                 )
             decay = ema_decay_at(state.step, ema_decay)
             ema_params = jax.tree_util.tree_map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
-        )
-        return new_state, {"loss": loss}
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+        return state, {"loss": loss}
 
     return train_step
 

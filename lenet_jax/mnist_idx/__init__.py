@@ -216,19 +216,18 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         if self.builder_config.source_dir is not None:
             folder = Path(self.builder_config.source_dir)
-            return {
-                split: self._generate_examples(*idx.split_paths(folder, split)) for split in idx.SPLIT_FILES
-            }
-        urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
-        require_array_record()
-        try:
-            _check_reachable(MNIST_URL)
-            paths = dl_manager.download(urls)  # verified against checksums.tsv (size, sha256) by tfds
-        except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
-            if storage_fault(e) is not None:  # a full disk is no network failure
-                raise
-            _refuse_download(e)
-        pairs = {split: [Path(paths[stem]) for stem in stems] for split, stems in idx.SPLIT_FILES.items()}
+            pairs = {split: idx.split_paths(folder, split) for split in idx.SPLIT_FILES}
+        else:
+            urls = {stem: MNIST_URL + stem + ".gz" for files in idx.SPLIT_FILES.values() for stem in files}
+            require_array_record()
+            try:
+                _check_reachable(MNIST_URL)
+                paths = dl_manager.download(urls)  # verified against checksums.tsv (size, sha256) by tfds
+            except Exception as e:  # noqa: BLE001 - any network failure means the same to a user
+                if storage_fault(e) is not None:  # a full disk is no network failure
+                    raise
+                _refuse_download(e)
+            pairs = {split: [Path(paths[stem]) for stem in stems] for split, stems in idx.SPLIT_FILES.items()}
         return {split: self._generate_examples(*pair) for split, pair in pairs.items()}
 
     def _generate_examples(self, images_path: Path, labels_path: Path):
