@@ -133,9 +133,8 @@ def _lowres_matrices(factor: jax.Array, size: int) -> jax.Array:
     pixels = jnp.arange(size, dtype=jnp.float32)
     f = factor[:, None, None]
     # Down: coarse pixel j covers [j f, (j + 1) f); its value is the mean of what it covers.
-    overlap = jnp.minimum(pixels[None, None, :] + 1, (pixels[None, :, None] + 1) * f) - jnp.maximum(
-        pixels[None, None, :], pixels[None, :, None] * f
-    )
+    j, k = pixels[None, :, None], pixels[None, None, :]
+    overlap = jnp.minimum(k + 1, (j + 1) * f) - jnp.maximum(k, j * f)
     down = jnp.maximum(overlap, 0.0) / f  # (B, coarse j, fine k)
     # Up: fine pixel i sits at coarse coordinate (i + 0.5) / f - 0.5; linear interpolation.
     coarse = (pixels[None, :, None] + 0.5) / f - 0.5

@@ -50,8 +50,7 @@ class Dataset:
     source: str
 
     def subset(self, validation_size: int = 0, train_size: int | None = None) -> Dataset:
-        """The last validation_size training images held out as a validation split, then the
-        first train_size of the rest kept (of a dataset that has no validation split yet)."""
+        """The last validation_size training images held out for validation, the first train_size kept."""
         train, validation = self.train, None
         if validation_size:
             if validation_size >= len(train):
@@ -158,8 +157,7 @@ def _permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
 
 
 def epoch_calls(key: jax.Array, epoch: int, num_examples: int, batch_size: int, per_call: int):
-    """(indices (per_call, batch_size), count) of each training call of an epoch: its shuffled
-    batches, per_call a call, the last call padded with rows of PADDING_INDEX (skipped steps)."""
+    """(indices (per_call, batch_size), count) of an epoch's calls; the last padded with PADDING_INDEX."""
     order = epoch_order(key, epoch, num_examples, batch_size)
     padded = pad_rows(order, per_call)
     for start in range(0, len(order), per_call):

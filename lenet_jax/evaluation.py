@@ -24,8 +24,7 @@ restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoin
 
 
 class Evaluator:
-    """Evaluates params of one model on splits, with one jitted step compiled once per shape;
-    groups: batches per device call (lenet_jax.speed.eval_groups), the metrics staying per batch."""
+    """A model's params evaluated on splits, one jitted step per shape; groups: batches per call (speed)."""
 
     def __init__(self, model: Any, batch_size: int, groups: int = 1):
         self.batch_size, self.groups = batch_size, groups
@@ -77,8 +76,7 @@ class Evaluator:
 
 
 def evaluate_state(evaluator: Evaluator, state: TrainState, dataset: Dataset) -> dict[str, Any]:
-    """An epoch's evaluation metrics: of the averaged weights when the run keeps an average
-    (what evaluate.py and predict.py use), with the raw weights' under "raw_*" beside them."""
+    """An epoch's metrics: of the weights evaluate and predict use (the average if kept), the raw as raw_*."""
     row: dict[str, Any] = {}
     raw = [] if state.ema_params is None else [("raw_", state.params)]
     for prefix, params in [("", evaluated_params(state)), *raw]:

@@ -107,9 +107,7 @@ def global_batch(indices: np.ndarray, mesh: Mesh) -> Any:
 
 def with_sharding(abstract: Any, sharding: Any) -> Any:
     """ShapeDtypeStructs carrying `sharding` (orbax restores each array onto it)."""
-    return jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract
-    )
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
 
 
 def host_value(x: Any) -> Any:

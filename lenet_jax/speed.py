@@ -74,9 +74,8 @@ CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 def compiler_options(speed: str) -> dict[str, str]:
     """CPU_OPTIONS on a CPU when auto, if this jaxlib knows them (they are experimental); else {}."""
-    if speed == "plain" or jax.default_backend() != "cpu" or not _cpu_options_supported():
-        return {}
-    return dict(CPU_OPTIONS)
+    wanted = speed != "plain" and jax.default_backend() == "cpu"
+    return dict(CPU_OPTIONS) if wanted and _cpu_options_supported() else {}
 
 
 @functools.cache
