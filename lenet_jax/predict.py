@@ -295,9 +295,8 @@ def _collect_directory(folder: Path, found: ImageInputs) -> None:
         else:
             found.skipped.append((entry, f"not a regular file ({kind})"))
     if len(found.paths) == before:
-        found.problems.append(
-            (str(folder), f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
-        )
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        found.problems.append((str(folder), f"no image files ({suffixes}) in this directory"))
 
 
 def quiet_pil_warnings() -> None:

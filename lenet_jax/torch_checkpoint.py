@@ -285,8 +285,7 @@ def import_torch_checkpoint(
     _check_workdir_takes(workdir, epoch, given, config)
     optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
     state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    state = state.replace(step=jnp.asarray(step, jnp.int32), params=params)
+    state = state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(jnp.asarray, params))
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()  # at most 64 MiB: read_torch_weights checked
     source = {"kind": "pytorch", "file": str(path), "sha256": sha256, "format": weights.format,
               "contents": weights.contents}  # fmt: skip

@@ -69,11 +69,8 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         raise cli.ConfigError(listen_error(args.host, args.port, e)) from e
     host = f"[{args.host}]" if ":" in args.host else args.host
-    port = listener.getsockname()[1]
-    print(
-        f"Serving epoch {predictor.epoch} of {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)",
-        flush=True,
-    )
+    url = f"http://{host}:{listener.getsockname()[1]}/"  # the port chosen when --port is 0
+    print(f"Serving epoch {predictor.epoch} of {args.workdir} at {url} (Ctrl-C stops)", flush=True)
     # uvicorn re-raises SIGINT/SIGTERM after stopping: the default action skips JAX's slow teardown.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     uvicorn_server(app, log_level="info" if args.debug else "warning").run(sockets=[listener])
