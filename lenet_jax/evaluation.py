@@ -99,9 +99,8 @@ def evaluate_checkpoint(
     averaged: bool = True,
     speed: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluates one epoch's checkpoint (newest by default) on the whole test set, with the model
-    and eval batch size of its config: the numbers training logged for that epoch (averaged=False:
-    the raw weights', logged as raw_test_*). speed "plain": the same up to float rounding."""
+    """One epoch's checkpoint (default: newest) on the test set, as its config: the numbers training logged
+    (averaged=False: the raw weights', logged as raw_test_*); speed "plain": the same up to float rounding."""
     restored = load_weights(workdir, epoch, averaged)
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size

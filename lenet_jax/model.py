@@ -51,8 +51,7 @@ class ConvBlock(nn.Conv):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as in the PyTorch tutorial, with the usual variations as options. block: the class
-    of the conv blocks, ConvBlock or a drop-in (lenet_jax.speed's choice; the model never asks)."""
+    """The tutorial's LeNet-5, variations as options; block: ConvBlock or a drop-in (speed's choice)."""
 
     activation: str = "sigmoid"
     pool: str = "avg"
