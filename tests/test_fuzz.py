@@ -39,8 +39,6 @@ TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
 
 
 # ---- helpers ----
-
-
 @functools.cache
 def script_flags(name: str) -> set[str]:
     """The options a script accepts, read from its --help."""
@@ -81,23 +79,6 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
     return out, err
 
 
-def fail_writes(monkeypatch, pattern: str, code: int) -> None:
-    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
-    original = builtins.open
-
-    def failing(file, mode="r", *args, **kwargs):
-        if (
-            isinstance(file, (str, os.PathLike))
-            and re.search(pattern, os.fspath(file))
-            and set(mode) & set("wax+")
-        ):
-            raise OSError(code, os.strerror(code), os.fspath(file))
-        return original(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", failing)
-    monkeypatch.setattr(io, "open", failing)
-
-
 def tfds_data_dir(monkeypatch, folder: Path) -> None:
     """tfds prepares datasets in `folder` (it reads $TFDS_DATA_DIR once, when imported)."""
     import tensorflow_datasets as tfds
@@ -106,8 +87,6 @@ def tfds_data_dir(monkeypatch, folder: Path) -> None:
 
 
 # ---- shared runs ----
-
-
 @pytest.fixture(autouse=True)
 def _in_tmp_path(tmp_path, monkeypatch):
     """Relative paths (a default workdir) land in the test's folder, never the repository."""
@@ -137,8 +116,6 @@ def train_argv(workdir, data, *more) -> list:
 
 
 # ---- family: data ----
-
-
 TI, TL, EI, EL = (
     f"{s}-ubyte" for s in "train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1".split()
 )
@@ -218,7 +195,6 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
 
 
 # ---- family: flags ----
-
 # fmt: off
 FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts with another script), message)
     "seed too large": ("--seed 99999999999999999999999", "--seed must fit in 64 bits"),
@@ -301,8 +277,6 @@ def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
 
 
 # ---- family: checkpoints ----
-
-
 def _meta(run: Path, epoch: int) -> Path:
     return run / "checkpoints" / str(epoch) / "meta" / "metadata"
 
@@ -408,8 +382,6 @@ def test_fuzz_checkpoints(capsys, tmp_path, run, data, case):
 
 
 # ---- family: workdir contents ----
-
-
 def _metrics(run: Path) -> Path:
     return run / "metrics.jsonl"
 
@@ -628,10 +600,8 @@ def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
 
 
 # ---- family: faults ----
-
-
-def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
-    """The write of a checkpoint item (meta: JSON; params: arrays) raises `error`."""
+def _orbax_fails(error: BaseException, item: str = "meta") -> Callable:
+    """The write of epoch 3's checkpoint item (meta: JSON; params: arrays) raises `error`."""
     handler = ocp.JsonCheckpointHandler if item == "meta" else ocp.StandardCheckpointHandler
     original = handler.async_save
 
@@ -640,7 +610,7 @@ def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
             raise error
         return await original(self, directory, *args, **kwargs)
 
-    monkeypatch.setattr(handler, "async_save", async_save)
+    return lambda monkeypatch: monkeypatch.setattr(handler, "async_save", async_save)
 
 
 def _no_room(monkeypatch) -> None:
@@ -654,12 +624,20 @@ TENSORSTORE_ENOSPC = ValueError(
 )
 
 
-def _writes_fail(pattern, code):
-    return lambda mp: fail_writes(mp, pattern, code)
+def _writes_fail(pattern: str, code: int) -> Callable:
+    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
+    original = builtins.open
 
+    def failing(file, mode="r", *args, **kwargs):
+        if re.search(pattern, str(file)) and set(mode) & set("wax+"):
+            raise OSError(code, os.strerror(code), str(file))
+        return original(file, mode, *args, **kwargs)
 
-def _orbax_fails(error, item="meta"):
-    return lambda mp: _orbax_fault(mp, error, item)
+    def inject(monkeypatch):
+        monkeypatch.setattr(builtins, "open", failing)
+        monkeypatch.setattr(io, "open", failing)
+
+    return inject
 
 
 ENOSPC, EACCES = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EACCES, "Permission denied")
@@ -798,14 +776,12 @@ def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
     """evaluate.py --report: a full disk, a report folder that is a file."""
     argv, file = ["--workdir", run, "--data-dir", data, "--report"], _workdir("file", run, tmp_path)
     check(capsys, "evaluate.py", [*argv, file], 2, "cannot create the report folder", unchanged=[run, file])
-    fail_writes(monkeypatch, r"\.png$", errno.ENOSPC)
+    _writes_fail(r"\.png$", errno.ENOSPC)(monkeypatch)
     message = "curves.png (No space left on device): the command stopped there; free some space"
     check(capsys, "evaluate.py", [*argv, tmp_path / "report"], 4, message, unchanged=[run])
 
 
 # ---- beyond one-liners ----
-
-
 def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys, tmp_path, data):
     """Issue 16: a metrics.jsonl cut mid-line is repaired on resume; the run ends as an uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
