@@ -23,8 +23,7 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys,
     argv = ["time-to-99", "--data-dir", str(mnist_dir), "--preset", "smoke", "--set", "epochs=1"]
     assert main([*argv, "--seeds", "0", "--evals-per-epoch", "2", "--no-torch", "--list-programs"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    # --list-programs: each program once, by name; those compiled were traced and lowered first,
-    # training's before its first call ended, evaluation's after.
+    # --list-programs: each program once, traced and lowered before compiled; training's in the first call.
     programs = [line for line in lines if "program" in line]
     assert len({p["program"] for p in programs}) == len(programs)
     compiled = [p for p in programs if p["compile"] > 0]
@@ -80,8 +79,7 @@ def test_summary_splits_the_race_into_start_and_running_speed():
     assert summary["mean_start_seconds"] == round(((2.05 - 0.048) + (2.25 - 0.056)) / 2, 3)
     assert summary["median_ms_per_step"] == {"lenet-jax": 3.25, "pytorch-twin-2t": 5.0}
     assert summary["ratio_ms_per_step"] == 0.65 and summary["ratio_jax_to_pytorch"] == 0.8
-    # A seed without a running speed (its run ended inside the first call): no figure, not a
-    # figure over fewer seeds than the others.
+    # A seed without a running speed (it ended inside the first call): no figure, not one over fewer seeds.
     jax_rows[1]["ms_per_step"] = None
     summary = time_to_99_summary(args, {"lenet-jax": jax_rows, "pytorch-twin-2t": twin}, torch_ok=True)
     assert summary["mean_start_seconds"] is None and summary["median_ms_per_step"]["lenet-jax"] is None

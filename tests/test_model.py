@@ -101,7 +101,6 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
 @pytest.mark.parametrize("init_scheme", ["torch", "flax"])
 def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_path):
     # LeNet(...).init(jax.random.PRNGKey(seed), x), as a notebook writes it, is the run's start.
-
     config = Config(init_scheme=init_scheme, seed=3, feature_norm=True)
     train = Split(np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32))
     state = make_trainer(config, train, optax.sgd(0.1)).new_state()

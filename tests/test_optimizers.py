@@ -55,13 +55,12 @@ def test_weight_decay_and_clipping_are_applied():
 
 
 def test_schedules():
-    steps = 10
-    constant = learning_rate_schedule(Config(lr=0.5, epochs=2), steps)
+    constant = learning_rate_schedule(Config(lr=0.5, epochs=2), 10)
     assert float(constant(0)) == float(constant(19)) == 0.5
-    cosine = learning_rate_schedule(Config(lr=0.5, epochs=2, schedule="cosine"), steps)
+    cosine = learning_rate_schedule(Config(lr=0.5, epochs=2, schedule="cosine"), 10)
     assert float(cosine(0)) == pytest.approx(0.5) and float(cosine(20)) == pytest.approx(0.0)
     warmup = Config(lr=0.5, epochs=2, schedule="warmup-cosine", warmup_epochs=0.5)
-    warm = learning_rate_schedule(warmup, steps)
+    warm = learning_rate_schedule(warmup, 10)
     assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.5)
     assert float(warm(20)) == pytest.approx(0.0, abs=1e-6)
 

@@ -144,8 +144,7 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
         assert len(row["probabilities"]) == 10 and abs(sum(row["probabilities"]) - 1) < 1e-3
         assert row["prediction"] == int(np.argmax(row["probabilities"]))
         assert isinstance(row["unsure"], bool) and row["runner_up"] != row["prediction"]
-    correct = sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5))
-    assert correct >= 4
+    assert sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5)) >= 4
 
 
 def test_confusion_matrix_and_per_class_scores():

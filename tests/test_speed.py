@@ -25,8 +25,7 @@ def random_split(n: int, seed: int) -> Split:
 
 
 def test_auto_and_plain_train_and_evaluate_the_same_function():
-    # Every trick at once (Toeplitz blocks, scanned steps, augmentation's own jit, XLA:CPU options,
-    # grouped evaluation) against the program as written: the same states and metrics up to rounding.
+    """Every trick at once against the program as written: the same states and metrics up to rounding."""
     model = {"activation": "relu", "pool": "max", "feature_norm": True, "dense_activation": True}
     extras = {"augment_rotate": 10.0, "elastic_alpha": 2.0, "label_smoothing": 0.1, "ema_decay": 0.9}
     config = TINY.replace(**model, **extras)

@@ -1,5 +1,4 @@
-"""lenet-jax computes what the presets' PyTorch twins (benchmarks/torch_presets.py) stored in
-tests/fixtures/torch_twins; with PyTorch, that fixture is what they compute now."""
+"""lenet-jax computes what the presets' PyTorch twins (benchmarks/torch_presets.py) stored in the fixture."""
 
 import importlib
 import json
@@ -61,8 +60,7 @@ def test_same_schedule_values(name):
     config = CONFIGS["schedule"][name]
     schedule = learning_rate_schedule(config, 469 if config.batch_size == 128 else 938)
     ours = jax.vmap(schedule)(jnp.asarray(REFERENCE[f"schedule/{name}/steps"]))
-    # Up to float32 rounding of cos (XLA's and numpy's differ by an ulp, which 1 + cos(~pi)
-    # magnifies at the schedule's tail): 1e-7 of the peak.
+    # Up to float32 rounding of cos (an ulp apart in XLA and numpy, magnified at the tail): 1e-7 of the peak.
     np.testing.assert_allclose(REFERENCE[f"schedule/{name}/values"], ours, rtol=1e-6, atol=1e-7 * config.lr)
 
 
