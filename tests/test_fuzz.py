@@ -329,13 +329,11 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
         "has no checkpoints: train first"),
     "damaged, with a report": (
         _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
-    "other settings, resume": (
-        None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
+    "other settings": (None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
     "restart without force": (None, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
     "meta 4 GiB, sparse": (lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
         "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
-    "checkpoint metadata a link to /dev/zero": (
-        lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
+    "metadata a link to /dev/zero": (lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
         EV, "damaged (its _CHECKPOINT_METADATA is not a regular file)"),
     "eval batch size 10^9 in the meta, evaluate": (_config_with(eval_batch_size=10**9), EV, None),
     # Not failures: an older damaged checkpoint blocks nothing; a newer one is only reported.
@@ -634,10 +632,8 @@ INTACT = "the checkpoint of epoch 2 is intact and the run resumes from it; "
 OOM = "the device ran out of memory (asked for 85.9 GB): lower "
 # fmt: off
 FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the resume of a 2-epoch run to 3
-    "checkpoint save, disk full": (
-        _orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
-    "checkpoint save, permission denied": (
-        _orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
+    "meta save, disk full": (_orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
+    "meta save, denied": (_orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
     "checkpoint arrays, disk full (tensorstore)": (_orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
         "(No space left on device): the checkpoint of epoch 2"),
     "checkpoint, no room left": (_no_room, 4, "MiB free, the checkpoint of epoch 3 needs about"),
@@ -652,14 +648,11 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
         _writes_fail(r"metrics\.jsonl\.tmp$", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "config write, disk full": (
         _writes_fail(r"config\.json\.tmp$", errno.ENOSPC), 4, "config.json.tmp (No space left on device)"),
-    "config write, read-only": (
-        _writes_fail(r"config\.json\.tmp$", errno.EROFS), 4, "use a writable file system"),
-    "tensorboard, disk full": (
-        _writes_fail("tfevents", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
+    "config, read-only": (_writes_fail(r"config\.json\.tmp$", errno.EROFS), 4, "use a writable file system"),
+    "events, disk full": (_writes_fail("tfevents", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "workdir probe, disk full": (
         _writes_fail(r"\.write-test-", errno.ENOSPC), 4, "cannot be written; free some space"),
-    "device out of memory, training": (
-        lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
+    "device OOM, training": (lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
         5, f"{OOM}--batch-size (now 32)"),
     "device out of memory, evaluation": (
         lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),

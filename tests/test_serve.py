@@ -165,12 +165,6 @@ def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_
     assert "Traceback" not in server.stderr.read()
 
 
-@pytest.fixture
-def taken_port():
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        yield taken.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -183,12 +177,11 @@ def taken_port():
         (["--port", "TAKEN"], "is in use (Address already in use): pick another --port"),
     ],
 )
-def test_serve_script_refuses_bad_arguments_in_one_line(
-    flags, message, taken_port, untrained_predictor, monkeypatch, capsys, tmp_path
-):
+def test_serve_refuses_bad_arguments_in_one_line(flags, message, untrained_predictor, monkeypatch, capsys):
     main = script_main("serve.py")
     monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
-    flags = [taken_port if f == "TAKEN" else f for f in flags]
-    code, out, err = run_cli(capsys, "serve.py", "--workdir", tmp_path / "run", *flags)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        flags = [taken.getsockname()[1] if f == "TAKEN" else f for f in flags]
+        code, out, err = run_cli(capsys, "serve.py", "--workdir", "unused", *flags)
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.splitlines()) == 1 and out == ""
