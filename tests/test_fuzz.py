@@ -136,7 +136,6 @@ def _empty_split(folder: Path, images: str, labels: str) -> None:
 
 
 DAMAGED = "the file is damaged, download it again"
-# fmt: off
 DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "missing file": (lambda d: (d / f"{TL}.gz").unlink(), f"has no {TL}[.gz]"),
     "wrong magic": (lambda d: _idx(d, TI, (96, 28, 28), 0x801),
@@ -161,8 +160,7 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
     "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), "cannot be resolved"),
     "folder empty": (lambda d: [p.unlink() for p in d.iterdir()], f"has no {TI}[.gz]"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -195,7 +193,6 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
 
 
 # ---- family: flags ----
-# fmt: off
 FLAG_CASES = {  # argv (train.py's, unless it starts with another script): message
     "--seed 99999999999999999999999": "--seed must fit in 64 bits",
     "--seed -99999999999999999999999": "--seed must fit in 64 bits",
@@ -241,8 +238,7 @@ FLAG_CASES = {  # argv (train.py's, unless it starts with another script): messa
     "evaluate.py --workdir x --epoch last": "invalid int value: 'last'",
     "evaluate.py --workdir x --compare y": "--compare only goes with --report",
     "results.py": "the following arguments are required: workdirs",
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("argv", list(FLAG_CASES))
@@ -306,7 +302,6 @@ def _resume(*more, epochs=3):
 
 
 EV, TR = _evaluate(), _resume()
-# fmt: off
 CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} filled in), message or None)
     "params truncated, evaluate": (_cut(2), EV, "): epoch 1 is the newest before it (evaluate.py --epoch 1"),
     "params truncated, the older epoch evaluates": (_cut(2), _evaluate("--epoch", "1"), None),
@@ -339,8 +334,7 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
     # Not failures: an older damaged checkpoint blocks nothing; a newer one is only reported.
     "epoch 1 meta damaged, resume": (_meta_is("{not json", epoch=1), _resume(epochs=2), None),
     "epoch 1 damaged, evaluate newest": (_cut(1), EV, None),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def _to_dev_zero(path: Path) -> None:
@@ -469,7 +463,6 @@ def _workdir(kind: str, run: Path, tmp: Path) -> Path:
 
 
 RESTART = ["--restart", "--force", "--data-dir"]
-# fmt: off
 WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv; message)
     "restart --force, bad data": ("run", "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
     "restart --force, 0 images": ("run", "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
@@ -482,8 +475,7 @@ WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv;
     "empty, evaluate": ("empty", "evaluate.py", [], "does not exist: pass the --workdir"),
     "empty, results": ("empty", "results.py", [], "not the workdir of a training run"),
     "missing, results": ("nowhere", "results.py", [], "not the workdir of a training run"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_FAILURES))
@@ -503,7 +495,6 @@ def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
 
 
 NET = REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth"
-# fmt: off
 WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's workdir held by another process
     "a second trainer": (TR, 2, "is in use by PID"),
     "restart --force": (_resume("--restart", "--force", epochs=2), 2, "is in use by"),
@@ -511,8 +502,7 @@ WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's wor
         "wait until that run ends (or stop it), or pass another --workdir"),
     "evaluate reads it": (EV, 0, ""),
     "a killed holder's lock": (TR, 0, ""),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
@@ -630,7 +620,6 @@ def _writes_fail(pattern: str, code: int) -> Callable:
 ENOSPC, EACCES = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EACCES, "Permission denied")
 INTACT = "the checkpoint of epoch 2 is intact and the run resumes from it; "
 OOM = "the device ran out of memory (asked for 85.9 GB): lower "
-# fmt: off
 FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the resume of a 2-epoch run to 3
     "meta save, disk full": (_orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
     "meta save, denied": (_orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
@@ -660,8 +649,7 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
     "setting a damaged log aside, denied": (
         lambda mp: mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
         4, "the checkpoint of epoch 2 is intact and the run resumes from it"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def _device_oom(*args, **kwargs):
@@ -713,7 +701,6 @@ def _unreadable(builder, split, *options):
 
 
 SHORT = "(ArrayRecord file should be at least 64KB big)"
-# fmt: off
 TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code, text in stdout or stderr)
     "arrays cache garbage": (lambda d, mp: (d / "arrays-train.npz").write_bytes(b"PK\x03\x04garbage"), 0, ""),
     "array_record cut short": (_cut_test_records, 0, f"was damaged {SHORT}; preparing it again"),
@@ -723,8 +710,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
         lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
         f"cannot be read {SHORT}, even prepared anew: delete it"),
     "disk full while preparing": (None, 4, "to the tfds cache"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))

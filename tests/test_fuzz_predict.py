@@ -62,7 +62,6 @@ def symlink_loop(path: Path) -> None:
 
 TOO_LARGE = r"over the limit of 16,777,216 pixels \(4096x4096\): scale it down, or raise --max-pixels"
 SKIP = r"note: skipping .*{}: not a regular file \({}\)"
-# fmt: off
 CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one stderr line or None)
     ("sparse ink in 3x100000", file("sparse.png", ci.sparse_ink), [], 2, r"sparse.png: too little ink"),
     ("zTXt decompression bomb", file("bomb.png", ci.ztxt_bomb), [], 2,
@@ -105,8 +104,7 @@ CASES = [  # (id, maker of the inputs, extra flags, exit code, regex of the one 
     ("--json, bad image", file("blank.png", ci.blank), ["--json"], 2, r"blank.png: the image has no ink"),
     ("--max-pixels 0", file("x.png", ci.blank), ["--max-pixels", "0"], 2,
      r"error: argument --max-pixels: expected at least 1, got 0"),
-]
-# fmt: on
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("make, flags, code, line", [case[1:] for case in CASES], ids=[c[0] for c in CASES])
