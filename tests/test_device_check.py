@@ -2,10 +2,10 @@
 
 import json
 import subprocess
-from pathlib import Path
 
 import jax
 import pytest
+from conftest import REPO_ROOT
 
 from benchmarks.__main__ import main
 from lenet_jax import cli, run_log
@@ -48,6 +48,5 @@ def test_without_tensorboardx_a_run_logs_metrics_jsonl_and_says_so(tmp_path, mon
 
 
 def test_the_device_scripts_parse():
-    root = Path(__file__).resolve().parent.parent
     for script in ("device_check.sh", "prepare_device_check.sh"):
-        assert subprocess.run(["bash", "-n", str(root / "scripts" / script)]).returncode == 0
+        assert subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / script)]).returncode == 0

@@ -16,17 +16,6 @@ TINY_LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 2e-3, "adamw"
 TINY_LR |= {"adagrad": 0.05, "lion": 1e-3}
 
 
-def tiny_batch():
-    """32 images whose class is the position of a bright square: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 10, 32)
-    images = rng.uniform(0, 0.15, (32, 28, 28, 1)).astype(np.float32)
-    for i, c in enumerate(labels):
-        r, col = 2 + (c // 5) * 10, 2 + (c % 5) * 5
-        images[i, r : r + 6, col : col + 6] = 1.0
-    return {"image": jnp.asarray(images), "label": jnp.asarray(labels), "mask": jnp.ones(32)}
-
-
 @pytest.mark.parametrize("name", sorted({*OPTIMIZERS, *TINY_LR}))  # each has a tiny lr, and only they
 def test_registered_optimizer_lowers_the_loss(name):
     config = Config(optimizer=name, lr=TINY_LR[name], init_scheme="flax", activation="relu")
@@ -34,7 +23,13 @@ def test_registered_optimizer_lowers_the_loss(name):
     model = LeNet(activation="relu", init_scheme="flax")
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0))
     step = jax.jit(make_train_step(model, optimizer))
-    batch = tiny_batch()
+    rng = np.random.default_rng(0)  # 32 images whose class is the position of a bright square
+    labels = rng.integers(0, 10, 32)
+    images = rng.uniform(0, 0.15, (32, 28, 28, 1)).astype(np.float32)
+    for i, c in enumerate(labels):
+        r, col = 2 + (c // 5) * 10, 2 + (c % 5) * 5
+        images[i, r : r + 6, col : col + 6] = 1.0
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels), "mask": jnp.ones(32)}
     losses = []
     for _ in range(25):
         state, metrics = step(state, batch)
