@@ -22,8 +22,7 @@ def strokes(n=6):
 
 
 def test_zero_strength_is_no_augmentation_and_a_tiny_one_the_identity():
-    assert make_augment(Augmentation()) is None
-    assert make_augment(augmentation_from_config(Config())) is None
+    assert make_augment(Augmentation()) is None and make_augment(augmentation_from_config(Config())) is None
     images = strokes()
     out = make_augment(Augmentation(translate=1e-9))(jax.random.PRNGKey(0), images)
     np.testing.assert_allclose(out, images, atol=1e-6)

@@ -30,8 +30,7 @@ def test_load_dataset_serves_the_idx_files_through_tfds(idx_dir):
 def test_a_different_dataset_gets_its_own_cache_entry(tmp_path):
     a = load_dataset(make_idx_dir(tmp_path / "a", seed=0))
     b = load_dataset(make_idx_dir(tmp_path / "b", seed=1))
-    assert a.source != b.source
-    assert not np.array_equal(a.train.labels, b.train.labels)
+    assert a.source != b.source and not np.array_equal(a.train.labels, b.train.labels)
 
 
 def test_validation_split_is_the_last_n_training_images(idx_dir):
@@ -48,8 +47,7 @@ def test_validation_split_is_the_last_n_training_images(idx_dir):
 
 def test_data_dir_falls_back_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path))
-    assert resolve_data_dir(None) == tmp_path.resolve()
-    assert resolve_data_dir("elsewhere").name == "elsewhere"
+    assert resolve_data_dir(None) == tmp_path.resolve() and resolve_data_dir("elsewhere").name == "elsewhere"
     monkeypatch.delenv("LENET_DATA_DIR")
     assert resolve_data_dir(None) is None
 
@@ -59,8 +57,7 @@ def test_epoch_and_sequential_orders_cover_every_image_once_and_pad_the_last_bat
     order = epoch_order(key, 1, 10, 4)
     assert order.shape == (3, 4) and order.dtype == np.int32
     flat = order.ravel()
-    assert sorted(flat[flat >= 0].tolist()) == list(range(10))
-    assert (order[-1, 2:] == data.PADDING_INDEX).all()
+    assert sorted(flat[flat >= 0].tolist()) == list(range(10)) and (order[-1, 2:] == data.PADDING_INDEX).all()
     np.testing.assert_array_equal(data.sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
 
 

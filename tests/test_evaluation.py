@@ -23,8 +23,7 @@ def test_evaluator_matches_a_direct_computation():
     logits = np.asarray(model.apply({"params": params}, split.images.astype(np.float32) / 255))
     losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels))
     batch_means = [losses[i : i + 8].mean() for i in range(0, 23, 8)]  # 8, 8 and 7 images
-    assert result["count"] == 23
-    assert result["correct"] == int((logits.argmax(-1) == split.labels).sum())
+    assert result["count"] == 23 and result["correct"] == int((logits.argmax(-1) == split.labels).sum())
     assert result["accuracy"] == result["correct"] / 23
     np.testing.assert_allclose(result["total_loss"], sum(batch_means), rtol=1e-5)
     np.testing.assert_allclose(result["mean_loss"], np.mean(batch_means), rtol=1e-5)

@@ -81,9 +81,7 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
 
 def tfds_data_dir(monkeypatch, folder: Path) -> None:
     """tfds prepares datasets in `folder` (it reads $TFDS_DATA_DIR once, when imported)."""
-    import tensorflow_datasets as tfds
-
-    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(folder))
+    monkeypatch.setattr("tensorflow_datasets.core.constants.DATA_DIR", str(folder))
 
 
 # ---- shared runs ----
@@ -358,8 +356,7 @@ def test_fuzz_checkpoints(capsys, tmp_path, run, data, case):
     before = snapshot(run / "checkpoints")
     code, out, err = run_cli(capsys, script, *argv)
     assert code == 0 and "Traceback" not in err and err.count("\n") <= 1, err
-    assert snapshot(run / "checkpoints") == before
-    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+    assert snapshot(run / "checkpoints") == before and [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
 # ---- family: workdir contents ----
@@ -418,8 +415,7 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
         assert code == 0 and err == "", err
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
         assert json.loads((run / "config.json").read_text())["config"]["seed"] == 0
-        assert (run / "tensorboard").is_dir()
-        assert snapshot(run / "checkpoints") == checkpoints
+        assert (run / "tensorboard").is_dir() and snapshot(run / "checkpoints") == checkpoints
         contents = [value for value in snapshot(run).values() if isinstance(value, bytes)]
         assert [
             k for k, v in before.items() if isinstance(v, bytes) and v not in contents
@@ -713,13 +709,12 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
     argv = train_argv(run, data)
     damage, code, message = TFDS_CACHE_DAMAGE[case]
     if damage is None:
-        import tensorflow_datasets as tfds
 
         def full(self, *args, **kwargs):
             raise RuntimeError("write() failed: No space left on device; writing x.array_record")
 
-        adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
-        monkeypatch.setattr(adapter, "write_examples", classmethod(full))
+        adapter = "tensorflow_datasets.core.file_adapters.ArrayRecordFileAdapter"
+        monkeypatch.setattr(f"{adapter}.write_examples", classmethod(full))
         check(capsys, "train.py", argv, code, message, unchanged=[run], absent=[tmp_path / "tfds"])
         return
     assert run_cli(capsys, "train.py", *argv)[0] == 0  # prepares the cache

@@ -94,8 +94,8 @@ def test_unreachable_proxy_fails_fast_naming_it(probes, monkeypatch):
     with pytest.raises(DataError) as error:
         data.load_dataset(None)
     message = str(error.value)
-    assert "cannot connect to proxy proxy.example port 3128" in message
-    assert "offline? pass --data-dir" in message and "\n" not in message
+    assert "cannot connect to proxy proxy.example port 3128" in message and "\n" not in message
+    assert "offline? pass --data-dir" in message
     assert probes == [("proxy.example", 3128)]
 
 

@@ -114,7 +114,6 @@ def test_launch_stops_everything_when_one_process_dies(tmp_path):
     killed_at = time.time()
     victims[0].send_signal(signal.SIGKILL)
     _, err = launcher.communicate(timeout=60)
-    assert time.time() - killed_at < 60
-    assert launcher.returncode != 0
+    assert time.time() - killed_at < 60 and launcher.returncode != 0
     assert "error: process 1 was killed by SIGKILL; stopped the other processes" in err
     assert not processes_of(workdir)

@@ -111,8 +111,7 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "prediction").text.strip().isdigit())
         prediction = driver.find_element(By.ID, "prediction").text.strip()
         probabilities = [float(driver.find_element(By.ID, f"p{d}").text) for d in range(10)]
-        assert abs(sum(probabilities) - 1) < 0.01
-        assert int(prediction) == int(np.argmax(probabilities))
+        assert abs(sum(probabilities) - 1) < 0.01 and int(prediction) == int(np.argmax(probabilities))
         assert prediction == "1" and not driver.find_element(By.ID, "unsure").is_displayed()
         # A doubtful answer's fields: "unsure" shows beside the digit, which stays alone in #prediction.
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !pending && !again"))

@@ -107,8 +107,7 @@ def test_the_per_backend_choices_come_from_the_table(monkeypatch, fresh_support_
     assert speed.steps_per_call("plain", 1000) == 1
     assert speed.eval_groups("auto", 64) == 4 and speed.eval_groups("plain", 64) == 1
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert speed.compiler_options("auto") == {}
-    assert speed.conv_block("auto") is ConvBlock
+    assert speed.compiler_options("auto") == {} and speed.conv_block("auto") is ConvBlock
     assert speed.steps_per_call("auto", 1000) == speed.DEFAULTS["gpu"]["steps_per_call"]
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # not in the table: the GPU's row
     assert speed.defaults() == speed.DEFAULTS["gpu"]

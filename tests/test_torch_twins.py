@@ -48,10 +48,8 @@ def test_initialisation_has_the_twins_distribution(scheme):
     for (std, top), layer in zip(REFERENCE[f"init/{scheme}"], ("conv2", "dense1", "dense2"), strict=True):
         kernel = np.asarray(ours[layer]["kernel"])
         fan_in = kernel.size // kernel.shape[-1]
-        expected = np.sqrt(1 / (fan_in if scheme == "flax" else 3 * fan_in))
-        np.testing.assert_allclose(
-            [kernel.std(), std, abs(kernel).max()], [expected, expected, top], rtol=0.1
-        )
+        scale = np.sqrt(1 / (fan_in if scheme == "flax" else 3 * fan_in))
+        np.testing.assert_allclose([kernel.std(), std, abs(kernel).max()], [scale, scale, top], rtol=0.1)
         assert (scheme == "torch") == bool(np.asarray(ours[layer]["bias"]).any())  # flax: zero biases
 
 
@@ -147,8 +145,7 @@ def test_unsupported_fields_are_refused(twins, field, value):
 
 
 def test_time_to_accuracy_evaluates_where_the_jax_trainer_does(twins, idx_dir):
-    """96 images, batch 16: 6 steps per epoch, 2 evaluations per epoch (every 3 steps); with
-    4 steps per call, after the call that passes each multiple of 3, as EpochRunner's probe."""
+    """6 steps an epoch, evaluated every 3; 4 steps a call: after the call passing each multiple of 3."""
     config = get_preset("fast").replace(batch_size=16, epochs=2)
     data = twins.load_idx(idx_dir)
     for per_call, expected in ((1, [3, 6, 9, 12]), (4, [4, 6, 10, 12])):
