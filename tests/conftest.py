@@ -62,6 +62,13 @@ def run_cli(capsys, script, *argv):
     return code, *capsys.readouterr()
 
 
+def run_ok(capsys, script, *argv) -> str:
+    """run_cli for a run that must succeed with nothing on stderr; returns its stdout."""
+    code, out, err = run_cli(capsys, script, *argv)
+    assert code == 0 and err == "", err
+    return out
+
+
 def snapshot(root: Path) -> dict[str, object]:
     """Every path under root with its bytes (None for a folder, the target for a link)."""
     root = Path(root)

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
-from conftest import REPO_ROOT, make_idx_dir, run_cli, script_main, snapshot, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, run_cli, run_ok, script_main, snapshot, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import load_weights
@@ -508,8 +508,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
         hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
         hold += "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'PID 1 on elsewhere'); os.kill(os.getpid(), 9)"
         assert subprocess.run([sys.executable, "-c", hold]).returncode == -signal.SIGKILL
-        got, out, err = run_cli(capsys, script, *argv)
-        assert got == 0 and err == "", err
+        run_ok(capsys, script, *argv)
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
         return
     with workdir_lock(run):
@@ -517,8 +516,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
             _, err = check(capsys, script, argv, code, message, unchanged=[run])
             assert f"PID {os.getpid()} on {socket.gethostname()}" in err  # the holder
         else:
-            got, out, err = run_cli(capsys, script, *argv)
-            assert got == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+            assert json.loads(run_ok(capsys, script, *argv))["epoch"] == 2
     assert not (run / ".lock").exists()  # removed by its holder
 
 
@@ -557,11 +555,9 @@ def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
     (run / "checkpoints" / "notes").mkdir()
     (run / "checkpoints" / "notes" / "mine.txt").write_text("mine")
     before = snapshot(run)
-    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
-    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert json.loads(run_ok(capsys, "evaluate.py", "--workdir", run, "--data-dir", data))["epoch"] == 2
     assert snapshot(run) == before
-    code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
-    assert code == 0 and err == "", err
+    run_ok(capsys, "train.py", *train_argv(run, data))
     assert not partial.exists() and (run / "checkpoints" / "notes" / "mine.txt").read_text() == "mine"
 
 
@@ -674,8 +670,7 @@ def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
     after = snapshot(run / "checkpoints")
     assert {k: v for k, v in after.items() if not k.startswith("3")} == checkpoints  # epochs 1-2 untouched
     assert not [k for k in after if ".orbax-checkpoint-tmp" in k]
-    got, _, err = run_cli(capsys, "train.py", *argv)  # the fault is gone: the run completes
-    assert got == 0 and err == "", err
+    run_ok(capsys, "train.py", *argv)  # the fault is gone: the run completes
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
@@ -717,15 +712,14 @@ def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
         monkeypatch.setattr(f"{adapter}.write_examples", classmethod(full))
         check(capsys, "train.py", argv, code, message, unchanged=[run], absent=[tmp_path / "tfds"])
         return
-    assert run_cli(capsys, "train.py", *argv)[0] == 0  # prepares the cache
+    run_ok(capsys, "train.py", *argv)  # prepares the cache
     (prepared,) = (tmp_path / "tfds" / "mnist_idx").glob("idx_*/1.0.0")
     damage(prepared, monkeypatch)
     if code:
         check(capsys, "train.py", argv, code, message, unchanged=[run])
         return
-    got, out, err = run_cli(capsys, "train.py", *argv)
-    assert got == 0 and err == "" and message in out, out + err
-    assert got == 0 and run_cli(capsys, "train.py", *argv)[1].count("preparing it again") == 0  # repaired
+    assert message in run_ok(capsys, "train.py", *argv)
+    assert "preparing it again" not in run_ok(capsys, "train.py", *argv)  # repaired
 
 
 def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
@@ -741,12 +735,12 @@ def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
 def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys, tmp_path, data):
     """Issue 16: a metrics.jsonl cut mid-line is repaired on resume; the run ends as an uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    code, out, _ = run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
-    assert code == 0 and "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
-    assert run_cli(capsys, "train.py", *train_argv(cut, data))[0] == 0
+    out = run_ok(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
+    assert "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
+    run_ok(capsys, "train.py", *train_argv(cut, data))
     _metrics(cut).write_bytes(_metrics(cut).read_bytes()[:-40])
-    code, out, err = run_cli(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
-    assert code == 0 and err == "" and "was damaged or not this project's" in out, err
+    out = run_ok(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
+    assert "was damaged or not this project's" in out
     key = operator.itemgetter("epoch", "step", "test_accuracy", "test_total_loss", "train_loss")
     assert list(map(key, read_metrics(cut))) == list(map(key, read_metrics(straight)))  # epochs 1, 2, 3
 
@@ -775,8 +769,7 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
 ):
     """The recipe's plateau told once; the API logs none of tfds's or orbax's expected warnings."""
     argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
-    code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)
-    assert code == 0 and err == "" and out.count(PLATEAU_NOTE) == 1
+    assert run_ok(capsys, "train.py", *argv, "--data-dir", data).count(PLATEAU_NOTE) == 1
     previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:

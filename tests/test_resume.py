@@ -7,7 +7,7 @@ from pathlib import Path
 
 import chex
 import pytest
-from conftest import make_idx_dir, run_cli, script_main, start_python
+from conftest import make_idx_dir, run_cli, run_ok, script_main, start_python
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints, load_weights
@@ -84,11 +84,11 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(kind, stop, uninterrup
         assert any(p.name.startswith("2.") for p in (workdir / "checkpoints").iterdir())
     assert Checkpoints(workdir).epochs() == [1]  # a half-written epoch 2 is not taken as complete
 
-    code, out, err = run_cli(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
-    assert code == 0 and err == "" and "Resuming from the checkpoint of epoch 1 (step 40)" in out, err
+    out = run_ok(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
+    assert "Resuming from the checkpoint of epoch 1 (step 40)" in out
     assert_same_run(uninterrupted(kind), workdir)
     # A finished run rerun trains nothing, keeps all.
-    assert run_cli(capsys, "train.py", *argv(kind, workdir, data))[0] == 0
+    run_ok(capsys, "train.py", *argv(kind, workdir, data))
     assert_same_run(uninterrupted(kind), workdir)
 
 
