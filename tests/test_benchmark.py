@@ -66,9 +66,8 @@ def test_summary_splits_the_race_into_start_and_running_speed():
     from benchmarks.__main__ import time_to_99_summary
 
     args = argparse.Namespace(preset="fast", set=[], seeds=[0, 1], evals_per_epoch=8, warm_cache=False)
-    stages = {"trace": 0.2, "lower": 0.1, "compile": 1.5}
     jax_row = {"reached": True, "epoch": 0.75, "train_seconds": 4.0, "steps_per_call": 16}
-    jax_row["first_call_compilation_seconds"] = stages
+    jax_row["first_call_compilation_seconds"] = {"trace": 0.2, "lower": 0.1, "compile": 1.5}
     jax_rows = [
         {**jax_row, "first_call_seconds": 2.05, "ms_per_step": 3.0},
         {**jax_row, "first_call_seconds": 2.25, "ms_per_step": 3.5},

@@ -97,6 +97,5 @@ def test_every_preset_is_documented_and_keeps_lenet5_size(name):
 def test_init_scheme_keeps_its_0_1_spellings():
     assert parse("--init", "flax").init_scheme == "flax"  # the old flag
     assert Config().replace(init="flax").init_scheme == "flax"
-    old_record = {**Config().to_dict(), "init": "flax"}
-    del old_record["init_scheme"]
+    old_record = {k: v for k, v in Config().to_dict().items() if k != "init_scheme"} | {"init": "flax"}
     assert Config.from_dict(old_record) == Config(init_scheme="flax")

@@ -42,8 +42,7 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     scalars: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(event_dir.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
+        data, offset = path.read_bytes(), 0
         while offset < len(data):
             (length,) = struct.unpack("<Q", data[offset : offset + 8])
             event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
