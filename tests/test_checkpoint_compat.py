@@ -28,8 +28,7 @@ def test_an_old_workdir_evaluates_predicts_and_resumes(version, tmp_path, mnist_
     result = evaluate_checkpoint(old_workdir, data_dir=mnist_dir)
     assert result["averaged_weights"] and result["test_accuracy"] == accuracy
     assert result["test_total_loss"] == pytest.approx(total_loss, rel=1e-6)
-    probabilities = load_predictor(old_workdir).predict_mnist(np.zeros((2, 28, 28, 1), np.uint8))
-    assert np.shape(probabilities) == (2, 10)
+    assert np.shape(load_predictor(old_workdir).predict_mnist(np.zeros((2, 28, 28, 1), np.uint8))) == (2, 10)
 
     config = get_preset(preset).replace(train_size=256, epochs=2, **changes)
     resumed = train_and_evaluate(config, old_workdir, data_dir=mnist_dir)

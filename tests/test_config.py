@@ -89,8 +89,7 @@ def test_every_preset_is_documented_and_keeps_lenet5_size(name):
     config = get_preset(name)
     doc = PRESETS[name].__doc__
     assert isinstance(config, Config) and "Run:" in doc and "Expected:" in doc
-    model = model_from_config(config)
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))
     assert count_params(shapes) == 61_706 + (32 if config.feature_norm else 0) <= 62_000
 
 

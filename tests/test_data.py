@@ -53,8 +53,7 @@ def test_data_dir_falls_back_to_environment(monkeypatch, tmp_path):
 
 
 def test_epoch_and_sequential_orders_cover_every_image_once_and_pad_the_last_batch():
-    key = jax.random.PRNGKey(0)
-    order = epoch_order(key, 1, 10, 4)
+    order = epoch_order(jax.random.PRNGKey(0), 1, 10, 4)
     assert order.shape == (3, 4) and order.dtype == np.int32
     flat = order.ravel()
     assert sorted(flat[flat >= 0].tolist()) == list(range(10)) and (order[-1, 2:] == data.PADDING_INDEX).all()
@@ -73,8 +72,7 @@ def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
 
 def test_gather_batch_scales_and_masks_padding():
     images = jnp.asarray(np.arange(3 * 28 * 28).reshape(3, 28, 28, 1) % 256, jnp.uint8)
-    labels = jnp.asarray([7, 8, 9], jnp.int32)
-    batch = gather_batch(images, labels, jnp.asarray([2, 0, -1]))
+    batch = gather_batch(images, jnp.asarray([7, 8, 9], jnp.int32), jnp.asarray([2, 0, -1]))  # labels, rows
     assert batch["image"].dtype == jnp.float32 and batch["image"].shape == (3, 28, 28, 1)
     np.testing.assert_allclose(batch["image"][0], np.asarray(images[2]) / 255.0)
     assert float(batch["image"].max()) <= 1.0

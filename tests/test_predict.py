@@ -147,8 +147,7 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
 
 def test_confusion_matrix_and_per_class_scores():
     labels = np.asarray([0, 0, 1, 1, 1, 2])
-    predictions = np.asarray([0, 1, 1, 1, 2, 2])
-    matrix = confusion_matrix(labels, predictions)
+    matrix = confusion_matrix(labels, np.asarray([0, 1, 1, 1, 2, 2]))  # the predictions
     assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[1, 1] == 2 and matrix.sum() == 6
     scores = {s["digit"]: s for s in per_class_scores(matrix)}
     assert scores[1]["precision"] == pytest.approx(2 / 3) and scores[1]["recall"] == pytest.approx(2 / 3)
