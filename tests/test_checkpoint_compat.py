@@ -13,8 +13,7 @@ from lenet_jax.predict import load_predictor
 from lenet_jax.train import train_and_evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# version -> (what its epoch 1 logged: accuracy, total loss; the preset and changes that resume it).
-WRITTEN = {
+WRITTEN = {  # version -> (what its epoch 1 logged: accuracy, total loss; the preset and changes resuming it)
     "0_1": (0.1135, 381.8274738788605, "smoke", dict(ema_decay=0.9, optimizer="momentum")),
     "0_2": (0.2991, 319.28083872795105, "fast", dict(schedule="constant", lr=0.05, speed="plain")),
 }

@@ -33,8 +33,7 @@ def test_quick_device_check_prints_the_checks_asked_then_a_summary(mnist_dir, tm
 
 def test_an_unknown_check_is_one_line(capsys):
     assert cli.run(main, ["device-check", "--checks", "eval", "speed"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --checks speed: no such check (the checks: env,")
+    assert capsys.readouterr().err.startswith("error: --checks speed: no such check (the checks: env,")
 
 
 def test_without_tensorboardx_a_run_logs_metrics_jsonl_and_says_so(tmp_path, monkeypatch, capsys):

@@ -36,6 +36,7 @@ from lenet_jax.resume import PLATEAU_NOTE
 from lenet_jax.workdir import read_metrics, workdir_lock
 
 TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
+TFDS_DATA_DIR = "tensorflow_datasets.core.constants.DATA_DIR"  # tfds reads $TFDS_DATA_DIR once, on import
 
 
 # ---- helpers ----
@@ -61,8 +62,7 @@ def assert_flags_exist(script: str, message: str, argv=()) -> None:
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
     assert code == expected_code and "Traceback" not in err, err
-    assert err.count("\n") == 1 and err.startswith(("error: ", "stopped: ")), err
-    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith(("error: ", "stopped: ")) and message in err, err
 
 
 def check(capsys, script, argv, code, message, unchanged=(), absent=()):
@@ -71,16 +71,9 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
     got, out, err = run_cli(capsys, script, *argv)
     assert_one_line(err, got, code, message)
     assert_flags_exist(script, err, argv)
-    for path in unchanged:
-        assert snapshot(path) == before[path], f"{path} changed"
-    for path in absent:
-        assert not os.path.lexists(path), f"{path} was left behind"
+    assert {path: snapshot(path) for path in unchanged} == before  # byte for byte
+    assert [path for path in absent if os.path.lexists(path)] == []  # none left behind
     return out, err
-
-
-def tfds_data_dir(monkeypatch, folder: Path) -> None:
-    """tfds prepares datasets in `folder` (it reads $TFDS_DATA_DIR once, when imported)."""
-    monkeypatch.setattr("tensorflow_datasets.core.constants.DATA_DIR", str(folder))
 
 
 # ---- shared runs ----
@@ -175,7 +168,7 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
     check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
 
     monkeypatch.delenv("LENET_DATA_DIR")
-    tfds_data_dir(monkeypatch, tmp_path / "tfds")
+    monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))
 
     def offline(address, *args, **kwargs):
         raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
@@ -698,7 +691,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))
 def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
     """A damaged tfds cache is prepared again once; still unreadable or unwritable: one line."""
-    tfds_data_dir(monkeypatch, tmp_path / "tfds")
+    monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))
     argv = train_argv(run, data)
     damage, code, message = TFDS_CACHE_DAMAGE[case]
     if damage is None:
@@ -746,9 +739,8 @@ def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys
 @pytest.mark.e2e
 def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
     """A real process, SIGTERM twice inside epoch 2's save: one line, exit 143, epoch 1 kept, resumes."""
-    helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
-    stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
+    stopped = start_python(Path(__file__).parent / "helpers/signal_self.py", "SIGTERM", "save-twice:2", *argv)
     _, err = stopped.communicate(timeout=300)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert err == (
@@ -771,7 +763,7 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        tfds_data_dir(monkeypatch, tmp_path / "tfds")  # prepared anew: tfds's warnings
+        monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))  # prepared anew: tfds's warnings
         with caplog.at_level("WARNING", logger="absl"):
             load_dataset(make_idx_dir(tmp_path / "other", seed=1))
             load_weights(run)

@@ -85,8 +85,7 @@ def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(block):
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
     layout, padding = ("NHWC", "HWIO", "NHWC"), ((2, 2), (2, 2))
     conv1 = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), padding, dimension_numbers=layout)
-    conv1 += params["bias"]
-    expected = jnp.maximum(conv1, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
+    expected = jnp.maximum(conv1 + params["bias"], 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
     got = block(6, (5, 5), padding=2, activation="relu", pool="max").apply({"params": params}, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 

@@ -11,9 +11,8 @@ from lenet_jax.model import LeNet
 from lenet_jax.optimizers import OPTIMIZERS, build_optimizer, current_learning_rate, learning_rate_schedule
 from lenet_jax.steps import create_train_state, make_train_step
 
-# Learning rates that suit each optimizer on this tiny problem.
 TINY_LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3}
-TINY_LR |= {"adagrad": 0.05, "lion": 1e-3}
+TINY_LR |= {"adagrad": 0.05, "lion": 1e-3}  # learning rates that suit each optimizer on this tiny problem
 
 
 @pytest.mark.parametrize("name", sorted({*OPTIMIZERS, *TINY_LR}))  # each has a tiny lr, and only they
