@@ -39,14 +39,18 @@ def _find(data_dir: Path, stem: str) -> Path:
     return path
 
 
-def _read_bytes(path: Path) -> bytes:
+def _chunks(path: Path, size: int = 2**20):
+    """The file's decompressed bytes, `size` at a time (-1: all at once)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            while data := f.read(size):
+                yield data
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path} ({e}): the file is damaged, download it again") from e
+
+
+def _read_bytes(path: Path) -> bytes:
+    return b"".join(_chunks(path, -1))  # one chunk: joined without a copy
 
 
 def _header(data: bytes, path: Path, magic: int, ndim: int) -> list[int]:
@@ -65,19 +69,25 @@ def _header(data: bytes, path: Path, magic: int, ndim: int) -> list[int]:
 def read_images(path: Path, data: bytes | None = None) -> np.ndarray:
     """IDX3 images as uint8 (N, 28, 28, 1); data: the file's decompressed bytes if already read."""
     data = _read_bytes(path) if data is None else data
-    count, rows, cols = _header(data, path, IMAGES_MAGIC, 3)
+    count = _image_count(path, data[:16], len(data))
+    pixels = np.frombuffer(data, np.uint8, count * IMAGE_SIZE**2, offset=16)
+    return pixels.reshape(count, IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def _image_count(path: Path, head: bytes, size: int) -> int:
+    """The count an IDX3 file's header (head) promises, checked against its decompressed size."""
+    count, rows, cols = _header(head, path, IMAGES_MAGIC, 3)
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
             f"{path} holds {rows}x{cols} images, expected {IMAGE_SIZE}x{IMAGE_SIZE}: "
             "LeNet takes MNIST-sized images; resize the dataset first"
         )
-    pixels = count * rows * cols
-    if len(data) - 16 < pixels:
+    if size - 16 < count * rows * cols:
         raise DataError(
             f"{path} is truncated: its header promises {count} images but it holds "
-            f"{(len(data) - 16) // (rows * cols)}; download it again"
+            f"{(size - 16) // (rows * cols)}; download it again"
         )
-    return np.frombuffer(data, np.uint8, pixels, offset=16).reshape(count, rows, cols, 1)
+    return count
 
 
 def read_labels(path: Path, data: bytes | None = None) -> np.ndarray:
@@ -103,16 +113,7 @@ def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.nda
     """(images uint8 (N, 28, 28, 1), labels int32 (N,)), counts checked; digest gets names and bytes."""
     raw = [_read_bytes(path) for path in (images_path, labels_path)]
     images, labels = read_images(images_path, raw[0]), read_labels(labels_path, raw[1])
-    if len(images) != len(labels):
-        raise DataError(
-            f"{images_path.name} has {len(images)} images but {labels_path.name} has "
-            f"{len(labels)} labels: the files are from different datasets or damaged"
-        )
-    if not len(images):
-        raise DataError(
-            f"{images_path} holds no images: a dataset needs at least one training and one test "
-            "image; check that the right files are in that folder"
-        )
+    _check_counts(images_path, labels_path, len(images), len(labels))
     if digest is not None:
         for path, data in zip((images_path, labels_path), raw, strict=True):
             digest.update(path.name.removesuffix(".gz").encode())
@@ -120,22 +121,53 @@ def read_pair(images_path: Path, labels_path: Path, digest=None) -> tuple[np.nda
     return images, labels
 
 
+def _check_counts(images_path: Path, labels_path: Path, images: int, labels: int) -> None:
+    if images != labels:
+        raise DataError(
+            f"{images_path.name} has {images} images but {labels_path.name} has "
+            f"{labels} labels: the files are from different datasets or damaged"
+        )
+    if not images:
+        raise DataError(
+            f"{images_path} holds no images: a dataset needs at least one training and one test "
+            "image; check that the right files are in that folder"
+        )
+
+
 def read_folder(data_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(sha256 of the decompressed files (gzip headers hold a time), each split's (images, labels))."""
+    _check_folder(data_dir)
+    digest = hashlib.sha256()
+    splits = {split: read_pair(*split_paths(data_dir, split), digest) for split in SPLIT_FILES}
+    return digest.hexdigest(), splits
+
+
+def _check_folder(data_dir: Path) -> None:
     if not data_dir.is_dir():
         hint = "does not exist" if not os.path.exists(data_dir) else "is not a directory"
         raise DataError(
             f"data directory {data_dir} {hint}: pass --data-dir (or LENET_DATA_DIR) "
             "pointing at the folder with the four IDX files"
         )
-    digest = hashlib.sha256()
-    splits = {split: read_pair(*split_paths(data_dir, split), digest) for split in SPLIT_FILES}
-    return digest.hexdigest(), splits
 
 
 def check_and_fingerprint(data_dir: Path) -> str:
-    """Validates the four files of data_dir (on every start, before tfds) and returns their sha256."""
-    return read_folder(data_dir)[0]
+    """read_folder's checks and sha256, the images streamed (evaluation's peak memory: 47 MB less)."""
+    _check_folder(data_dir)
+    digest = hashlib.sha256()
+    for split in SPLIT_FILES:
+        images_path, labels_path = split_paths(data_dir, split)
+        digest.update(images_path.name.removesuffix(".gz").encode())
+        head, size = b"", 0
+        for chunk in _chunks(images_path):
+            head, size = head or chunk[:16], size + len(chunk)
+            digest.update(chunk)
+        labels = _read_bytes(labels_path)
+        count = len(read_labels(labels_path, labels))
+        _check_counts(images_path, labels_path, _image_count(images_path, head, size), count)
+        digest.update(labels_path.name.removesuffix(".gz").encode())
+        digest.update(labels)
+    return digest.hexdigest()
 
 
 def local_config_name(digest: str) -> str:

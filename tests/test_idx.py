@@ -39,6 +39,7 @@ def test_fingerprint_depends_on_content(tmp_path):
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(make_idx_dir(tmp_path / "c", seed=0))
     plain = make_idx_dir(tmp_path / "d", seed=0, compress=False)
     assert idx.check_and_fingerprint(a) == idx.check_and_fingerprint(plain)
+    assert idx.check_and_fingerprint(a) == idx.read_folder(a)[0]  # streamed: the cache names stay
 
 
 # The download's reachability probe: the download's first hop (a proxy the standard variables name).
