@@ -46,8 +46,7 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys,
     start = result["first_call_seconds"] - result["steps_per_call"] * result["ms_per_step"] / 1000
     assert summary["mean_start_seconds"] == pytest.approx(start, abs=1e-3)
     assert 0 < summary["mean_start_seconds"] < summary["mean_first_call_seconds"]
-    # What device-check's time_to_99 check keeps of these lines.
-    kept = device_check.seeds_and_summary(lines)
+    kept = device_check.seeds_and_summary(lines)  # what device-check's time_to_99 check keeps of these lines
     assert kept["time_to_99_seconds"] is None and kept["per_seed_seconds"] == [None]
     assert kept["mean_first_call_compilation_seconds"] == stages and kept["epochs_reached"] == [None]
 

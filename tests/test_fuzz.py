@@ -516,8 +516,7 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
     os.truncate(_metrics(run), 4 * 2**30)
     _to_dev_zero(run / "config.json")
     os.truncate(_meta(run, 1), 4 * 2**30)
-    # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
-    measure = (
+    measure = (  # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
         "import re, runpy, sys; from lenet_jax import cli; "
         "code = cli.run(runpy.run_path(sys.argv[1])['main'], sys.argv[2:]); "
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "

@@ -38,8 +38,7 @@ def torch_inits():
     "layer,fan_in", [("conv1", 25), ("conv2", 150), ("dense1", 400), ("dense2", 120), ("dense3", 84)]
 )
 def test_torch_init_is_uniform_within_one_over_sqrt_fan_in(torch_inits, layer, fan_in):
-    # Many draws pooled: bound, mean 0, variance bound^2 / 3.
-    bound = 1 / np.sqrt(fan_in)
+    bound = 1 / np.sqrt(fan_in)  # many draws pooled: bound, mean 0, variance bound^2 / 3
     for values in (np.ravel(torch_inits[layer]["kernel"]), np.ravel(torch_inits[layer]["bias"])):
         assert np.abs(values).max() <= bound
         assert np.abs(values).max() > 0.9 * bound  # fills the interval, not a narrower one

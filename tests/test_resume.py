@@ -87,8 +87,7 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(kind, stop, uninterrup
     out = run_ok(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
     assert "Resuming from the checkpoint of epoch 1 (step 40)" in out
     assert_same_run(uninterrupted(kind), workdir)
-    # A finished run rerun trains nothing, keeps all.
-    run_ok(capsys, "train.py", *argv(kind, workdir, data))
+    run_ok(capsys, "train.py", *argv(kind, workdir, data))  # a finished run rerun trains nothing, keeps all
     assert_same_run(uninterrupted(kind), workdir)
 
 
