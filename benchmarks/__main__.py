@@ -58,9 +58,8 @@ def machine() -> dict[str, Any]:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {
-        name: round(f(values), 3) for name, f in (("median", statistics.median), ("min", min), ("max", max))
-    }
+    figures = {"median": statistics.median, "min": min, "max": max}
+    return {name: round(f(values), 3) for name, f in figures.items()}
 
 
 def ratios(times: list[float], peer_times: list[float]) -> dict[str, float]:
@@ -100,11 +99,8 @@ def interleave(contenders: list, rounds: int, images: int) -> dict[str, list[flo
         for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
             seconds = contender.train_epoch()
             times[contender.name].append(seconds)
-            row = {
-                "round": r,
-                "seconds_per_epoch": round(seconds, 3),
-                "images_per_second": round(images / seconds),
-            }
+            rate = round(images / seconds)
+            row = {"round": r, "seconds_per_epoch": round(seconds, 3), "images_per_second": rate}
             emit({"impl": contender.name, **row})
     return times
 
@@ -155,7 +151,8 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (`running` set), and every program made, by name."""
+    training program's first call has run (`running` set), summed over threads (speed trick 12),
+    and every program made, by name."""
 
     def __init__(self):
         self.running, self.seconds, self.programs = False, self._zero(), {}
@@ -244,6 +241,7 @@ def time_to_99(args: argparse.Namespace) -> None:
     dataset = full.subset(preset.validation_size, preset.train_size)
     data = (full.train.images, full.train.labels, full.test.images, full.test.labels)
     torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
+    twin_options = {"target": args.target, "evals_per_epoch": args.evals_per_epoch, "data": data}
     if args.warm_cache:
         warm_compilation_cache(preset, dataset, args)
     results: dict[str, list[dict]] = {"lenet-jax": []}
@@ -260,16 +258,8 @@ def time_to_99(args: argparse.Namespace) -> None:
             from benchmarks.torch_presets import time_to_accuracy  # PyTorch: imported only here
 
             label = {"impl": f"pytorch-twin-{threads}t", "seed": seed}
-            row = time_to_accuracy(
-                config,
-                seed,
-                target=args.target,
-                evals_per_epoch=args.evals_per_epoch,
-                threads=threads,
-                data=data,
-                steps_per_call=jax_row["steps_per_call"],
-                on_eval=lambda row, label=label: emit({**label, **row}),
-            )
+            twin = {**twin_options, "threads": threads, "steps_per_call": jax_row["steps_per_call"]}
+            row = time_to_accuracy(config, seed, **twin, on_eval=lambda r, label=label: emit({**label, **r}))
             row["ms_per_step"] = ms_per_step(row, row["first_step_seconds"], 1)
             results.setdefault(label["impl"], []).append(row)
             emit({**label, "result": row})
@@ -348,16 +338,8 @@ def augmentation_cost(args: argparse.Namespace) -> None:
     contenders = [JaxEpochs("augmented", config, dataset), JaxEpochs("plain", plain, dataset)]
     times = interleave(contenders, args.rounds, len(dataset.train))
     extra = [a / b - 1 for a, b in zip(times["augmented"], times["plain"], strict=True)]
-    emit(
-        {
-            "summary": "augmentation cost",
-            "preset": args.preset,
-            "median_seconds_per_epoch": medians(times),
-            "extra_time_fraction": spread(extra),
-            "rounds": args.rounds,
-            **machine(),
-        }
-    )
+    row = {"summary": "augmentation cost", "preset": args.preset, "median_seconds_per_epoch": medians(times)}
+    emit({**row, "extra_time_fraction": spread(extra), "rounds": args.rounds, **machine()})
 
 
 def preset_config(args: argparse.Namespace) -> Config:

@@ -110,6 +110,7 @@ def _arc(cx, cy, rx, ry, start, end, points=12):
     return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in t]
 
 
+SEVEN = [(0.1, 0.0), (0.9, 0.0), (0.4, 1.0)]
 # Each digit: a few ways to write it; each way: strokes; each stroke: points in a unit box (y down).
 TEMPLATES: dict[int, list[list[list[tuple[float, float]]]]] = {
     0: [[_arc(0.5, 0.5, 0.32, 0.48, -90, 270, 20)]],
@@ -119,10 +120,7 @@ TEMPLATES: dict[int, list[list[list[tuple[float, float]]]]] = {
     4: [[[(0.6, 0.0), (0.1, 0.65), (0.9, 0.65)], [(0.65, 0.3), (0.65, 1.0)]]],
     5: [[[(0.85, 0.0), (0.25, 0.0), (0.2, 0.45)] + _arc(0.5, 0.68, 0.35, 0.3, 230, 490)]],
     6: [[[(0.75, 0.0), (0.35, 0.35)] + _arc(0.5, 0.72, 0.3, 0.28, 180, 540)]],
-    7: [
-        [[(0.1, 0.0), (0.9, 0.0), (0.4, 1.0)]],
-        [[(0.1, 0.0), (0.9, 0.0), (0.4, 1.0)], [(0.35, 0.5), (0.8, 0.5)]],  # crossed
-    ],
+    7: [[SEVEN], [SEVEN, [(0.35, 0.5), (0.8, 0.5)]]],  # plain, and crossed
     8: [[_arc(0.5, 0.25, 0.25, 0.25, 90, 450) + _arc(0.5, 0.72, 0.3, 0.28, -90, 270)]],
     9: [[_arc(0.5, 0.3, 0.3, 0.3, 0, 360) + [(0.8, 0.3), (0.75, 1.0)]]],
 }

@@ -84,11 +84,8 @@ def minus_one_length(port: int, body_bytes: int) -> dict:
     sender.join(30)
     connection.close()
     status = int(answer.split()[1]) if answer else None
-    return {
-        "status": status,
-        "answered_in_s": round(seconds, 3),
-        "body_mb_sent_before_close": round(sent[0] / 2**20, 1),
-    }
+    sent_mb = round(sent[0] / 2**20, 1)
+    return {"status": status, "answered_in_s": round(seconds, 3), "body_mb_sent_before_close": sent_mb}
 
 
 def requests_per_second(port: int, body: bytes, clients: int, seconds: float) -> float:

@@ -19,17 +19,10 @@ from torch import nn
 def lenet() -> nn.Module:
     """The tutorial's LeNet: sigmoid, average pooling, no activation between the Dense layers."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
-        nn.Sigmoid(),
-        nn.AvgPool2d(2, 2),
-        nn.Conv2d(6, 16, 5),
-        nn.Sigmoid(),
-        nn.AvgPool2d(2, 2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120),
-        nn.Linear(120, 84),
-        nn.Linear(84, 10),
-    )
+        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, 2),
+        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2, 2),
+        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84), nn.Linear(84, 10),
+    )  # fmt: skip
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:
@@ -86,11 +79,8 @@ class TorchTrainer:
             logits = self.model(x)
             total_loss += float(self.loss(logits, y))
             correct += int((logits.argmax(1) == y).sum())
-        return {
-            "accuracy": correct / len(self.test_y),
-            "total_loss": total_loss,
-            "seconds": time.perf_counter() - start,
-        }
+        seconds = time.perf_counter() - start
+        return {"accuracy": correct / len(self.test_y), "total_loss": total_loss, "seconds": seconds}
 
 
 def main() -> None:

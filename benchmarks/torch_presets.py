@@ -156,8 +156,7 @@ def to_flax_params(model: TwinLeNet) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
     state = model.state_dict()
     for key, (layer, leaf) in _leaf_names(model).items():
-        array = state[key].numpy()
-        array = flax_kernel(layer, array) if leaf == "kernel" else array
+        array = flax_kernel(layer, state[key].numpy()) if leaf == "kernel" else state[key].numpy()
         out.setdefault(layer, {})[leaf] = np.array(array, order="C")
     return out
 
@@ -178,11 +177,8 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> Callable[[in
             return float(-peak * (f32(1) - f32(max(step, 0)) / f32(warmup)) + peak)
         return cosine(step - warmup, total - warmup)
 
-    return {
-        "constant": lambda step: float(peak),
-        "cosine": lambda step: cosine(step, total),
-        "warmup-cosine": warmup_cosine,
-    }[config.schedule]
+    schedules = {"constant": lambda step: float(peak), "cosine": lambda step: cosine(step, total)}
+    return {**schedules, "warmup-cosine": warmup_cosine}[config.schedule]
 
 
 def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
@@ -253,10 +249,8 @@ class TwinAugment:
             rows = rows + field[:, 0].reshape(batch, -1)
             cols = cols + field[:, 1].reshape(batch, -1)
         # grid_sample(align_corners=True): -1 and 1 are the centres of the first and last pixel.
-        grid = torch.stack([cols, rows], dim=-1) * (2.0 / (h - 1)) - 1.0
-        return F.grid_sample(
-            images, grid.reshape(batch, h, h, 2), mode="bilinear", padding_mode="zeros", align_corners=True
-        )
+        grid = torch.stack([cols, rows], dim=-1).reshape(batch, h, h, 2) * (2.0 / (h - 1)) - 1.0
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 class PresetTwin:

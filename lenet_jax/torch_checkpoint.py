@@ -1,8 +1,4 @@
-"""PyTorch files of the tutorial's LeNet: read them safely, import them, export ours back.
-
-A restricted unpickler (pickle docs' `find_class` allow-list) maps only the names MyLeNet's torch.save
-zip needs to inert stand-ins and refuses any other before it runs: no PyTorch needed.
-"""
+"""The tutorial's PyTorch LeNet files: read safely (an allow-list unpickler, no torch), imported, exported."""
 
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.numpy
 
 from lenet_jax.errors import ConversionError
@@ -31,7 +26,6 @@ LAYERS = (
     ("dense2", "model.9", (84, 120)),
     ("dense3", "model.10", (10, 84)),
 )
-CONV_FEATURES = (16, 5, 5)  # conv2's pooled output as PyTorch holds it (C, H, W): dense1's inputs
 # The Config fields of the architecture, which must be the recipe's for MyLeNet to hold it.
 ARCHITECTURE_FIELDS = ("activation", "pool", "dense_activation", "feature_norm")
 TUTORIAL_STEPS_PER_EPOCH = 938  # 60,000 images in batches of 64: an imported epoch N is step N * 938
@@ -41,10 +35,14 @@ MAX_FILE_BYTES = 64 << 20  # LeNet's file is 250 KB: a larger one (or record) is
 _STATE_DICT_HINT = "save its state_dict instead (torch.save(net.state_dict(), PATH)) and convert that"
 
 
+def _not_lenet(source: Any, why: str) -> ConversionError:
+    return ConversionError(f"{source} is not the tutorial's LeNet: {why}")
+
+
 class _Module:
     """An allowed torch.nn.Module, inert: the attribute dict its pickle sets, nothing run."""
 
-    class_name = ""
+    class_name: str  # "torch.nn.modules.conv.Conv2d": set in _ALLOWED, one subclass per allowed name
     state: dict[str, Any] = {}  # replaced by the pickle's, never mutated
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -83,7 +81,7 @@ _MODULE_CLASSES = (
     ("torch.nn.modules.flatten", "Flatten"), ("torch.nn.modules.linear", "Linear"),
     *((owner, name) for owner in ("model", "__main__") for name in ("MyLeNet", "Reshape")),
 )  # fmt: skip
-# Every name the unpickler resolves, and what to.
+# Every name the unpickler resolves, and what to (inert stand-ins); any other is refused before it runs.
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
@@ -101,19 +99,15 @@ class _Unpickler(pickle.Unpickler):
             raise ConversionError(f"{source} is not a torch.save archive: {_STATE_DICT_HINT}")
         self._archive, self._prefix, self._source = archive, pickles[0].removesuffix("data.pkl"), source
         super().__init__(self._record("data.pkl"))
-        byteorder = b"little"  # an archive without the record is little-endian
-        if f"{self._prefix}byteorder" in archive.namelist():
-            byteorder = self._record("byteorder").read().strip()
-        self._order = "<" if byteorder == b"little" else ">"
+        has_order = f"{self._prefix}byteorder" in archive.namelist()  # without it: little-endian
+        self._order = "<" if not has_order or self._record("byteorder").read().strip() == b"little" else ">"
 
     def _record(self, name: str) -> Any:
         name = self._prefix + name
         if name not in self._archive.namelist():
             raise ConversionError(f"{self._source} is not a torch.save archive of LeNet (no record {name})")
         if self._archive.getinfo(name).file_size > MAX_FILE_BYTES:
-            raise ConversionError(
-                f"{self._source} is not the tutorial's LeNet: its record {name} is too large"
-            )
+            raise _not_lenet(self._source, f"its record {name} is too large")
         return self._archive.open(name)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -156,7 +150,7 @@ def read_torch_weights(path: str | os.PathLike) -> TorchWeights:
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file: pass the .pth file to convert")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConversionError(f"{path} is not the tutorial's LeNet: it is larger than 64 MiB")
+        raise _not_lenet(path, "it is larger than 64 MiB")
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -191,8 +185,8 @@ def _read_safetensors(path: Path) -> TorchWeights:
         raise ConversionError(f"{path} is not a valid safetensors file ({e})") from None
 
 
-# dense1's inputs: row i of our kernel (flattened H,W,C) is column _DENSE1_ORDER[i] of PyTorch's (C,H,W)
-_DENSE1_ORDER = np.arange(math.prod(CONV_FEATURES)).reshape(CONV_FEATURES).transpose(1, 2, 0).reshape(-1)
+# dense1's inputs (conv2's 16x5x5): row i of our kernel (H,W,C) is column _DENSE1_ORDER[i] of torch's (C,H,W)
+_DENSE1_ORDER = np.arange(16 * 5 * 5).reshape(16, 5, 5).transpose(1, 2, 0).reshape(-1)
 
 
 def flax_kernel(layer: str, weight: np.ndarray) -> np.ndarray:
@@ -213,30 +207,21 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
     """LeNet's Flax params (numpy, float32) from a state_dict of the tutorial's MyLeNet."""
     expected = {f"{prefix}.{name}": shape if name == "weight" else shape[:1]
                 for _, prefix, shape in LAYERS for name in ("weight", "bias")}  # fmt: skip
-    for key, shape in expected.items():
+    for key, want in expected.items():
         value = state_dict.get(key)
         if value is None:
-            raise ConversionError(
-                f"{source} is not the tutorial's LeNet: its state_dict has no {key!r} (shape {shape}; "
-                f"its keys: {', '.join(map(str, list(state_dict)[:8]))}): convert the file torch.save wrote"
-            )
-        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype.kind != "f":
-            what = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise ConversionError(
-                f"{source} is not the tutorial's LeNet: {key!r} has {what}, the tutorial's MyLeNet "
-                f"has {shape} (floating point)"
-            )
+            keys = ", ".join(map(str, list(state_dict)[:8]))
+            why = f"its state_dict has no {key!r} (shape {want}; its keys: {keys})"
+            raise _not_lenet(source, f"{why}: convert the file torch.save wrote")
+        if not isinstance(value, np.ndarray) or value.shape != want or value.dtype.kind != "f":
+            got = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise _not_lenet(source, f"{key!r} has {got}, the tutorial's MyLeNet has {want} (floating point)")
     extra = [str(k) for k in state_dict if k not in expected]
     if extra:
-        raise ConversionError(
-            f"{source} is not the tutorial's LeNet: its state_dict has keys MyLeNet does not have "
-            f"({', '.join(extra[:6])})"
-        )
-    params = {}
-    for ours, prefix, _ in LAYERS:
-        kernel = np.ascontiguousarray(flax_kernel(ours, state_dict[f"{prefix}.weight"].astype(np.float32)))
-        params[ours] = {"kernel": kernel, "bias": state_dict[f"{prefix}.bias"].astype(np.float32)}
-    return params
+        raise _not_lenet(source, f"its state_dict has keys MyLeNet does not have ({', '.join(extra[:6])})")
+    f32 = {key: value.astype(np.float32) for key, value in state_dict.items()}
+    kernels = {ours: np.ascontiguousarray(flax_kernel(ours, f32[f"{p}.weight"])) for ours, p, _ in LAYERS}
+    return {ours: {"kernel": kernels[ours], "bias": f32[f"{p}.bias"]} for ours, p, _ in LAYERS}
 
 
 def torch_state_dict_from_lenet(params: Any) -> dict[str, np.ndarray]:
@@ -260,24 +245,18 @@ class ImportResult:
 def _epoch_and_step(weights: TorchWeights, path: Path, epoch: int | None) -> tuple[int, int]:
     """The epoch (given, else the file's metadata or name, else 1) and its step, both bounded."""
     written = [weights.metadata.get(k, "") for k in ("epoch", "step")]  # by export_torch_checkpoint
-    # ASCII digits, at most 19 (an int64): anything else is not what export wrote, and is ignored.
-    recorded = all(v.isascii() and v.isdigit() and len(v) <= 19 for v in written)
+    recorded = all(re.fullmatch(r"[0-9]{1,19}", v) for v in written)  # else not export's (an int64): ignored
     if recorded and epoch in (None, int(written[0])):
         epoch, step = map(int, written)
         if epoch > MAX_EPOCH or step > MAX_STEP:
-            raise ConversionError(
-                f"{path} records epoch {epoch}, step {step}, beyond a 32-bit step: pass --epoch "
-                f"between 0 and {MAX_EPOCH}"
-            )
+            beyond = f"records epoch {epoch}, step {step}, beyond a 32-bit step"
+            raise ConversionError(f"{path} {beyond}: pass --epoch between 0 and {MAX_EPOCH}")
         return epoch, step
     if epoch is None:
-        number = re.search(r"(\d+)$", path.stem)  # the tutorial's net_3.pth: 3
-        epoch = int(number[1] if number else 0) or 1
+        epoch = int(re.search(r"\d*$", path.stem)[0] or 0) or 1  # the tutorial's net_3.pth: 3
     if not 0 <= epoch <= MAX_EPOCH:
-        raise ConversionError(
-            f"--epoch must be between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer), "
-            f"not {epoch}"
-        )
+        bounds = f"between 0 and {MAX_EPOCH} (its step, epoch x 938, is a 32-bit integer)"
+        raise ConversionError(f"--epoch must be {bounds}, not {epoch}")
     return epoch, epoch * TUTORIAL_STEPS_PER_EPOCH
 
 
@@ -306,19 +285,16 @@ def import_torch_checkpoint(
     _check_workdir_takes(workdir, epoch, given, config)
     optimizer = build_optimizer(config, TUTORIAL_STEPS_PER_EPOCH)
     state = create_train_state(model_from_config(config), optimizer, jax.random.PRNGKey(config.seed))
-    state = state.replace(
-        step=jnp.asarray(step, jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params)
-    )
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    state = state.replace(step=jnp.asarray(step, jnp.int32), params=params)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()  # at most 64 MiB: read_torch_weights checked
     source = {"kind": "pytorch", "file": str(path), "sha256": sha256, "format": weights.format,
               "contents": weights.contents}  # fmt: skip
     record = {"config": config.to_record(), "optimizer_source": {"kind": "config"}}
     meta = {"epoch": epoch, "step": step, **record, "dataset": IMPORTED_DATASET}
     meta = {**meta, "metrics": {}, "source": source, "provenance": provenance()}
-    with workdir_lock(workdir):  # never into a run that is training there
-        with Checkpoints(workdir) as checkpoints:
-            checkpoints.save(epoch, state, meta)
+    with workdir_lock(workdir), Checkpoints(workdir) as checkpoints:  # never into a run training there
+        checkpoints.save(epoch, state, meta)
         if not (workdir / CONFIG_FILE).is_file():
             write_config(workdir, {**record, "source": source})
     return ImportResult(workdir=workdir, epoch=epoch, step=step, source=source)
@@ -336,15 +312,11 @@ def _check_workdir_takes(workdir: Path, epoch: int, given: bool, config: Any) ->
     if existing and (not given or epoch in existing):
         fix = f"epoch {epoch} is taken; pass --epoch with another number" if given else (
             "pass --epoch N with a number it does not hold to add this file next to them")  # fmt: skip
-        raise ConversionError(
-            f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))}): {fix}, "
-            "or another --workdir"
-        )
+        held = f"{workdir} already holds checkpoints (epochs {', '.join(map(str, existing))})"
+        raise ConversionError(f"{held}: {fix}, or another --workdir")
     if (workdir / CONFIG_FILE).is_file() and read_config(workdir) != config.to_record():
-        raise ConversionError(
-            f"{workdir} holds a run of another config ({CONFIG_FILE}): imports are the tutorial's "
-            "recipe; pass another --workdir"
-        )
+        other = f"{workdir} holds a run of another config ({CONFIG_FILE})"
+        raise ConversionError(f"{other}: imports are the tutorial's recipe; pass another --workdir")
     prepare_workdir(workdir)
 
 
@@ -383,11 +355,9 @@ def export_torch_checkpoint(
     ours, recipe = vars(restored.config), vars(Config())
     differences = [f"{n} {ours[n]!r}, not {recipe[n]!r}" for n in ARCHITECTURE_FIELDS if ours[n] != recipe[n]]
     if differences:
-        raise ConversionError(
-            f"epoch {restored.epoch} of {workdir} is not the tutorial's architecture "
-            f"({'; '.join(differences)}): its MyLeNet could not hold it; only checkpoints of the "
-            "recipe's architecture export"
-        )
+        unlike = f"is not the tutorial's architecture ({'; '.join(differences)})"
+        why = "its MyLeNet could not hold it; only checkpoints of the recipe's architecture export"
+        raise ConversionError(f"epoch {restored.epoch} of {workdir} {unlike}: {why}")
     state_dict = torch_state_dict_from_lenet(jax.device_get(restored.params))
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
