@@ -85,8 +85,7 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_documented_and_keeps_lenet5_size(name):
-    # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
-    config = get_preset(name)
+    config = get_preset(name)  # presets change how LeNet-5 computes, never its layer sizes
     doc = PRESETS[name].__doc__
     assert isinstance(config, Config) and "Run:" in doc and "Expected:" in doc
     shapes = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))

@@ -18,13 +18,11 @@ def test_load_dataset_serves_the_idx_files_through_tfds(idx_dir):
     np.testing.assert_array_equal(dataset.train.labels, labels)
     assert dataset.sizes() == {"train": 96, "test": 40}
     assert dataset.source.startswith("mnist_idx/idx_")
-    # The prepared dataset is an ordinary tfds dataset, loadable with tfds.data_source.
     import tensorflow_datasets as tfds
 
-    source = tfds.data_source(dataset.source, split="test")
+    source = tfds.data_source(dataset.source, split="test")  # an ordinary tfds dataset
     assert len(source) == 40 and int(source[0]["label"]) == int(dataset.test.labels[0])
-    # A second load comes from the cache and is identical.
-    np.testing.assert_array_equal(load_dataset(idx_dir).test.images, dataset.test.images)
+    np.testing.assert_array_equal(load_dataset(idx_dir).test.images, dataset.test.images)  # from the cache
 
 
 def test_a_different_dataset_gets_its_own_cache_entry(tmp_path):
@@ -61,8 +59,7 @@ def test_epoch_and_sequential_orders_cover_every_image_once_and_pad_the_last_bat
 
 
 def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
-    # numpy draws what jax.random draws: runs stay reproducible across versions.
-    key = jax.random.PRNGKey(7)
+    key = jax.random.PRNGKey(7)  # numpy draws what jax.random draws: reproducible across versions
     expected = jax.random.permutation(jax.random.fold_in(key, 5), 60_000)
     np.testing.assert_array_equal(epoch_order(key, 5, 60_000, 64).ravel()[:60_000], expected)
     np.testing.assert_array_equal(epoch_order(key, 3, 100, 8), epoch_order(key, 3, 100, 8))

@@ -43,8 +43,7 @@ TFDS_DATA_DIR = "tensorflow_datasets.core.constants.DATA_DIR"  # tfds reads $TFD
 @functools.cache
 def script_flags(name: str) -> set[str]:
     """The options a script accepts, read from its --help."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+    with contextlib.redirect_stdout(out := io.StringIO()), pytest.raises(SystemExit):
         script_main(name)(["--help"])  # the options part of the help reads the same whatever prog is
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
 
@@ -56,8 +55,7 @@ def assert_flags_exist(script: str, message: str, argv=()) -> None:
         for flag in re.findall(r"--[a-z][\w-]*", flags):
             assert flag in script_flags(other), f"{other} has no {flag}: {message}"
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", named.sub("", message)):
-        given = flag in map(str, argv)
-        assert given or flag in script_flags(script), f"{script} has no {flag}: {message}"
+        assert flag in map(str, argv) or flag in script_flags(script), f"{script} has no {flag}: {message}"
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
@@ -132,8 +130,7 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "truncated gzip": (lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]), DAMAGED),
     "not gzip at all": (lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), DAMAGED),
     "empty file": (lambda d: _raw(d, EL, b""), "not even a header"),
-    "header promises more": (
-        lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
+    "promises more": (lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
         "its header promises 50 images but it holds 1"),
     "counts disagree": (lambda d: _idx(d, EL, 39, 0x801), f"has 40 images but {EL}.gz has 39 labels"),
     "not 28x28": (lambda d: _idx(d, TI, (96, 32, 32)), "holds 32x32 images, expected 28x28"),
@@ -166,7 +163,6 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path / "nowhere"))
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
     check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
-
     monkeypatch.delenv("LENET_DATA_DIR")
     monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))
 
@@ -296,8 +292,7 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
     "params truncated, the older epoch evaluates": (_cut(2), _evaluate("--epoch", "1"), None),
     "params truncated, resume": (_cut(2), TR, "the checkpoint of epoch 2 is damaged"),
     "params missing": (lambda r: shutil.rmtree(r / "checkpoints/2/params"), EV, "no params in it"),
-    "train_state missing, resume": (
-        lambda r: shutil.rmtree(r / "checkpoints/2/train_state"), TR, "no train_state in it"),
+    "no train_state": (lambda r: shutil.rmtree(r / "checkpoints/2/train_state"), TR, "no train_state in it"),
     "meta garbage": (_meta_is("{not json"), EV, "is damaged"),
     "meta a list": (_meta_is("[1, 2]"), EV, "is damaged"),
     "meta without config": (_without("config"), EV, "its meta lacks the config or the step"),
@@ -492,8 +487,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
     """One writer per workdir, refused at once; readers go on; a killed holder's lock blocks nothing."""
     argv, code, message = WORKDIR_IN_USE[case]
     if argv[0] == "convert.py":  # a workdir a convert would take: an empty one
-        run = tmp_path / "new"
-        run.mkdir()
+        (run := tmp_path / "new").mkdir()
     script, *argv = _fill(argv, run=run, data=data)
     if case == "a killed holder's lock":
         hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
@@ -618,8 +612,7 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
         _writes_fail(r"\.write-test-", errno.ENOSPC), 4, "cannot be written; free some space"),
     "device OOM, training": (lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
         5, f"{OOM}--batch-size (now 32)"),
-    "device out of memory, evaluation": (
-        lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
+    "device OOM, eval": (lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
         5, f"{OOM}--eval-batch-size (now 64)"),
     "setting a damaged log aside, denied": (
         lambda mp: mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
@@ -680,8 +673,7 @@ TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code
     "array_record cut short": (_cut_test_records, 0, f"was damaged {SHORT}; preparing it again"),
     "dataset_info.json garbage": (
         lambda d, mp: (d / "dataset_info.json").write_text("{garbage"), 0, "preparing it again"),
-    "unreadable even prepared anew": (
-        lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
+    "unreadable anew": (lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
         f"cannot be read {SHORT}, even prepared anew: delete it"),
     "disk full while preparing": (None, 4, "to the tfds cache"),
 }  # fmt: skip

@@ -63,8 +63,7 @@ def test_options_change_the_function_not_the_parameters():
         shapes = jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0))
         assert count_params(shapes) == 61_706
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
-    # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
-    normed = LeNet(feature_norm=True)
+    normed = LeNet(feature_norm=True)  # adds a LayerNorm's scale and offset (16 each), nothing else
     normed_params = init_params(normed, jax.random.PRNGKey(0))
     assert count_params(normed_params) == 61_706 + 32
     assert {k: v.shape for k, v in normed_params["feature_norm"].items()} == {"scale": (16,), "bias": (16,)}

@@ -61,9 +61,8 @@ def test_schedules():
 
 def test_learning_rate_is_read_from_the_state_and_follows_the_schedule_and_plain_optax_has_none():
     optimizer = build_optimizer(Config(lr=0.5, epochs=1, schedule="cosine"), 4)
-    params = {"w": jnp.ones(2)}
+    params, seen = {"w": jnp.ones(2)}, []
     state = optimizer.init(params)
-    seen = []
     for _ in range(4):
         _, state = optimizer.update({"w": jnp.ones(2)}, state, params)
         seen.append(float(current_learning_rate(state)))

@@ -113,8 +113,7 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
     assert len(confident) >= 30
     for i in confident:
         digit = images[i, ..., 0]
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(digit).save(path)
+        Image.fromarray(digit).save(path := tmp_path / f"{i}.png")
         enlarged = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BICUBIC))
         shifted = np.zeros((90, 70), np.uint8)
         shifted[5:33, 40:68] = digit
@@ -126,8 +125,7 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
 @pytest.mark.e2e
 def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, capfd):
     test = load_dataset(mnist_dir).test
-    folder = tmp_path / "digits"
-    folder.mkdir()
+    (folder := tmp_path / "digits").mkdir()
     for i in range(5):
         Image.fromarray(255 - test.images[i, ..., 0]).resize((100, 100)).save(folder / f"{i}.png")
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(folder / "blank.png")

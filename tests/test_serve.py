@@ -74,8 +74,7 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
     assert answer["prediction"] == test.labels[0] == 7
     assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     assert np.asarray(answer["input"]).shape == (28, 28)
-    # The verdict of predict.py: sure or not, and the runner-up with its probability.
-    second = int(np.argsort(answer["probabilities"])[-2])
+    second = int(np.argsort(answer["probabilities"])[-2])  # predict.py's verdict: sure or not, runner-up
     assert answer["unsure"] is (max(answer["probabilities"]) < UNSURE_BELOW)
     assert answer["runner_up"] == second
     assert answer["runner_up_probability"] == answer["probabilities"][second]
@@ -102,8 +101,7 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
     try:
         driver.get(server + "/")
         pad = driver.find_element(By.ID, "pad")
-        # A "1": one vertical stroke through the middle of the 280x280 canvas (offsets from centre).
-        actions = ActionChains(driver)
+        actions = ActionChains(driver)  # a "1": one vertical stroke through the 280x280 canvas's middle
         actions.move_to_element_with_offset(pad, 0, -100).click_and_hold()
         for y in range(-90, 101, 10):
             actions.move_to_element_with_offset(pad, 2, y)

@@ -123,8 +123,7 @@ def test_options_a_jaxlib_rejects_are_dropped(monkeypatch, fresh_support_check):
 def test_training_with_and_without_the_options_agrees(preset):
     """XLA:CPU's options change how, not what: 20 steps give the same losses and weights up to rounding."""
     config = get_preset(preset)
-    model = model_from_config(config)
-    optimizer = build_optimizer(config, 20)
+    model, optimizer = model_from_config(config), build_optimizer(config, 20)
     options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
     step = make_train_step(model, optimizer, **options)
     key = jax.random.PRNGKey(0)
