@@ -62,26 +62,29 @@ def run_cli(capsys, script, *argv):
     return code, *capsys.readouterr()
 
 
+def run_ok(capsys, script, *argv) -> str:
+    """run_cli for a run that must succeed with nothing on stderr; returns its stdout."""
+    code, out, err = run_cli(capsys, script, *argv)
+    assert code == 0 and err == "", err
+    return out
+
+
 def snapshot(root: Path) -> dict[str, object]:
-    """Every path under root with its bytes (None for a folder, the target for a link)."""
+    """Every path under root (or root itself, "."), with what _entry reads of it."""
     root = Path(root)
-    if root.is_symlink():
-        return {".": os.readlink(root)}
-    if not root.exists():
-        return {}
-    if root.is_file():
-        return {".": _contents(root)}
-    tree: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        tree[key] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else _contents(path)
-    return tree
+    if root.is_dir() and not root.is_symlink():
+        return {str(path.relative_to(root)): _entry(path) for path in sorted(root.rglob("*"))}
+    return {".": _entry(root)} if os.path.lexists(root) else {}
 
 
-def _contents(path: Path) -> object:
-    """A file's bytes; its kind and size for a FIFO or a file too large to read (a sparse 4 GiB)."""
+def _entry(path: Path) -> object:
+    """A link's target, None for a folder, a file's bytes (its kind and size if it cannot be read whole)."""
+    if path.is_symlink():
+        return os.readlink(path)
+    if path.is_dir():
+        return None
     info = path.stat()
-    if not path.is_file() or info.st_size > 2**26:
+    if not path.is_file() or info.st_size > 2**26:  # a FIFO, a sparse 4 GiB file: not read
         return ("not read", info.st_mode, info.st_size)
     return path.read_bytes()
 

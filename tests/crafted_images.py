@@ -47,7 +47,6 @@ def _on_colour() -> bytes:
     return encode(rgb, transparency=(10, 20, 30))
 
 
-# fmt: off
 DRAWINGS = {  # the digit_like drawing (black ink; paper white or transparent) as a file of one kind
     "L": lambda: encode(GREY),
     "RGBA": lambda: encode(ON_CLEAR),
@@ -67,8 +66,7 @@ DRAWINGS = {  # the digit_like drawing (black ink; paper white or transparent) a
     "RGB JPEG": lambda: encode(np.stack([GREY] * 3, -1), "JPEG", quality=95),
     "BMP": lambda: encode(GREY, "BMP"),
     "WebP": lambda: encode(GREY, "WEBP", lossless=True),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -22,8 +22,7 @@ def strokes(n=6):
 
 
 def test_zero_strength_is_no_augmentation_and_a_tiny_one_the_identity():
-    assert make_augment(Augmentation()) is None
-    assert make_augment(augmentation_from_config(Config())) is None
+    assert make_augment(Augmentation()) is None and make_augment(augmentation_from_config(Config())) is None
     images = strokes()
     out = make_augment(Augmentation(translate=1e-9))(jax.random.PRNGKey(0), images)
     np.testing.assert_allclose(out, images, atol=1e-6)
@@ -76,8 +75,7 @@ def test_elastic_field_strength_and_smoothness():
     assert field.shape == (4, 2, 28, 28)
     np.testing.assert_allclose(np.abs(field).max(axis=(1, 2, 3)), 3.0, rtol=1e-4)  # alpha = max |d|
     # Smoothed with sigma 4: neighbours move together (white noise would give ~0 correlation).
-    corr = np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1]
-    assert corr > 0.9
+    assert np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1] > 0.9
     assert abs(field.mean()) < 0.5  # zero-mean noise: no systematic drift
 
 

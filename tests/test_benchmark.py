@@ -23,8 +23,7 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys,
     argv = ["time-to-99", "--data-dir", str(mnist_dir), "--preset", "smoke", "--set", "epochs=1"]
     assert main([*argv, "--seeds", "0", "--evals-per-epoch", "2", "--no-torch", "--list-programs"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    # --list-programs: each program once, by name; those compiled were traced and lowered first,
-    # training's before its first call ended, evaluation's after.
+    # --list-programs: each program once, traced and lowered before compiled; training's in the first call.
     programs = [line for line in lines if "program" in line]
     assert len({p["program"] for p in programs}) == len(programs)
     compiled = [p for p in programs if p["compile"] > 0]
@@ -47,8 +46,7 @@ def test_time_to_99_evaluates_where_the_calls_end_and_reports(mnist_dir, capsys,
     start = result["first_call_seconds"] - result["steps_per_call"] * result["ms_per_step"] / 1000
     assert summary["mean_start_seconds"] == pytest.approx(start, abs=1e-3)
     assert 0 < summary["mean_start_seconds"] < summary["mean_first_call_seconds"]
-    # What device-check's time_to_99 check keeps of these lines.
-    kept = device_check.seeds_and_summary(lines)
+    kept = device_check.seeds_and_summary(lines)  # what device-check's time_to_99 check keeps of these lines
     assert kept["time_to_99_seconds"] is None and kept["per_seed_seconds"] == [None]
     assert kept["mean_first_call_compilation_seconds"] == stages and kept["epochs_reached"] == [None]
 
@@ -67,9 +65,8 @@ def test_summary_splits_the_race_into_start_and_running_speed():
     from benchmarks.__main__ import time_to_99_summary
 
     args = argparse.Namespace(preset="fast", set=[], seeds=[0, 1], evals_per_epoch=8, warm_cache=False)
-    stages = {"trace": 0.2, "lower": 0.1, "compile": 1.5}
     jax_row = {"reached": True, "epoch": 0.75, "train_seconds": 4.0, "steps_per_call": 16}
-    jax_row["first_call_compilation_seconds"] = stages
+    jax_row["first_call_compilation_seconds"] = {"trace": 0.2, "lower": 0.1, "compile": 1.5}
     jax_rows = [
         {**jax_row, "first_call_seconds": 2.05, "ms_per_step": 3.0},
         {**jax_row, "first_call_seconds": 2.25, "ms_per_step": 3.5},
@@ -80,8 +77,7 @@ def test_summary_splits_the_race_into_start_and_running_speed():
     assert summary["mean_start_seconds"] == round(((2.05 - 0.048) + (2.25 - 0.056)) / 2, 3)
     assert summary["median_ms_per_step"] == {"lenet-jax": 3.25, "pytorch-twin-2t": 5.0}
     assert summary["ratio_ms_per_step"] == 0.65 and summary["ratio_jax_to_pytorch"] == 0.8
-    # A seed without a running speed (its run ended inside the first call): no figure, not a
-    # figure over fewer seeds than the others.
+    # A seed without a running speed (it ended inside the first call): no figure, not one over fewer seeds.
     jax_rows[1]["ms_per_step"] = None
     summary = time_to_99_summary(args, {"lenet-jax": jax_rows, "pytorch-twin-2t": twin}, torch_ok=True)
     assert summary["mean_start_seconds"] is None and summary["median_ms_per_step"]["lenet-jax"] is None

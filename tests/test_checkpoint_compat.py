@@ -13,10 +13,9 @@ from lenet_jax.predict import load_predictor
 from lenet_jax.train import train_and_evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# version -> (what its epoch 1 logged: accuracy, total loss; the config that resumes it).
-WRITTEN = {
-    "0_1": (0.1135, 381.8274738788605, dict(preset="smoke", ema_decay=0.9, optimizer="momentum")),
-    "0_2": (0.2991, 319.28083872795105, dict(preset="fast", schedule="constant", lr=0.05, speed="plain")),
+WRITTEN = {  # version -> (what its epoch 1 logged: accuracy, total loss; the preset and changes resuming it)
+    "0_1": (0.1135, 381.8274738788605, "smoke", dict(ema_decay=0.9, optimizer="momentum")),
+    "0_2": (0.2991, 319.28083872795105, "fast", dict(schedule="constant", lr=0.05, speed="plain")),
 }
 
 
@@ -24,15 +23,13 @@ WRITTEN = {
 @pytest.mark.parametrize("version", WRITTEN)
 def test_an_old_workdir_evaluates_predicts_and_resumes(version, tmp_path, mnist_dir, capsys):
     old_workdir = Path(shutil.copytree(FIXTURES / f"workdir_v{version}", tmp_path / "run"))
-    accuracy, total_loss, settings = WRITTEN[version]
+    accuracy, total_loss, preset, changes = WRITTEN[version]
     result = evaluate_checkpoint(old_workdir, data_dir=mnist_dir)
     assert result["averaged_weights"] and result["test_accuracy"] == accuracy
     assert result["test_total_loss"] == pytest.approx(total_loss, rel=1e-6)
-    probabilities = load_predictor(old_workdir).predict_mnist(np.zeros((2, 28, 28, 1), np.uint8))
-    assert np.shape(probabilities) == (2, 10)
+    assert np.shape(load_predictor(old_workdir).predict_mnist(np.zeros((2, 28, 28, 1), np.uint8))) == (2, 10)
 
-    settings = dict(settings)
-    config = get_preset(settings.pop("preset")).replace(train_size=256, epochs=2, **settings)
+    config = get_preset(preset).replace(train_size=256, epochs=2, **changes)
     resumed = train_and_evaluate(config, old_workdir, data_dir=mnist_dir)
     other_speed = "Note: the checkpoint trained with --speed auto, this run with plain: the same function"
     assert (other_speed in capsys.readouterr().out) == (config.speed == "plain")

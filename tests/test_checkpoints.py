@@ -29,7 +29,7 @@ def test_a_python_optimizer_is_recorded_as_such_with_its_state_structure(adam_ru
     assert not {"lr", "momentum", "schedule", "weight_decay"} & set(saved["config"])  # not used
     state = saved["optimizer_source"]["state"]
     assert saved["optimizer_source"]["kind"] == "python"
-    assert "0.mu.dense1.kernel" in state and state["0.mu.dense1.kernel"] == "(400, 120) float32"
+    assert state["0.mu.dense1.kernel"] == "(400, 120) float32"
     assert {"jax", "flax", "optax", "orbax-checkpoint"} <= set(saved["provenance"]["versions"])
     assert saved["provenance"]["backend"] == "cpu" and saved["provenance"]["cpu"]
     with Checkpoints(adam_run, read_only=True) as checkpoints:
@@ -45,8 +45,7 @@ def test_resuming_with_an_optimizer_of_another_state_is_refused_before_any_resto
     message = str(refused.value)
     assert "is intact but does not fit this run's train_state" in message and "damaged" not in message
     assert "opt_state.0.mu.conv1.bias: checkpoint (6,) float32, now none" in message
-    assert "\n" not in message
-    assert snapshot(adam_run / "checkpoints") == before
+    assert "\n" not in message and snapshot(adam_run / "checkpoints") == before
 
 
 def test_resuming_with_an_optimizer_of_the_same_state_is_allowed_and_said(adam_run, idx_dir, capsys):

@@ -85,18 +85,15 @@ def test_a_python_optimizers_record_holds_no_config_optimizer_fields():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_documented_and_keeps_lenet5_size(name):
-    # Presets change activations, pooling, init, optimizer, augmentation, LayerNorm; never layer sizes.
-    config = get_preset(name)
+    config = get_preset(name)  # presets change how LeNet-5 computes, never its layer sizes
     doc = PRESETS[name].__doc__
     assert isinstance(config, Config) and "Run:" in doc and "Expected:" in doc
-    model = model_from_config(config)
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: init_params(model_from_config(config), jax.random.PRNGKey(0)))
     assert count_params(shapes) == 61_706 + (32 if config.feature_norm else 0) <= 62_000
 
 
 def test_init_scheme_keeps_its_0_1_spellings():
     assert parse("--init", "flax").init_scheme == "flax"  # the old flag
     assert Config().replace(init="flax").init_scheme == "flax"
-    old_record = {**Config().to_dict(), "init": "flax"}
-    del old_record["init_scheme"]
+    old_record = {k: v for k, v in Config().to_dict().items() if k != "init_scheme"} | {"init": "flax"}
     assert Config.from_dict(old_record) == Config(init_scheme="flax")

@@ -18,20 +18,17 @@ def test_load_dataset_serves_the_idx_files_through_tfds(idx_dir):
     np.testing.assert_array_equal(dataset.train.labels, labels)
     assert dataset.sizes() == {"train": 96, "test": 40}
     assert dataset.source.startswith("mnist_idx/idx_")
-    # The prepared dataset is an ordinary tfds dataset, loadable with tfds.data_source.
     import tensorflow_datasets as tfds
 
-    source = tfds.data_source(dataset.source, split="test")
+    source = tfds.data_source(dataset.source, split="test")  # an ordinary tfds dataset
     assert len(source) == 40 and int(source[0]["label"]) == int(dataset.test.labels[0])
-    # A second load comes from the cache and is identical.
-    np.testing.assert_array_equal(load_dataset(idx_dir).test.images, dataset.test.images)
+    np.testing.assert_array_equal(load_dataset(idx_dir).test.images, dataset.test.images)  # from the cache
 
 
 def test_a_different_dataset_gets_its_own_cache_entry(tmp_path):
     a = load_dataset(make_idx_dir(tmp_path / "a", seed=0))
     b = load_dataset(make_idx_dir(tmp_path / "b", seed=1))
-    assert a.source != b.source
-    assert not np.array_equal(a.train.labels, b.train.labels)
+    assert a.source != b.source and not np.array_equal(a.train.labels, b.train.labels)
 
 
 def test_validation_split_is_the_last_n_training_images(idx_dir):
@@ -48,25 +45,21 @@ def test_validation_split_is_the_last_n_training_images(idx_dir):
 
 def test_data_dir_falls_back_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path))
-    assert resolve_data_dir(None) == tmp_path.resolve()
-    assert resolve_data_dir("elsewhere").name == "elsewhere"
+    assert resolve_data_dir(None) == tmp_path.resolve() and resolve_data_dir("elsewhere").name == "elsewhere"
     monkeypatch.delenv("LENET_DATA_DIR")
     assert resolve_data_dir(None) is None
 
 
 def test_epoch_and_sequential_orders_cover_every_image_once_and_pad_the_last_batch():
-    key = jax.random.PRNGKey(0)
-    order = epoch_order(key, 1, 10, 4)
+    order = epoch_order(jax.random.PRNGKey(0), 1, 10, 4)
     assert order.shape == (3, 4) and order.dtype == np.int32
     flat = order.ravel()
-    assert sorted(flat[flat >= 0].tolist()) == list(range(10))
-    assert (order[-1, 2:] == data.PADDING_INDEX).all()
+    assert sorted(flat[flat >= 0].tolist()) == list(range(10)) and (order[-1, 2:] == data.PADDING_INDEX).all()
     np.testing.assert_array_equal(data.sequential_order(5, 2), [[0, 1], [2, 3], [4, -1]])
 
 
 def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
-    # numpy draws what jax.random draws: runs stay reproducible across versions.
-    key = jax.random.PRNGKey(7)
+    key = jax.random.PRNGKey(7)  # numpy draws what jax.random draws: reproducible across versions
     expected = jax.random.permutation(jax.random.fold_in(key, 5), 60_000)
     np.testing.assert_array_equal(epoch_order(key, 5, 60_000, 64).ravel()[:60_000], expected)
     np.testing.assert_array_equal(epoch_order(key, 3, 100, 8), epoch_order(key, 3, 100, 8))
@@ -76,8 +69,7 @@ def test_epoch_order_is_the_permutation_of_fold_in_key_epoch():
 
 def test_gather_batch_scales_and_masks_padding():
     images = jnp.asarray(np.arange(3 * 28 * 28).reshape(3, 28, 28, 1) % 256, jnp.uint8)
-    labels = jnp.asarray([7, 8, 9], jnp.int32)
-    batch = gather_batch(images, labels, jnp.asarray([2, 0, -1]))
+    batch = gather_batch(images, jnp.asarray([7, 8, 9], jnp.int32), jnp.asarray([2, 0, -1]))  # labels, rows
     assert batch["image"].dtype == jnp.float32 and batch["image"].shape == (3, 28, 28, 1)
     np.testing.assert_allclose(batch["image"][0], np.asarray(images[2]) / 255.0)
     assert float(batch["image"].max()) <= 1.0

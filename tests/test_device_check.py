@@ -1,17 +1,14 @@
-"""`device-check --quick`'s cheap checks on the CPU (its others: docs/device-check.md), and lenet-jax
-without tfds or tensorboardX, as on the GPU image."""
+"""`device-check --quick`'s cheap checks on the CPU (others: docs/device-check.md); no tensorboardX."""
 
-import dataclasses
 import json
 import subprocess
-from pathlib import Path
 
-import chex
 import jax
 import pytest
+from conftest import REPO_ROOT
 
 from benchmarks.__main__ import main
-from lenet_jax import cli, data, run_log
+from lenet_jax import cli, run_log
 
 
 @pytest.mark.e2e
@@ -36,18 +33,7 @@ def test_quick_device_check_prints_the_checks_asked_then_a_summary(mnist_dir, tm
 
 def test_an_unknown_check_is_one_line(capsys):
     assert cli.run(main, ["device-check", "--checks", "eval", "speed"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --checks speed: no such check (the checks: env,")
-
-
-def test_a_data_dir_is_read_without_tfds_as_through_it(idx_dir, monkeypatch):
-    through_tfds = data.load_dataset(idx_dir)
-    monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)  # as if not installed
-    direct = data.load_dataset(idx_dir)
-    chex.assert_trees_all_equal(dataclasses.asdict(direct), dataclasses.asdict(through_tfds), strict=True)
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    with pytest.raises(data.DataError, match="needs tensorflow-datasets.*--data-dir"):
-        data.load_dataset(None)
+    assert capsys.readouterr().err.startswith("error: --checks speed: no such check (the checks: env,")
 
 
 def test_without_tensorboardx_a_run_logs_metrics_jsonl_and_says_so(tmp_path, monkeypatch, capsys):
@@ -61,6 +47,5 @@ def test_without_tensorboardx_a_run_logs_metrics_jsonl_and_says_so(tmp_path, mon
 
 
 def test_the_device_scripts_parse():
-    root = Path(__file__).resolve().parent.parent
     for script in ("device_check.sh", "prepare_device_check.sh"):
-        assert subprocess.run(["bash", "-n", str(root / "scripts" / script)]).returncode == 0
+        assert subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / script)]).returncode == 0

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
-from conftest import REPO_ROOT, make_idx_dir, run_cli, script_main, snapshot, start_python, write_idx
+from conftest import REPO_ROOT, make_idx_dir, run_cli, run_ok, script_main, snapshot, start_python, write_idx
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import load_weights
@@ -36,16 +36,14 @@ from lenet_jax.resume import PLATEAU_NOTE
 from lenet_jax.workdir import read_metrics, workdir_lock
 
 TRAIN = ["--preset", "smoke", "--train-size", "64", "--batch-size", "32"]
+TFDS_DATA_DIR = "tensorflow_datasets.core.constants.DATA_DIR"  # tfds reads $TFDS_DATA_DIR once, on import
 
 
 # ---- helpers ----
-
-
 @functools.cache
 def script_flags(name: str) -> set[str]:
     """The options a script accepts, read from its --help."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+    with contextlib.redirect_stdout(out := io.StringIO()), pytest.raises(SystemExit):
         script_main(name)(["--help"])  # the options part of the help reads the same whatever prog is
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
 
@@ -57,15 +55,12 @@ def assert_flags_exist(script: str, message: str, argv=()) -> None:
         for flag in re.findall(r"--[a-z][\w-]*", flags):
             assert flag in script_flags(other), f"{other} has no {flag}: {message}"
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", named.sub("", message)):
-        given = flag in map(str, argv)
-        assert given or flag in script_flags(script), f"{script} has no {flag}: {message}"
+        assert flag in map(str, argv) or flag in script_flags(script), f"{script} has no {flag}: {message}"
 
 
 def assert_one_line(err: str, code: int, expected_code: int, message: str) -> None:
-    assert code == expected_code, err
-    assert "Traceback" not in err, err
-    assert err.count("\n") == 1 and err.startswith(("error: ", "stopped: ")), err
-    assert message in err, err
+    assert code == expected_code and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith(("error: ", "stopped: ")) and message in err, err
 
 
 def check(capsys, script, argv, code, message, unchanged=(), absent=()):
@@ -74,40 +69,12 @@ def check(capsys, script, argv, code, message, unchanged=(), absent=()):
     got, out, err = run_cli(capsys, script, *argv)
     assert_one_line(err, got, code, message)
     assert_flags_exist(script, err, argv)
-    for path in unchanged:
-        assert snapshot(path) == before[path], f"{path} changed"
-    for path in absent:
-        assert not os.path.lexists(path), f"{path} was left behind"
+    assert {path: snapshot(path) for path in unchanged} == before  # byte for byte
+    assert [path for path in absent if os.path.lexists(path)] == []  # none left behind
     return out, err
 
 
-def fail_writes(monkeypatch, pattern: str, code: int) -> None:
-    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
-    original = builtins.open
-
-    def failing(file, mode="r", *args, **kwargs):
-        if (
-            isinstance(file, (str, os.PathLike))
-            and re.search(pattern, os.fspath(file))
-            and set(mode) & set("wax+")
-        ):
-            raise OSError(code, os.strerror(code), os.fspath(file))
-        return original(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", failing)
-    monkeypatch.setattr(io, "open", failing)
-
-
-def tfds_data_dir(monkeypatch, folder: Path) -> None:
-    """tfds prepares datasets in `folder` (it reads $TFDS_DATA_DIR once, when imported)."""
-    import tensorflow_datasets as tfds
-
-    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(folder))
-
-
 # ---- shared runs ----
-
-
 @pytest.fixture(autouse=True)
 def _in_tmp_path(tmp_path, monkeypatch):
     """Relative paths (a default workdir) land in the test's folder, never the repository."""
@@ -137,11 +104,8 @@ def train_argv(workdir, data, *more) -> list:
 
 
 # ---- family: data ----
-
-
-TI, TL, EI, EL = (
-    f"{s}-ubyte" for s in "train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1".split()
-)
+TI, TL = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+EI, EL = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 
 
 def _idx(folder: Path, stem: str, shape, magic: int = 0x803, fill: int = 0) -> Path:
@@ -159,7 +123,6 @@ def _empty_split(folder: Path, images: str, labels: str) -> None:
 
 
 DAMAGED = "the file is damaged, download it again"
-# fmt: off
 DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "missing file": (lambda d: (d / f"{TL}.gz").unlink(), f"has no {TL}[.gz]"),
     "wrong magic": (lambda d: _idx(d, TI, (96, 28, 28), 0x801),
@@ -167,8 +130,7 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "truncated gzip": (lambda d: (d / f"{EI}.gz").write_bytes((d / f"{EI}.gz").read_bytes()[:300]), DAMAGED),
     "not gzip at all": (lambda d: (d / f"{TI}.gz").write_bytes(bytes(64)), DAMAGED),
     "empty file": (lambda d: _raw(d, EL, b""), "not even a header"),
-    "header promises more": (
-        lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
+    "promises more": (lambda d: _raw(d, EI, np.asarray([0x803, 50, 28, 28], ">u4").tobytes() + bytes(784)),
         "its header promises 50 images but it holds 1"),
     "counts disagree": (lambda d: _idx(d, EL, 39, 0x801), f"has 40 images but {EL}.gz has 39 labels"),
     "not 28x28": (lambda d: _idx(d, TI, (96, 32, 32)), "holds 32x32 images, expected 28x28"),
@@ -184,8 +146,7 @@ DATA_CASES = {  # name: (damage the data folder, message, extra flags)
     "folder is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
     "folder is a symlink loop": (lambda d: (shutil.rmtree(d), d.symlink_to(d)), "cannot be resolved"),
     "folder empty": (lambda d: [p.unlink() for p in d.iterdir()], f"has no {TI}[.gz]"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -202,9 +163,8 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
     monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path / "nowhere"))
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
     check(capsys, "train.py", [*TRAIN, "--workdir", w1], 2, "(or LENET_DATA_DIR)", absent=[w1])
-
     monkeypatch.delenv("LENET_DATA_DIR")
-    tfds_data_dir(monkeypatch, tmp_path / "tfds")
+    monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))
 
     def offline(address, *args, **kwargs):
         raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
@@ -218,67 +178,60 @@ def test_fuzz_data_environment_and_offline(capsys, tmp_path, monkeypatch, run, d
 
 
 # ---- family: flags ----
-
-# fmt: off
-FLAG_CASES = {  # name: (argv, split at spaces (train.py's, unless it starts with another script), message)
-    "seed too large": ("--seed 99999999999999999999999", "--seed must fit in 64 bits"),
-    "seed too small": ("--seed -99999999999999999999999", "--seed must fit in 64 bits"),
-    "seed not a number": ("--seed 1e3", "expected int, got '1e3'"),
-    "lr inf": ("--lr inf", "--lr must be a finite number, not inf"),
-    "lr nan": ("--lr nan", "--lr must be a finite number, not nan"),
-    "lr zero": ("--lr 0", "--lr must be greater than 0"),
-    "lr beyond float32 (no numpy warnings first)": (
-        "--lr 1e308", "--lr must be at most 3.4e+38 (a float32), not 1e+308"),
-    "rotate beyond float32": ("--augment-rotate=1e39", "--augment-rotate must be at most"),
-    "epochs beyond the bound": ("--epochs 1000000000000", "--epochs must be at most 10,000"),
-    "weight decay inf": ("--weight-decay inf", "--weight-decay must be a finite number"),
-    "translate inf": ("--augment-translate inf", "--augment-translate must be a finite number"),
-    "momentum 1": ("--momentum 1", "--momentum must be in [0, 1)"),
-    "label smoothing 1": ("--label-smoothing 1", "--label-smoothing must be in [0, 1)"),
-    "ema decay -1": ("--ema-decay -1", "--ema-decay must be in [0, 1)"),
-    "grad clip -1": ("--grad-clip -1", "--grad-clip must be greater than 0"),
-    "epochs 0": ("--epochs 0", "--epochs must be at least 1"),
-    "epochs 1.5": ("--epochs 1.5", "expected int, got '1.5'"),
-    "batch size -1": ("--batch-size -1", "--batch-size must be at least 1"),
-    "eval batch size 0": ("--eval-batch-size 0", "--eval-batch-size must be at least 1"),
-    "speed": ("--speed fastest", "--speed must be one of auto, plain"),
-    "train size 0": ("--train-size 0", "--train-size must be at least 1"),
-    "keep 0": ("--keep 0", "--keep must be at least 1"),
-    "optimizer": ("--optimizer adamax2", "--optimizer must be one of sgd, momentum"),
-    "activation": ("--activation gelu", "--activation must be one of sigmoid, tanh, relu"),
-    "pool": ("--pool min", "--pool must be one of avg, max"),
-    "schedule": ("--schedule step", "--schedule must be one of"),
-    "lr negative": ("--lr -0.1", "--lr must be greater than 0"),
-    "preset": ("--preset turbo", "unknown preset 'turbo'"),
-    "unknown flag": ("--bogus-flag", "unrecognized arguments: --bogus-flag"),
-    "force alone": ("--force", "--force only goes with --restart"),
-    "distributed with coordinator": (
-        "--distributed --coordinator h:1", "--distributed takes no --coordinator"),
-    "process id alone": ("--process-id 1", "give all of --coordinator, --num-processes"),
-    "num processes 0": ("--coordinator localhost:1234 --num-processes 0 --process-id 0",
-        "--num-processes must be at least 1"),
-    "process id out of range": ("--coordinator localhost:1234 --num-processes 2 --process-id 5",
-        "--process-id must be in 0..1, not 5"),
-    "coordinator without port": (
-        "--coordinator notahost --num-processes 1 --process-id 0", "--coordinator must be HOST:PORT"),
-    "coordinator port 70000": ("--coordinator localhost:70000 --num-processes 1 --process-id 0",
-        "--coordinator must be HOST:PORT with a port in 1-65535"),
-    "coordinator host unknown": ("--coordinator notahost.invalid:1234 --num-processes 2 --process-id 1",
-        "--coordinator host 'notahost.invalid' cannot be resolved"),
-    "evaluate without --workdir": ("evaluate.py", "the following arguments are required: --workdir"),
-    "evaluate --epoch text": ("evaluate.py --workdir x --epoch last", "invalid int value: 'last'"),
-    "evaluate --compare alone": ("evaluate.py --workdir x --compare y", "--compare only goes with --report"),
-    "results without workdirs": ("results.py", "the following arguments are required: workdirs"),
-}
-# fmt: on
+FLAG_CASES = {  # argv (train.py's, unless it starts with another script): message
+    "--seed 99999999999999999999999": "--seed must fit in 64 bits",
+    "--seed -99999999999999999999999": "--seed must fit in 64 bits",
+    "--seed 1e3": "expected int, got '1e3'",
+    "--lr inf": "--lr must be a finite number, not inf",
+    "--lr nan": "--lr must be a finite number, not nan",
+    "--lr 0": "--lr must be greater than 0",
+    "--lr 1e308": "--lr must be at most 3.4e+38 (a float32), not 1e+308",  # with no numpy warning first
+    "--augment-rotate=1e39": "--augment-rotate must be at most",
+    "--epochs 1000000000000": "--epochs must be at most 10,000",
+    "--weight-decay inf": "--weight-decay must be a finite number",
+    "--augment-translate inf": "--augment-translate must be a finite number",
+    "--momentum 1": "--momentum must be in [0, 1)",
+    "--label-smoothing 1": "--label-smoothing must be in [0, 1)",
+    "--ema-decay -1": "--ema-decay must be in [0, 1)",
+    "--grad-clip -1": "--grad-clip must be greater than 0",
+    "--epochs 0": "--epochs must be at least 1",
+    "--epochs 1.5": "expected int, got '1.5'",
+    "--batch-size -1": "--batch-size must be at least 1",
+    "--eval-batch-size 0": "--eval-batch-size must be at least 1",
+    "--speed fastest": "--speed must be one of auto, plain",
+    "--train-size 0": "--train-size must be at least 1",
+    "--keep 0": "--keep must be at least 1",
+    "--optimizer adamax2": "--optimizer must be one of sgd, momentum",
+    "--activation gelu": "--activation must be one of sigmoid, tanh, relu",
+    "--pool min": "--pool must be one of avg, max",
+    "--schedule step": "--schedule must be one of",
+    "--lr -0.1": "--lr must be greater than 0",
+    "--preset turbo": "unknown preset 'turbo'",
+    "--bogus-flag": "unrecognized arguments: --bogus-flag",
+    "--force": "--force only goes with --restart",
+    "--distributed": "outside a detected cluster",
+    "--distributed --coordinator h:1": "--distributed takes no --coordinator",
+    "--process-id 1": "give all of --coordinator, --num-processes",
+    "--coordinator localhost:1234 --num-processes 0 --process-id 0": "--num-processes must be at least 1",
+    "--coordinator localhost:1234 --num-processes 2 --process-id 5": "--process-id must be in 0..1, not 5",
+    "--coordinator notahost --num-processes 1 --process-id 0": "--coordinator must be HOST:PORT",
+    "--coordinator localhost:70000 --num-processes 1 --process-id 0":
+        "--coordinator must be HOST:PORT with a port in 1-65535",
+    "--coordinator notahost.invalid:1234 --num-processes 2 --process-id 1":
+        "--coordinator host 'notahost.invalid' cannot be resolved",
+    "evaluate.py": "the following arguments are required: --workdir",
+    "evaluate.py --workdir x --epoch last": "invalid int value: 'last'",
+    "evaluate.py --workdir x --compare y": "--compare only goes with --report",
+    "results.py": "the following arguments are required: workdirs",
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(FLAG_CASES))
-def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
-    argv, message = FLAG_CASES[case]
-    argv = argv.split()
+@pytest.mark.parametrize("argv", list(FLAG_CASES))
+def test_fuzz_flags(capsys, tmp_path, monkeypatch, argv):
+    """(--distributed, outside a cluster, sets jax's CPU collectives: put back afterwards.)"""
+    message, argv = FLAG_CASES[argv], argv.split()
     script = argv.pop(0) if argv[0].endswith(".py") else "train.py"
-    real_getaddrinfo = socket.getaddrinfo
+    real_getaddrinfo, collectives = socket.getaddrinfo, jax.config.jax_cpu_collectives_implementation
 
     def getaddrinfo(host, *args, **kwargs):  # an unknown name, without waiting for a resolver
         if host.endswith(".invalid"):
@@ -287,22 +240,13 @@ def test_fuzz_flags(capsys, tmp_path, monkeypatch, case):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     workdir = ["--workdir", tmp_path / "run"] if script == "train.py" else []
-    check(capsys, script, [*workdir, *argv], 2, message, unchanged=[tmp_path], absent=[tmp_path / "run"])
-
-
-def test_fuzz_flags_distributed_outside_a_cluster(capsys, tmp_path):
-    """--distributed outside a cluster (jax's CPU collectives setting put back afterwards)."""
-    previous = jax.config.jax_cpu_collectives_implementation
     try:
-        argv = ["--workdir", tmp_path / "run", "--distributed"]
-        check(capsys, "train.py", argv, 2, "outside a detected cluster", absent=[tmp_path / "run"])
+        check(capsys, script, [*workdir, *argv], 2, message, unchanged=[tmp_path], absent=[tmp_path / "run"])
     finally:
-        jax.config.update("jax_cpu_collectives_implementation", previous)
+        jax.config.update("jax_cpu_collectives_implementation", collectives)
 
 
 # ---- family: checkpoints ----
-
-
 def _meta(run: Path, epoch: int) -> Path:
     return run / "checkpoints" / str(epoch) / "meta" / "metadata"
 
@@ -343,14 +287,12 @@ def _resume(*more, epochs=3):
 
 
 EV, TR = _evaluate(), _resume()
-# fmt: off
 CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} filled in), message or None)
     "params truncated, evaluate": (_cut(2), EV, "): epoch 1 is the newest before it (evaluate.py --epoch 1"),
     "params truncated, the older epoch evaluates": (_cut(2), _evaluate("--epoch", "1"), None),
     "params truncated, resume": (_cut(2), TR, "the checkpoint of epoch 2 is damaged"),
     "params missing": (lambda r: shutil.rmtree(r / "checkpoints/2/params"), EV, "no params in it"),
-    "train_state missing, resume": (
-        lambda r: shutil.rmtree(r / "checkpoints/2/train_state"), TR, "no train_state in it"),
+    "no train_state": (lambda r: shutil.rmtree(r / "checkpoints/2/train_state"), TR, "no train_state in it"),
     "meta garbage": (_meta_is("{not json"), EV, "is damaged"),
     "meta a list": (_meta_is("[1, 2]"), EV, "is damaged"),
     "meta without config": (_without("config"), EV, "its meta lacks the config or the step"),
@@ -366,20 +308,17 @@ CHECKPOINT_CASES = {  # name: (damage or None, script, argv ({run} {data} {tmp} 
         "has no checkpoints: train first"),
     "damaged, with a report": (
         _meta_is("{not json"), _evaluate("--report", "{tmp}/report"), "the checkpoint of epoch 2 is damaged"),
-    "other settings, resume": (
-        None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
+    "other settings": (None, _resume("--optimizer", "adam"), "optimizer: checkpoint 'sgd', now 'adam'"),
     "restart without force": (None, _resume("--restart"), "already holds checkpoints (epochs 1, 2)"),
     "meta 4 GiB, sparse": (lambda r: os.truncate(_meta(r, 2), 4 * 2**30), EV,
         "damaged (its meta/metadata is 4.0 GiB, more than 16.0 MiB)"),
-    "checkpoint metadata a link to /dev/zero": (
-        lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
+    "metadata a link to /dev/zero": (lambda r: _to_dev_zero(r / "checkpoints/2/_CHECKPOINT_METADATA"),
         EV, "damaged (its _CHECKPOINT_METADATA is not a regular file)"),
     "eval batch size 10^9 in the meta, evaluate": (_config_with(eval_batch_size=10**9), EV, None),
     # Not failures: an older damaged checkpoint blocks nothing; a newer one is only reported.
     "epoch 1 meta damaged, resume": (_meta_is("{not json", epoch=1), _resume(epochs=2), None),
     "epoch 1 damaged, evaluate newest": (_cut(1), EV, None),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def _to_dev_zero(path: Path) -> None:
@@ -403,13 +342,10 @@ def test_fuzz_checkpoints(capsys, tmp_path, run, data, case):
     before = snapshot(run / "checkpoints")
     code, out, err = run_cli(capsys, script, *argv)
     assert code == 0 and "Traceback" not in err and err.count("\n") <= 1, err
-    assert snapshot(run / "checkpoints") == before
-    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+    assert snapshot(run / "checkpoints") == before and [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
 # ---- family: workdir contents ----
-
-
 def _metrics(run: Path) -> Path:
     return run / "metrics.jsonl"
 
@@ -441,14 +377,6 @@ LOG_DAMAGE = {
 }
 
 
-def _kept(run: Path, before: dict[str, object]) -> None:
-    """Whatever the damaged files held is still in the workdir (set aside, or in place)."""
-    contents = [value for value in snapshot(run).values() if isinstance(value, bytes)]
-    for key, value in before.items():
-        if isinstance(value, bytes):
-            assert value in contents, f"{key}'s bytes were lost"
-
-
 REPORT_DAMAGE = ("metrics cut mid-line", "metrics a link to /dev/zero", "metrics 4 GiB, sparse")
 WORKDIR_CASES = (
     [("resume", damage) for damage in LOG_DAMAGE]  # training reads (and repairs) them all
@@ -473,9 +401,11 @@ def test_fuzz_workdir_contents(capsys, tmp_path, run, data, damage, command):
         assert code == 0 and err == "", err
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
         assert json.loads((run / "config.json").read_text())["config"]["seed"] == 0
-        assert (run / "tensorboard").is_dir()
-        assert snapshot(run / "checkpoints") == checkpoints
-        _kept(run, before)
+        assert (run / "tensorboard").is_dir() and snapshot(run / "checkpoints") == checkpoints
+        contents = [value for value in snapshot(run).values() if isinstance(value, bytes)]
+        assert [
+            k for k, v in before.items() if isinstance(v, bytes) and v not in contents
+        ] == []  # set aside, or in place
     else:
         assert code == 0 and "Traceback" not in err, err
         assert len([line for line in err.splitlines() if not line.startswith("Report for")]) <= 1, err
@@ -510,7 +440,6 @@ def _workdir(kind: str, run: Path, tmp: Path) -> Path:
 
 
 RESTART = ["--restart", "--force", "--data-dir"]
-# fmt: off
 WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv; message)
     "restart --force, bad data": ("run", "train.py", [*RESTART, "{tmp}/nonexistent"], "does not exist"),
     "restart --force, 0 images": ("run", "train.py", [*RESTART, "{tmp}/empty-data"], "holds no images"),
@@ -523,8 +452,7 @@ WORKDIR_FAILURES = {  # name: (the workdir (_workdir's kind); script; more argv;
     "empty, evaluate": ("empty", "evaluate.py", [], "does not exist: pass the --workdir"),
     "empty, results": ("empty", "results.py", [], "not the workdir of a training run"),
     "missing, results": ("nowhere", "results.py", [], "not the workdir of a training run"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_FAILURES))
@@ -544,7 +472,6 @@ def test_fuzz_workdir_refusals(capsys, tmp_path, run, data, case):
 
 
 NET = REPO_ROOT / "tests/fixtures/torch_tutorial/net_3.pth"
-# fmt: off
 WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's workdir held by another process
     "a second trainer": (TR, 2, "is in use by PID"),
     "restart --force": (_resume("--restart", "--force", epochs=2), 2, "is in use by"),
@@ -552,8 +479,7 @@ WORKDIR_IN_USE = {  # name: (script and argv, exit code, message); the run's wor
         "wait until that run ends (or stop it), or pass another --workdir"),
     "evaluate reads it": (EV, 0, ""),
     "a killed holder's lock": (TR, 0, ""),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(WORKDIR_IN_USE))
@@ -561,15 +487,13 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
     """One writer per workdir, refused at once; readers go on; a killed holder's lock blocks nothing."""
     argv, code, message = WORKDIR_IN_USE[case]
     if argv[0] == "convert.py":  # a workdir a convert would take: an empty one
-        run = tmp_path / "new"
-        run.mkdir()
+        (run := tmp_path / "new").mkdir()
     script, *argv = _fill(argv, run=run, data=data)
     if case == "a killed holder's lock":
         hold = f"import os, fcntl; fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
         hold += "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'PID 1 on elsewhere'); os.kill(os.getpid(), 9)"
         assert subprocess.run([sys.executable, "-c", hold]).returncode == -signal.SIGKILL
-        got, out, err = run_cli(capsys, script, *argv)
-        assert got == 0 and err == "", err
+        run_ok(capsys, script, *argv)
         assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
         return
     with workdir_lock(run):
@@ -577,8 +501,7 @@ def test_fuzz_workdir_in_use(capsys, tmp_path, run, data, case):
             _, err = check(capsys, script, argv, code, message, unchanged=[run])
             assert f"PID {os.getpid()} on {socket.gethostname()}" in err  # the holder
         else:
-            got, out, err = run_cli(capsys, script, *argv)
-            assert got == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+            assert json.loads(run_ok(capsys, script, *argv))["epoch"] == 2
     assert not (run / ".lock").exists()  # removed by its holder
 
 
@@ -587,8 +510,7 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
     os.truncate(_metrics(run), 4 * 2**30)
     _to_dev_zero(run / "config.json")
     os.truncate(_meta(run, 1), 4 * 2**30)
-    # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
-    measure = (
+    measure = (  # VmHWM: this process's peak RSS (ru_maxrss would keep the forking pytest's across exec)
         "import re, runpy, sys; from lenet_jax import cli; "
         "code = cli.run(runpy.run_path(sys.argv[1])['main'], sys.argv[2:]); "
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -605,10 +527,8 @@ def test_unbounded_logs_keep_a_small_process(run, tmp_path):
 @pytest.mark.parametrize("value,message", [("abc", "invalid int value: 'abc'"), ("0", "must be 1 to 1024")])
 def test_fuzz_launch_flags(value, message):
     """launch.py's errors in one line, like the other scripts (a real process: it reads sys.argv)."""
-    launch = REPO_ROOT / "scripts/launch.py"
-    command = [sys.executable, launch, "--num-processes", value, "--", "--epochs", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert_one_line(done.stderr, done.returncode, 2, message)
+    launch = start_python(REPO_ROOT / "scripts/launch.py", "--num-processes", value, "--", "--epochs", "1")
+    assert_one_line(launch.communicate(timeout=60)[1], launch.returncode, 2, message)
 
 
 def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
@@ -619,19 +539,15 @@ def test_fuzz_workdir_leftovers_of_a_crash(capsys, run, data):
     (run / "checkpoints" / "notes").mkdir()
     (run / "checkpoints" / "notes" / "mine.txt").write_text("mine")
     before = snapshot(run)
-    code, out, err = run_cli(capsys, "evaluate.py", "--workdir", run, "--data-dir", data)
-    assert code == 0 and err == "" and json.loads(out)["epoch"] == 2, err
+    assert json.loads(run_ok(capsys, "evaluate.py", "--workdir", run, "--data-dir", data))["epoch"] == 2
     assert snapshot(run) == before
-    code, out, err = run_cli(capsys, "train.py", *train_argv(run, data))
-    assert code == 0 and err == "", err
+    run_ok(capsys, "train.py", *train_argv(run, data))
     assert not partial.exists() and (run / "checkpoints" / "notes" / "mine.txt").read_text() == "mine"
 
 
 # ---- family: faults ----
-
-
-def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
-    """The write of a checkpoint item (meta: JSON; params: arrays) raises `error`."""
+def _orbax_fails(error: BaseException, item: str = "meta") -> Callable:
+    """The write of epoch 3's checkpoint item (meta: JSON; params: arrays) raises `error`."""
     handler = ocp.JsonCheckpointHandler if item == "meta" else ocp.StandardCheckpointHandler
     original = handler.async_save
 
@@ -640,7 +556,7 @@ def _orbax_fault(monkeypatch, error: BaseException, item: str = "meta") -> None:
             raise error
         return await original(self, directory, *args, **kwargs)
 
-    monkeypatch.setattr(handler, "async_save", async_save)
+    return lambda monkeypatch: monkeypatch.setattr(handler, "async_save", async_save)
 
 
 def _no_room(monkeypatch) -> None:
@@ -654,23 +570,28 @@ TENSORSTORE_ENOSPC = ValueError(
 )
 
 
-def _writes_fail(pattern, code):
-    return lambda mp: fail_writes(mp, pattern, code)
+def _writes_fail(pattern: str, code: int) -> Callable:
+    """Writes to `pattern` raise OSError(code): a full disk, or a denied write (root ignores modes)."""
+    original = builtins.open
 
+    def failing(file, mode="r", *args, **kwargs):
+        if re.search(pattern, str(file)) and set(mode) & set("wax+"):
+            raise OSError(code, os.strerror(code), str(file))
+        return original(file, mode, *args, **kwargs)
 
-def _orbax_fails(error, item="meta"):
-    return lambda mp: _orbax_fault(mp, error, item)
+    def inject(monkeypatch):
+        monkeypatch.setattr(builtins, "open", failing)
+        monkeypatch.setattr(io, "open", failing)
+
+    return inject
 
 
 ENOSPC, EACCES = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EACCES, "Permission denied")
 INTACT = "the checkpoint of epoch 2 is intact and the run resumes from it; "
 OOM = "the device ran out of memory (asked for 85.9 GB): lower "
-# fmt: off
 FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the resume of a 2-epoch run to 3
-    "checkpoint save, disk full": (
-        _orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
-    "checkpoint save, permission denied": (
-        _orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
+    "meta save, disk full": (_orbax_fails(ENOSPC), 4, f"(No space left on device): {INTACT}free some space"),
+    "meta save, denied": (_orbax_fails(EACCES), 4, f"(Permission denied): {INTACT}fix the permissions"),
     "checkpoint arrays, disk full (tensorstore)": (_orbax_fails(TENSORSTORE_ENOSPC, "params"), 4,
         "(No space left on device): the checkpoint of epoch 2"),
     "checkpoint, no room left": (_no_room, 4, "MiB free, the checkpoint of epoch 3 needs about"),
@@ -685,23 +606,18 @@ FAULT_CASES = {  # name: (inject the fault, exit code, message); each hits the r
         _writes_fail(r"metrics\.jsonl\.tmp$", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "config write, disk full": (
         _writes_fail(r"config\.json\.tmp$", errno.ENOSPC), 4, "config.json.tmp (No space left on device)"),
-    "config write, read-only": (
-        _writes_fail(r"config\.json\.tmp$", errno.EROFS), 4, "use a writable file system"),
-    "tensorboard, disk full": (
-        _writes_fail("tfevents", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
+    "config, read-only": (_writes_fail(r"config\.json\.tmp$", errno.EROFS), 4, "use a writable file system"),
+    "events, disk full": (_writes_fail("tfevents", errno.ENOSPC), 4, "the checkpoint of epoch 2 is intact"),
     "workdir probe, disk full": (
         _writes_fail(r"\.write-test-", errno.ENOSPC), 4, "cannot be written; free some space"),
-    "device out of memory, training": (
-        lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
+    "device OOM, training": (lambda mp: mp.setattr("lenet_jax.speed.train_call", lambda *a: _device_oom),
         5, f"{OOM}--batch-size (now 32)"),
-    "device out of memory, evaluation": (
-        lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
+    "device OOM, eval": (lambda mp: mp.setattr("lenet_jax.evaluation.Evaluator._on_device", _device_oom),
         5, f"{OOM}--eval-batch-size (now 64)"),
     "setting a damaged log aside, denied": (
         lambda mp: mp.setattr(os, "replace", _failing_replace(os.replace, r"metrics\.jsonl$", errno.EACCES)),
         4, "the checkpoint of epoch 2 is intact and the run resumes from it"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def _device_oom(*args, **kwargs):
@@ -737,8 +653,7 @@ def test_fuzz_faults(capsys, monkeypatch, tmp_path, run, data, case):
     after = snapshot(run / "checkpoints")
     assert {k: v for k, v in after.items() if not k.startswith("3")} == checkpoints  # epochs 1-2 untouched
     assert not [k for k in after if ".orbax-checkpoint-tmp" in k]
-    got, _, err = run_cli(capsys, "train.py", *argv)  # the fault is gone: the run completes
-    assert got == 0 and err == "", err
+    run_ok(capsys, "train.py", *argv)  # the fault is gone: the run completes
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
@@ -753,79 +668,70 @@ def _unreadable(builder, split, *options):
 
 
 SHORT = "(ArrayRecord file should be at least 64KB big)"
-# fmt: off
 TFDS_CACHE_DAMAGE = {  # name: (damage the prepared folder (or patch), exit code, text in stdout or stderr)
     "arrays cache garbage": (lambda d, mp: (d / "arrays-train.npz").write_bytes(b"PK\x03\x04garbage"), 0, ""),
     "array_record cut short": (_cut_test_records, 0, f"was damaged {SHORT}; preparing it again"),
     "dataset_info.json garbage": (
         lambda d, mp: (d / "dataset_info.json").write_text("{garbage"), 0, "preparing it again"),
-    "unreadable even prepared anew": (
-        lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
+    "unreadable anew": (lambda d, mp: mp.setattr("lenet_jax.mnist_idx._split_arrays", _unreadable), 2,
         f"cannot be read {SHORT}, even prepared anew: delete it"),
     "disk full while preparing": (None, 4, "to the tfds cache"),
-}
-# fmt: on
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(TFDS_CACHE_DAMAGE))
 def test_fuzz_faults_tfds_cache(capsys, monkeypatch, tmp_path, run, data, case):
     """A damaged tfds cache is prepared again once; still unreadable or unwritable: one line."""
-    tfds_data_dir(monkeypatch, tmp_path / "tfds")
+    monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))
     argv = train_argv(run, data)
     damage, code, message = TFDS_CACHE_DAMAGE[case]
     if damage is None:
-        import tensorflow_datasets as tfds
 
         def full(self, *args, **kwargs):
             raise RuntimeError("write() failed: No space left on device; writing x.array_record")
 
-        adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
-        monkeypatch.setattr(adapter, "write_examples", classmethod(full))
+        adapter = "tensorflow_datasets.core.file_adapters.ArrayRecordFileAdapter"
+        monkeypatch.setattr(f"{adapter}.write_examples", classmethod(full))
         check(capsys, "train.py", argv, code, message, unchanged=[run], absent=[tmp_path / "tfds"])
         return
-    assert run_cli(capsys, "train.py", *argv)[0] == 0  # prepares the cache
+    run_ok(capsys, "train.py", *argv)  # prepares the cache
     (prepared,) = (tmp_path / "tfds" / "mnist_idx").glob("idx_*/1.0.0")
     damage(prepared, monkeypatch)
     if code:
         check(capsys, "train.py", argv, code, message, unchanged=[run])
         return
-    got, out, err = run_cli(capsys, "train.py", *argv)
-    assert got == 0 and err == "" and message in out, out + err
-    assert got == 0 and run_cli(capsys, "train.py", *argv)[1].count("preparing it again") == 0  # repaired
+    assert message in run_ok(capsys, "train.py", *argv)
+    assert "preparing it again" not in run_ok(capsys, "train.py", *argv)  # repaired
 
 
 def test_fuzz_faults_report_writes(capsys, monkeypatch, tmp_path, run, data):
     """evaluate.py --report: a full disk, a report folder that is a file."""
     argv, file = ["--workdir", run, "--data-dir", data, "--report"], _workdir("file", run, tmp_path)
     check(capsys, "evaluate.py", [*argv, file], 2, "cannot create the report folder", unchanged=[run, file])
-    fail_writes(monkeypatch, r"\.png$", errno.ENOSPC)
+    _writes_fail(r"\.png$", errno.ENOSPC)(monkeypatch)
     message = "curves.png (No space left on device): the command stopped there; free some space"
     check(capsys, "evaluate.py", [*argv, tmp_path / "report"], 4, message, unchanged=[run])
 
 
 # ---- beyond one-liners ----
-
-
 def test_resume_after_a_truncated_metrics_log_equals_an_uninterrupted_run(capsys, tmp_path, data):
     """Issue 16: a metrics.jsonl cut mid-line is repaired on resume; the run ends as an uninterrupted one."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    code, out, _ = run_cli(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
-    assert code == 0 and "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
-    assert run_cli(capsys, "train.py", *train_argv(cut, data))[0] == 0
+    out = run_ok(capsys, "train.py", *train_argv(straight, data, "--epochs", "3"))
+    assert "sigmoid plateau" not in out  # smoke: Flax's init, no plateau
+    run_ok(capsys, "train.py", *train_argv(cut, data))
     _metrics(cut).write_bytes(_metrics(cut).read_bytes()[:-40])
-    code, out, err = run_cli(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
-    assert code == 0 and err == "" and "was damaged or not this project's" in out, err
+    out = run_ok(capsys, "train.py", *train_argv(cut, data, "--epochs", "3"))
+    assert "was damaged or not this project's" in out
     key = operator.itemgetter("epoch", "step", "test_accuracy", "test_total_loss", "train_loss")
-    assert list(map(key, read_metrics(cut))) == list(map(key, read_metrics(straight)))
-    assert [r["epoch"] for r in read_metrics(cut)] == [1, 2, 3]
+    assert list(map(key, read_metrics(cut))) == list(map(key, read_metrics(straight)))  # epochs 1, 2, 3
 
 
 @pytest.mark.e2e
 def test_two_sigterms_during_a_save_stop_in_one_line_and_resume(tmp_path, data):
     """A real process, SIGTERM twice inside epoch 2's save: one line, exit 143, epoch 1 kept, resumes."""
-    helper = Path(__file__).parent / "helpers" / "signal_self.py"
     argv = [*TRAIN, "--epochs", "2", "--workdir", tmp_path / "run", "--data-dir", data]
-    stopped = start_python(helper, "SIGTERM", "save-twice:2", *argv)
+    stopped = start_python(Path(__file__).parent / "helpers/signal_self.py", "SIGTERM", "save-twice:2", *argv)
     _, err = stopped.communicate(timeout=300)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert err == (
@@ -843,14 +749,12 @@ def test_a_recipe_run_tells_its_plateau_and_the_api_logs_no_library_warnings(
     capsys, caplog, monkeypatch, tmp_path, run, data
 ):
     """The recipe's plateau told once; the API logs none of tfds's or orbax's expected warnings."""
-
     argv = [*TRAIN, "--preset", "recipe", "--init", "torch", "--epochs=1", "--workdir", tmp_path / "recipe"]
-    code, out, err = run_cli(capsys, "train.py", *argv, "--data-dir", data)
-    assert code == 0 and err == "" and out.count(PLATEAU_NOTE) == 1
+    assert run_ok(capsys, "train.py", *argv, "--data-dir", data).count(PLATEAU_NOTE) == 1
     previous = absl_logging.get_verbosity()  # the scripts run in this process set it to ERROR
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        tfds_data_dir(monkeypatch, tmp_path / "tfds")  # prepared anew: tfds's warnings
+        monkeypatch.setattr(TFDS_DATA_DIR, str(tmp_path / "tfds"))  # prepared anew: tfds's warnings
         with caplog.at_level("WARNING", logger="absl"):
             load_dataset(make_idx_dir(tmp_path / "other", seed=1))
             load_weights(run)

@@ -105,8 +105,7 @@ OR_RESET = {"or_reset": True}  # or the connection reset, the request unread: cl
 BIG = b"x" * (MAX_BODY_BYTES // 4)
 BUSY = "Exceeded concurrency limit."  # and uvicorn's 503 "Service Unavailable" beyond max_connections
 PARSER = "Invalid HTTP request received."  # uvicorn's plain-text 400, before the app sees the request
-# (id, request, status (None: closed unanswered), error text (None: a prediction or no body), options)
-CASES = [
+CASES = [  # (id, request, status (None: closed unanswered), error (None: a prediction or no body), options)
     ("PNG body", request(body=GOOD), 200, None, {}),
     ("curl -F file=@digit.png", form(("file", "digit.png", "image/png", GOOD)), 200, None, {}),
     ("form: field, then file", form(("n", None, None, b"hi"), ("i", "d.png", None, GOOD)), 200, None, {}),

@@ -1,4 +1,4 @@
-"""IDX reading, and the downloader's platform and network checks."""
+"""IDX reading, the downloader's platform and network checks, and a data folder without tfds."""
 
 import contextlib
 import dataclasses
@@ -43,8 +43,6 @@ def test_fingerprint_depends_on_content(tmp_path):
 
 
 # The download's reachability probe: the download's first hop (a proxy the standard variables name).
-
-
 @pytest.fixture
 def probes(monkeypatch):
     """The (host, port) pairs the code connects to; no proxy variables set, no real connection."""
@@ -97,32 +95,26 @@ def test_unreachable_proxy_fails_fast_naming_it(probes, monkeypatch):
     with pytest.raises(DataError) as error:
         data.load_dataset(None)
     message = str(error.value)
-    assert "cannot connect to proxy proxy.example port 3128" in message
-    assert "offline? pass --data-dir" in message and "\n" not in message
+    assert "cannot connect to proxy proxy.example port 3128" in message and "\n" not in message
+    assert "offline? pass --data-dir" in message
     assert probes == [("proxy.example", 3128)]
 
 
-# array-record has wheels for Linux and Apple-silicon macOS only: elsewhere IDX files are read directly.
+NEEDS = {"array_record": "the array-record package", "tensorflow_datasets": "tensorflow-datasets"}
 
 
-@pytest.fixture
-def without_array_record(monkeypatch):
-    for name in [n for n in sys.modules if n == "array_record" or n.startswith("array_record.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "array_record", None)
-    assert not mnist_idx.array_record_available()
-
-
-def test_data_dir_serves_the_same_arrays_without_array_record(idx_dir, request):
+@pytest.mark.parametrize("package", NEEDS)
+def test_without_array_record_or_tfds_idx_files_read_alike_and_downloads_refused(
+    package, idx_dir, monkeypatch
+):
+    """array-record has wheels for Linux and Apple-silicon macOS only; the GPU image has no tfds."""
     assert mnist_idx.array_record_available()
     through_tfds = data.load_dataset(idx_dir, validation_size=8)
-    request.getfixturevalue("without_array_record")
-    direct = data.load_dataset(idx_dir, validation_size=8)
+    for name in {package, *[n for n in sys.modules if n.startswith(f"{package}.")]}:
+        monkeypatch.setitem(sys.modules, name, None)
+    direct = data.load_dataset(idx_dir, validation_size=8)  # the IDX files read directly
     chex.assert_trees_all_equal(dataclasses.asdict(direct), dataclasses.asdict(through_tfds), strict=True)
-
-
-def test_download_without_array_record_is_refused_in_one_line(without_array_record, monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    with pytest.raises(DataError, match=r"needs the array-record package.*--data-dir") as error:
+    with pytest.raises(DataError, match=f"needs {NEEDS[package]}.*--data-dir") as error:
         data.load_dataset(None)
     assert "\n" not in str(error.value)

@@ -38,8 +38,7 @@ def torch_inits():
     "layer,fan_in", [("conv1", 25), ("conv2", 150), ("dense1", 400), ("dense2", 120), ("dense3", 84)]
 )
 def test_torch_init_is_uniform_within_one_over_sqrt_fan_in(torch_inits, layer, fan_in):
-    # Many draws pooled: bound, mean 0, variance bound^2 / 3.
-    bound = 1 / np.sqrt(fan_in)
+    bound = 1 / np.sqrt(fan_in)  # many draws pooled: bound, mean 0, variance bound^2 / 3
     for values in (np.ravel(torch_inits[layer]["kernel"]), np.ravel(torch_inits[layer]["bias"])):
         assert np.abs(values).max() <= bound
         assert np.abs(values).max() > 0.9 * bound  # fills the interval, not a narrower one
@@ -51,8 +50,7 @@ def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
     init = jax.jit(init_params, static_argnums=0, compiler_options=O0)
     params = init(LeNet(init_scheme="flax"), jax.random.PRNGKey(0))
     assert all(float(jnp.abs(p["bias"]).max()) == 0 for p in params.values())
-    kernel = np.ravel(params["dense1"]["kernel"])
-    np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(400), rtol=0.1)
+    np.testing.assert_allclose(np.std(params["dense1"]["kernel"]), 1 / np.sqrt(400), rtol=0.1)
 
 
 def test_options_change_the_function_not_the_parameters():
@@ -65,8 +63,7 @@ def test_options_change_the_function_not_the_parameters():
         shapes = jax.eval_shape(lambda k, m=model: init_params(m, k), jax.random.PRNGKey(0))
         assert count_params(shapes) == 61_706
         outputs[str(kwargs)] = np.asarray(model.apply({"params": params}, x))
-    # The feature LayerNorm adds its scale and offset (16 each) and nothing else.
-    normed = LeNet(feature_norm=True)
+    normed = LeNet(feature_norm=True)  # adds a LayerNorm's scale and offset (16 each), nothing else
     normed_params = init_params(normed, jax.random.PRNGKey(0))
     assert count_params(normed_params) == 61_706 + 32
     assert {k: v.shape for k, v in normed_params["feature_norm"].items()} == {"scale": (16,), "bias": (16,)}
@@ -86,8 +83,7 @@ def test_conv_block_matches_a_hand_computation_of_conv_relu_max_pool(block):
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 28, 28, 1))
     layout, padding = ("NHWC", "HWIO", "NHWC"), ((2, 2), (2, 2))
     conv1 = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), padding, dimension_numbers=layout)
-    conv1 += params["bias"]
-    expected = jnp.maximum(conv1, 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
+    expected = jnp.maximum(conv1 + params["bias"], 0).reshape(1, 14, 2, 14, 2, 6).max(axis=(2, 4))
     got = block(6, (5, 5), padding=2, activation="relu", pool="max").apply({"params": params}, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -101,7 +97,6 @@ def test_pool_2x2_equals_flax_pooling(kind, reference):
 @pytest.mark.parametrize("init_scheme", ["torch", "flax"])
 def test_a_run_starts_from_what_model_init_gives_in_a_notebook(init_scheme, tmp_path):
     # LeNet(...).init(jax.random.PRNGKey(seed), x), as a notebook writes it, is the run's start.
-
     config = Config(init_scheme=init_scheme, seed=3, feature_norm=True)
     train = Split(np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32))
     state = make_trainer(config, train, optax.sgd(0.1)).new_state()

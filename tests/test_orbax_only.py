@@ -18,8 +18,7 @@ from lenet_jax.evaluation import restore_params
 from lenet_jax.model import init_params, model_from_config
 from lenet_jax.steps import TrainState
 
-# The document whose marked python block is the snippet users copy.
-SNIPPET_FILE = REPO_ROOT / "README.md"
+SNIPPET_FILE = REPO_ROOT / "README.md"  # its marked python block is the snippet users copy
 MARKER = "<!-- test: orbax-only snippet"
 
 
@@ -67,11 +66,8 @@ def test_orbax_only_snippet_reads_the_newest_params(two_epochs, tmp_path, monkey
 
     assert [r.getMessage()[:80] for r in caplog.records] == []  # e.g. "Metadata file does not exist"
     assert capsys.readouterr().out.split() == ["2", "sigmoid", "(5,", "5,", "1,", "6)"]
-    assert namespace["meta"]["epoch"] == 2
-    params = namespace["params"]
-    expected = restore_params(two_epochs, averaged=False)
-    assert expected.epoch == 2
-    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(expected.params))
+    params, expected = namespace["params"], restore_params(two_epochs, averaged=False)
+    assert namespace["meta"]["epoch"] == expected.epoch == 2
     assert type(params) is dict and all(type(layer) is dict for layer in params.values())
     assert all(type(leaf) is np.ndarray for leaf in jax.tree_util.tree_leaves(params))
     chex.assert_trees_all_equal(params, dict(expected.params))

@@ -8,6 +8,7 @@ import pytest
 from conftest import run_cli, script_main
 from crafted_images import DRAWINGS, digit_like, sparse_ink
 from PIL import Image
+from scipy.ndimage import center_of_mass
 
 from lenet_jax import cli, predict
 from lenet_jax.commands.predict import json_row, text_line
@@ -23,9 +24,7 @@ def test_preprocess_makes_an_mnist_style_digit():
     rows, cols = np.nonzero(out[..., 0] > 0)
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     assert max(height, width) in (20, 21) and min(height, width) < 20  # aspect ratio kept
-    mass = out[..., 0].astype(float)
-    centre = [(axis * mass).sum() / mass.sum() for axis in np.indices(mass.shape)]  # rows, columns
-    np.testing.assert_allclose(centre, 13.5, rtol=0, atol=1)
+    np.testing.assert_allclose(center_of_mass(out[..., 0].astype(float)), 13.5, rtol=0, atol=1)
 
 
 def test_preprocess_ignores_polarity_colour_position_and_size():
@@ -68,10 +67,9 @@ def test_test_time_views_are_shifts_and_zooms_of_the_image():
     views = np.asarray(predict._views(jnp.asarray(image)))[..., 0]
     assert views.shape == (1 + len(predict.TTA_SHIFTS) + len(predict.TTA_ZOOMS), 28, 28)
     np.testing.assert_array_equal(views[0], image[0, ..., 0])
-    ys, xs = np.indices((28, 28))
-    centre = lambda v: np.asarray([(ys * v).sum(), (xs * v).sum()]) / v.sum()  # noqa: E731
+    start = center_of_mass(views[0])
     for view, shift in zip(views[1:], predict.TTA_SHIFTS, strict=False):
-        np.testing.assert_allclose(centre(view) - centre(views[0]), shift, atol=1e-4)
+        np.testing.assert_allclose(np.subtract(center_of_mass(view), start), shift, atol=1e-4)
     sizes = [np.count_nonzero(v > 0.5) for v in views[1 + len(predict.TTA_SHIFTS) :]]
     assert sizes[0] < np.count_nonzero(views[0] > 0.5) < sizes[1]  # zoomed out, zoomed in
 
@@ -115,8 +113,7 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
     assert len(confident) >= 30
     for i in confident:
         digit = images[i, ..., 0]
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(digit).save(path)
+        Image.fromarray(digit).save(path := tmp_path / f"{i}.png")
         enlarged = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BICUBIC))
         shifted = np.zeros((90, 70), np.uint8)
         shifted[5:33, 40:68] = digit
@@ -128,8 +125,7 @@ def test_mnist_digits_survive_png_enlarging_inverting_and_shifting(trained_run, 
 @pytest.mark.e2e
 def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, capfd):
     test = load_dataset(mnist_dir).test
-    folder = tmp_path / "digits"
-    folder.mkdir()
+    (folder := tmp_path / "digits").mkdir()
     for i in range(5):
         Image.fromarray(255 - test.images[i, ..., 0]).resize((100, 100)).save(folder / f"{i}.png")
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(folder / "blank.png")
@@ -144,14 +140,12 @@ def test_predict_script_prints_predictions(trained_run, mnist_dir, tmp_path, cap
         assert len(row["probabilities"]) == 10 and abs(sum(row["probabilities"]) - 1) < 1e-3
         assert row["prediction"] == int(np.argmax(row["probabilities"]))
         assert isinstance(row["unsure"], bool) and row["runner_up"] != row["prediction"]
-    correct = sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5))
-    assert correct >= 4
+    assert sum(by_name[f"{i}.png"]["prediction"] == test.labels[i] for i in range(5)) >= 4
 
 
 def test_confusion_matrix_and_per_class_scores():
     labels = np.asarray([0, 0, 1, 1, 1, 2])
-    predictions = np.asarray([0, 1, 1, 1, 2, 2])
-    matrix = confusion_matrix(labels, predictions)
+    matrix = confusion_matrix(labels, np.asarray([0, 1, 1, 1, 2, 2]))  # the predictions
     assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[1, 1] == 2 and matrix.sum() == 6
     scores = {s["digit"]: s for s in per_class_scores(matrix)}
     assert scores[1]["precision"] == pytest.approx(2 / 3) and scores[1]["recall"] == pytest.approx(2 / 3)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import run_cli, run_script
+from conftest import run_ok, run_script
 
 from lenet_jax.checkpoints import Checkpoints
 from lenet_jax.config import Config
@@ -25,9 +25,9 @@ def test_restart_with_force_replaces_the_run(capsys, idx_dir, tmp_path):
     workdir = tmp_path / "run"
     train_and_evaluate(Config(epochs=2, batch_size=32, init_scheme="flax"), workdir, data_dir=idx_dir)
     argv = ["--workdir", workdir, "--data-dir", idx_dir, "--epochs", "1", "--restart", "--force"]
-    code, _, err = run_cli(capsys, "train.py", *argv)
-    assert code == 0 and err == "" and Checkpoints(workdir).epochs() == [1], err
-    assert read_config(workdir)["epochs"] == 1 and [r["epoch"] for r in read_metrics(workdir)] == [1]
+    run_ok(capsys, "train.py", *argv)
+    assert Checkpoints(workdir).epochs() == [1] and read_config(workdir)["epochs"] == 1
+    assert [r["epoch"] for r in read_metrics(workdir)] == [1]
 
 
 def test_a_bad_data_dir_exits_with_one_line_and_no_traceback_at_interpreter_exit(tmp_path):

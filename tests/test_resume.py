@@ -7,7 +7,7 @@ from pathlib import Path
 
 import chex
 import pytest
-from conftest import make_idx_dir, run_cli, script_main, start_python
+from conftest import make_idx_dir, run_cli, run_ok, script_main, start_python
 
 from lenet_jax import cli
 from lenet_jax.checkpoints import Checkpoints, load_weights
@@ -29,7 +29,6 @@ STOPS = {  # kind of stop -> (signal, point of tests/helpers/signal_self.py), al
 CASES = [("plain", "sigkill"), ("plain", "sigterm"), ("plain", "sigkill-in-save")]
 CASES += [("augmented", "sigkill"), ("pen", "sigkill"), ("averaged", "sigterm")]
 SIGNAL_SELF = Path(__file__).parent / "helpers" / "signal_self.py"
-TIMING_KEYS = ("seconds", "per_second")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def argv(kind: str, workdir: Path, data: Path) -> list[str]:
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not any(t in k for t in TIMING_KEYS)} for row in rows]
+    return [{k: v for k, v in row.items() if not k.endswith(("seconds", "per_second"))} for row in rows]
 
 
 def assert_same_run(expected: Path, got: Path):
@@ -85,11 +84,10 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(kind, stop, uninterrup
         assert any(p.name.startswith("2.") for p in (workdir / "checkpoints").iterdir())
     assert Checkpoints(workdir).epochs() == [1]  # a half-written epoch 2 is not taken as complete
 
-    code, out, err = run_cli(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
-    assert code == 0 and err == "" and "Resuming from the checkpoint of epoch 1 (step 40)" in out, err
+    out = run_ok(capsys, "train.py", *argv(kind, workdir, data))  # the same command again
+    assert "Resuming from the checkpoint of epoch 1 (step 40)" in out
     assert_same_run(uninterrupted(kind), workdir)
-    # A finished run rerun trains nothing, keeps all.
-    assert run_cli(capsys, "train.py", *argv(kind, workdir, data))[0] == 0
+    run_ok(capsys, "train.py", *argv(kind, workdir, data))  # a finished run rerun trains nothing, keeps all
     assert_same_run(uninterrupted(kind), workdir)
 
 

@@ -74,8 +74,7 @@ def test_predict_endpoint_answers_a_drawn_digit(server, mnist_dir):
     assert answer["prediction"] == test.labels[0] == 7
     assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     assert np.asarray(answer["input"]).shape == (28, 28)
-    # The verdict of predict.py: sure or not, and the runner-up with its probability.
-    second = int(np.argsort(answer["probabilities"])[-2])
+    second = int(np.argsort(answer["probabilities"])[-2])  # predict.py's verdict: sure or not, runner-up
     assert answer["unsure"] is (max(answer["probabilities"]) < UNSURE_BELOW)
     assert answer["runner_up"] == second
     assert answer["runner_up_probability"] == answer["probabilities"][second]
@@ -102,8 +101,7 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
     try:
         driver.get(server + "/")
         pad = driver.find_element(By.ID, "pad")
-        # A "1": one vertical stroke through the middle of the 280x280 canvas (offsets from centre).
-        actions = ActionChains(driver)
+        actions = ActionChains(driver)  # a "1": one vertical stroke through the 280x280 canvas's middle
         actions.move_to_element_with_offset(pad, 0, -100).click_and_hold()
         for y in range(-90, 101, 10):
             actions.move_to_element_with_offset(pad, 2, y)
@@ -111,8 +109,7 @@ def test_drawing_in_a_real_browser_shows_a_prediction(server, tmp_path):
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "prediction").text.strip().isdigit())
         prediction = driver.find_element(By.ID, "prediction").text.strip()
         probabilities = [float(driver.find_element(By.ID, f"p{d}").text) for d in range(10)]
-        assert abs(sum(probabilities) - 1) < 0.01
-        assert int(prediction) == int(np.argmax(probabilities))
+        assert abs(sum(probabilities) - 1) < 0.01 and int(prediction) == int(np.argmax(probabilities))
         assert prediction == "1" and not driver.find_element(By.ID, "unsure").is_displayed()
         # A doubtful answer's fields: "unsure" shows beside the digit, which stays alone in #prediction.
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !pending && !again"))
@@ -165,12 +162,6 @@ def test_concurrent_clients_are_answered_and_a_signal_stops_the_server_within_2_
     assert "Traceback" not in server.stderr.read()
 
 
-@pytest.fixture
-def taken_port():
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        yield taken.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -183,12 +174,11 @@ def taken_port():
         (["--port", "TAKEN"], "is in use (Address already in use): pick another --port"),
     ],
 )
-def test_serve_script_refuses_bad_arguments_in_one_line(
-    flags, message, taken_port, untrained_predictor, monkeypatch, capsys, tmp_path
-):
+def test_serve_refuses_bad_arguments_in_one_line(flags, message, untrained_predictor, monkeypatch, capsys):
     main = script_main("serve.py")
     monkeypatch.setitem(main.__globals__, "load_predictor", lambda workdir, epoch=None: untrained_predictor)
-    flags = [taken_port if f == "TAKEN" else f for f in flags]
-    code, out, err = run_cli(capsys, "serve.py", "--workdir", tmp_path / "run", *flags)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        flags = [taken.getsockname()[1] if f == "TAKEN" else f for f in flags]
+        code, out, err = run_cli(capsys, "serve.py", "--workdir", "unused", *flags)
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.splitlines()) == 1 and out == ""

@@ -27,8 +27,7 @@ def random_split(n: int, seed: int) -> Split:
 
 
 def test_auto_and_plain_train_and_evaluate_the_same_function():
-    # Every trick at once (Toeplitz blocks, scanned steps, augmentation's own jit, XLA:CPU options,
-    # grouped evaluation) against the program as written: the same states and metrics up to rounding.
+    """Every trick at once against the program as written: the same states and metrics up to rounding."""
     model = {"activation": "relu", "pool": "max", "feature_norm": True, "dense_activation": True}
     extras = {"augment_rotate": 10.0, "elastic_alpha": 2.0, "label_smoothing": 0.1, "ema_decay": 0.9}
     config = TINY.replace(**model, **extras)
@@ -103,15 +102,13 @@ def fresh_support_check():
 def test_the_per_backend_choices_come_from_the_table(monkeypatch, fresh_support_check):
     assert jax.default_backend() == "cpu"
     assert speed.compiler_options("auto") == speed.CPU_OPTIONS  # the installed jaxlib knows them
-    assert speed.compiler_options("plain") == {}
     assert speed.conv_block("auto") is ToeplitzBlock and speed.conv_block("plain") is ConvBlock
     assert speed.steps_per_call("auto", 1000) == speed.DEFAULTS["cpu"]["steps_per_call"]
     assert speed.steps_per_call("auto", 5) == 5 and speed.steps_per_call("auto", 1000, 3) == 3
-    assert speed.steps_per_call("plain", 1000) == 1
+    assert speed.steps_per_call("plain", 1000) == 1 and speed.compiler_options("plain") == {}
     assert speed.eval_groups("auto", 64) == 4 and speed.eval_groups("plain", 64) == 1
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert speed.compiler_options("auto") == {}
-    assert speed.conv_block("auto") is ConvBlock
+    assert speed.compiler_options("auto") == {} and speed.conv_block("auto") is ConvBlock
     assert speed.steps_per_call("auto", 1000) == speed.DEFAULTS["gpu"]["steps_per_call"]
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # not in the table: the GPU's row
     assert speed.defaults() == speed.DEFAULTS["gpu"]
@@ -126,8 +123,7 @@ def test_options_a_jaxlib_rejects_are_dropped(monkeypatch, fresh_support_check):
 def test_training_with_and_without_the_options_agrees(preset):
     """XLA:CPU's options change how, not what: 20 steps give the same losses and weights up to rounding."""
     config = get_preset(preset)
-    model = model_from_config(config)
-    optimizer = build_optimizer(config, 20)
+    model, optimizer = model_from_config(config), build_optimizer(config, 20)
     options = {"label_smoothing": config.label_smoothing, "ema_decay": config.ema_decay}
     step = make_train_step(model, optimizer, **options)
     key = jax.random.PRNGKey(0)

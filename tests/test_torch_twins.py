@@ -1,5 +1,4 @@
-"""lenet-jax computes what the presets' PyTorch twins (benchmarks/torch_presets.py) stored in
-tests/fixtures/torch_twins; with PyTorch, that fixture is what they compute now."""
+"""lenet-jax computes what the presets' PyTorch twins (benchmarks/torch_presets.py) stored in the fixture."""
 
 import importlib
 import json
@@ -49,10 +48,8 @@ def test_initialisation_has_the_twins_distribution(scheme):
     for (std, top), layer in zip(REFERENCE[f"init/{scheme}"], ("conv2", "dense1", "dense2"), strict=True):
         kernel = np.asarray(ours[layer]["kernel"])
         fan_in = kernel.size // kernel.shape[-1]
-        expected = np.sqrt(1 / (fan_in if scheme == "flax" else 3 * fan_in))
-        np.testing.assert_allclose(
-            [kernel.std(), std, abs(kernel).max()], [expected, expected, top], rtol=0.1
-        )
+        scale = np.sqrt(1 / (fan_in if scheme == "flax" else 3 * fan_in))
+        np.testing.assert_allclose([kernel.std(), std, abs(kernel).max()], [scale, scale, top], rtol=0.1)
         assert (scheme == "torch") == bool(np.asarray(ours[layer]["bias"]).any())  # flax: zero biases
 
 
@@ -61,8 +58,7 @@ def test_same_schedule_values(name):
     config = CONFIGS["schedule"][name]
     schedule = learning_rate_schedule(config, 469 if config.batch_size == 128 else 938)
     ours = jax.vmap(schedule)(jnp.asarray(REFERENCE[f"schedule/{name}/steps"]))
-    # Up to float32 rounding of cos (XLA's and numpy's differ by an ulp, which 1 + cos(~pi)
-    # magnifies at the schedule's tail): 1e-7 of the peak.
+    # Up to float32 rounding of cos (an ulp apart in XLA and numpy, magnified at the tail): 1e-7 of the peak.
     np.testing.assert_allclose(REFERENCE[f"schedule/{name}/values"], ours, rtol=1e-6, atol=1e-7 * config.lr)
 
 
@@ -149,8 +145,7 @@ def test_unsupported_fields_are_refused(twins, field, value):
 
 
 def test_time_to_accuracy_evaluates_where_the_jax_trainer_does(twins, idx_dir):
-    """96 images, batch 16: 6 steps per epoch, 2 evaluations per epoch (every 3 steps); with
-    4 steps per call, after the call that passes each multiple of 3, as EpochRunner's probe."""
+    """6 steps an epoch, evaluated every 3; 4 steps a call: after the call passing each multiple of 3."""
     config = get_preset("fast").replace(batch_size=16, epochs=2)
     data = twins.load_idx(idx_dir)
     for per_call, expected in ((1, [3, 6, 9, 12]), (4, [4, 6, 10, 12])):

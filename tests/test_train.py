@@ -21,8 +21,7 @@ def test_same_seed_same_params_other_seed_differs(idx_dir, tmp_path):
 
 
 def test_weight_average_is_checkpointed_and_evaluated(idx_dir, tmp_path):
-    result = train_and_evaluate(TINY.replace(ema_decay=0.9), tmp_path / "a", data_dir=idx_dir)
-    row = result.metrics[-1]
+    row = train_and_evaluate(TINY.replace(ema_decay=0.9), tmp_path / "a", data_dir=idx_dir).metrics[-1]
     assert {"raw_test_accuracy", "raw_test_total_loss"} <= set(row)
     assert row["test_total_loss"] != row["raw_test_total_loss"]  # two different sets of weights
     averaged = evaluate_checkpoint(tmp_path / "a", data_dir=idx_dir)

@@ -30,32 +30,22 @@ class SignalAfterLine:
         return getattr(self.stream, name)
 
 
-def saving_epoch(directory) -> bool:
-    """directory is <workdir>/checkpoints/<epoch>.orbax-checkpoint-tmp-*/meta while unfinished."""
-    return os.path.basename(os.path.dirname(str(directory))).startswith(f"{where}.")
-
-
 original = ocp.JsonCheckpointHandler.async_save
+
+
+async def async_save(self, directory, *args, **kwargs):
+    """directory is <workdir>/checkpoints/<epoch>.orbax-checkpoint-tmp-*/meta while unfinished."""
+    if os.path.basename(os.path.dirname(str(directory))).startswith(f"{where}."):
+        for _ in range(2 if kind == "save-twice" else 1):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+    return await original(self, directory, *args, **kwargs)
+
+
 if kind == "line":
     sys.stdout = SignalAfterLine(sys.stdout, where)
-elif kind == "save":
-
-    def async_save(self, directory, *args, **kwargs):
-        if saving_epoch(directory):
-            os.kill(os.getpid(), signum)
-        return original(self, directory, *args, **kwargs)
-
-    ocp.JsonCheckpointHandler.async_save = async_save
 else:
-
-    async def async_save_twice(self, directory, *args, **kwargs):
-        if saving_epoch(directory):
-            for _ in range(2):
-                os.kill(os.getpid(), signum)
-                time.sleep(0.05)  # the handler runs in the main thread between bytecodes
-        return await original(self, directory, *args, **kwargs)
-
-    ocp.JsonCheckpointHandler.async_save = async_save_twice
+    ocp.JsonCheckpointHandler.async_save = async_save
 
 script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "train.py")
 sys.argv = [script, *sys.argv[1:]]
