@@ -151,8 +151,7 @@ COMPILE_EVENTS = {
 
 class FirstCallCompilation:
     """Seconds JAX spends tracing, lowering and compiling (or loading) programs until the
-    training program's first call has run (`running` set), summed over threads (speed trick 12),
-    and every program made, by name."""
+    training program's first call has run (`running` set), and every program made, by name."""
 
     def __init__(self):
         self.running, self.seconds, self.programs = False, self._zero(), {}

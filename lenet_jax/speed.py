@@ -10,7 +10,6 @@ import logging
 import os
 import platform
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -202,16 +201,3 @@ def unrolled_threefry(speed: str) -> Iterator[None]:
         yield
     finally:
         mlir.register_lowering(threefry.threefry2x32_p, rolled, platform="cpu")
-
-
-# 12. The training program compiled on a second thread while init compiles: a first launch's two
-#     largest compiles overlap on a multi-core CPU; the first call finds it in jax's cache.
-def compile_ahead(call: Callable, speed: str, arguments: Callable[[], tuple]) -> None:
-    """Compiles the jitted `call` on a thread for arguments() (arrays or ShapeDtypeStructs)."""
-    if speed == "auto" and hasattr(call, "lower"):  # not the augmented path's pair of programs
-
-        def compile_() -> None:
-            with contextlib.suppress(Exception):  # the first call compiles it again, and says why
-                call.lower(*arguments()).compile()
-
-        threading.Thread(target=compile_, name="lenet-compile-ahead").start()

@@ -155,11 +155,7 @@ def make_trainer(
     evaluator = Evaluator(model, config.eval_batch_size, groups)
     images, labels = (parallel.put_replicated(array, mesh) for array in (train.images, train.labels))
     fields = (evaluator, key, shuffle_key, steps_per_epoch, per_call, mesh, images, labels, call)
-    trainer = Trainer(config, model, optimizer, from_python, *fields)
-    indices, count = (jax.ShapeDtypeStruct(shape, np.int32) for shape in ((per_call, config.batch_size), ()))
-    arguments = lambda: (trainer.abstract_state(), images, labels, indices, count)  # noqa: E731
-    speed.compile_ahead(call, config.speed, arguments)
-    return trainer
+    return Trainer(config, model, optimizer, from_python, *fields)
 
 
 def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, step: int, log=None, stop=None):

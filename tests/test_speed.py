@@ -1,7 +1,5 @@
 """The speed tricks (lenet_jax.speed): each changes how, not what, the program computes."""
 
-import threading
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -155,24 +153,3 @@ def test_init_compiled_unrolled_draws_the_same_bits_and_the_steps_stay_rolled():
     rolled = jax.jit(lambda k: draw(k)).lower(key)  # restored on the way out
     assert loops(rolled) > loops(unrolled)
     chex.assert_trees_all_equal(rolled.compile()(key), unrolled.compile()(key))
-
-
-@pytest.mark.parametrize("mode", ["auto", "plain"])
-def test_the_training_program_compiles_once_ahead_on_its_own_thread_when_auto(mode):
-    compiled = []  # (program, thread) of each compile (or read from the disk cache)
-
-    def listener(event, seconds, fun_name="?", **_):
-        if event == "/jax/core/compile/backend_compile_duration" and fun_name.startswith("jit(train_"):
-            compiled.append((fun_name, threading.current_thread().name))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        trainer = make_trainer(TINY.replace(speed=mode), random_split(48, 0))
-        state, _, _ = train_epoch(trainer, trainer.new_state(), 1, 0)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert int(state.step) == 3
-    if mode == "auto":
-        assert compiled == [("jit(train_on_indices)", "lenet-compile-ahead")]
-    else:
-        assert compiled == [("jit(train_call)", "MainThread")]
