@@ -160,7 +160,8 @@ def check_and_fingerprint(data_dir: Path) -> str:
         digest.update(images_path.name.removesuffix(".gz").encode())
         head, size = b"", 0
         for chunk in _chunks(images_path):
-            head, size = head or chunk[:16], size + len(chunk)
+            head = head or chunk[:16]  # the header: the first chunk's 16 bytes
+            size += len(chunk)
             digest.update(chunk)
         labels = _read_bytes(labels_path)
         count = len(read_labels(labels_path, labels))

@@ -99,8 +99,10 @@ class _Unpickler(pickle.Unpickler):
             raise ConversionError(f"{source} is not a torch.save archive: {_STATE_DICT_HINT}")
         self._archive, self._prefix, self._source = archive, pickles[0].removesuffix("data.pkl"), source
         super().__init__(self._record("data.pkl"))
-        has_order = f"{self._prefix}byteorder" in archive.namelist()  # without it: little-endian
-        self._order = "<" if not has_order or self._record("byteorder").read().strip() == b"little" else ">"
+        byteorder = b"little"  # an archive without the record is little-endian
+        if f"{self._prefix}byteorder" in archive.namelist():
+            byteorder = self._record("byteorder").read().strip()
+        self._order = "<" if byteorder == b"little" else ">"
 
     def _record(self, name: str) -> Any:
         name = self._prefix + name
