@@ -5,8 +5,14 @@ exact); the total loss is the recipe's, the sum over batches of each batch's mea
 from __future__ import annotations
 
 import functools
+import io
+import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -15,22 +21,27 @@ import numpy as np
 from lenet_jax import parallel
 from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
 from lenet_jax.data import Dataset, Split, gather_batch, load_test_split, pad_rows, sequential_order
-from lenet_jax.errors import out_of_memory_names
+from lenet_jax.errors import LenetError, out_of_memory_names, storage_fault
+from lenet_jax.idx import NUM_CLASSES
 from lenet_jax.model import model_from_config
+from lenet_jax.run_log import read_rows
 from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
 from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
 
+METRICS = ("loss", "correct", "count")  # per batch: make_eval_step's
 restore_params = load_weights  # lenet-jax 0.1.0's name (now lenet_jax.checkpoints.load_weights)
 
 
 class Evaluator:
-    """A model's params evaluated on splits, one jitted step per shape; groups: batches per call (speed)."""
+    """A model's params evaluated on splits, one jitted step per shape; groups: batches per call (speed);
+    probabilities: each image's softmax too (the report's)."""
 
-    def __init__(self, model: Any, batch_size: int, groups: int = 1):
-        self.batch_size, self.groups = batch_size, groups
+    def __init__(self, model: Any, batch_size: int, groups: int = 1, probabilities: bool = False):
+        self.batch_size, self.groups, self.probabilities = batch_size, groups, probabilities
         self.mesh = parallel.data_mesh()
         parallel.check_batch_size(batch_size, self.mesh, "--eval-batch-size")
-        eval_step = make_eval_step(model) if groups == 1 else grouped(make_eval_step(model))
+        eval_step = make_eval_step(model, probabilities)
+        eval_step = eval_step if groups == 1 else grouped(eval_step)
         replicated = parallel.replicated(self.mesh)
         by_batch = parallel.batch_sharded(self.mesh, 1 if groups == 1 else 2)  # indices (B,) or (G, B)
 
@@ -49,7 +60,7 @@ class Evaluator:
         return self._device_splits[split]
 
     def evaluate(self, params: Any, split: Split) -> dict[str, float]:
-        """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count."""
+        """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count[, probabilities]."""
         start = time.perf_counter()
         # A batch larger than the split is the split in one batch (the same numbers): the
         # padding would only cost memory (--eval-batch-size 1000000: 32 GB).
@@ -62,9 +73,12 @@ class Evaluator:
             # Per-batch results stay on the device until the end: one transfer, no per-batch sync.
             results = [self._step(params, images, labels, parallel.global_batch(i, self.mesh)) for i in calls]
             results = parallel.host_value(results)
-        merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in results[0]}
+        merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in METRICS}
         losses = merged["loss"].astype(np.float64)[merged["count"] > 0]  # all-padding batches are none
         correct, count = int(merged["correct"].sum()), int(merged["count"].sum())
+        if self.probabilities:  # the real images' rows, in the split's order
+            rows = np.concatenate([np.reshape(r["probabilities"], (-1, NUM_CLASSES)) for r in results])
+            merged["probabilities"] = rows[np.ravel(calls) >= 0]
         return {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),
@@ -72,6 +86,7 @@ class Evaluator:
             "correct": correct,
             "count": count,
             "seconds": time.perf_counter() - start,
+            **({"probabilities": merged["probabilities"]} if self.probabilities else {}),
         }
 
 
@@ -98,16 +113,20 @@ def evaluate_checkpoint(
     data_dir: str | os.PathLike | None = None,
     averaged: bool = True,
     speed: str = "auto",
+    report: str | os.PathLike | None = None,
+    compare: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """One epoch's checkpoint (default: newest) on the test set, as its config: the numbers training logged
-    (averaged=False: the raw weights', logged as raw_test_*); speed "plain": the same up to float rounding."""
+    (averaged=False: the raw weights', logged as raw_test_*); speed "plain": the same up to float rounding.
+    report: a folder for the report's files (their names under "report"), drawn from this evaluation,
+    with the training curves of workdir and the `compare` workdirs."""
     restored = load_weights(workdir, epoch, averaged)
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size
-    evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size))
+    evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size), probabilities=report is not None)
     test_split = load_test_split(data_dir, array_cache(speed))
     test = evaluator.evaluate(restored.params, test_split)
-    return {
+    result = {
         "epoch": restored.epoch,
         "step": restored.meta["step"],
         "averaged_weights": restored.averaged,
@@ -115,3 +134,36 @@ def evaluate_checkpoint(
         "correct": test["correct"],
         "count": test["count"],
     }
+    if report is not None:
+        kernel = np.asarray(restored.params["conv1"]["kernel"])
+        arrays = dict(images=test_split.images, labels=test_split.labels, probabilities=test["probabilities"])
+        result["report"] = write_report(report, [workdir, *compare], restored.epoch, kernel=kernel, **arrays)
+    return result
+
+
+def write_report(out_dir: str | os.PathLike, workdirs: Sequence, epoch: int, **arrays: Any) -> list[str]:
+    """The report's files, drawn by `lenet_jax.figures` in a process without JAX (matplotlib beside JAX
+    passes 300 MB: docs/performance.md) and written here once all are drawn; returns their names."""
+    runs, note = {}, lambda line: print(line, file=sys.stderr)  # noqa: E731
+    for path in map(Path, workdirs):  # legend names: the folder's, or its path where two share one
+        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
+    inputs = io.BytesIO()
+    np.savez(inputs, runs=json.dumps(runs), workdir=str(workdirs[0]), epoch=epoch, **arrays)
+    command = [sys.executable, "-m", "lenet_jax.figures"]
+    drawn = subprocess.run(command, input=inputs.getbuffer(), capture_output=True, check=False)
+    if drawn.returncode:
+        raise RuntimeError(f"drawing the report failed:\n{drawn.stderr.decode(errors='replace')}")
+    files = np.load(io.BytesIO(drawn.stdout))
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as e:
+        if storage_fault(e) is not None:
+            raise
+        raise LenetError(
+            f"cannot create the report folder {out} ({getattr(e, 'strerror', None) or e}): pass "
+            "another --report folder"
+        ) from None
+    for name in files.files:
+        (out / name).write_bytes(files[name].tobytes())
+    return sorted(files.files)

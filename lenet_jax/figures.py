@@ -1,12 +1,15 @@
-"""Reports on a trained model as PNG (matplotlib) and JSON files: `write_report`."""
+"""The report's figures (matplotlib) and per-class scores: `render_report`, run by `evaluate --report` in a
+process of its own (`python -m lenet_jax.figures`): no JAX here, matplotlib beside it passes 300 MB."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import matplotlib
 
@@ -16,11 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lenet_jax.data import load_test_split  # noqa: E402
-from lenet_jax.errors import LenetError, storage_fault  # noqa: E402
 from lenet_jax.idx import NUM_CLASSES  # noqa: E402
-from lenet_jax.predict import load_predictor  # noqa: E402
-from lenet_jax.run_log import read_rows  # noqa: E402
+
+Target = Path | IO[bytes]  # where a figure goes: a file, or a stream (render_report's)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -40,14 +41,14 @@ def per_class_scores(matrix: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-def _save(fig: Any, path: Path, tight: bool = True) -> None:
+def _save(fig: Any, path: Target, tight: bool = True) -> None:
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Target) -> None:
     """runs: name -> its metrics rows (`lenet_jax.run_log.read_rows`)."""
     panels = (
         ("train_loss", "train loss (epoch mean)", "mean cross-entropy per batch"),
@@ -65,7 +66,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, path: Path) -> None:
+def plot_confusion(matrix: np.ndarray, path: Target) -> None:
     fig, ax = plt.subplots(figsize=(7, 6))
     # Log colours: the diagonal's ~1,000s would otherwise wash out the few mistakes.
     shown = ax.imshow(matrix + 1, cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=1))
@@ -79,7 +80,7 @@ def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) -> None:
+def plot_mistakes(images, labels, probabilities, path: Target, count: int = 24) -> None:
     predictions = probabilities.argmax(-1)
     wrong = np.flatnonzero(predictions != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:count]
@@ -95,7 +96,7 @@ def plot_mistakes(images, labels, probabilities, path: Path, count: int = 24) ->
     _save(fig, path)
 
 
-def plot_per_class(scores: list[dict[str, Any]], path: Path) -> None:
+def plot_per_class(scores: list[dict[str, Any]], path: Target) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axis("off")
     cells = [[s["digit"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", s["support"]] for s in scores]
@@ -105,7 +106,7 @@ def plot_per_class(scores: list[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_filters(kernel: np.ndarray, path: Path) -> None:
+def plot_filters(kernel: np.ndarray, path: Target) -> None:
     """kernel (5, 5, 1, 6): the first convolution's filters."""
     filters = np.asarray(kernel)[:, :, 0, :]
     fig, axes = plt.subplots(1, filters.shape[-1], figsize=(2 * filters.shape[-1], 2.3))
@@ -120,46 +121,40 @@ def plot_filters(kernel: np.ndarray, path: Path) -> None:
     _save(fig, path, tight=False)  # laid out before the colour bar, which tight_layout cannot place
 
 
-def write_report(
-    workdirs: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    epoch: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Writes curves, confusion matrix, mistakes, per-class scores and filters into out_dir (all
-    computed first: a failed report leaves nothing); returns the scores and file names."""
-    out = Path(out_dir)
-    paths = [Path(w) for w in workdirs]
-    note = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    runs = {}
-    for path in paths:  # legend names: the folder's, or its path where two share one
-        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
-    predictor = load_predictor(paths[0], epoch, tta=False)  # the report matches the logged accuracy
-    test = load_test_split(data_dir)
-    probabilities = predictor.predict_mnist(test.images)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (OSError, RuntimeError) as e:
-        if storage_fault(e) is not None:
-            raise
-        raise LenetError(
-            f"cannot create the report folder {out} ({getattr(e, 'strerror', None) or e}): pass "
-            "another --report folder"
-        ) from None
-    plot_curves(runs, out / "curves.png")
-    matrix = confusion_matrix(test.labels, probabilities.argmax(-1))
+def render_report(inputs: Any) -> dict[str, bytes]:
+    """Every report file's bytes (PNGs, per_class.json) from the arrays `evaluate --report` sends."""
+    images, labels, probabilities = inputs["images"], inputs["labels"], inputs["probabilities"]
+    matrix = confusion_matrix(labels, probabilities.argmax(-1))
     scores = per_class_scores(matrix)
-    plot_confusion(matrix, out / "confusion.png")
-    plot_mistakes(test.images, test.labels, probabilities, out / "mistakes.png")
-    plot_per_class(scores, out / "per_class.png")
-    plot_filters(predictor.params["conv1"]["kernel"], out / "filters.png")
+    files = {name: io.BytesIO() for name in ("curves", "confusion", "mistakes", "per_class", "filters")}
+    plot_curves(json.loads(str(inputs["runs"])), files["curves"])
+    plot_confusion(matrix, files["confusion"])
+    plot_mistakes(images, labels, probabilities, files["mistakes"])
+    plot_per_class(scores, files["per_class"])
+    plot_filters(inputs["kernel"], files["filters"])
     summary = {
-        "workdir": str(paths[0]),
-        "epoch": predictor.epoch,
+        "workdir": str(inputs["workdir"]),
+        "epoch": int(inputs["epoch"]),
         "test_accuracy": float(matrix.trace() / matrix.sum()),
         "per_class": scores,
         "confusion_matrix": matrix.tolist(),
     }
-    (out / "per_class.json").write_text(json.dumps(summary, indent=1) + "\n")
-    summary["files"] = sorted(p.name for p in out.iterdir())
-    return summary
+    return {f"{name}.png": png.getvalue() for name, png in files.items()} | {
+        "per_class.json": (json.dumps(summary, indent=1) + "\n").encode()
+    }
+
+
+def write_report(workdirs: list, out_dir: str | os.PathLike, epoch: int | None = None, data_dir=None) -> dict:
+    """Deprecated (0.3): `evaluation.evaluate_checkpoint(workdir, report=DIR)`, from one evaluation."""
+    warnings.warn("use evaluation.evaluate_checkpoint(..., report=DIR)", DeprecationWarning, stacklevel=2)
+    from lenet_jax.evaluation import evaluate_checkpoint
+
+    files = evaluate_checkpoint(workdirs[0], epoch, data_dir, report=out_dir, compare=workdirs[1:])["report"]
+    return {**json.loads((Path(out_dir) / "per_class.json").read_text()), "files": files}
+
+
+if __name__ == "__main__":  # evaluate --report's drawing process: arrays (.npz) in, files (.npz) out
+    drawn = render_report(np.load(io.BytesIO(sys.stdin.buffer.read())))
+    out = io.BytesIO()
+    np.savez(out, **{name: np.frombuffer(data, np.uint8) for name, data in drawn.items()})
+    sys.stdout.buffer.write(out.getvalue())

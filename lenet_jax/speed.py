@@ -1,5 +1,5 @@
 """Every speed trick, each named once with why; `--speed plain` (the tutorial's program, the same
-function) turns them off, but for the process-wide 8 and 10 once set. docs/performance.md."""
+function) turns them off, but for the process-wide 8, 10 and 12 once set. docs/performance.md."""
 
 from __future__ import annotations
 
@@ -151,15 +151,25 @@ def enable_compilation_cache(speed: str = "auto") -> None:
 
 # 8. Two glibc malloc arenas, not 8 per core for XLA's and orbax's threads: lower peak RSS, same time.
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # mallopt's parameter numbers, from glibc's malloc.h
 
 
 def limit_malloc_arenas() -> None:
     """Caps glibc's malloc arenas for threads created from now on; no-op off glibc or $MALLOC_ARENA_MAX."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # no mallopt in this C library: keep its default
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        _mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def _mallopt(parameter: int, value: int) -> None:
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):  # no mallopt in this C library: keep its default
+            ctypes.CDLL(None).mallopt(parameter, value)
+
+
+# 12. glibc's mmap threshold held at its 128 KiB start (evaluate, predict): XLA's freed buffers go back
+#     to the system, not kept (the report's peak -20 MB); not in training, which would map each step's anew.
+def fixed_mmap_threshold() -> None:
+    _mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 # 9. The splits cached as .npz beside tfds's data (lenet_jax.mnist_idx): milliseconds, not seconds.

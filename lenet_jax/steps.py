@@ -111,16 +111,18 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], Metrics]:
-    """The pure evaluation step: mean loss over the batch's real images, and their counts."""
+def make_eval_step(model: nn.Module, probabilities: bool = False) -> Callable[[Any, Batch], Metrics]:
+    """The pure evaluation step: mean loss over the batch's real images, and their counts (probabilities:
+    each image's softmax too, the report's)."""
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         logits = model.apply({"params": params}, batch["image"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
-        return {
+        metrics = {
             "loss": masked_cross_entropy(logits, batch["label"], batch["mask"]),
             "correct": jnp.sum(correct).astype(jnp.int32),
             "count": jnp.sum(batch["mask"]).astype(jnp.int32),
         }
+        return {**metrics, "probabilities": jax.nn.softmax(logits)} if probabilities else metrics
 
     return eval_step

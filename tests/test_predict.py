@@ -1,6 +1,7 @@
 """Prediction on ordinary images: MNIST-style preprocessing, the predictor, scripts/predict.py."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ from crafted_images import DRAWINGS, digit_like, sparse_ink
 from PIL import Image
 from scipy.ndimage import center_of_mass
 
-from lenet_jax import cli, predict
+from lenet_jax import cli, figures, predict
 from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
@@ -165,3 +166,6 @@ def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, ca
     assert sum(s["support"] for s in summary["per_class"]) == 10_000
     logged = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert summary["test_accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-4)
+    with pytest.warns(DeprecationWarning, match="evaluate_checkpoint"):  # 0.2's name
+        old = figures.write_report([trained_run], tmp_path / "old", data_dir=mnist_dir)
+    assert old["files"] == sorted(os.listdir(tmp_path / "report")) and old["epoch"] == summary["epoch"]

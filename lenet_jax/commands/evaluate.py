@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sys
 
-from lenet_jax import cli, commands
+from lenet_jax import cli, commands, speed
 from lenet_jax.evaluation import evaluate_checkpoint
-from lenet_jax.speed import SPEEDS
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # before JAX starts its threads: peak RSS (the report's)
+    speed.limit_malloc_arenas()  # before JAX starts its threads: peak RSS (the report's)
+    speed.fixed_mmap_threshold()
     parser = commands.parser(__doc__)
     commands.checkpoint_flags(parser)
     parser.add_argument(
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--speed",
-        choices=SPEEDS,
+        choices=speed.SPEEDS,
         default="auto",
         help="'plain': the model as written, no speed tricks (same numbers up to float rounding)",
     )
@@ -55,16 +55,19 @@ def main(argv: list[str]) -> int:
     cli.quiet_library_logs()
     cli.enable_compilation_cache(args.speed)
     result = evaluate_checkpoint(
-        args.workdir, args.epoch, args.data_dir, averaged=not args.raw_weights, speed=args.speed
+        args.workdir,
+        args.epoch,
+        args.data_dir,
+        averaged=not args.raw_weights,
+        speed=args.speed,
+        report=args.report,
+        compare=args.compare,
     )
+    files = result.pop("report", None)
     print(json.dumps(result))
-    if args.report:
-        from lenet_jax.figures import write_report  # matplotlib only when asked for
-
-        report = write_report([args.workdir, *args.compare], args.report, args.epoch, args.data_dir)
-        files = ", ".join(report["files"])
-        # stderr: stdout stays the one JSON line
-        print(f"Report for epoch {report['epoch']} written to {args.report}: {files}", file=sys.stderr)
+    if files is not None:  # stderr: stdout stays the one JSON line
+        written = f"Report for epoch {result['epoch']} written to {args.report}: {', '.join(files)}"
+        print(written, file=sys.stderr)
     return 0
 
 

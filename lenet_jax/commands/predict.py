@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from lenet_jax import cli, commands
+from lenet_jax import cli, commands, speed
 from lenet_jax.predict import (
     MAX_IMAGE_PIXELS,
     ImageError,
@@ -36,7 +36,8 @@ from lenet_jax.predict import (
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # before JAX starts its threads: peak RSS
+    speed.limit_malloc_arenas()  # before JAX starts its threads: peak RSS
+    speed.fixed_mmap_threshold()
     parser = commands.parser(__doc__)
     parser.add_argument("images", nargs="+", help="image files, or directories of them")
     commands.checkpoint_flags(parser)
