@@ -1,8 +1,5 @@
-"""Data augmentation on the device, per image, keyed by the training step (replayed on resume).
-
-A random affine transform and elastic distortion (Simard et al. 2003) by bilinear resampling, then
-another pen and scanner; all strengths 0: none. Whole batches at once: cheaper on XLA:CPU than vmap.
-"""
+"""Augmentation on the device, keyed by the step: affine, elastic (Simard 2003), another pen and scanner.
+Whole batches at once: cheaper on XLA:CPU than vmap."""
 
 from __future__ import annotations
 

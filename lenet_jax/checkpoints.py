@@ -1,5 +1,4 @@
-"""Per-epoch orbax checkpoints, `WORKDIR/checkpoints/<epoch>/<item>`: `params`, `ema_params`,
-`train_state`, `meta` (JSON); restore targets are checked first, so not fitting is told from damaged."""
+"""Per-epoch orbax checkpoints (ITEMS); restore targets checked first: not fitting is told from damaged."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Command-line plumbing shared by the scripts: flags generated from `Config`, and error exits.
-
-Every `Config` field becomes a flag (`batch_size` -> `--batch-size`) whose default is "not
-given", so a flag overrides exactly one field of the chosen preset and nothing else.
-"""
+"""The scripts' plumbing: one flag per Config field (unset: the preset's value), one-line error exits."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""User-facing errors: anything a user can cause raises a `LenetError` whose message names the
-problem and the fix in one line; the scripts print it and exit with its `exit_code` (a traceback
-only with --debug). Anything else is a bug and keeps its traceback.
-
-Exit codes: 2 bad input (flags, data, workdir, checkpoints); 3 the training loss diverged; 4 the
-machine refused a read or write (disk full, permissions, read-only: rerunning once fixed resumes);
-5 the device ran out of memory; 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM)."""
+"""User errors: a `LenetError` names the problem and the fix in one line, and exits with its `exit_code`.
+Anything else is a bug and keeps its traceback. Stopped by signal N: exit 128 + N."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Data parallelism over every device, on one process or several (jax.distributed).
-
-A 1-D `data` mesh: state and dataset replicated, each global batch sharded (XLA all-reduces the grads).
-"""
+"""Data parallelism (one process or several): a 1-D `data` mesh, state replicated, each batch sharded."""
 
 from __future__ import annotations
 

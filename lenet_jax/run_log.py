@@ -1,5 +1,4 @@
-"""A run's log: TensorBoard (the tutorial's tags, verbatim) and `metrics.jsonl`, completed from the
-checkpoints' metas when damaged or missing; and the console's epoch line."""
+"""A run's log: TensorBoard (the tutorial's tags) and metrics.jsonl, completed from the checkpoints' metas."""
 
 from __future__ import annotations
 

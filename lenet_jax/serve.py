@@ -1,8 +1,4 @@
-"""The draw-a-digit web app: a Starlette (ASGI) app around the predictor, run by uvicorn.
-
-GET / is the page, POST /predict takes an image (raw or a form upload) and answers JSON, GET /healthz
-is for process managers; errors are {"error": "one line"}. Bounds: docs/serving.md.
-"""
+"""The draw-a-digit web app: Starlette around a Predictor under uvicorn (routes, bounds: docs/serving.md)."""
 
 from __future__ import annotations
 

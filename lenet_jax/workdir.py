@@ -1,13 +1,4 @@
-"""A run's workdir: what it holds, where, and the checks made before a run uses it.
-
-    WORKDIR/config.json       the run's config, where its optimizer came from, provenance
-    WORKDIR/metrics.jsonl     one JSON row per finished epoch
-    WORKDIR/tensorboard/      TensorBoard events (the tutorial's tags)
-    WORKDIR/checkpoints/<N>/  epoch N's orbax checkpoint (lenet_jax.checkpoints)
-    WORKDIR/.lock             held by the one process training there (`workdir_lock`)
-
-Each checkpoint's meta holds its metrics row, so logs can be rebuilt; nothing here deletes an intact run.
-"""
+"""A run's workdir (README: "What a run writes"), checked before a run uses it; an intact run is kept."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""A tensorflow-datasets builder for MNIST-format IDX files that needs no TensorFlow, and its splits.
-
-Configs: `mnist` downloads the official files (checked against `checksums.tsv`); `idx_<sha256
-prefix>` serves a local folder (`--data-dir`). Without array-record wheels, only local folders work.
-"""
+"""A tfds builder for MNIST's IDX files, no TensorFlow: `mnist` downloads, `idx_<sha256>` reads a folder."""
 
 from __future__ import annotations
 
