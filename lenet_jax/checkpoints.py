@@ -55,10 +55,9 @@ def _refused(path: Path) -> str | None:
     """Why a JSON file that orbax reads whole must not be read; None if it may be, or is missing."""
     try:
         check_small_file(path)
-    except FileNotFoundError:
-        return None
     except (OSError, FileRefused) as e:
-        return str(e).removeprefix(str(path)).strip()
+        if not isinstance(e, FileNotFoundError):
+            return str(e).removeprefix(str(path)).strip()
     return None
 
 
@@ -102,8 +101,7 @@ class Checkpoints(contextlib.AbstractContextManager):
         """CheckpointError naming an epoch whose metadata orbax must not read whole (/dev/zero, 4 GiB)."""
         folders = self.directory.iterdir() if self.directory.is_dir() else []
         for folder in sorted(f for f in folders if f.name.isdigit() and f.is_dir()):
-            reason = _refused(folder / CHECKPOINT_METADATA)
-            if reason:
+            if reason := _refused(folder / CHECKPOINT_METADATA):
                 raise CheckpointError(
                     f"the checkpoint of epoch {folder.name} is damaged (its {CHECKPOINT_METADATA} {reason}): "
                     f"move {folder} out of {self.directory} to use the other epochs"
@@ -203,8 +201,7 @@ class Checkpoints(contextlib.AbstractContextManager):
         folder = self.directory / str(epoch)
         names = [CHECKPOINT_METADATA] + [f"{item}/{name}" for item in items for name in ITEM_JSON_FILES]
         for name in names:
-            reason = _refused(folder / name)
-            if reason:
+            if reason := _refused(folder / name):
                 raise self._damaged(epoch, ValueError(f"its {name} {reason}")) from None
 
     def _restore(self, epoch: int, **items: ocp.args.CheckpointArgs) -> Any:

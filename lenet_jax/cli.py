@@ -84,8 +84,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         try:
             return main(argv)
         except OSError as e:  # a full disk or a denied write that no caller explained better
-            fault = storage_fault(e)
-            if fault is None:
+            if (fault := storage_fault(e)) is None:
                 raise
             raise storage_error(fault, "the command stopped there") from e
         except Exception as e:  # noqa: BLE001 - a device out of memory that no caller named

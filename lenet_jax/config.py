@@ -121,8 +121,7 @@ class Config:
         values = _current_names(values)
         if values.get("optimizer") == FROM_PYTHON:
             del values["optimizer"]
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
+        if unknown := sorted(set(values) - {f.name for f in dataclasses.fields(cls)}):
             raise ConfigError(f"unknown config fields {unknown}: the run was made by another version")
         return cls(**values)
 

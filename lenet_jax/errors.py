@@ -69,8 +69,7 @@ def out_of_memory_names(name: str, now: object = None) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; others pass through
-        asked = device_memory_asked(e)
-        if asked is None:
+        if (asked := device_memory_asked(e)) is None:
             raise
         value = "" if now is None else f" (now {now})"
         message = f"the device ran out of memory (asked for {asked}): lower {name}{value}; "

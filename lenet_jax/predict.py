@@ -169,6 +169,7 @@ def _decoded_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """An image file as grey over white: uint8 (H, W), or float32 in [0, 1] for deeper images."""
+    limit = f"over the limit of {pixel_limit(max_pixels)}"
     try:
         image = Image.open(file)  # reads the header only
     except UnidentifiedImageError:
@@ -176,18 +177,13 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
     except Image.DecompressionBombError as e:  # PIL's own cap, far above ours
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         count = f"{int(claimed[1]):,} pixels" if claimed else "too many pixels"
-        raise ImageTooLargeError(
-            f"the image has {count}, over the limit of {pixel_limit(max_pixels)}"
-        ) from None
+        raise ImageTooLargeError(f"the image has {count}, {limit}") from None
     except Exception as e:  # PIL's parsers raise many types (SyntaxError, struct.error, ...)
         raise ImageError(f"cannot decode the image ({one_line(e)})") from e
     with image:
         width, height, mode = *image.size, image.mode
         if width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"the image is {width}x{height} = {width * height:,} pixels, "
-                f"over the limit of {pixel_limit(max_pixels)}"
-            )
+            raise ImageTooLargeError(f"the image is {width}x{height} = {width * height:,} pixels, {limit}")
         if width * height == 0:
             raise ImageError("the image is empty (0 pixels)")
         try:
@@ -202,13 +198,8 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
     return values
 
 
-FILE_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a named pipe",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
+FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+FILE_KINDS |= {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def file_kind(mode: int) -> str | None:
@@ -224,8 +215,7 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
         raise ImageError("no such file") from None
     except OSError as e:
         raise ImageError(f"cannot open it ({e.strerror or one_line(e)})") from None
-    kind = file_kind(os.fstat(fd).st_mode)
-    if kind:
+    if kind := file_kind(os.fstat(fd).st_mode):
         os.close(fd)
         raise ImageError(f"not a regular file ({kind}): give image files")
     return os.fdopen(fd, "rb")
@@ -320,12 +310,10 @@ def verdict(probabilities: Sequence[float] | np.ndarray, threshold: float = UNSU
 def _views(images: jax.Array) -> jax.Array:
     """(V * B, 28, 28, 1): the images, shifted by TTA_SHIFTS, and zoomed by TTA_ZOOMS."""
     views = [images] + [jnp.roll(images, shift, axis=(1, 2)) for shift in TTA_SHIFTS]
-    centre = jnp.full(2, CANVAS / 2)
     for zoom in TTA_ZOOMS:
         scale = jnp.full(2, zoom)
-        views.append(
-            jax.image.scale_and_translate(images, images.shape, (1, 2), scale, centre * (1 - scale), "linear")
-        )
+        shift = jnp.full(2, CANVAS / 2) * (1 - scale)  # about the centre
+        views.append(jax.image.scale_and_translate(images, images.shape, (1, 2), scale, shift, "linear"))
     return jnp.concatenate(views)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import platform
@@ -41,15 +42,13 @@ def _version(package: str) -> str | None:
 def cpu_description() -> tuple[str, list[str]]:
     """(the CPU model, which of VECTOR_FLAGS it has), from /proc/cpuinfo where there is one."""
     model, flags = platform.processor() or platform.machine(), set()
-    try:
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo (macOS, Windows)
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name" and value.strip():
                 model = value.strip()
             elif key.strip() in ("flags", "Features"):
                 flags.update(value.split())
-    except OSError:
-        pass
     return model, [flag for flag in VECTOR_FLAGS if flag in flags]
 
 

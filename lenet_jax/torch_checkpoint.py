@@ -218,8 +218,7 @@ def lenet_params_from_torch(state_dict: dict[str, Any], source: str | os.PathLik
         if not isinstance(value, np.ndarray) or value.shape != want or value.dtype.kind != "f":
             got = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
             raise _not_lenet(source, f"{key!r} has {got}, the tutorial's MyLeNet has {want} (floating point)")
-    extra = [str(k) for k in state_dict if k not in expected]
-    if extra:
+    if extra := [str(k) for k in state_dict if k not in expected]:
         raise _not_lenet(source, f"its state_dict has keys MyLeNet does not have ({', '.join(extra[:6])})")
     f32 = {key: value.astype(np.float32) for key, value in state_dict.items()}
     kernels = {ours: np.ascontiguousarray(flax_kernel(ours, f32[f"{p}.weight"])) for ours, p, _ in LAYERS}

@@ -75,8 +75,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as e:
         remove_if_empty(created)
-        fault = storage_fault(e)
-        if fault is not None:
+        if (fault := storage_fault(e)) is not None:
             raise storage_error(fault, f"the workdir {workdir} cannot be written") from e
         raise LenetError(
             f"workdir {workdir} is not writable ({e.strerror or e}): pass a --workdir you can write to"
@@ -188,8 +187,7 @@ def clear_run(workdir: str | os.PathLike) -> None:
     path = resolve_workdir(workdir)
     if path.is_dir():
         with workdir_lock(path):  # never a run that is training
-            aside = set_aside(path)
-            if aside is not None:
+            if (aside := set_aside(path)) is not None:
                 shutil.rmtree(aside, ignore_errors=True)
 
 

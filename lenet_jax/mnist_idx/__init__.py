@@ -138,13 +138,9 @@ def _prepared(config, array_cache: bool, names: tuple[str, ...]):
             raise
         except Exception as e:  # noqa: BLE001 - tfds, array_record, protobuf...: a damaged cache
             cache = Path(builder.data_dir) if builder is not None else cache_dir(config)
-            fault = storage_fault(e)
-            if fault is not None:
-                raise storage_error(
-                    fault,
-                    "the dataset could not be prepared there (TFDS_DATA_DIR chooses another folder)",
-                    where=f"to the tfds cache {cache}",
-                ) from e
+            if (fault := storage_fault(e)) is not None:
+                why = "the dataset could not be prepared there (TFDS_DATA_DIR chooses another folder)"
+                raise storage_error(fault, why, where=f"to the tfds cache {cache}") from e
             if preparing or not cache.is_dir():
                 raise  # not a cache that was there: a bug, with its traceback
             reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
