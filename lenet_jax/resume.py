@@ -80,8 +80,5 @@ def check_resumable(meta: dict[str, Any], config: Config, dataset_source: str, f
     if meta.get("dataset") not in (dataset_source, IMPORTED_DATASET):
         differences.append(f"dataset: checkpoint {meta.get('dataset')}, now {dataset_source}")
     if differences:
-        raise ConfigError(
-            "cannot resume: this run differs from its checkpoint in "
-            + "; ".join(differences)
-            + ". Use the checkpoint's settings or another --workdir"
-        )
+        differ = f"cannot resume: this run differs from its checkpoint in {'; '.join(differences)}"
+        raise ConfigError(f"{differ}. Use the checkpoint's settings or another --workdir")
