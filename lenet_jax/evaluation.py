@@ -149,8 +149,11 @@ def write_report(out_dir: str | os.PathLike, workdirs: Sequence, epoch: int, **a
         runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
     inputs = io.BytesIO()
     np.savez(inputs, runs=json.dumps(runs), workdir=str(workdirs[0]), epoch=epoch, **arrays)
-    command = [sys.executable, "-m", "lenet_jax.figures"]
-    drawn = subprocess.run(command, input=inputs.getbuffer(), capture_output=True, check=False)
+    # -P and PYTHONPATH: the child imports this process's lenet_jax, whatever folder it starts in.
+    paths = [str(Path(__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    command = [sys.executable, "-P", "-m", "lenet_jax.figures"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    drawn = subprocess.run(command, input=inputs.getbuffer(), capture_output=True, env=env, check=False)
     if drawn.returncode:
         raise RuntimeError(f"drawing the report failed:\n{drawn.stderr.decode(errors='replace')}")
     files = np.load(io.BytesIO(drawn.stdout))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +154,12 @@ def test_confusion_matrix_and_per_class_scores():
     assert scores[1]["precision"] == pytest.approx(2 / 3) and scores[1]["recall"] == pytest.approx(2 / 3)
     assert scores[2]["precision"] == 0.5 and scores[2]["recall"] == 1.0 and scores[2]["support"] == 1
     assert scores[5] == {"digit": 5, "precision": 0.0, "recall": 0.0, "support": 0}
+
+
+def test_the_report_draws_in_a_process_without_jax():
+    """The figures' process (python -m lenet_jax.figures) imports no JAX: the report's peak memory."""
+    code = "import sys, lenet_jax.figures; print('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
 
 
 @pytest.mark.e2e
