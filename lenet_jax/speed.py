@@ -169,7 +169,9 @@ def _mallopt(parameter: int, value: int) -> None:
 # 12. glibc's mmap threshold held at its 128 KiB start (evaluate, predict): XLA's freed buffers go back
 #     to the system, not kept (the report's peak -20 MB); not in training, which would map each step's anew.
 def fixed_mmap_threshold() -> None:
-    _mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    """No-op off glibc or where $MALLOC_MMAP_THRESHOLD_ sets it already."""
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 # 9. The splits cached as .npz beside tfds's data (lenet_jax.mnist_idx): milliseconds, not seconds.
