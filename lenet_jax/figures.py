@@ -154,7 +154,8 @@ def write_report(workdirs: list, out_dir: str | os.PathLike, epoch: int | None =
 
 
 if __name__ == "__main__":  # evaluate --report's drawing process: arrays (.npz) in, files (.npz) out
+    results, sys.stdout = sys.stdout.buffer, sys.stderr  # a library's stray print stays out of the .npz
     drawn = render_report(np.load(io.BytesIO(sys.stdin.buffer.read())))
     out = io.BytesIO()
     np.savez(out, **{name: np.frombuffer(data, np.uint8) for name, data in drawn.items()})
-    sys.stdout.buffer.write(out.getvalue())
+    results.write(out.getvalue())
