@@ -55,9 +55,10 @@ def _refused(path: Path) -> str | None:
     """Why a JSON file that orbax reads whole must not be read; None if it may be, or is missing."""
     try:
         check_small_file(path)
+    except FileNotFoundError:
+        return None
     except (OSError, FileRefused) as e:
-        if not isinstance(e, FileNotFoundError):
-            return str(e).removeprefix(str(path)).strip()
+        return str(e).removeprefix(str(path)).strip()
     return None
 
 

@@ -5,14 +5,9 @@ exact); the total loss is the recipe's, the sum over batches of each batch's mea
 from __future__ import annotations
 
 import functools
-import io
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,10 +16,10 @@ import numpy as np
 from lenet_jax import parallel
 from lenet_jax.checkpoints import RestoredParams, load_weights  # noqa: F401 - RestoredParams: 0.1.0's name
 from lenet_jax.data import Dataset, Split, gather_batch, load_test_split, pad_rows, sequential_order
-from lenet_jax.errors import LenetError, out_of_memory_names, storage_fault
+from lenet_jax.errors import out_of_memory_names
 from lenet_jax.idx import NUM_CLASSES
 from lenet_jax.model import model_from_config
-from lenet_jax.run_log import read_rows
+from lenet_jax.report import draw_report, report_folder
 from lenet_jax.speed import array_cache, conv_block, eval_groups, grouped
 from lenet_jax.steps import TrainState, evaluated_params, make_eval_step
 
@@ -59,7 +54,7 @@ class Evaluator:
             self._device_splits[split] = parallel.put_replicated((split.images, split.labels), self.mesh)
         return self._device_splits[split]
 
-    def evaluate(self, params: Any, split: Split) -> dict[str, float]:
+    def evaluate(self, params: Any, split: Split) -> dict[str, Any]:
         """accuracy, total_loss (sum of per-batch mean losses), mean_loss, correct, count[, probabilities]."""
         start = time.perf_counter()
         # A batch larger than the split is the split in one batch (the same numbers): the
@@ -76,9 +71,10 @@ class Evaluator:
         merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in METRICS}
         losses = merged["loss"].astype(np.float64)[merged["count"] > 0]  # all-padding batches are none
         correct, count = int(merged["correct"].sum()), int(merged["count"].sum())
+        probabilities = {}
         if self.probabilities:  # the real images' rows, in the split's order
             rows = np.concatenate([np.reshape(r["probabilities"], (-1, NUM_CLASSES)) for r in results])
-            merged["probabilities"] = rows[np.ravel(calls) >= 0]
+            probabilities["probabilities"] = rows[np.ravel(calls) >= 0]
         return {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),
@@ -86,7 +82,7 @@ class Evaluator:
             "correct": correct,
             "count": count,
             "seconds": time.perf_counter() - start,
-            **({"probabilities": merged["probabilities"]} if self.probabilities else {}),
+            **probabilities,
         }
 
 
@@ -121,6 +117,7 @@ def evaluate_checkpoint(
     report: a folder for the report's files (their names under "report"), drawn from this evaluation,
     with the training curves of workdir and the `compare` workdirs."""
     restored = load_weights(workdir, epoch, averaged)
+    out = None if report is None else report_folder(report)
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size
     evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size), probabilities=report is not None)
@@ -134,39 +131,8 @@ def evaluate_checkpoint(
         "correct": test["correct"],
         "count": test["count"],
     }
-    if report is not None:
+    if out is not None:
         kernel = np.asarray(restored.params["conv1"]["kernel"])
         arrays = dict(images=test_split.images, labels=test_split.labels, probabilities=test["probabilities"])
-        result["report"] = write_report(report, [workdir, *compare], restored.epoch, kernel=kernel, **arrays)
+        result["report"] = draw_report(out, [workdir, *compare], restored.epoch, kernel=kernel, **arrays)
     return result
-
-
-def write_report(out_dir: str | os.PathLike, workdirs: Sequence, epoch: int, **arrays: Any) -> list[str]:
-    """The report's files, drawn by `lenet_jax.figures` in a process without JAX (matplotlib beside JAX
-    passes 300 MB: docs/performance.md) and written here once all are drawn; returns their names."""
-    runs, note = {}, lambda line: print(line, file=sys.stderr)  # noqa: E731
-    for path in map(Path, workdirs):  # legend names: the folder's, or its path where two share one
-        runs[str(path) if path.name in runs else path.name] = read_rows(path, note)
-    inputs = io.BytesIO()
-    np.savez(inputs, runs=json.dumps(runs), workdir=str(workdirs[0]), epoch=epoch, **arrays)
-    # -P and PYTHONPATH: the child imports this process's lenet_jax, whatever folder it starts in.
-    paths = [str(Path(__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
-    command = [sys.executable, "-P", "-m", "lenet_jax.figures"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    drawn = subprocess.run(command, input=inputs.getbuffer(), capture_output=True, env=env, check=False)
-    if drawn.returncode:
-        raise RuntimeError(f"drawing the report failed:\n{drawn.stderr.decode(errors='replace')}")
-    files = np.load(io.BytesIO(drawn.stdout))
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (OSError, RuntimeError) as e:
-        if storage_fault(e) is not None:
-            raise
-        raise LenetError(
-            f"cannot create the report folder {out} ({getattr(e, 'strerror', None) or e}): pass "
-            "another --report folder"
-        ) from None
-    for name in files.files:
-        (out / name).write_bytes(files[name].tobytes())
-    return sorted(files.files)

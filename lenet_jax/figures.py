@@ -1,5 +1,5 @@
-"""The report's figures (matplotlib) and per-class scores: `render_report`, run by `evaluate --report` in a
-process of its own (`python -m lenet_jax.figures`): no JAX here, matplotlib beside it passes 300 MB."""
+"""The report's figures (matplotlib) and per-class scores: `render_report`, run in a process of its own
+by `lenet_jax.report`, so nothing here imports JAX."""
 
 from __future__ import annotations
 
@@ -145,17 +145,23 @@ def render_report(inputs: Any) -> dict[str, bytes]:
 
 
 def write_report(workdirs: list, out_dir: str | os.PathLike, epoch: int | None = None, data_dir=None) -> dict:
-    """Deprecated (0.3): `evaluation.evaluate_checkpoint(workdir, report=DIR)`, from one evaluation."""
-    warnings.warn("use evaluation.evaluate_checkpoint(..., report=DIR)", DeprecationWarning, stacklevel=2)
+    """Deprecated (0.3): evaluation.evaluate_checkpoint(workdir, report=DIR), from its one evaluation."""
+    message = "figures.write_report is deprecated: use evaluation.evaluate_checkpoint(..., report=DIR)"
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
     from lenet_jax.evaluation import evaluate_checkpoint
 
     files = evaluate_checkpoint(workdirs[0], epoch, data_dir, report=out_dir, compare=workdirs[1:])["report"]
     return {**json.loads((Path(out_dir) / "per_class.json").read_text()), "files": files}
 
 
-if __name__ == "__main__":  # evaluate --report's drawing process: arrays (.npz) in, files (.npz) out
+def main() -> None:
+    """The drawing process (lenet_jax.report): arrays (.npz) on stdin, the files (.npz) on stdout."""
     results, sys.stdout = sys.stdout.buffer, sys.stderr  # a library's stray print stays out of the .npz
     drawn = render_report(np.load(io.BytesIO(sys.stdin.buffer.read())))
     out = io.BytesIO()
     np.savez(out, **{name: np.frombuffer(data, np.uint8) for name, data in drawn.items()})
     results.write(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""Data parallelism (one process or several): a 1-D `data` mesh, state replicated, each batch sharded."""
+"""Data parallelism (one process or several: jax.distributed): a 1-D `data` mesh, state replicated, each
+batch sharded (XLA all-reduces the grads)."""
 
 from __future__ import annotations
 

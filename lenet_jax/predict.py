@@ -198,8 +198,13 @@ def decode_image(file: IO[bytes], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
     return values
 
 
-FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
-FILE_KINDS |= {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
 def file_kind(mode: int) -> str | None:
@@ -312,8 +317,8 @@ def _views(images: jax.Array) -> jax.Array:
     views = [images] + [jnp.roll(images, shift, axis=(1, 2)) for shift in TTA_SHIFTS]
     for zoom in TTA_ZOOMS:
         scale = jnp.full(2, zoom)
-        shift = jnp.full(2, CANVAS / 2) * (1 - scale)  # about the centre
-        views.append(jax.image.scale_and_translate(images, images.shape, (1, 2), scale, shift, "linear"))
+        offset = jnp.full(2, CANVAS / 2) * (1 - scale)  # about the centre
+        views.append(jax.image.scale_and_translate(images, images.shape, (1, 2), scale, offset, "linear"))
     return jnp.concatenate(views)
 
 

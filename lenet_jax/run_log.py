@@ -1,4 +1,5 @@
-"""A run's log: TensorBoard (the tutorial's tags) and metrics.jsonl, completed from the checkpoints' metas."""
+"""A run's log: TensorBoard (the tutorial's tags) and metrics.jsonl, completed from the checkpoints' metas;
+the console's epoch line."""
 
 from __future__ import annotations
 

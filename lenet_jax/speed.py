@@ -1,5 +1,5 @@
 """Every speed trick, each named once with why; `--speed plain` (the tutorial's program, the same
-function) turns them off, but for the process-wide 8, 10 and 12 once set. docs/performance.md."""
+function) turns them off, except the process-wide 8, 10 and 12, whatever the flag. docs/performance.md."""
 
 from __future__ import annotations
 
@@ -166,10 +166,9 @@ def _mallopt(parameter: int, value: int) -> None:
             ctypes.CDLL(None).mallopt(parameter, value)
 
 
-# 12. glibc's mmap threshold held at its 128 KiB start (evaluate, predict): XLA's freed buffers go back
-#     to the system, not kept (the report's peak -20 MB); not in training, which would map each step's anew.
-def fixed_mmap_threshold() -> None:
-    """No-op off glibc or where $MALLOC_MMAP_THRESHOLD_ sets it already."""
+# 12. glibc's mmap threshold fixed at 128 KiB (evaluate, predict): freed XLA buffers returned, -20 MB.
+def fix_mmap_threshold() -> None:
+    """No-op off glibc or where $MALLOC_MMAP_THRESHOLD_ sets it; not for training, whose steps it slows."""
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         _mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 

@@ -13,7 +13,7 @@ from crafted_images import DRAWINGS, digit_like, sparse_ink
 from PIL import Image
 from scipy.ndimage import center_of_mass
 
-from lenet_jax import cli, figures, predict
+from lenet_jax import cli, figures, predict, report
 from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
@@ -162,6 +162,14 @@ def test_the_report_draws_in_a_process_without_jax():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
 
 
+def test_a_failed_drawing_process_writes_no_report(monkeypatch, tmp_path):
+    monkeypatch.setattr(report, "_DRAW", "raise SystemExit(3)  # {root}")
+    monkeypatch.setattr(report, "read_rows", lambda path, note: [])  # no run needed
+    with pytest.raises(RuntimeError, match=r"drawing the report failed \(exit status 3\)"):
+        report.draw_report(tmp_path, [tmp_path], 1, images=np.zeros((1, 28, 28, 1), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.e2e
 def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, capsys):
     argv = ["--workdir", trained_run, "--data-dir", mnist_dir, "--report", tmp_path / "report"]
@@ -174,6 +182,6 @@ def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, ca
     assert sum(s["support"] for s in summary["per_class"]) == 10_000
     logged = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert summary["test_accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-4)
-    with pytest.warns(DeprecationWarning, match="evaluate_checkpoint"):  # 0.2's name
+    with pytest.warns(DeprecationWarning, match="figures.write_report is deprecated"):  # 0.2's name
         old = figures.write_report([trained_run], tmp_path / "old", data_dir=mnist_dir)
     assert old["files"] == sorted(os.listdir(tmp_path / "report")) and old["epoch"] == summary["epoch"]

@@ -17,7 +17,7 @@ from lenet_jax.evaluation import evaluate_checkpoint
 
 def main(argv: list[str]) -> int:
     speed.limit_malloc_arenas()  # before JAX starts its threads: peak RSS (the report's)
-    speed.fixed_mmap_threshold()
+    speed.fix_mmap_threshold()
     parser = commands.parser(__doc__)
     commands.checkpoint_flags(parser)
     parser.add_argument(
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         "--report",
         metavar="DIR",
         help="also write report PNGs (curves, confusion matrix, mistakes, per-class scores, "
-        "filters) and per_class.json into DIR",
+        "filters) and per_class.json into DIR, from the weights evaluated",
     )
     parser.add_argument(
         "--compare",
@@ -54,15 +54,8 @@ def main(argv: list[str]) -> int:
         raise cli.ConfigError("--compare only goes with --report")
     cli.quiet_library_logs()
     cli.enable_compilation_cache(args.speed)
-    result = evaluate_checkpoint(
-        args.workdir,
-        args.epoch,
-        args.data_dir,
-        averaged=not args.raw_weights,
-        speed=args.speed,
-        report=args.report,
-        compare=args.compare,
-    )
+    options = dict(averaged=not args.raw_weights, speed=args.speed, report=args.report, compare=args.compare)
+    result = evaluate_checkpoint(args.workdir, args.epoch, args.data_dir, **options)
     files = result.pop("report", None)
     print(json.dumps(result))
     if files is not None:  # stderr: stdout stays the one JSON line

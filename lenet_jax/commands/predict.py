@@ -37,7 +37,7 @@ from lenet_jax.predict import (
 
 def main(argv: list[str]) -> int:
     speed.limit_malloc_arenas()  # before JAX starts its threads: peak RSS
-    speed.fixed_mmap_threshold()
+    speed.fix_mmap_threshold()
     parser = commands.parser(__doc__)
     parser.add_argument("images", nargs="+", help="image files, or directories of them")
     commands.checkpoint_flags(parser)

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 
-from lenet_jax import cli, commands
+from lenet_jax import cli, commands, speed
 from lenet_jax.predict import load_predictor, quiet_pil_warnings
 from lenet_jax.serve import MAX_PREDICTIONS, create_app, uvicorn_server
 
@@ -37,7 +37,7 @@ def listen_error(host: str, port: int, error: OSError) -> str:
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
+    speed.limit_malloc_arenas()  # request threads otherwise each keep a malloc arena of freed images
     parser = commands.parser(__doc__)
     commands.checkpoint_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lenet_jax import cli, commands, parallel
+from lenet_jax import cli, commands, parallel, speed
 from lenet_jax.train import train_and_evaluate
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 
 
 def main(argv: list[str]) -> int:
-    cli.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
+    speed.limit_malloc_arenas()  # before JAX, tfds and orbax start their threads: peak RSS
     parser = commands.parser(__doc__)
     parser.add_argument(
         "--workdir", help="checkpoints and logs; the same one resumes (default: checkpoints/<run-name>)"
