@@ -13,7 +13,7 @@ from crafted_images import DRAWINGS, digit_like, sparse_ink
 from PIL import Image
 from scipy.ndimage import center_of_mass
 
-from lenet_jax import cli, figures, predict, report
+from lenet_jax import cli, evaluation, figures, predict, report
 from lenet_jax.commands.predict import json_row, text_line
 from lenet_jax.data import load_dataset
 from lenet_jax.errors import DataError
@@ -170,6 +170,17 @@ def test_a_failed_drawing_process_writes_no_report(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_figures_write_report_is_kept_as_0_2s_name(monkeypatch, tmp_path):
+    def evaluate_checkpoint(workdir, epoch, data_dir, report, compare):  # what the old name calls
+        (report / "per_class.json").write_text(json.dumps({"epoch": epoch, "workdir": workdir}))
+        return {"report": ["per_class.json"], "compare": compare}
+
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", evaluate_checkpoint)
+    with pytest.warns(DeprecationWarning, match="figures.write_report is deprecated"):
+        summary = figures.write_report(["run", "other"], tmp_path, 3, "data")
+    assert summary == {"epoch": 3, "workdir": "run", "files": ["per_class.json"]}
+
+
 @pytest.mark.e2e
 def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, capsys):
     argv = ["--workdir", trained_run, "--data-dir", mnist_dir, "--report", tmp_path / "report"]
@@ -182,6 +193,3 @@ def test_evaluate_report_writes_the_figures(trained_run, mnist_dir, tmp_path, ca
     assert sum(s["support"] for s in summary["per_class"]) == 10_000
     logged = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert summary["test_accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-4)
-    with pytest.warns(DeprecationWarning, match="figures.write_report is deprecated"):  # 0.2's name
-        old = figures.write_report([trained_run], tmp_path / "old", data_dir=mnist_dir)
-    assert old["files"] == sorted(os.listdir(tmp_path / "report")) and old["epoch"] == summary["epoch"]
