@@ -62,12 +62,15 @@ def test_conv_implementations_give_the_same_model(activation, pool, feature_norm
     labels = jnp.arange(8) % 10
     options = {"activation": activation, "pool": pool, "feature_norm": feature_norm}
     fast, ref = LeNet(**options, block=ToeplitzBlock), LeNet(**options)
-    params = init_params(ref, jax.random.PRNGKey(0))
-    chex.assert_trees_all_equal(init_params(fast, jax.random.PRNGKey(0)), params)  # the same start
+    init = jax.jit(init_params, static_argnums=0)  # jitted: eagerly, each op would compile on its own
+    params = init(ref, jax.random.PRNGKey(0))
+    chex.assert_trees_all_equal(init(fast, jax.random.PRNGKey(0)), params)  # the same start
 
     def loss(model, p):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), labels).mean()
 
-    np.testing.assert_allclose(fast.apply({"params": params}, x), ref.apply({"params": params}, x), atol=1e-5)
-    grads, ref_grads = (jax.grad(lambda p, m=m: loss(m, p))(params) for m in (fast, ref))
+    apply = jax.jit(lambda model, p: model.apply({"params": p}, x), static_argnums=0)
+    np.testing.assert_allclose(apply(fast, params), apply(ref, params), atol=1e-5)
+    grad = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+    grads, ref_grads = grad(fast, params), grad(ref, params)
     chex.assert_trees_all_close(grads, ref_grads, rtol=1e-4, atol=1e-6)
