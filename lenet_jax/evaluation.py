@@ -71,19 +71,18 @@ class Evaluator:
         merged = {name: np.concatenate([np.ravel(r[name]) for r in results]) for name in METRICS}
         losses = merged["loss"].astype(np.float64)[merged["count"] > 0]  # all-padding batches are none
         correct, count = int(merged["correct"].sum()), int(merged["count"].sum())
-        probabilities = {}
-        if self.probabilities:  # the real images' rows, in the split's order
-            rows = np.concatenate([np.reshape(r["probabilities"], (-1, NUM_CLASSES)) for r in results])
-            probabilities["probabilities"] = rows[np.ravel(calls) >= 0]
-        return {
+        metrics = {
             "accuracy": correct / count,
             "total_loss": float(losses.sum()),
             "mean_loss": float(losses.mean()),
             "correct": correct,
             "count": count,
             "seconds": time.perf_counter() - start,
-            **probabilities,
         }
+        if self.probabilities:  # the real images' rows, in the split's order
+            rows = np.concatenate([np.reshape(r["probabilities"], (-1, NUM_CLASSES)) for r in results])
+            metrics["probabilities"] = rows[np.ravel(calls) >= 0]
+        return metrics
 
 
 def evaluate_state(evaluator: Evaluator, state: TrainState, dataset: Dataset) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def evaluate_checkpoint(
     out = None if report is None else report_folder(report)
     model = model_from_config(restored.config, conv_block(speed))
     batch_size = restored.config.eval_batch_size
-    evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size), probabilities=report is not None)
+    evaluator = Evaluator(model, batch_size, eval_groups(speed, batch_size), probabilities=out is not None)
     test_split = load_test_split(data_dir, array_cache(speed))
     test = evaluator.evaluate(restored.params, test_split)
     result = {
